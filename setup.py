@@ -1,0 +1,105 @@
+"""Build the compiled parts of memcache_ext.
+
+Metadata lives in pyproject.toml; this file only decides whether and how the
+Cython modules are compiled.
+
+Switches (environment variables):
+  MEMCACHE_EXT_PURE_PYTHON=1        build no extension: a pure-Python install.
+  MEMCACHE_EXT_REQUIRE_EXTENSIONS=1 a failed compile fails the build (set in CI
+                                    and inside cibuildwheel, never a silent
+                                    pure wheel).
+  MEMCACHE_EXT_DEBUG_BUILD=1        -O0 -g, assertions on, Cython line tracing.
+Without a switch, a source install on a machine with no compiler falls back to
+pure Python and says so.
+"""
+
+import os
+import platform
+import sys
+from glob import glob
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+PURE = _flag("MEMCACHE_EXT_PURE_PYTHON") or platform.python_implementation() != "CPython"
+REQUIRE = _flag("MEMCACHE_EXT_REQUIRE_EXTENSIONS") or _flag("CIBUILDWHEEL")
+DEBUG = _flag("MEMCACHE_EXT_DEBUG_BUILD")
+
+if PURE and _flag("MEMCACHE_EXT_REQUIRE_EXTENSIONS"):
+    sys.exit("memcache_ext: MEMCACHE_EXT_REQUIRE_EXTENSIONS is set but the extension "
+             "cannot be built here (pure-Python switch or non-CPython interpreter)")
+
+
+class optional_build_ext(build_ext):
+    """Fall back to pure Python on a failed compile, unless the extension is required."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # noqa: BLE001 - any compiler failure
+            self._fallback(exc)
+
+    def build_extension(self, ext) -> None:  # type: ignore[no-untyped-def]
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # noqa: BLE001
+            self._fallback(exc)
+
+    @staticmethod
+    def _fallback(exc: BaseException) -> None:
+        if REQUIRE:
+            raise exc
+        print("*" * 72, file=sys.stderr)
+        print("memcache_ext: the C extension could not be compiled:", exc, file=sys.stderr)
+        print("memcache_ext: installing the pure-Python implementation (slower).", file=sys.stderr)
+        print("*" * 72, file=sys.stderr)
+
+
+def extensions() -> list:
+    if PURE:
+        print("memcache_ext: pure-Python build (MEMCACHE_EXT_PURE_PYTHON or non-CPython)")
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        if REQUIRE:
+            raise
+        print("memcache_ext: Cython is not available; pure-Python build", file=sys.stderr)
+        return []
+    from setuptools import Extension
+
+    if sys.platform == "win32":
+        cflags = ["/Od", "/Zi"] if DEBUG else ["/O2"]
+    else:
+        cflags = ["-O0", "-g3", "-UNDEBUG"] if DEBUG else ["-O3"]
+    macros = [("CYTHON_TRACE_NOGIL", "1")] if DEBUG else []
+    exts = [
+        Extension(
+            "memcache_ext." + os.path.splitext(os.path.basename(path))[0],
+            [path],
+            include_dirs=["src/memcache_ext"],
+            extra_compile_args=cflags,
+            define_macros=macros,
+        )
+        for path in sorted(glob("src/memcache_ext/*.pyx"))
+    ]
+    print("memcache_ext: accelerated build of", ", ".join(e.name for e in exts),
+          "(debug)" if DEBUG else "")
+    return cythonize(
+        exts,
+        compiler_directives={
+            "language_level": "3",
+            "embedsignature": True,
+            "linetrace": DEBUG,
+            "boundscheck": DEBUG,
+            "wraparound": DEBUG,
+        },
+    )
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": optional_build_ext})

@@ -1,0 +1,49 @@
+"""Choose the cache implementation: the compiled one unless told otherwise.
+
+``MEMCACHE_EXT_PURE_PYTHON=1`` forces the pure-Python core; so does any
+interpreter other than CPython, and a missing or broken compiled module.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Optional
+
+from ._core_py import PyLruCache
+
+PURE_PYTHON = os.environ.get("MEMCACHE_EXT_PURE_PYTHON", "").strip().lower() not in (
+    "", "0", "false", "no")
+
+NO_WHEEL_HINT = (
+    "the compiled memcache_ext core is not available{why}. Install a prebuilt wheel "
+    "(`pip install --only-binary memcache-ext memcache-ext`) or build from source with a "
+    "C compiler and Cython >= 3.1 (`MEMCACHE_EXT_REQUIRE_EXTENSIONS=1 pip install .` "
+    "shows the compiler's error); PyLruCache and LruCache work without it."
+)
+
+IMPORT_ERROR: Optional[str] = None
+if TYPE_CHECKING:
+    from ._core_c import CLruCache
+    LruCache = PyLruCache
+elif sys.implementation.name != "cpython":
+    IMPORT_ERROR = f" on {sys.implementation.name}"
+else:
+    try:
+        from ._core_c import CLruCache
+    except ImportError as exc:
+        IMPORT_ERROR = f" ({exc})"
+
+if PURE_PYTHON or IMPORT_ERROR is not None:
+    LruCache = PyLruCache
+    IMPLEMENTATION = "python"
+else:
+    LruCache = CLruCache  # noqa: F811
+    IMPLEMENTATION = "c"
+
+
+def compiled_class() -> type:
+    """CLruCache, or ImportError saying how to get it."""
+    if IMPORT_ERROR is not None:
+        raise ImportError(NO_WHEEL_HINT.format(why=IMPORT_ERROR))
+    return CLruCache

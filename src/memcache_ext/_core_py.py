@@ -198,7 +198,11 @@ class PyLruCache(Generic[K, V]):
                 self._remove(old, None, dropped)
             return False
         node = [None, None, key, value, expires, nbytes]
-        cur = self._map.setdefault(key, node)  # may run __eq__
+        # get + setitem, not setdefault: on 3.11 dict.setdefault can file the
+        # key under a stale slot when a key's __eq__ mutates the dict.
+        cur = self._map.get(key)  # may run __eq__
+        if cur is None:
+            self._map[key] = cur = node  # may run __eq__ again
         if cur is not node:
             dropped.append((cur[KEY], cur[VALUE], None))
             self._unlink(cur)
@@ -407,8 +411,8 @@ class PyLruCache(Generic[K, V]):
     def clear(self) -> None:
         """Remove every entry (no callbacks; statistics are kept)."""
         with self._lock:
-            old = self._map
-            self._map = {}
+            # In place: a lookup running in a key's __eq__ holds this dict.
+            self._map.clear()
             root = self._root
             node = root[NEXT]
             root[PREV][NEXT] = None
@@ -421,7 +425,6 @@ class PyLruCache(Generic[K, V]):
             nxt = node[NEXT]
             node[PREV] = node[NEXT] = None
             node = nxt
-        old.clear()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Mapping):

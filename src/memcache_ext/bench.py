@@ -1,0 +1,304 @@
+"""``python -m memcache_ext bench``: one side-by-side table, measured in one run.
+
+Each cache runs in its own fresh interpreter (``--worker``), so one library's
+garbage, allocator state or imports never slow another's figures. Every
+figure is the median of several repeats; ratios are taken between medians
+measured in this same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Callable, Optional
+
+
+class ClassicLruCache:
+    """The "before" baseline: an OrderedDict behind an RLock, as services write it."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self.data: OrderedDict[Any, Any] = OrderedDict()
+        self.lock = threading.RLock()
+
+    def __getitem__(self, key: Any) -> Any:
+        with self.lock:
+            value = self.data[key]
+            self.data.move_to_end(key)
+            return value
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        with self.lock:
+            try:
+                value = self.data[key]
+            except KeyError:
+                return default
+            self.data.move_to_end(key)
+            return value
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        with self.lock:
+            self.data[key] = value
+            self.data.move_to_end(key)
+            if len(self.data) > self.maxsize:
+                self.data.popitem(last=False)
+
+
+class DictCache(dict):  # type: ignore[type-arg]
+    """A plain dict: no bound, no lock. The floor every cache is measured against."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__()
+
+
+def _factories() -> dict[str, Callable[[int], Any]]:
+    out: dict[str, Callable[[int], Any]] = {}
+    try:
+        from memcache_ext._core_c import CLruCache
+
+        out["CLruCache"] = lambda n: CLruCache(n)
+        out["CLruCache ttl"] = lambda n: CLruCache(n, ttl=3600)
+        out["CLruCache max_bytes"] = lambda n: CLruCache(n, max_bytes=1 << 40)
+    except ImportError:
+        pass
+    from memcache_ext._core_py import PyLruCache
+
+    out["PyLruCache"] = lambda n: PyLruCache(n)
+    out["classic OrderedDict+RLock"] = ClassicLruCache
+    out["dict (unbounded)"] = DictCache
+    try:
+        import cachetools
+
+        out["cachetools.LRUCache"] = lambda n: cachetools.LRUCache(n)
+    except ImportError:
+        pass
+    try:
+        import lru
+
+        out["lru-dict"] = lambda n: lru.LRU(n)
+    except ImportError:
+        pass
+    try:
+        import cachebox
+
+        out["cachebox.LRUCache"] = lambda n: cachebox.LRUCache(n)
+    except ImportError:
+        pass
+    return out
+
+
+def _timed(fn: Callable[[], None], ops: int, repeats: int) -> float:
+    """Median ns per operation over ``repeats`` runs of ``fn`` (which does ``ops``)."""
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        fn()
+        samples.append((time.perf_counter_ns() - t0) / ops)
+    return statistics.median(samples)
+
+
+def _zipf_trace(n_keys: int, length: int, s: float = 0.99, seed: int = 7) -> list[int]:
+    rnd = random.Random(seed)
+    weights = [1.0 / (i ** s) for i in range(1, n_keys + 1)]
+    cum, total = [], 0.0
+    for w in weights:
+        total += w
+        cum.append(total)
+    import bisect
+
+    perm = list(range(n_keys))
+    rnd.shuffle(perm)
+    return [perm[bisect.bisect_left(cum, rnd.random() * total)] for _ in range(length)]
+
+
+def _rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def worker(name: str, size: int, repeats: int, trace_len: int, mem_entries: int) -> dict[str, Any]:
+    make = _factories()[name]
+    keys = list(range(size))
+    misses = list(range(size, 2 * size))
+    cache = make(size)
+    for k in keys:
+        cache[k] = k
+    result: dict[str, Any] = {"name": name}
+    is_dict = isinstance(cache, DictCache)
+
+    def get_hit() -> None:
+        for k in keys:
+            cache[k]
+
+    def get_miss() -> None:
+        g = cache.get
+        for k in misses:
+            g(k)
+
+    def set_update() -> None:
+        for k in keys:
+            cache[k] = k
+
+    fresh = iter(range(10**12, 10**13))
+
+    def set_evict() -> None:
+        for _ in keys:
+            cache[next(fresh)] = 0
+
+    result["get_hit"] = _timed(get_hit, size, repeats)
+    result["get_miss"] = _timed(get_miss, size, repeats)
+    result["set_update"] = _timed(set_update, size, repeats)
+    if not is_dict:
+        overhead = _timed(lambda: [next(fresh) for _ in keys], size, repeats)
+        result["set_evict"] = _timed(set_evict, size, repeats) - overhead
+    trace = _zipf_trace(100 * size, trace_len)
+    hits = [0]
+    cache = make(size)
+    get_or_set = getattr(cache, "get_or_set", None)
+
+    def zipf() -> None:
+        h = 0
+        c = make(size)
+        if get_or_set is not None:
+            gos = c.get_or_set
+            for k in trace:
+                gos(k, int)
+            h = c.stats()["hits"]
+        else:
+            g = c.get
+            for k in trace:
+                if g(k) is None:
+                    c[k] = 0
+                else:
+                    h += 1
+        hits[0] = h
+
+    if not is_dict:
+        result["zipf"] = _timed(zipf, trace_len, max(1, repeats // 2))
+        result["zipf_hit_ratio"] = hits[0] / trace_len
+    del cache
+    import gc
+
+    gc.collect()
+    base = _rss()
+    big = make(mem_entries)
+    ints = list(range(10**9, 10**9 + mem_entries))  # key and value objects, not counted
+    base_with_ints = _rss()
+    for k in ints:
+        big[k] = k
+    result["bytes_per_entry"] = (_rss() - base_with_ints) / mem_entries
+    del base
+    return result
+
+
+def environment() -> dict[str, Any]:
+    import memcache_ext
+
+    versions = {}
+    for mod in ("cachetools", "lru", "cachebox", "psutil"):
+        try:
+            from importlib.metadata import version
+
+            dist = {"lru": "lru-dict"}.get(mod, mod)
+            versions[dist] = version(dist)
+        except Exception:  # noqa: BLE001 - not installed
+            pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "python": sys.version.split()[0],
+        "implementation": memcache_ext.IMPLEMENTATION,
+        "memcache_ext": memcache_ext.__version__,
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "versions": versions,
+    }
+
+
+COLUMNS = [("get_hit", "get hit"), ("get_miss", "get miss"), ("set_update", "set update"),
+           ("set_evict", "set+evict"), ("zipf", "zipf get_or_set"),
+           ("bytes_per_entry", "B/entry")]
+
+
+def render(results: list[dict[str, Any]], env: dict[str, Any], repeats: int,
+           size: int) -> str:
+    lines = [f"memcache_ext bench: {size:,}-entry caches, int keys; ns per operation, "
+             f"median of {repeats} repeats, each cache in its own process",
+             f"Python {env['python']} on {env['cpu']} ({env['cpus']} CPUs), "
+             f"active implementation: {env['implementation']}; "
+             + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), ""]
+    head = f"{'cache':28s}" + "".join(f"{label:>17s}" for _, label in COLUMNS) + \
+        f"{'hit ratio':>10s}{'x PyLru':>9s}{'x classic':>10s}"
+    lines += [head, "-" * len(head)]
+    by = {r["name"]: r for r in results}
+    for r in results:
+        row = f"{r['name']:28s}"
+        for key, _ in COLUMNS:
+            v = r.get(key)
+            row += f"{'-' if v is None else f'{v:,.1f}':>17s}"
+        hr = r.get("zipf_hit_ratio")
+        row += f"{'-' if hr is None else f'{hr:.4f}':>10s}"
+        for base in ("PyLruCache", "classic OrderedDict+RLock"):
+            b = by.get(base)
+            row += f"{(b['get_hit'] / r['get_hit']):>9.1f}" if b else f"{'-':>9s}"
+        lines.append(row)
+    lines += ["", "x PyLru / x classic: how many times faster than that cache on get hit "
+              "(ratio of medians in this run)."]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m memcache_ext bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a short run (under 20 s)")
+    parser.add_argument("--json", metavar="FILE", help="also write the raw figures as JSON")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--only", action="append", help="run only these caches (repeatable)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    quick = args.quick
+    repeats = args.repeats or (3 if quick else 7)
+    size = 10_000
+    trace_len = 100_000 if quick else 1_000_000
+    mem_entries = 100_000 if quick else 1_000_000
+    if args.worker:
+        print(json.dumps(worker(args.worker, size, repeats, trace_len, mem_entries)))
+        return 0
+    names = args.only or list(_factories())
+    unknown = set(names) - set(_factories())
+    if unknown:
+        parser.error(f"unknown cache(s): {', '.join(sorted(unknown))}")
+    results = []
+    for name in names:
+        cmd = [sys.executable, "-m", "memcache_ext", "bench", "--worker", name,
+               "--repeats", str(repeats)] + (["--quick"] if quick else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"{name}: failed\n{proc.stderr}", file=sys.stderr)
+            return 1
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"  measured {name}", file=sys.stderr)
+    env = environment()
+    print(render(results, env, repeats, size))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": env, "repeats": repeats, "size": size,
+                       "results": results}, f, indent=2)
+    return 0

@@ -53,8 +53,8 @@ class K:
 for i in range(3):
     try:
         c[K(i)] = i
-    except RuntimeError as e:
-        assert "changed during key comparison" in str(e)
+    except RuntimeError as e:  # CLruCache gives up; PyLruCache's dict recurses
+        assert "changed during key comparison" in str(e) or isinstance(e, RecursionError)
     on[0] = False
     check(c)
     on[0] = True

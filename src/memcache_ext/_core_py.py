@@ -4,23 +4,33 @@ It is the fallback where no compiled extension is available, the reference in
 differential tests and the baseline in benchmarks. Behaviour, errors and their
 messages are the same as CLruCache's; the test suite runs against both.
 
-Layout (functools' pure lru_cache): a dict maps each key to a node, and the
-nodes form a circular doubly-linked list through a sentinel ``root``:
-``root[NEXT]`` is the least recently used entry, ``root[PREV]`` the most
-recently used. One RLock guards both; it is re-entrant because user code (a
-key's ``__eq__``, a ``sizeof``, a custom ``timer``) runs while it is held and
-may call back into the cache. Every dict operation that can run ``__eq__``
-happens before the list is touched, and removed entries are released (and
-``on_evict`` called) only after the lock is dropped.
+Layout: an OrderedDict maps each key to an entry ``[value, expires, nbytes]``
+in recency order (first = least recently used). OrderedDict is implemented in
+C, so each of its operations is atomic under the GIL; that is what the design
+leans on:
+
+* Reads take no lock. A hit is ``od[key]`` then ``od.move_to_end(key)``, two
+  atomic steps; if a writer removes the key in between, the read still
+  returns the value it found (as it would had it run a moment earlier).
+  Hit and miss counters are ``itertools.count`` objects, whose ``__next__``
+  is one atomic C call, so concurrent reads never lose a count.
+* Writes (insert, evict, expire, trim, resize, clear) hold one RLock. It is
+  re-entrant because a key's ``__eq__`` runs inside OrderedDict operations
+  and may call back into the cache. ``sizeof`` and a custom ``timer`` run
+  before the lock is taken, as in the compiled core.
+* Removed entries are released, and ``on_evict`` called, after the lock is
+  dropped.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import types
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, MutableMapping
-from typing import Any, Callable, Generic, Iterable, Optional, TypeVar, Union, overload
+from typing import Any, Callable, Generic, Optional, TypeVar, Union, overload
 
 from ._common import (
     UNSET,
@@ -38,9 +48,25 @@ K = TypeVar("K")
 V = TypeVar("V")
 D = TypeVar("D")
 
-PREV, NEXT, KEY, VALUE, EXPIRES, NBYTES = range(6)
+VALUE, EXPIRES, NBYTES = range(3)
 _MISSING: Any = object()
-_Dropped = list  # list of (key, value, reason); reason None means "no callback"
+_INF = float("inf")
+
+
+class _Count:
+    """An exact counter that threads bump without a lock (see the module doc)."""
+
+    __slots__ = ("bump", "_reads")
+
+    def __init__(self) -> None:
+        self.bump = itertools.count().__next__
+        self._reads = 0
+
+    def value(self) -> int:
+        """The count so far; reading consumes one tick, which is subtracted."""
+        value = self.bump() - self._reads
+        self._reads += 1
+        return value
 
 
 class PyLruCache(Generic[K, V]):
@@ -50,9 +76,9 @@ class PyLruCache(Generic[K, V]):
     """
 
     __slots__ = (
-        "_map", "_root", "_lock", "_maxsize", "_ttl", "_max_bytes", "_sizeof",
-        "_timer", "_on_evict", "_nbytes", "_n_ttl", "_hits", "_misses",
-        "_by_reason", "_rejected", "__weakref__",
+        "_od", "_od_get", "_move_to_end", "_hit", "_miss", "_lock", "_maxsize", "_ttl", "_max_bytes", "_sizeof", "_timer",
+        "_on_evict", "_nbytes", "_n_ttl", "_hits", "_misses", "_by_reason",
+        "_rejected", "__weakref__",
     )
 
     def __init__(
@@ -71,31 +97,32 @@ class PyLruCache(Generic[K, V]):
         self._sizeof = check_callable("sizeof", sizeof)
         self._timer = check_callable("timer", timer)
         self._on_evict = check_callable("on_evict", on_evict)
-        self._map: dict[Any, list[Any]] = {}
-        root: list[Any] = [None, None, None, None, None, 0]
-        root[PREV] = root[NEXT] = root
-        self._root = root
+        self._od: OrderedDict[Any, list[Any]] = OrderedDict()
+        self._od_get = self._od.get  # bound once: the read path is all lookups
+        self._move_to_end = self._od.move_to_end
         self._lock = threading.RLock()
         self._nbytes = 0
         self._n_ttl = 0
-        self._hits = 0
-        self._misses = 0
         self._rejected = 0
         self._by_reason = {"capacity": 0, "bytes": 0, "expired": 0, "trim": 0}
+        self._new_counters()
 
     __class_getitem__ = classmethod(types.GenericAlias)
 
-    # -- internals (call with the lock held) ----------------------------------
+    # -- internals --------------------------------------------------------------
+
+    def _new_counters(self) -> None:
+        self._hits = _Count()
+        self._misses = _Count()
+        self._hit = self._hits.bump  # bound once: called on every read
+        self._miss = self._misses.bump
 
     def _now(self) -> float:
         return self._timer() if self._timer is not None else time.monotonic()
 
-    def _clock(self, need: bool) -> float:
+    def _clock(self, need: bool = False) -> float:
         """The time for this operation, read only when some entry has a TTL."""
         return self._now() if (need or self._n_ttl) else 0.0
-
-    def _measure(self, key: Any, value: Any) -> int:
-        return 0 if self._max_bytes is None else self._sizes(key, value)
 
     def _sizes(self, key: Any, value: Any) -> int:
         sizeof = self._sizeof
@@ -104,68 +131,46 @@ class PyLruCache(Generic[K, V]):
         return check_nbytes(sizeof(key)) + check_nbytes(sizeof(value))
 
     @staticmethod
-    def _expired(node: list[Any], now: float) -> bool:
-        exp = node[EXPIRES]
-        return exp is not None and now >= exp
+    def _live(entry: list[Any], now: float) -> bool:
+        exp = entry[EXPIRES]
+        return exp is None or now < exp
 
-    def _unlink(self, node: list[Any]) -> None:
-        prev, nxt = node[PREV], node[NEXT]
-        prev[NEXT] = nxt
-        nxt[PREV] = prev
-        node[PREV] = node[NEXT] = None
-        self._nbytes -= node[NBYTES]
-        if node[EXPIRES] is not None:
+    def _forget(self, key: Any, entry: list[Any], reason: Optional[str],
+                dropped: list[Any]) -> None:
+        """Account for an entry already taken out of the dict (lock held)."""
+        self._nbytes -= entry[NBYTES]
+        if entry[EXPIRES] is not None:
             self._n_ttl -= 1
-
-    def _link_mru(self, node: list[Any]) -> None:
-        root = self._root
-        last = root[PREV]
-        node[PREV] = last
-        node[NEXT] = root
-        last[NEXT] = root[PREV] = node
-        self._nbytes += node[NBYTES]
-        if node[EXPIRES] is not None:
-            self._n_ttl += 1
-
-    def _touch(self, node: list[Any]) -> None:
-        """Make ``node`` the most recently used."""
-        root = self._root
-        if root[PREV] is not node:
-            prev, nxt = node[PREV], node[NEXT]
-            prev[NEXT] = nxt
-            nxt[PREV] = prev
-            last = root[PREV]
-            node[PREV] = last
-            node[NEXT] = root
-            last[NEXT] = root[PREV] = node
-
-    def _remove(self, node: list[Any], reason: Optional[str], dropped: list[Any]) -> None:
-        """Take ``node`` out of the map and the list; release it later."""
-        if self._map.pop(node[KEY], None) is not node:  # may run __eq__
-            return
-        if node[NEXT] is not None:
-            self._unlink(node)
         if reason is not None:
             self._by_reason[reason] += 1
-        dropped.append((node[KEY], node[VALUE], reason))
+        dropped.append((key, entry[VALUE], reason))
+
+    def _remove(self, key: Any, entry: list[Any], reason: Optional[str],
+                dropped: list[Any]) -> None:
+        """Remove ``key`` if it still maps to ``entry`` (lock held)."""
+        if self._od.get(key) is entry:  # may run __eq__
+            if self._od.pop(key, None) is entry:
+                self._forget(key, entry, reason, dropped)
 
     def _evict_to_fit(self, now: float, dropped: list[Any]) -> None:
-        root = self._root
+        od = self._od
         maxsize, max_bytes = self._maxsize, self._max_bytes
-        while root[NEXT] is not root:
-            if maxsize is not None and len(self._map) > maxsize:
+        while od:
+            if maxsize is not None and len(od) > maxsize:
                 reason = "capacity"
             elif max_bytes is not None and self._nbytes > max_bytes:
                 reason = "bytes"
             else:
                 return
-            node = root[NEXT]
-            if self._expired(node, now):
-                reason = "expired"
-            self._remove(node, reason, dropped)
+            key, entry = od.popitem(last=False)
+            self._forget(key, entry, reason if self._live(entry, now) else "expired", dropped)
 
     def _release(self, dropped: list[Any]) -> None:
-        """Call ``on_evict`` for automatic removals, outside the lock."""
+        """Call ``on_evict`` for automatic removals, after the lock is dropped.
+
+        Every entry is released even if a callback raises; the first exception
+        is raised at the end.
+        """
         on_evict = self._on_evict
         error: Optional[BaseException] = None
         if on_evict is not None:
@@ -180,44 +185,69 @@ class PyLruCache(Generic[K, V]):
         if error is not None:
             raise error
 
-    def _lookup(self, key: Any, now: float, dropped: list[Any]) -> Optional[list[Any]]:
-        """The live node for ``key`` or None; drops it if it has expired."""
-        node = self._map.get(key)  # may run __eq__
-        if node is not None and node[EXPIRES] is not None and now >= node[EXPIRES]:
-            self._remove(node, "expired", dropped)
+    def _store(self, key: Any, value: Any, ttl: Optional[float]) -> bool:
+        """set(): measure and read the clock first, then one locked change."""
+        nbytes = 0 if self._max_bytes is None else self._sizes(key, value)
+        now = self._now() if (ttl is not None or self._n_ttl) else 0.0
+        expires = None if ttl is None or ttl == _INF else now + ttl
+        dropped: list[Any] = []
+        try:
+            with self._lock:
+                od = self._od
+                if self._max_bytes is not None and nbytes > self._max_bytes:
+                    self._rejected += 1
+                    old = od.pop(key, None)  # may run __eq__
+                    if old is not None:
+                        self._forget(key, old, None, dropped)
+                    return False
+                entry = od.get(key)  # may run __eq__
+                if entry is None:
+                    od[key] = [value, expires, nbytes]  # may run __eq__
+                else:
+                    # In place: a pop and re-insert would leave a dummy slot
+                    # behind and make the dict resize every few thousand sets.
+                    od.move_to_end(key)
+                    dropped.append((key, entry[VALUE], None))
+                    self._nbytes -= entry[NBYTES]
+                    self._n_ttl -= entry[EXPIRES] is not None
+                    entry[VALUE], entry[EXPIRES], entry[NBYTES] = value, expires, nbytes
+                self._nbytes += nbytes
+                if expires is not None:
+                    self._n_ttl += 1
+                if self._maxsize is not None and len(od) > self._maxsize or (
+                        self._max_bytes is not None and self._nbytes > self._max_bytes):
+                    self._evict_to_fit(now, dropped)
+                return True
+        finally:
+            if dropped:
+                self._release(dropped)
+
+    def _expired_entry(self, key: Any, entry: list[Any]) -> None:
+        """Drop an entry a read found expired."""
+        dropped: list[Any] = []
+        with self._lock:
+            self._remove(key, entry, "expired", dropped)
+        self._release(dropped)
+
+    def _peek_entry(self, key: Any) -> Optional[list[Any]]:
+        entry = self._od.get(key)  # may run __eq__
+        if entry is None or (entry[EXPIRES] is not None and self._now() >= entry[EXPIRES]):
             return None
-        return node
+        return entry
 
-    def _insert(self, key: Any, value: Any, nbytes: int, expires: Optional[float],
-                now: float, dropped: list[Any]) -> bool:
-        max_bytes = self._max_bytes
-        if max_bytes is not None and nbytes > max_bytes:
-            self._rejected += 1
-            old = self._map.get(key)
-            if old is not None:
-                self._remove(old, None, dropped)
-            return False
-        node = [None, None, key, value, expires, nbytes]
-        # get + setitem, not setdefault: on 3.11 dict.setdefault can file the
-        # key under a stale slot when a key's __eq__ mutates the dict.
-        cur = self._map.get(key)  # may run __eq__
-        if cur is None:
-            self._map[key] = cur = node  # may run __eq__ again
-        if cur is not node:
-            dropped.append((cur[KEY], cur[VALUE], None))
-            self._unlink(cur)
-            cur[VALUE], cur[EXPIRES], cur[NBYTES] = value, expires, nbytes
-            node = cur
-        self._link_mru(node)
-        self._evict_to_fit(now, dropped)
-        return True
-
-    def _expires(self, ttl: Optional[float], now: float) -> Optional[float]:
-        return now + ttl if ttl is not None and ttl != float("inf") else None
-
-    # -- mapping interface ----------------------------------------------------
+    # -- mapping interface ------------------------------------------------------
 
     def __getitem__(self, key: K) -> V:
+        # Fast path for the common hit on an entry without TTL; anything else
+        # (a miss, a TTL, a race) goes through get().
+        entry = self._od_get(key)  # may run __eq__
+        if entry is not None and entry[EXPIRES] is None:
+            try:
+                self._move_to_end(key)
+            except KeyError:
+                pass
+            self._hit()
+            return entry[VALUE]  # type: ignore[no-any-return]
         value = self.get(key, _MISSING)
         if value is _MISSING:
             raise KeyError(key)
@@ -230,22 +260,24 @@ class PyLruCache(Generic[K, V]):
 
     def get(self, key: Any, default: Any = None) -> Any:
         """Return the value for ``key`` (a hit makes it most recently used)."""
-        dropped: list[Any] = []
-        with self._lock:
-            node = self._lookup(key, self._clock(False), dropped)
-            if node is None:
-                self._misses += 1
-                value = default
-            else:
-                self._hits += 1
-                self._touch(node)
-                value = node[VALUE]
-        if dropped:
-            self._release(dropped)
-        return value
+        entry = self._od_get(key)  # may run __eq__ (its errors propagate)
+        if entry is None:
+            self._miss()
+            return default
+        exp = entry[EXPIRES]
+        if exp is not None and self._now() >= exp:
+            self._expired_entry(key, entry)
+            self._miss()
+            return default
+        try:
+            self._move_to_end(key)
+        except KeyError:
+            pass  # removed by another thread since: still a hit on what we read
+        self._hit()
+        return entry[VALUE]
 
     def __setitem__(self, key: K, value: V) -> None:
-        self.set(key, value)
+        self._store(key, value, self._ttl)
 
     def set(self, key: K, value: V, ttl: Optional[float] = None) -> bool:
         """Insert or replace ``key``; ``ttl`` overrides the default TTL.
@@ -254,38 +286,22 @@ class PyLruCache(Generic[K, V]):
         refused, counted in ``rejected``, and any older value for the key is
         dropped).
         """
-        ttl = self._ttl if ttl is None else check_ttl(ttl)
-        dropped: list[Any] = []
-        with self._lock:
-            nbytes = self._measure(key, value)
-            now = self._clock(ttl is not None)
-            stored = self._insert(key, value, nbytes, self._expires(ttl, now), now, dropped)
-        self._release(dropped)
-        return stored
+        return self._store(key, value, self._ttl if ttl is None else check_ttl(ttl))
 
     def __delitem__(self, key: K) -> None:
-        if self.pop(key, _MISSING) is _MISSING:
-            raise KeyError(key)
+        self.pop(key)
 
     def __contains__(self, key: object) -> bool:
-        with self._lock:
-            node = self._map.get(key)
-            return node is not None and not self._expired(node, self._clock(False))
+        return self._peek_entry(key) is not None
 
     def __len__(self) -> int:
-        return len(self._map)
+        return len(self._od)
 
     def _snapshot(self) -> list[tuple[Any, Any]]:
+        now = self._clock()
         with self._lock:
-            now = self._clock(False)
-            out = []
-            root = self._root
-            node = root[NEXT]
-            while node is not root:
-                if not self._expired(node, now):
-                    out.append((node[KEY], node[VALUE]))
-                node = node[NEXT]
-            return out
+            items = list(self._od.items())
+        return [(k, e[VALUE]) for k, e in items if self._live(e, now)]
 
     def __iter__(self) -> Iterator[K]:
         """Iterate over a snapshot of the keys, least recently used first."""
@@ -305,41 +321,40 @@ class PyLruCache(Generic[K, V]):
 
     def peek(self, key: K, default: Any = None) -> Any:
         """Return the value for ``key`` without counting or touching recency."""
-        with self._lock:
-            node = self._map.get(key)
-            if node is None or self._expired(node, self._clock(False)):
-                return default
-            return node[VALUE]
+        entry = self._peek_entry(key)
+        return default if entry is None else entry[VALUE]
 
     def pop(self, key: K, default: Any = _MISSING) -> Any:
         """Remove ``key`` and return its value (no counting, no callback)."""
+        now = self._clock()
         dropped: list[Any] = []
         with self._lock:
-            node = self._lookup(key, self._clock(False), dropped)
-            if node is not None:
-                self._remove(node, None, dropped)
+            entry = self._od.pop(key, None)  # may run __eq__
+            if entry is not None:
+                live = self._live(entry, now)
+                self._forget(key, entry, None if live else "expired", dropped)
+                if not live:
+                    entry = None
         self._release(dropped)
-        if node is not None:
-            return node[VALUE]
+        if entry is not None:
+            return entry[VALUE]
         if default is _MISSING:
             raise KeyError(key)
         return default
 
     def popitem(self) -> tuple[K, V]:
         """Remove and return the least recently used (key, value) pair."""
+        now = self._clock()
         dropped: list[Any] = []
+        item = None
         with self._lock:
-            now = self._clock(False)
-            root = self._root
-            item = None
-            while root[NEXT] is not root:
-                node = root[NEXT]
-                if self._expired(node, now):
-                    self._remove(node, "expired", dropped)
-                    continue
-                self._remove(node, None, dropped)
-                item = (node[KEY], node[VALUE])
-                break
+            while self._od:
+                key, entry = self._od.popitem(last=False)
+                live = self._live(entry, now)
+                self._forget(key, entry, None if live else "expired", dropped)
+                if live:
+                    item = (key, entry[VALUE])
+                    break
         self._release(dropped)
         if item is None:
             raise KeyError("popitem(): cache is empty")
@@ -347,84 +362,52 @@ class PyLruCache(Generic[K, V]):
 
     def setdefault(self, key: K, default: Any = None) -> Any:
         """Return the value for ``key``, inserting ``default`` on a miss."""
-        dropped: list[Any] = []
-        with self._lock:
-            node = self._lookup(key, self._clock(False), dropped)
-            if node is not None:
-                self._hits += 1
-                self._touch(node)
-                value = node[VALUE]
-            else:
-                self._misses += 1
-                nbytes = self._measure(key, default)
-                now = self._clock(self._ttl is not None)
-                self._insert(key, default, nbytes, self._expires(self._ttl, now), now, dropped)
-                value = default
-        self._release(dropped)
-        return value
+        value = self.get(key, _MISSING)
+        if value is not _MISSING:
+            return value
+        self._store(key, default, self._ttl)
+        return default
 
     def get_or_set(self, key: K, factory: Callable[[], V], ttl: Optional[float] = None) -> V:
         """Return the cached value, or store and return ``factory()``.
 
-        The factory runs once per miss, outside the lock. If another caller
+        The factory runs once per miss, with no lock held. If another caller
         stored the key meanwhile, that value wins and is returned.
         """
         if not callable(factory):
             raise TypeError(f"factory must be callable, not {type(factory).__name__}")
         ttl = self._ttl if ttl is None else check_ttl(ttl)
-        dropped: list[Any] = []
-        with self._lock:
-            node = self._lookup(key, self._clock(False), dropped)
-            if node is not None:
-                self._hits += 1
-                self._touch(node)
-                hit = node[VALUE]
-            else:
-                self._misses += 1
-                hit = _MISSING
-        self._release(dropped)
-        if hit is not _MISSING:
-            return hit  # type: ignore[no-any-return]
+        value = self.get(key, _MISSING)
+        if value is not _MISSING:
+            return value  # type: ignore[no-any-return]
         value = factory()
-        with self._lock:
-            node = self._lookup(key, self._clock(False), dropped)
-            if node is not None:
-                value = node[VALUE]
-            else:
-                nbytes = self._measure(key, value)
-                now = self._clock(ttl is not None)
-                self._insert(key, value, nbytes, self._expires(ttl, now), now, dropped)
-        self._release(dropped)
+        entry = self._od.get(key)  # may run __eq__
+        if entry is not None:
+            if entry[EXPIRES] is None or self._now() < entry[EXPIRES]:
+                return entry[VALUE]  # type: ignore[no-any-return]
+            self._expired_entry(key, entry)
+        self._store(key, value, ttl)
         return value
 
     def update(self, other: Any = (), /, **kwargs: V) -> None:
         """Insert every pair of ``other`` (a mapping or pairs) and ``kwargs``."""
         if hasattr(other, "keys"):
             for key in other.keys():
-                self.set(key, other[key])
+                self._store(key, other[key], self._ttl)
         else:
             for key, value in other:
-                self.set(key, value)
+                self._store(key, value, self._ttl)
         for key, value in kwargs.items():
-            self.set(key, value)  # type: ignore[arg-type]
+            self._store(key, value, self._ttl)
 
     def clear(self) -> None:
         """Remove every entry (no callbacks; statistics are kept)."""
         with self._lock:
-            # In place: a lookup running in a key's __eq__ holds this dict.
-            self._map.clear()
-            root = self._root
-            node = root[NEXT]
-            root[PREV][NEXT] = None
-            root[PREV] = root[NEXT] = root
+            old = list(self._od.items())
+            self._od.clear()
             self._nbytes = 0
             self._n_ttl = 0
-        # Outside the lock: break the detached chain so values are released
-        # now, not at the next garbage collection.
-        while node is not None and node is not root:
-            nxt = node[NEXT]
-            node[PREV] = node[NEXT] = None
-            node = nxt
+        del old  # released outside the lock
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Mapping):
@@ -447,21 +430,19 @@ class PyLruCache(Generic[K, V]):
         finally:
             running.discard(id(self))
 
-    # -- cache-specific -------------------------------------------------------
+    # -- cache-specific ---------------------------------------------------------
 
     def expire(self) -> int:
         """Drop every expired entry now; return how many were dropped."""
+        if not self._n_ttl:
+            return 0
+        now = self._now()
         dropped: list[Any] = []
         with self._lock:
-            if self._n_ttl:
-                now = self._now()
-                root = self._root
-                node = root[NEXT]
-                while node is not root:
-                    nxt = node[NEXT]
-                    if self._expired(node, now):
-                        self._remove(node, "expired", dropped)
-                    node = nxt
+            od = self._od
+            for key, entry in list(od.items()):
+                if not self._live(entry, now) and od.pop(key, None) is entry:
+                    self._forget(key, entry, "expired", dropped)
         count = len(dropped)
         self._release(dropped)
         return count
@@ -471,9 +452,10 @@ class PyLruCache(Generic[K, V]):
         fraction = check_fraction(fraction)
         dropped: list[Any] = []
         with self._lock:
-            root = self._root
-            for _ in range(trim_count(len(self._map), fraction)):
-                self._remove(root[NEXT], "trim", dropped)
+            od = self._od
+            for _ in range(trim_count(len(od), fraction)):
+                key, entry = od.popitem(last=False)
+                self._forget(key, entry, "trim", dropped)
         count = len(dropped)
         self._release(dropped)
         return count
@@ -484,42 +466,45 @@ class PyLruCache(Generic[K, V]):
             maxsize = check_size("maxsize", maxsize)
         if max_bytes is not UNSET:
             max_bytes = check_size("max_bytes", max_bytes)
+            if max_bytes is not None and self._max_bytes is None:
+                self._measure_all()
+            elif max_bytes is None:
+                self._set_all_nbytes({})
+            self._max_bytes = max_bytes
+        if maxsize is not UNSET:
+            self._maxsize = maxsize
+        now = self._clock()
         dropped: list[Any] = []
         with self._lock:
-            if max_bytes is not UNSET and max_bytes is not None and self._max_bytes is None:
-                self._measure_all()
-            if maxsize is not UNSET:
-                self._maxsize = maxsize
-            if max_bytes is not UNSET:
-                self._max_bytes = max_bytes
-                if max_bytes is None:
-                    self._set_all_nbytes(None)
-            self._evict_to_fit(self._clock(False), dropped)
+            self._evict_to_fit(now, dropped)
         self._release(dropped)
 
     def _measure_all(self) -> None:
-        """Measure every entry when a byte bound is first set."""
-        sizes = {id(n): self._sizes(n[KEY], n[VALUE]) for n in list(self._map.values())}
-        self._set_all_nbytes(sizes)
+        """Measure every entry when a byte bound is first set (sizeof runs unlocked)."""
+        with self._lock:
+            items = list(self._od.items())
+        self._set_all_nbytes({id(e): self._sizes(k, e[VALUE]) for k, e in items})
 
-    def _set_all_nbytes(self, sizes: Optional[dict[int, int]]) -> None:
-        total = 0
-        for node in self._map.values():
-            node[NBYTES] = 0 if sizes is None else sizes.get(id(node), 0)
-            total += node[NBYTES]
-        self._nbytes = total
+    def _set_all_nbytes(self, sizes: dict[int, int]) -> None:
+        with self._lock:
+            total = 0
+            for entry in self._od.values():
+                entry[NBYTES] = sizes.get(id(entry), 0)
+                total += entry[NBYTES]
+            self._nbytes = total
 
     def stats(self) -> dict[str, Any]:
         """Counters and sizes; see the README for each key."""
         with self._lock:
-            return stats_dict(len(self._map), self._maxsize, self._nbytes, self._max_bytes,
-                              self._hits, self._misses, self._by_reason, self._rejected,
-                              self._ttl)
+            return stats_dict(len(self._od), self._maxsize, self._nbytes, self._max_bytes,
+                              self._hits.value(), self._misses.value(), self._by_reason,
+                              self._rejected, self._ttl)
 
     def reset_stats(self) -> None:
         """Zero the hit, miss, eviction, expiration and rejection counters."""
         with self._lock:
-            self._hits = self._misses = self._rejected = 0
+            self._new_counters()
+            self._rejected = 0
             for reason in self._by_reason:
                 self._by_reason[reason] = 0
 
@@ -539,7 +524,7 @@ class PyLruCache(Generic[K, V]):
     def nbytes(self) -> int:
         return self._nbytes
 
-    # -- copying and pickling -------------------------------------------------
+    # -- copying and pickling ---------------------------------------------------
 
     def copy(self) -> "PyLruCache[K, V]":
         """A shallow copy with the same settings and entries (fresh statistics)."""
@@ -551,18 +536,12 @@ class PyLruCache(Generic[K, V]):
     __copy__ = copy
 
     def __reduce__(self) -> tuple[Any, ...]:
+        now = self._clock()
         with self._lock:
-            now = self._now() if self._n_ttl else 0.0
-            entries = []
-            root = self._root
-            node = root[NEXT]
-            while node is not root:
-                exp = node[EXPIRES]
-                if exp is None or now < exp:
-                    entries.append((node[KEY], node[VALUE],
-                                    None if exp is None else exp - now, node[NBYTES]))
-                node = node[NEXT]
-            state = (self._max_bytes, self._sizeof, self._timer, self._on_evict, entries)
+            items = list(self._od.items())
+        entries = [(k, e[VALUE], None if e[EXPIRES] is None else e[EXPIRES] - now, e[NBYTES])
+                   for k, e in items if self._live(e, now)]
+        state = (self._max_bytes, self._sizeof, self._timer, self._on_evict, entries)
         return (type(self), (self._maxsize, self._ttl), state)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
@@ -571,12 +550,18 @@ class PyLruCache(Generic[K, V]):
         self._sizeof = check_callable("sizeof", sizeof)
         self._timer = check_callable("timer", timer)
         self._on_evict = check_callable("on_evict", on_evict)
+        now = self._now() if any(e[2] is not None for e in entries) else 0.0
         dropped: list[Any] = []
         with self._lock:
-            now = self._now() if any(e[2] is not None for e in entries) else 0.0
             for key, value, remaining, nbytes in entries:
-                self._insert(key, value, check_nbytes(nbytes),
-                             None if remaining is None else now + remaining, now, dropped)
+                old = self._od.pop(key, None)
+                if old is not None:
+                    self._forget(key, old, None, dropped)
+                expires = None if remaining is None else now + remaining
+                self._od[key] = [value, expires, check_nbytes(nbytes)]
+                self._nbytes += nbytes
+                self._n_ttl += expires is not None
+                self._evict_to_fit(now, dropped)
         self._release(dropped)
 
 

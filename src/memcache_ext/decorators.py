@@ -1,0 +1,391 @@
+"""``cached(cache, key=None)``: memoize sync and async functions and methods.
+
+    from memcache_ext import LruCache, cached
+
+    @cached(LruCache(maxsize=1024, ttl=60))
+    def user_context(user_id: int) -> dict: ...
+
+    @cached(LruCache(maxsize=256))
+    async def fetch(url: str) -> bytes: ...
+
+Semantics:
+
+* Keys: by default built from the positional and keyword arguments, as
+  ``functools.lru_cache(typed=False)`` does (``f(1)`` and ``f(1.0)`` share an
+  entry), except that keyword order does not matter (``f(a=1, b=2)`` and
+  ``f(b=2, a=1)`` share one). Every argument must be hashable (TypeError
+  otherwise, as with functools). ``key(*args, **kwargs)`` replaces that with
+  your own function. The function itself is *not* part of the key: give each
+  decorated function its own cache, or a ``key`` that adds a prefix, if you
+  share one cache between several functions.
+* Hits cost one key build and one ``cache.get``: no lock is taken.
+* Concurrent misses for one key share one computation: the first caller
+  computes, threads that arrive meanwhile wait on a ``concurrent.futures.Future``
+  and asyncio tasks await it (on any event loop). The result is stored, then
+  handed to every waiter. An exception is not cached and is raised in every
+  waiter; the next call computes again.
+* Async: the computation runs in its own task, and every caller (the first
+  one included) awaits it through ``asyncio.shield``: cancelling one caller
+  does not cancel the computation or the other callers, and the result is
+  still stored. If the computing task itself is cancelled, every waiter gets
+  CancelledError.
+* Re-entry with the same key from inside the computation (recursion on the
+  same thread, or from the computing task) computes directly instead of
+  waiting for itself.
+* Methods (a function defined in a class body whose first parameter is
+  ``self`` or ``cls``; force with ``method=True/False``): the instance is not
+  part of the key. Each live instance gets a private token (found by ``id``
+  and dropped by a weakref callback when the instance dies), so the cache never
+  keeps ``self`` alive and a new object that reuses a dead one's id never sees
+  its entries. Entries of a dead instance become unreachable and leave by LRU
+  order. An instance that cannot be weakly referenced is keyed by itself
+  (kept alive, as functools does). A custom ``key`` gets the arguments after
+  ``self``.
+* ``wrapped.cache`` is the cache, ``wrapped.cache_clear()`` clears it (the
+  whole cache, shared or not), ``wrapped.__wrapped__`` the original function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import inspect
+import threading
+import weakref
+from typing import Any, Callable, Optional, TypeVar
+
+__all__ = ["cached", "make_key"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_MISSING: Any = object()
+
+
+class _KwMark:
+    """Separates positional from keyword arguments in a key."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<kwargs>"
+
+    def __reduce__(self) -> str:
+        return "_KWMARK"
+
+
+_KWMARK = _KwMark()
+# A single argument of these types is its own key (no tuple to build or hash).
+# Multi-argument keys are tuples, so they never collide with these; int,
+# float and bool are all here so that f(1), f(1.0) and f(True) share an entry.
+_FAST_TYPES = frozenset({int, str, float, bool, bytes, type(None)})
+
+
+def make_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The default key for a call (see the module docstring)."""
+    if kwargs:
+        return (*args, _KWMARK, *sorted(kwargs.items()))
+    if len(args) == 1 and type(args[0]) in _FAST_TYPES:
+        return args[0]
+    return args
+
+
+class _Token:
+    """Stands for one live instance in method keys (identity hash/eq)."""
+
+    __slots__ = ("__weakref__",)
+
+    def __repr__(self) -> str:
+        return f"<instance token {id(self):#x}>"
+
+
+class _InstanceTokens:
+    """id(instance) -> (token, weakref); entries vanish when the instance dies."""
+
+    __slots__ = ("_tokens", "_lock")
+
+    def __init__(self) -> None:
+        self._tokens: dict[int, tuple[_Token, "weakref.ref[Any]"]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, obj: Any) -> Any:
+        entry = self._tokens.get(id(obj))
+        if entry is not None and entry[1]() is obj:
+            return entry[0]
+        return self._new(obj)
+
+    def _new(self, obj: Any) -> Any:
+        tokens = self._tokens
+        ident = id(obj)
+
+        def forget(ref: "weakref.ref[Any]") -> None:
+            cur = tokens.get(ident)
+            if cur is not None and cur[1] is ref:
+                del tokens[ident]
+
+        with self._lock:
+            entry = tokens.get(ident)
+            if entry is not None and entry[1]() is obj:
+                return entry[0]
+            try:
+                ref = weakref.ref(obj, forget)
+            except TypeError:
+                return obj  # not weakly referenceable: key on the object itself
+            token = _Token()
+            tokens[ident] = (token, ref)
+            return token
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+
+class _Flight:
+    """One computation in progress, shared by every caller of its key."""
+
+    __slots__ = ("future", "owner", "task")
+
+    def __init__(self, owner: int) -> None:
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.owner = owner
+        self.task: Optional[asyncio.Task[Any]] = None
+
+
+def _retrieve(fut: Any) -> None:
+    """Mark a future's exception as retrieved (no "never retrieved" warning)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _looks_like_method(func: Callable[..., Any]) -> bool:
+    parts = getattr(func, "__qualname__", "").split(".")
+    if len(parts) < 2 or parts[-2] == "<locals>":
+        return False
+    code = getattr(func, "__code__", None)
+    return (code is not None and code.co_argcount >= 1
+            and code.co_varnames[0] in ("self", "cls"))
+
+
+def cached(cache: Any, key: Optional[Callable[..., Any]] = None, *,
+           method: Optional[bool] = None) -> Callable[[F], F]:
+    """Decorate a sync or async function or method to memoize it in ``cache``.
+
+    ``cache`` is any cache of this package (or any object with ``get``,
+    ``peek``, ``set`` and ``clear`` of the same meaning). ``key`` builds the
+    cache key from the call's arguments; ``method`` overrides the detection of
+    methods. See the module docstring for the full contract.
+    """
+    for name in ("get", "peek", "set", "clear"):
+        if not callable(getattr(cache, name, None)):
+            raise TypeError(f"cache must have a {name}() method, "
+                            f"not {type(cache).__name__}")
+    if key is not None and not callable(key):
+        raise TypeError(f"key must be callable or None, not {type(key).__name__}")
+
+    def decorator(func: F) -> F:
+        if not callable(func):
+            raise TypeError(f"cached() needs a callable, not {type(func).__name__}")
+        is_method = _looks_like_method(func) if method is None else bool(method)
+        if inspect.iscoroutinefunction(func):
+            wrapper = _async_wrapper(func, cache, key, is_method)
+        else:
+            wrapper = _sync_wrapper(func, cache, key, is_method)
+        functools.update_wrapper(wrapper, func)
+        wrapper.cache = cache  # type: ignore[attr-defined]
+        wrapper.cache_clear = cache.clear  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorator
+
+
+def _key_builders(key: Optional[Callable[..., Any]], is_method: bool
+                  ) -> tuple[Callable[..., Any], Optional[_InstanceTokens]]:
+    """(build(args, kwargs) -> key, instance tokens or None) for the miss path."""
+    tokens = _InstanceTokens() if is_method else None
+    if not is_method:
+        if key is None:
+            return make_key, None
+        return (lambda args, kwargs: key(*args, **kwargs)), None
+    assert tokens is not None
+    if key is None:
+        def build(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            if kwargs:
+                return (tokens(args[0]), *args[1:], _KWMARK, *sorted(kwargs.items()))
+            return (tokens(args[0]), *args[1:])
+    else:
+        def build(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            return (tokens(args[0]), key(*args[1:], **kwargs))
+    return build, tokens
+
+
+def _sync_wrapper(func: Callable[..., Any], cache: Any, key: Optional[Callable[..., Any]],
+                  is_method: bool) -> Callable[..., Any]:
+    get, peek, store = cache.get, cache.peek, cache.set
+    lock = threading.RLock()  # RLock: a key's __eq__ may call the function again
+    inflight: dict[Any, _Flight] = {}
+    build, tokens = _key_builders(key, is_method)
+    get_ident = threading.get_ident
+
+    def miss(k: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        me = get_ident()
+        with lock:
+            flight = inflight.get(k)
+            leader = flight is None
+            if leader:
+                flight = inflight[k] = _Flight(me)
+        assert flight is not None
+        if not leader:
+            if flight.owner == me:  # recursion with the same key
+                return func(*args, **kwargs)
+            return flight.future.result()
+        try:
+            value = peek(k, _MISSING)  # someone may have stored it since our miss
+            if value is _MISSING:
+                value = func(*args, **kwargs)
+                store(k, value)
+        except BaseException as exc:
+            with lock:
+                if inflight.get(k) is flight:
+                    del inflight[k]
+            flight.future.set_exception(exc)
+            raise
+        with lock:
+            if inflight.get(k) is flight:
+                del inflight[k]
+        flight.future.set_result(value)
+        return value
+
+    # The hit paths are written out in full: one key build, one get, no lock.
+    if is_method and key is None:
+        assert tokens is not None
+        tok_get = tokens._tokens.get
+        mark = _KWMARK
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            entry = tok_get(id(args[0]))
+            if entry is not None and entry[1]() is args[0]:
+                token = entry[0]
+            else:
+                token = tokens(args[0])
+            if kwargs:
+                k: Any = (token, *args[1:], mark, *sorted(kwargs.items()))
+            else:
+                k = (token, *args[1:])
+            value = get(k, _MISSING)
+            if value is _MISSING:
+                return miss(k, args, kwargs)
+            return value
+    elif is_method:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            k = build(args, kwargs)
+            value = get(k, _MISSING)
+            if value is _MISSING:
+                return miss(k, args, kwargs)
+            return value
+    elif key is not None:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            k = key(*args, **kwargs)
+            value = get(k, _MISSING)
+            if value is _MISSING:
+                return miss(k, args, kwargs)
+            return value
+    else:
+        fast = _FAST_TYPES
+        mark = _KWMARK
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if kwargs:
+                k: Any = (*args, mark, *sorted(kwargs.items()))
+            elif len(args) == 1 and type(args[0]) in fast:
+                k = args[0]
+            else:
+                k = args
+            value = get(k, _MISSING)
+            if value is _MISSING:
+                return miss(k, args, kwargs)
+            return value
+
+    wrapper._inflight = inflight  # type: ignore[attr-defined]
+    wrapper._instance_tokens = tokens  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _async_wrapper(func: Callable[..., Any], cache: Any, key: Optional[Callable[..., Any]],
+                   is_method: bool) -> Callable[..., Any]:
+    get, peek, store = cache.get, cache.peek, cache.set
+    lock = threading.RLock()
+    inflight: dict[Any, _Flight] = {}
+    build, tokens = _key_builders(key, is_method)
+
+    def finish(k: Any, flight: _Flight) -> None:
+        with lock:
+            if inflight.get(k) is flight:
+                del inflight[k]
+
+    async def compute(k: Any, flight: _Flight, args: tuple[Any, ...],
+                      kwargs: dict[str, Any]) -> Any:
+        try:
+            value = peek(k, _MISSING)
+            if value is _MISSING:
+                value = await func(*args, **kwargs)
+                store(k, value)
+        except asyncio.CancelledError:
+            finish(k, flight)
+            flight.future.cancel()
+            raise
+        except BaseException as exc:
+            finish(k, flight)
+            flight.future.set_exception(exc)
+            raise
+        finish(k, flight)
+        flight.future.set_result(value)
+        return value
+
+    async def miss(k: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        with lock:
+            flight = inflight.get(k)
+            leader = flight is None
+            if leader:
+                flight = inflight[k] = _Flight(0)
+                # Created under the lock so a waiter never sees a flight
+                # without its task; the task starts on the next loop turn.
+                flight.task = loop.create_task(compute(k, flight, args, kwargs))
+                flight.task.add_done_callback(_retrieve)
+        assert flight is not None
+        if leader:
+            assert flight.task is not None
+            return await asyncio.shield(flight.task)
+        if flight.task is not None and flight.task is asyncio.current_task():
+            return await func(*args, **kwargs)  # re-entry from the computation itself
+        waiter = asyncio.wrap_future(flight.future)
+        waiter.add_done_callback(_retrieve)
+        return await asyncio.shield(waiter)
+
+    if is_method or key is not None:
+        make = build
+
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            k = make(args, kwargs)
+            value = get(k, _MISSING)
+            if value is _MISSING:
+                return await miss(k, args, kwargs)
+            return value
+    else:
+        fast = _FAST_TYPES
+        mark = _KWMARK
+
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if kwargs:
+                k: Any = (*args, mark, *sorted(kwargs.items()))
+            elif len(args) == 1 and type(args[0]) in fast:
+                k = args[0]
+            else:
+                k = args
+            value = get(k, _MISSING)
+            if value is _MISSING:
+                return await miss(k, args, kwargs)
+            return value
+
+    wrapper._inflight = inflight  # type: ignore[attr-defined]
+    wrapper._instance_tokens = tokens  # type: ignore[attr-defined]
+    return wrapper

@@ -1,0 +1,96 @@
+"""BoundedDeque: a thread-safe history that keeps only the newest items."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Generic, Iterable, Iterator, TypeVar
+
+__all__ = ["BoundedDeque"]
+
+T = TypeVar("T")
+
+
+class BoundedDeque(Generic[T]):
+    """Keeps the newest ``maxlen`` items; older ones are pushed out and counted.
+
+    A ``collections.deque(maxlen=...)`` plus one lock, so that compound
+    operations (``extend`` with its ``dropped`` count, ``recent``, ``snapshot``,
+    iteration) see a consistent state while other threads append. Iteration
+    runs over a snapshot, so appending while iterating never raises.
+    ``dropped`` counts items pushed out by newer ones; ``clear()`` does not
+    count as dropping.
+    """
+
+    __slots__ = ("_items", "_lock", "_dropped", "__weakref__")
+
+    def __init__(self, maxlen: int, iterable: Iterable[T] = ()) -> None:
+        if isinstance(maxlen, bool) or not isinstance(maxlen, int):
+            raise TypeError(f"maxlen must be an int, not {type(maxlen).__name__}")
+        if maxlen < 1:
+            raise ValueError(f"maxlen must be >= 1, got {maxlen}")
+        self._items: deque[T] = deque(maxlen=maxlen)
+        self._lock = threading.Lock()
+        self._dropped = 0
+        self.extend(iterable)
+
+    @property
+    def maxlen(self) -> int:
+        return self._items.maxlen  # type: ignore[return-value]
+
+    @property
+    def dropped(self) -> int:
+        """How many items have been pushed out by newer ones so far."""
+        return self._dropped
+
+    def append(self, item: T) -> None:
+        """Add ``item`` as the newest, pushing out the oldest when full."""
+        with self._lock:
+            items = self._items
+            if len(items) == items.maxlen:
+                self._dropped += 1
+            items.append(item)
+
+    def extend(self, items: Iterable[T]) -> None:
+        """Append every item of ``items`` (materialised first, outside the lock)."""
+        new = list(items)
+        with self._lock:
+            overflow = len(self._items) + len(new) - self.maxlen
+            if overflow > 0:
+                self._dropped += overflow
+            self._items.extend(new)
+
+    def recent(self, n: int) -> list[T]:
+        """The newest ``n`` items, oldest first (fewer if there are fewer)."""
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"n must be an int, not {type(n).__name__}")
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        with self._lock:
+            items = self._items
+            if n >= len(items):
+                return list(items)
+            return [items[i] for i in range(len(items) - n, len(items))]
+
+    def snapshot(self) -> list[T]:
+        """Every item, oldest first, as a new list."""
+        with self._lock:
+            return list(self._items)
+
+    def clear(self) -> None:
+        """Remove every item (``dropped`` is kept)."""
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self.snapshot())
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.snapshot()!r}, maxlen={self.maxlen}, "
+                f"dropped={self._dropped})")

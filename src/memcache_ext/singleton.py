@@ -1,0 +1,138 @@
+"""SingletonMeta: one instance per class, created exactly once under any race.
+
+Rules:
+
+* Each class that uses the metaclass gets one instance; a subclass gets its
+  own (instances are stored on each class's own ``__dict__``, never looked
+  up through inheritance).
+* Construction runs exactly once even when many threads call the class at
+  the same moment: the first caller builds the instance under a lock that
+  belongs to that class alone, so different classes never wait for each other
+  and a constructor that creates *another* singleton does not deadlock.
+* A constructor that calls its own class again (on the same thread) raises
+  RuntimeError instead of recursing or deadlocking.
+* Arguments on later calls: a call with no arguments, or with arguments equal
+  to the first call's, returns the instance. A call with *different* arguments
+  raises TypeError: silently returning an instance configured differently
+  from what the caller asked for hides bugs. The first call's arguments are
+  kept (strongly) for that comparison until ``reset``.
+* If the constructor raises, nothing is stored and the next call tries again.
+* ``SingletonMeta.reset()`` forgets every instance; ``SingletonMeta.reset(cls)``
+  or ``cls.reset()`` forgets one class's (not its subclasses'). Meant for
+  tests; code already holding the old instance keeps it.
+
+Two classes whose constructors create each other from two threads at once
+can still deadlock (a genuine lock cycle); construct such pairs eagerly.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any, Callable, Optional
+
+__all__ = ["SingletonMeta"]
+
+_INSTANCE = "_SingletonMeta__instance"
+_ARGS = "_SingletonMeta__args"
+_LOCK = "_SingletonMeta__lock"
+_BUILDER = "_SingletonMeta__builder"
+_MISSING: Any = object()
+
+
+class _Reset:
+    """``SingletonMeta.reset(cls=None)`` on the metaclass, ``cls.reset()`` on a class.
+
+    A non-data descriptor, so a class (or its instances) that defines its own
+    ``reset`` attribute keeps it.
+    """
+
+    def __get__(self, obj: Optional[type], objtype: Any = None) -> Callable[..., None]:
+        if obj is None:
+            return _reset
+        return lambda: _reset(obj)
+
+
+def _reset(cls: Optional[type] = None) -> None:
+    """Forget the instance of ``cls``, or of every singleton class when None."""
+    if cls is None:
+        with SingletonMeta._registry_lock:
+            classes = list(SingletonMeta._classes)
+        for c in classes:
+            _reset(c)
+        return
+    if not isinstance(cls, SingletonMeta):
+        raise TypeError(f"{cls!r} is not a class created by SingletonMeta")
+    with _lock_of(cls):
+        for name in (_INSTANCE, _ARGS):
+            if name in cls.__dict__:
+                type.__delattr__(cls, name)
+    with SingletonMeta._registry_lock:
+        SingletonMeta._classes.discard(cls)
+
+
+def _lock_of(cls: type) -> Any:
+    lock = cls.__dict__.get(_LOCK)
+    if lock is None:  # a class whose metaclass __init__ was bypassed
+        with SingletonMeta._registry_lock:
+            lock = cls.__dict__.get(_LOCK)
+            if lock is None:
+                lock = threading.RLock()
+                type.__setattr__(cls, _LOCK, lock)
+    return lock
+
+
+class SingletonMeta(type):
+    """Metaclass: ``class Config(metaclass=SingletonMeta)`` has one instance."""
+
+    _registry_lock = threading.Lock()
+    #: Classes that currently hold an instance (weakly: a class may go away).
+    _classes: "weakref.WeakSet[type]" = weakref.WeakSet()
+
+    reset = _Reset()
+
+    def __init__(cls, name: str, bases: tuple[type, ...], ns: dict[str, Any], **kw: Any) -> None:
+        super().__init__(name, bases, ns, **kw)
+        type.__setattr__(cls, _LOCK, threading.RLock())
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        # Fast path: no lock once the instance exists.
+        inst = cls.__dict__.get(_INSTANCE, _MISSING)
+        if inst is not _MISSING and not args and not kwargs:
+            return inst
+        with _lock_of(cls):
+            inst = cls.__dict__.get(_INSTANCE, _MISSING)
+            if inst is not _MISSING:
+                if args or kwargs:
+                    cls._check_args(args, kwargs)
+                return inst
+            me = threading.get_ident()
+            if cls.__dict__.get(_BUILDER) == me:
+                raise RuntimeError(f"{cls.__qualname__}() called again while it is "
+                                   f"being constructed")
+            type.__setattr__(cls, _BUILDER, me)
+            try:
+                inst = super().__call__(*args, **kwargs)
+            finally:
+                type.__delattr__(cls, _BUILDER)
+            type.__setattr__(cls, _ARGS, (args, kwargs))
+            type.__setattr__(cls, _INSTANCE, inst)
+        with SingletonMeta._registry_lock:
+            SingletonMeta._classes.add(cls)
+        return inst
+
+    def _check_args(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        first = cls.__dict__.get(_ARGS, ((), {}))
+        try:
+            same = bool(first == (args, kwargs))
+        except Exception as exc:  # noqa: BLE001 - incomparable arguments
+            raise TypeError(f"{cls.__qualname__} is a singleton and its arguments "
+                            f"cannot be compared with the first call's") from exc
+        if not same:
+            raise TypeError(
+                f"{cls.__qualname__} is a singleton already created with different "
+                f"arguments; call it without arguments, or SingletonMeta.reset() first")
+
+    def has_instance(cls) -> bool:
+        """Whether this class's instance exists now."""
+        return _INSTANCE in cls.__dict__

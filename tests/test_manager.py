@@ -1,0 +1,450 @@
+"""CacheManager: registry, limit detection, hysteresis cleanup, budget, stats."""
+
+from __future__ import annotations
+
+import gc
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from memcache_ext import CacheManager, LruCache, cache_manager
+from memcache_ext.manager import MB
+
+GB = 2**30
+
+
+class FakeRss:
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __call__(self) -> int:
+        return self.value
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(cache_cls: type, **kw: Any) -> CacheManager:
+    kw.setdefault("memory_limit_mb", 1000)
+    kw.setdefault("rss", FakeRss(100 * MB))
+    return CacheManager(cache_class=cache_cls, **kw)
+
+
+# -- construction ------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw", [
+    {"memory_limit_mb": 0}, {"memory_limit_mb": -5}, {"memory_limit_mb": float("inf")},
+    {"high_water": 0}, {"high_water": 1.5}, {"cleanup_fraction": 0},
+    {"cleanup_fraction": 2}, {"low_water": 0}, {"high_water": 0.5, "low_water": 0.6},
+    {"min_interval": -1}, {"max_total_bytes": 0}, {"history": 0},
+    {"high_water": float("nan")},
+])
+def test_bad_values(kw: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        CacheManager(**kw)
+
+
+@pytest.mark.parametrize("kw", [{"memory_limit_mb": "1"}, {"high_water": True},
+                                {"max_total_bytes": 1.5}, {"rss": 5}])
+def test_bad_types(kw: dict[str, Any]) -> None:
+    with pytest.raises(TypeError):
+        CacheManager(**kw)
+
+
+def test_default_low_water() -> None:
+    assert CacheManager(high_water=0.8).low_water == pytest.approx(0.7)
+    assert CacheManager(high_water=0.1).low_water == pytest.approx(0.05)
+
+
+def test_module_level_manager_uses_best_cache() -> None:
+    assert isinstance(cache_manager, CacheManager)
+    m = CacheManager()
+    c = m.create_cache("x")
+    assert type(c) is LruCache
+    assert m.memory_usage_mb() > 1
+    assert m.limit.nbytes > 0 and m.limit.source
+
+
+# -- registry ------------------------------------------------------------------------
+
+def test_registry(cache_cls: type) -> None:
+    m = make(cache_cls)
+    a = m.create_cache("a", maxsize=10, ttl=5)
+    assert isinstance(a, cache_cls)
+    assert a.maxsize == 10 and a.ttl == 5
+    assert m.create_cache("a", maxsize=10, ttl=5) is a
+    with pytest.raises(ValueError, match="different settings"):
+        m.create_cache("a", maxsize=11, ttl=5)
+    with pytest.raises(ValueError):
+        m.create_cache("a", maxsize=10, ttl=5, max_bytes=100)
+    assert m.get_cache("a") is a
+    with pytest.raises(KeyError):
+        m.get_cache("nope")
+    m.create_cache("b")
+    assert "a" in m and "zz" not in m
+    assert len(m) == 2
+    assert sorted(m) == ["a", "b"]
+    a["k"] = 1
+    assert m.remove_cache("a") is True
+    assert len(a) == 0  # cleared
+    assert m.remove_cache("a") is False
+    assert "a" not in m
+    with pytest.raises(TypeError):
+        m.create_cache(5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        m.create_cache("")
+
+
+def test_create_passes_kwargs(cache_cls: type) -> None:
+    m = make(cache_cls)
+    seen = []
+    c = m.create_cache("e", maxsize=1, on_evict=lambda k, v, r: seen.append((k, r)))
+    c[1] = 1
+    c[2] = 2
+    assert seen == [(1, "capacity")]
+
+
+def test_concurrent_create_returns_one_cache(isolated: Any) -> None:
+    isolated("""
+        sys.setswitchinterval(1e-6)
+        from memcache_ext import CacheManager
+        m = CacheManager(memory_limit_mb=100, cache_class=Cache)
+        barrier = threading.Barrier(16)
+        got = []
+        def work(i):
+            barrier.wait()
+            for j in range(50):
+                got.append(m.create_cache(f"c{j}", maxsize=10))
+                if j % 10 == 0:
+                    m.stats()
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(16)]
+        [t.start() for t in ts]; [t.join() for t in ts]
+        assert len(m) == 50
+        assert len({id(c) for c in got}) == 50
+    """)
+
+
+# -- limit -----------------------------------------------------------------------------
+
+def test_limit_from_fake_cgroup(tmp_path: Path) -> None:
+    (tmp_path / "proc/self").mkdir(parents=True)
+    (tmp_path / "proc/self/cgroup").write_text("0::/svc\n")
+    (tmp_path / "sys/fs/cgroup/svc").mkdir(parents=True)
+    (tmp_path / "sys/fs/cgroup/svc/memory.max").write_text(str(512 * MB))
+    m = CacheManager(cgroup_root=str(tmp_path))
+    assert m.memory_limit_mb == 512
+    st = m.stats()
+    assert st["limit"]["mb"] == 512
+    assert st["limit"]["source"].startswith("cgroup v2")
+
+
+def test_limit_configured() -> None:
+    m = CacheManager(memory_limit_mb=256)
+    assert m.limit.nbytes == 256 * MB and m.limit.source == "configured"
+
+
+# -- cleanup ---------------------------------------------------------------------------
+
+def fill(cache: Any, n: int, prefix: str = "k") -> None:
+    for i in range(n):
+        cache[f"{prefix}{i}"] = "v" * 100
+
+
+def test_below_high_water_does_nothing(cache_cls: type) -> None:
+    rss = FakeRss(799 * MB)
+    m = make(cache_cls, rss=rss)
+    c = m.create_cache("a", maxsize=None)
+    fill(c, 100)
+    assert m.cleanup_if_needed() is None
+    assert len(c) == 100 and m.history == []
+
+
+def test_above_high_water_cleans_and_records(cache_cls: type) -> None:
+    rss = FakeRss(900 * MB)
+    m = make(cache_cls, rss=rss, min_interval=0)
+    a = m.create_cache("a", maxsize=None)
+    b = m.create_cache("b", maxsize=None)
+    fill(a, 100)
+    fill(b, 10)
+    event = m.cleanup_if_needed()
+    assert event is not None
+    # Nothing is byte-accounted (no max_bytes): every cache is trimmed by half.
+    assert len(a) == 50 and len(b) == 5
+    assert event.entries_evicted == 55
+    assert event.reason == "high_water"
+    assert event.target_bytes == int(0.7 * 1000 * MB)
+    assert event.rss_before == 900 * MB
+    assert event.accounted_bytes_released == 0
+    assert event.malloc_trimmed in (True, False)
+    assert event.duration >= event.gc_duration >= 0
+    assert sorted(event.caches_trimmed) == ["a", "b"]
+    assert a.stats()["evictions_by_reason"]["trim"] == 50
+    d = event.as_dict()
+    assert d["rss_freed_bytes"] == event.rss_before - event.rss_after
+    json.dumps(d)
+
+
+def test_min_interval(cache_cls: type) -> None:
+    clock = Clock()
+    m = make(cache_cls, rss=FakeRss(900 * MB), min_interval=30, clock=clock)
+    c = m.create_cache("a", maxsize=None)
+    fill(c, 64)
+    assert m.cleanup_if_needed() is not None
+    assert len(c) == 32
+    clock.now += 10
+    assert m.cleanup_if_needed() is None
+    assert len(c) == 32
+    assert m.stats()["cleanups_skipped_interval"] == 1
+    clock.now += 25
+    assert m.cleanup_if_needed() is not None
+    assert len(c) == 16
+
+
+def test_hysteresis_trims_lru_cache_first_and_stops(cache_cls: type) -> None:
+    # limit 1000 MB, RSS 810 MB, target 0.7 -> need about 110 MB of accounted bytes.
+    clock = Clock()
+    m = make(cache_cls, rss=FakeRss(810 * MB), min_interval=0, clock=clock)
+    big = 60 * MB
+    sizeof = lambda o: big if isinstance(o, str) and o.startswith("v") else 0  # noqa: E731
+    old = m.create_cache("old", maxsize=None, max_bytes=10 * GB, sizeof=sizeof)
+    mid = m.create_cache("mid", maxsize=None, max_bytes=10 * GB, sizeof=sizeof)
+    new = m.create_cache("new", maxsize=None, max_bytes=10 * GB, sizeof=sizeof)
+    for c in (old, mid, new):
+        for i in range(4):
+            c[i] = "v"
+    m.stats()  # first observation: fingerprints
+    clock.now += 1
+    mid.get(0)  # mid used
+    clock.now += 1
+    m.get_cache("new")  # new used later
+    clock.now += 1
+    event = m.cleanup_if_needed()
+    assert event is not None
+    # old (2 entries = 120 MB released) is enough: mid and new are untouched.
+    assert event.caches_trimmed == ["old"]
+    assert event.accounted_bytes_released == 2 * big
+    assert (len(old), len(mid), len(new)) == (2, 4, 4)
+
+
+def test_forced_cleanup_trims_everything(cache_cls: type) -> None:
+    m = make(cache_cls, rss=FakeRss(10 * MB))
+    caches = [m.create_cache(f"c{i}", maxsize=None) for i in range(3)]
+    for c in caches:
+        fill(c, 10)
+    event = m.cleanup(fraction=1.0)
+    assert event is not None and event.reason == "forced"
+    assert all(len(c) == 0 for c in caches)
+    assert event.entries_evicted == 30
+    with pytest.raises(ValueError):
+        m.cleanup(fraction=0)
+
+
+def test_cleanup_expires_and_collects(cache_cls: type, timer: Any) -> None:
+    m = make(cache_cls)
+    c = m.create_cache("t", maxsize=None, ttl=10, timer=timer)
+    fill(c, 10)
+    timer.advance(11)
+    gc.collect()
+    for _ in range(50):
+        x: list = []
+        x.append(x)
+    del x
+    event = m.cleanup()
+    assert event is not None
+    assert event.entries_expired == 10
+    assert event.entries_evicted == 0
+    assert event.objects_collected >= 50
+
+
+def test_on_evict_error_recorded_and_rest_cleaned(cache_cls: type) -> None:
+    m = make(cache_cls)
+
+    def boom(k: Any, v: Any, reason: str) -> None:
+        raise RuntimeError("evict failed")
+
+    bad = m.create_cache("bad", maxsize=None, on_evict=boom)
+    good = m.create_cache("good", maxsize=None)
+    fill(bad, 10)
+    fill(good, 10)
+    event = m.cleanup()
+    assert event is not None
+    assert any("bad: trim: RuntimeError: evict failed" in e for e in event.errors)
+    assert len(bad) == 5 and len(good) == 5
+    assert event.entries_evicted == 10
+    assert m.stats()["cleanups"][-1]["errors"] == event.errors
+
+
+def test_cache_removed_during_cleanup(cache_cls: type) -> None:
+    m = make(cache_cls)
+    # "a" is trimmed first (older); its on_evict removes "b" from the manager.
+    a = m.create_cache("a", maxsize=None,
+                       on_evict=lambda k, v, r: m.remove_cache("b", clear=False))
+    b = m.create_cache("b", maxsize=None)
+    fill(a, 4)
+    fill(b, 4)
+    event = m.cleanup()
+    assert event is not None
+    assert event.skipped == ["b"]
+    assert len(b) == 4 and "b" not in m
+    assert event.errors == []
+
+
+def test_reentrant_cleanup_from_on_evict(isolated: Any) -> None:
+    isolated("""
+        from memcache_ext import CacheManager
+        m = CacheManager(memory_limit_mb=100, cache_class=Cache)
+        inner = []
+        c = m.create_cache("a", maxsize=None,
+                           on_evict=lambda k, v, r: inner.append(m.cleanup()))
+        for i in range(10): c[i] = i
+        ev = m.cleanup()
+        assert ev is not None and ev.entries_evicted == 5
+        assert inner == [None] * 5
+        assert len(m.history) == 1
+    """, timeout=30)
+
+
+def test_concurrent_cleanups_and_inserts(isolated: Any) -> None:
+    isolated("""
+        sys.setswitchinterval(1e-5)
+        from memcache_ext import CacheManager
+        m = CacheManager(memory_limit_mb=100, cache_class=Cache, rss=lambda: 99 * 2**20,
+                         min_interval=0)
+        caches = [m.create_cache(f"c{i}", maxsize=500) for i in range(4)]
+        stop = threading.Event()
+        def writer(c):
+            i = 0
+            while not stop.is_set():
+                c[i % 1000] = i; c.get(i % 7); i += 1
+        def cleaner():
+            for _ in range(30):
+                m.cleanup_if_needed(); m.cleanup(collect=False); m.stats()
+        ws = [threading.Thread(target=writer, args=(c,)) for c in caches]
+        cs = [threading.Thread(target=cleaner) for _ in range(3)]
+        [t.start() for t in ws + cs]; [t.join() for t in cs]
+        stop.set(); [t.join() for t in ws]
+        assert all(len(c) <= 500 for c in caches)
+        assert 90 <= len(m.history) <= 100  # bounded (forced ones always run)
+        assert m.stats()["cleanup_count"] >= 90
+    """, timeout=120)
+
+
+def test_history_bounded_oldest_first(cache_cls: type) -> None:
+    m = make(cache_cls, history=3)
+    for i in range(5):
+        m.cleanup(reason=f"r{i}", collect=False)
+    st = m.stats()
+    assert [e["reason"] for e in st["cleanups"]] == ["r2", "r3", "r4"]
+    assert st["cleanups_dropped"] == 2
+    assert st["cleanup_count"] == 5
+
+
+# -- total byte budget -------------------------------------------------------------------
+
+def test_budget_trims_other_caches_lru_first(cache_cls: type) -> None:
+    clock = Clock()
+    m = make(cache_cls, max_total_bytes=1000, clock=clock)
+    ten = lambda o: 10  # noqa: E731  key 10 + value 10 = 20 bytes per entry
+    a = m.create_cache("a", maxsize=None, sizeof=ten)
+    b = m.create_cache("b", maxsize=None, sizeof=ten)
+    assert a.max_bytes == 1000  # got the budget as its own bound
+    for i in range(30):
+        a[i] = i  # 600 bytes
+    clock.now += 1
+    for i in range(30):
+        b[i] = i  # would make 1200: a (least recently used) pays
+    assert m.total_nbytes() <= 1000
+    assert b.nbytes == 600 and len(b) == 30
+    assert a.nbytes == 400
+    assert list(a.keys())[0] == 10  # a lost its least recently used entries
+    assert a.stats()["evictions_by_reason"]["trim"] == 10
+
+
+def test_budget_own_cache_when_alone(cache_cls: type) -> None:
+    m = make(cache_cls, max_total_bytes=100)
+    c = m.create_cache("a", maxsize=None, max_bytes=500, sizeof=lambda o: 10)
+    for i in range(20):
+        c[i] = i
+    assert c.nbytes <= 100 and len(c) == 5
+    assert list(c.keys()) == [15, 16, 17, 18, 19]
+
+
+def test_budget_own_cache_pays_last(cache_cls: type) -> None:
+    m = make(cache_cls, max_total_bytes=90)
+    c = m.create_cache("a", maxsize=None, max_bytes=1000,
+                       sizeof=lambda o: 80 if o == "big" else 5)
+    c["x"] = 1  # 10 bytes
+    assert c.set("k", "big") is True  # 85 more: "x" must go to make room
+    assert "x" not in c and c.nbytes == 85
+    assert c.stats()["evictions_by_reason"]["trim"] == 1
+
+
+def test_budget_entry_larger_than_budget_refused(cache_cls: type) -> None:
+    m = make(cache_cls, max_total_bytes=100)
+    c = m.create_cache("a", maxsize=None, sizeof=lambda o: 200 if o == "big" else 5)
+    c["x"] = 1
+    assert c.set("k", "big") is False
+    assert c.stats()["rejected"] == 1
+    assert "k" not in c
+    c["y"] = 2  # pairing of key/value measurements is intact afterwards
+    assert c.nbytes == 20
+
+
+def test_budget_concurrent_two_caches_no_deadlock(isolated: Any) -> None:
+    isolated("""
+        sys.setswitchinterval(1e-6)
+        from memcache_ext import CacheManager
+        m = CacheManager(memory_limit_mb=100, cache_class=Cache, max_total_bytes=5000)
+        cs = [m.create_cache(n, maxsize=None, sizeof=lambda o: 10) for n in "ab"]
+        barrier = threading.Barrier(4)
+        def work(c, seed):
+            barrier.wait()
+            for i in range(4000):
+                c[(seed, i)] = i
+        ts = [threading.Thread(target=work, args=(cs[i % 2], i)) for i in range(4)]
+        [t.start() for t in ts]; [t.join() for t in ts]
+        total = m.total_nbytes()
+        # in-flight entries of the other threads may overshoot by one each
+        assert total <= 5000 + 4 * 20, total
+        for c in cs:
+            assert c.nbytes == 20 * len(c)
+    """, timeout=120)
+
+
+# -- stats ---------------------------------------------------------------------------------
+
+def test_stats_shape(cache_cls: type) -> None:
+    m = make(cache_cls, rss=FakeRss(300 * MB))
+    a = m.create_cache("a", maxsize=10)
+    a["x"] = 1
+    a.get("x")
+    a.get("y")
+    m.create_cache("b", maxsize=10)
+    m.cleanup(collect=False)
+    st = m.stats()
+    json.dumps(st)
+    assert st["process"]["rss_bytes"] == 300 * MB
+    assert st["process"]["rss_mb"] == 300
+    assert st["process"]["rss_source"] == "injected"
+    assert st["limit"] == {"bytes": 1000 * MB, "mb": 1000, "source": "configured",
+                           "high_water": 0.8, "low_water": pytest.approx(0.7),
+                           "high_water_bytes": 800 * MB,
+                           "low_water_bytes": int(0.7 * 1000 * MB)}
+    assert set(st["caches"]) == {"a", "b"}
+    assert st["caches"]["a"]["hits"] == 1 and st["caches"]["a"]["misses"] == 1
+    assert st["totals"]["caches"] == 2 and st["totals"]["hits"] == 1
+    assert st["totals"]["hit_rate"] == 0.5
+    assert len(st["cleanups"]) == 1 and st["cleanups"][0]["reason"] == "forced"
+
+
+def test_real_rss_source() -> None:
+    st = CacheManager().stats()
+    assert st["process"]["rss_source"] in ("/proc/self/statm", "psutil")
+    assert st["process"]["rss_bytes"] > 0

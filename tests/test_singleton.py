@@ -1,0 +1,222 @@
+"""SingletonMeta: one instance per class, races, subclasses, reset, arguments."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from memcache_ext import SingletonMeta
+
+
+@pytest.fixture(autouse=True)
+def _reset():
+    yield
+    SingletonMeta.reset()
+
+
+def run(code: str, timeout: float = 60) -> str:
+    try:
+        proc = subprocess.run([sys.executable, "-X", "faulthandler", "-c",
+                               textwrap.dedent(code)],
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"timed out (deadlock?): {exc.stderr}")
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_one_instance() -> None:
+    class A(metaclass=SingletonMeta):
+        def __init__(self) -> None:
+            self.n = 1
+
+    assert A() is A()
+    assert A.has_instance()
+
+
+def test_subclass_gets_its_own() -> None:
+    class Base(metaclass=SingletonMeta):
+        pass
+
+    class Child(Base):
+        pass
+
+    b = Base()
+    c = Child()
+    assert b is not c
+    assert type(c) is Child and type(b) is Base
+    assert Child() is c and Base() is b
+
+
+def test_subclass_first() -> None:
+    class Base(metaclass=SingletonMeta):
+        pass
+
+    class Child(Base):
+        pass
+
+    c = Child()
+    assert not Base.has_instance()
+    assert type(Base()) is Base
+    assert Child() is c
+
+
+def test_reset_all_and_one() -> None:
+    class A(metaclass=SingletonMeta):
+        pass
+
+    class B(metaclass=SingletonMeta):
+        pass
+
+    a, b = A(), B()
+    SingletonMeta.reset(A)
+    assert A() is not a
+    assert B() is b
+    SingletonMeta.reset()
+    assert B() is not b
+    b2 = B()
+    B.reset()
+    assert B() is not b2
+    with pytest.raises(TypeError):
+        SingletonMeta.reset(int)
+
+
+def test_class_own_reset_attribute_wins() -> None:
+    class A(metaclass=SingletonMeta):
+        def reset(self) -> str:
+            return "mine"
+
+    assert A().reset() == "mine"
+
+
+def test_arguments_rule() -> None:
+    class Config(metaclass=SingletonMeta):
+        def __init__(self, path: str = "default", *, debug: bool = False) -> None:
+            self.path = path
+            self.debug = debug
+
+    c = Config("a.toml", debug=True)
+    assert Config() is c
+    assert Config("a.toml", debug=True) is c
+    with pytest.raises(TypeError, match="different arguments"):
+        Config("b.toml")
+    with pytest.raises(TypeError):
+        Config("a.toml", debug=False)
+    assert c.path == "a.toml"
+
+
+def test_constructor_error_is_not_stored() -> None:
+    calls = []
+
+    class Flaky(metaclass=SingletonMeta):
+        def __init__(self) -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("first time fails")
+
+    with pytest.raises(RuntimeError):
+        Flaky()
+    assert not Flaky.has_instance()
+    f = Flaky()
+    assert Flaky() is f and len(calls) == 2
+
+
+def test_recursive_construction_raises() -> None:
+    class Loop(metaclass=SingletonMeta):
+        def __init__(self) -> None:
+            Loop()
+
+    with pytest.raises(RuntimeError, match="being constructed"):
+        Loop()
+    assert not Loop.has_instance()
+
+
+def test_constructor_creating_other_singleton() -> None:
+    class Inner(metaclass=SingletonMeta):
+        pass
+
+    class Outer(metaclass=SingletonMeta):
+        def __init__(self) -> None:
+            self.inner = Inner()
+
+    assert Outer().inner is Inner()
+
+
+def test_race_constructs_once() -> None:
+    out = run("""
+        import sys, threading, time
+        sys.setswitchinterval(1e-6)
+        from memcache_ext import SingletonMeta
+        calls = []
+        class Slow(metaclass=SingletonMeta):
+            def __init__(self):
+                calls.append(threading.get_ident())
+                time.sleep(0.05)
+        class Sub(Slow):
+            pass
+        T = 16
+        barrier = threading.Barrier(T)
+        got = [None] * T
+        def work(i):
+            barrier.wait()
+            got[i] = (Slow if i % 2 else Sub)()
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(T)]
+        [t.start() for t in ts]; [t.join() for t in ts]
+        assert len(calls) == 2, calls
+        assert len({id(g) for g in got[1::2]}) == 1
+        assert len({id(g) for g in got[0::2]}) == 1
+        assert type(got[0]) is Sub and type(got[1]) is Slow
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+
+
+def test_different_classes_do_not_serialize() -> None:
+    # A's constructor waits until B has been constructed on another thread:
+    # with one global lock this would deadlock (and time out).
+    out = run("""
+        import threading
+        from memcache_ext import SingletonMeta
+        b_done = threading.Event()
+        class A(metaclass=SingletonMeta):
+            def __init__(self):
+                assert b_done.wait(10), "B was blocked by A's construction"
+        class B(metaclass=SingletonMeta):
+            def __init__(self):
+                pass
+        t = threading.Thread(target=A); t.start()
+        import time; time.sleep(0.05)
+        B(); b_done.set()
+        t.join()
+        assert A.has_instance() and B.has_instance()
+        print("ok")
+    """, timeout=30)
+    assert out.strip() == "ok"
+
+
+def test_nested_singletons_across_threads() -> None:
+    out = run("""
+        import sys, threading
+        sys.setswitchinterval(1e-6)
+        from memcache_ext import SingletonMeta
+        class Leaf(metaclass=SingletonMeta):
+            pass
+        class Mid(metaclass=SingletonMeta):
+            def __init__(self): self.leaf = Leaf()
+        class Top(metaclass=SingletonMeta):
+            def __init__(self): self.mid = Mid()
+        barrier = threading.Barrier(12)
+        res = []
+        def work(i):
+            barrier.wait()
+            res.append((Top, Mid, Leaf)[i % 3]())
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(12)]
+        [t.start() for t in ts]; [t.join() for t in ts]
+        assert Top().mid is Mid() and Mid().leaf is Leaf()
+        assert len({id(r) for r in res}) == 3
+        print("ok")
+    """, timeout=30)
+    assert out.strip() == "ok"

@@ -1,0 +1,393 @@
+"""deep_sizeof: pure-Python implementation (the reference for the compiled twin).
+
+``deep_sizeof(obj, *, budget=DEFAULT_BUDGET)`` returns the approximate number of
+bytes that evicting ``obj`` from a cache would free: the ``sys.getsizeof`` of
+every object reachable from it, each counted once, minus what the process shares
+anyway (types, modules, functions, singletons, small ints, interned strings...).
+``memcache_ext._sizeof_c`` implements exactly the same rules and returns the same
+numbers; the tests check that they agree. The accounting rules are documented in
+the README ("Measuring entries: deep_sizeof") and summarised here:
+
+* Own size of an object: ``sys.getsizeof(obj)`` (so the GC header and, on 3.11+,
+  the managed-dict pre-header are included). On CPython 3.11/3.12 an instance
+  whose attributes live in the object's inline "values" array (no ``__dict__``
+  materialized yet) also pays for that array, which ``sys.getsizeof`` omits.
+* Children: dict keys and values (any dict, subclasses too), list/tuple items,
+  set/frozenset members, and for every other object what its ``tp_traverse``
+  reports (``gc.get_referents``): instance attributes (inline or ``__dict__``),
+  ``__slots__``, deque items, a memoryview's exporter, ... The walk never reads
+  ``obj.__dict__`` (which would materialize it on 3.11+) and never calls Python
+  attribute access on the objects it measures.
+* Skipped (charged 0, not followed): None, True, False, Ellipsis,
+  NotImplemented, exact ints in -5..256, the empty str, 1-char latin-1 strs,
+  interned strs, empty bytes and 1-byte bytes, the empty tuple, instances of
+  ``type``/modules/functions/builtin functions/bound methods/code objects/
+  method and attribute descriptors, and enum members.
+* Budget: see ``_walk``. A container whose item count exceeds the allowance it
+  was given is sampled at evenly spaced positions and its sampled children are
+  scaled by ``n / m``.
+* Exceptions: the top-level object's ``__sizeof__`` errors propagate (as from
+  ``sys.getsizeof``); a nested object whose ``__sizeof__`` raises any Exception
+  (or returns a non-int, negative or huge value) is charged its basic size
+  ``object.__sizeof__(o)`` plus its header instead.
+"""
+
+from __future__ import annotations
+
+import enum
+import gc
+import sys
+import types
+from itertools import islice
+from typing import Any, Callable
+
+__all__ = ["deep_sizeof", "DEFAULT_BUDGET"]
+
+#: Default node budget: how many child references (list items, dict entries,
+#: referents) one call examines before it starts sampling. See the README.
+DEFAULT_BUDGET = 10_000
+
+#: A reported ``__sizeof__`` above this (256 TiB) is treated as an error.
+MAX_OBJECT_SIZE = 2**48
+
+#: An object with at most this many units (a small dict, a short list, an
+#: instance's attributes) is expanded in full even when its allowance is spent,
+#: as long as the walk has examined fewer than SMALL_CAP_FACTOR * budget units.
+#: Sampling one attribute of four and multiplying by four is a poor estimator,
+#: and along chains of small objects (linked nodes, graphs) the multiplied
+#: weights would compound.
+SMALL_UNITS = 8
+SMALL_CAP_FACTOR = 8
+
+_M64 = (1 << 64) - 1
+
+
+def sample_phase(counter: int, n: int) -> int:
+    """Phase ``r`` in ``[0, n)`` of the ``counter``-th sampled container.
+
+    splitmix64 of the counter: deterministic (both implementations compute the
+    same) but uncorrelated with periodic data, unlike a fixed rotation.
+    """
+    z = (counter * 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    z ^= z >> 31
+    return z % n
+
+_PTR = 8 if sys.maxsize > 2**32 else 4
+
+# --- calibration of what sys.getsizeof adds to __sizeof__ -------------------
+# GC header (all GC types) and, on 3.11+, the 2-pointer pre-header of types
+# with a managed dict (3.12+: or managed weakref list). Measured, not assumed.
+TPFLAGS_HAVE_GC = 1 << 14
+TPFLAGS_MANAGED_DICT = (1 << 4) if sys.version_info >= (3, 11) else 0
+TPFLAGS_PREHEADER = TPFLAGS_MANAGED_DICT | ((1 << 3) if sys.version_info >= (3, 12) else 0)
+
+_type_flags: Callable[[type], int] = type.__dict__["__flags__"].__get__  # type: ignore[attr-defined]
+
+GC_HEAD = sys.getsizeof([]) - [].__sizeof__()
+
+
+class _Probe:
+    pass
+
+
+_probe = _Probe()
+PREHEADER = (sys.getsizeof(_probe) - _probe.__sizeof__() - GC_HEAD) if TPFLAGS_PREHEADER else 0
+del _probe
+
+#: On 3.11 and 3.12 the inline attribute values of a managed-dict instance are a
+#: separate allocation that sys.getsizeof does not report (3.13+ includes them).
+INLINE_VALUES = sys.implementation.name == "cpython" and (3, 11) <= sys.version_info < (3, 13)
+
+
+def header_size(tp: type) -> int:
+    """What ``sys.getsizeof`` adds to ``__sizeof__`` for instances of ``tp``."""
+    flags = _type_flags(tp)
+    return (GC_HEAD if flags & TPFLAGS_HAVE_GC else 0) + (
+        PREHEADER if flags & TPFLAGS_PREHEADER else 0)
+
+
+def inline_values_size(k: int) -> int:
+    """Estimated size of the inline values array holding ``k`` attributes.
+
+    CPython allocates ``prefix + size * sizeof(PyObject*)`` bytes, where
+    ``size`` is the class's shared-keys size (in steady state the number of
+    attribute names + 1) and ``prefix`` is ``size + 2`` rounded up to a pointer.
+    """
+    n = k + 1
+    return ((n + 2 + _PTR - 1) // _PTR) * _PTR + n * _PTR
+
+
+# --- interned strings --------------------------------------------------------
+
+def _make_is_interned() -> Callable[[str], bool]:
+    fn = getattr(sys, "_is_interned", None)
+    if fn is not None:  # CPython 3.13+
+        return fn  # type: ignore[no-any-return]
+    if sys.implementation.name == "cpython":
+        try:
+            import ctypes
+
+            # PyASCIIObject: ob_refcnt, ob_type, length, hash, then the state
+            # bitfield whose two low bits are `interned`. Read-only.
+            offset = 4 * _PTR
+            c_uint8 = ctypes.c_uint8
+
+            def _is_interned(s: str) -> bool:
+                return bool(c_uint8.from_address(id(s) + offset).value & 3)
+
+            fresh = "".join(["memcache_ext", "_probe_", "not_interned"])
+            mine = sys.intern("".join(["memcache_ext", "_probe_", "interned"]))
+            if (not _is_interned(fresh) and _is_interned(mine)
+                    and _is_interned("deep_sizeof") and not _is_interned(str(10**20))):
+                return _is_interned
+        except Exception:  # pragma: no cover - unexpected layout
+            pass
+
+    def _approx(s: str) -> bool:  # pragma: no cover - non-CPython only
+        # No way to ask: identifier-like strings are what compilers intern.
+        return s.isidentifier() and s.isascii() and len(s) <= 40
+
+    return _approx
+
+
+is_interned = _make_is_interned()
+
+# --- what is shared by the whole process -------------------------------------
+
+SHARED_TYPES: tuple[type, ...] = (
+    type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType,
+    types.MethodType, types.CodeType, types.MethodDescriptorType,
+    types.WrapperDescriptorType, types.MethodWrapperType,
+    types.GetSetDescriptorType, types.MemberDescriptorType,
+    types.ClassMethodDescriptorType,
+)
+ENUM_META: type = enum.EnumMeta
+_SINGLETONS = (None, True, False, Ellipsis, NotImplemented)
+LEAF_TYPES = frozenset((int, float, str, bytes, complex))
+
+
+def is_shared(o: Any, t: type) -> bool:
+    """True if ``o`` (of exact type ``t``) is shared by the process: charged 0."""
+    if t is int:
+        return -5 <= o <= 256
+    if t is str:
+        n = len(o)
+        return n == 0 or (n == 1 and ord(o) < 256) or is_interned(o)
+    if t is bytes:
+        return len(o) < 2
+    if t is tuple:
+        return not o
+    if t is float or t is list or t is dict:
+        return False
+    for s in _SINGLETONS:
+        if o is s:
+            return True
+    return issubclass(t, SHARED_TYPES) or issubclass(type(t), ENUM_META)
+
+
+_object_sizeof = object.__sizeof__
+_getsizeof = sys.getsizeof
+_get_referents = gc.get_referents
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+
+
+def check_budget(budget: Any) -> int:
+    if isinstance(budget, bool) or not isinstance(budget, int):
+        raise TypeError(f"budget must be an int, not {type(budget).__name__}")
+    if budget < 1:
+        raise ValueError(f"budget must be >= 1, got {budget}")
+    return min(int(budget), sys.maxsize)
+
+
+def _walk(root: Any, budget: int) -> tuple[int, int, int]:
+    """Return ``(nbytes, units, sampled)`` for ``root``.
+
+    ``units`` is the number of child references examined (the budget counts
+    these) and ``sampled`` the number of containers that were sampled.
+
+    Each stack entry carries a weight ``w`` (1.0 unless some ancestor was
+    sampled) and an allowance ``a`` (how many child references it and its
+    descendants may examine). Expanding an object with ``n`` units (dict
+    entries, items, referents):
+
+    * ``n <= a``: every unit is examined; the ``a - n`` left are split evenly
+      (floor) between the children pushed for later expansion.
+    * ``n <= SMALL_UNITS`` and fewer than ``SMALL_CAP_FACTOR * budget`` units
+      examined so far (counting these): every unit is examined, the children
+      get allowance 0.
+    * past that cap, a small object reached with a weight other than 1 is
+      charged its own size only (not expanded): weights multiplied along
+      chains of small objects (linked nodes, graphs) would explode.
+    * otherwise ``m = max(a, 1)`` units are examined, at positions
+      ``(j * n + r) // m`` for ``j < m`` (``r`` is a pseudo-random phase,
+      ``sample_phase``), with weight ``w * n / m``; an object met twice or more in
+      the sample, or (lists, tuples, referents) identical to the item next to
+      its position, is charged with weight ``w`` (it is repeated, like
+      ``[x] * k``, not one of ``n / m`` distinct objects). The children of a
+      sampled container get allowance 0.
+    """
+    t = type(root)
+    if is_shared(root, t):
+        return 0, 0, 0
+    if t in LEAF_TYPES:
+        return _getsizeof(root), 0, 0
+
+    seen = {id(root)}
+    stack: list[tuple[Any, float, int]] = [(root, 1.0, budget)]
+    hard_cap = budget * SMALL_CAP_FACTOR if budget <= sys.maxsize // SMALL_CAP_FACTOR else sys.maxsize
+    total_i = 0
+    total_f = 0.0
+    units = 0
+    sampled = 0
+    is_root = True
+    while stack:
+        o, w, a = stack.pop()
+        t = type(o)
+        refs = None
+        # ---- own size
+        if t in _CONTAINERS:
+            size = _getsizeof(o)
+        else:
+            try:
+                size = _getsizeof(o)
+                if size > MAX_OBJECT_SIZE:
+                    raise ValueError(f"__sizeof__() returned an implausible size: {size}")
+            except Exception:
+                if is_root:
+                    raise
+                size = _object_sizeof(o) + header_size(t)
+            if INLINE_VALUES and _type_flags(t) & TPFLAGS_MANAGED_DICT:
+                refs = _get_referents(o)
+                k = 0
+                materialized = False
+                for r in refs:
+                    if type(r) is dict:
+                        materialized = True
+                        break
+                    if r is not t:
+                        k += 1
+                if not materialized:
+                    size += inline_values_size(k)
+        is_root = False
+        if w == 1.0:
+            total_i += size
+        else:
+            total_f += size * w
+
+        # ---- units: dict entries (key, value) or single children
+        pairs = t is dict
+        if t is list or t is tuple:
+            seq = o
+            n = len(o)
+        elif pairs:
+            seq = None
+            n = len(o)
+        elif t is set or t is frozenset:
+            seq = None
+            n = len(o)
+        else:
+            if refs is None:
+                refs = _get_referents(o)
+            if issubclass(t, dict):
+                seq = [x for kv in dict.items(o) for x in kv]
+                seq.extend(refs)
+            else:
+                seq = refs
+            n = len(seq)
+        if n == 0:
+            continue
+        if n > a and n <= SMALL_UNITS and w != 1.0 and units + n > hard_cap:
+            # past the cap, a small object already inside a sampled part is not
+            # expanded: multiplying weights along chains would explode
+            continue
+
+        if n <= a or (n <= SMALL_UNITS and units + n <= hard_cap):
+            used = n
+            if seq is not None:
+                children = list(seq) if seq is o else seq
+            elif pairs:
+                children = [x for kv in o.items() for x in kv]
+            else:
+                children = list(o)
+            weights = None
+            wc = w
+        else:
+            sampled += 1
+            m = a if a > 0 else 1
+            used = m
+            r = sample_phase(sampled, n)
+            positions = [(j * n + r) // m for j in range(m)]
+            repeated: set[int] = set()
+            if seq is not None:
+                children = [seq[p] for p in positions]
+                # an item equal (identical) to its neighbour is a repeated
+                # object, like [x] * k: charge it once, not n / m times
+                for p in positions:
+                    c = seq[p]
+                    if seq[p + 1 if p + 1 < n else p - 1] is c:
+                        repeated.add(id(c))
+            else:
+                it = iter(o.items()) if pairs else iter(o)
+                children = []
+                last = 0
+                for p in positions:
+                    item = next(islice(it, p - last, None))
+                    last = p + 1
+                    if pairs:
+                        children.append(item[0])
+                        children.append(item[1])
+                    else:
+                        children.append(item)
+            counts: dict[int, int] = {}
+            for c in children:
+                counts[id(c)] = counts.get(id(c), 0) + 1
+            for ic in repeated:
+                counts[ic] = 2
+            weights = counts
+            wc = w * n / m
+        units += used
+
+        pushed: list[Any] = []
+        pushed_w: list[float] = []
+        for c in children:
+            ct = type(c)
+            if is_shared(c, ct):
+                continue
+            ic = id(c)
+            if ic in seen:
+                continue
+            seen.add(ic)
+            cw = wc if weights is None or weights[ic] < 2 else w
+            if ct in LEAF_TYPES:
+                size = _getsizeof(c)
+                if cw == 1.0:
+                    total_i += size
+                else:
+                    total_f += size * cw
+            else:
+                pushed.append(c)
+                pushed_w.append(cw)
+        if pushed:
+            rest = a - used
+            ca = rest // len(pushed) if rest > 0 else 0
+            for c, cw in zip(pushed, pushed_w):
+                stack.append((c, cw, ca))
+    return total_i + int(total_f + 0.5), units, sampled
+
+
+def deep_sizeof(obj: Any, *, budget: int = DEFAULT_BUDGET) -> int:
+    """Approximate bytes that dropping ``obj`` (and what only it holds) frees.
+
+    Walks the object graph with ``sys.getsizeof`` semantics, counting each
+    object once and skipping objects the process shares (see the module
+    docstring). Past ``budget`` examined child references it samples and
+    extrapolates, so the cost is bounded whatever the size of ``obj``.
+    """
+    return _walk(obj, check_budget(budget))[0]
+
+
+def _deep_sizeof_stats(obj: Any, *, budget: int = DEFAULT_BUDGET) -> tuple[int, int, int]:
+    """``(nbytes, units_examined, containers_sampled)``, for tests and tuning."""
+    return _walk(obj, check_budget(budget))

@@ -1,0 +1,531 @@
+"""deep_sizeof: accounting rules, robustness, sampling, and C/pure parity.
+
+Every test runs against both implementations. The compiled one is skipped when
+it cannot be imported, unless MEMCACHE_EXT_REQUIRE_EXTENSIONS is set (then its
+absence fails the run). No test asserts on time.
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import dataclasses
+import enum
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+from typing import Any, Callable, NamedTuple
+
+import pytest
+
+from memcache_ext import _sizeof_py as P
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+REQUIRE_EXT = os.environ.get("MEMCACHE_EXT_REQUIRE_EXTENSIONS", "") not in ("", "0")
+
+try:
+    from memcache_ext import _sizeof_c as C
+
+    C_ERROR = None
+except ImportError as exc:  # pragma: no cover - depends on the build
+    C = None  # type: ignore[assignment]
+    C_ERROR = str(exc)
+
+gs = sys.getsizeof
+
+
+def fresh(s: str) -> str:
+    """A str equal to ``s`` that is certainly not interned."""
+    return "".join(list(s)) if len(s) > 1 else s
+
+
+@pytest.fixture(params=["python", "c"])
+def mod(request: pytest.FixtureRequest) -> Any:
+    if request.param == "python":
+        return P
+    if C is None:
+        if REQUIRE_EXT:
+            pytest.fail(f"MEMCACHE_EXT_REQUIRE_EXTENSIONS is set but memcache_ext._sizeof_c "
+                        f"failed to import: {C_ERROR}")
+        pytest.skip(f"compiled deep_sizeof not available: {C_ERROR}")
+    return C
+
+
+@pytest.fixture
+def ds(mod: Any) -> Callable[..., int]:
+    return mod.deep_sizeof  # type: ignore[no-any-return]
+
+
+def both() -> list[Any]:
+    if C is None:
+        if REQUIRE_EXT:
+            pytest.fail(f"compiled deep_sizeof failed to import: {C_ERROR}")
+        pytest.skip(f"compiled deep_sizeof not available: {C_ERROR}")
+    return [P, C]
+
+
+# --------------------------------------------------------------- exact sizes
+
+class Slotted:
+    __slots__ = ("a", "b")
+
+    def __init__(self, a: Any, b: Any) -> None:
+        self.a = a
+        self.b = b
+
+
+class Plain:
+    def __init__(self, a: Any, b: Any) -> None:
+        self.a = a
+        self.b = b
+
+
+def test_leaves_are_sys_getsizeof(ds: Callable[..., int]) -> None:
+    values = [1000, -1000, 2**30, 2**62, 10**40, -(10**40), 1.5, 2 + 3j,
+              fresh("hello world, not interned"), fresh("héllo wörld"), fresh("日本語のテキスト"),
+              fresh("emoji \U0001F600 text"), b"some bytes", bytearray(b"xyz" * 20)]
+    for v in values:
+        assert ds(v) == gs(v), repr(v)
+
+
+def test_containers_of_leaves(ds: Callable[..., int]) -> None:
+    items = [1.5, 2.5, 1000, fresh("abc def"), b"xyz"]
+    assert ds(items) == gs(items) + sum(gs(x) for x in items)
+    t = tuple(items)
+    assert ds(t) == gs(t) + sum(gs(x) for x in items)
+    s = {1.5, 2000, fresh("a b c")}
+    assert ds(s) == gs(s) + sum(gs(x) for x in s)
+    k1, k2 = fresh("key one"), fresh("key two")
+    d = {k1: 3000, k2: 4.5}
+    assert ds(d) == gs(d) + gs(k1) + gs(k2) + gs(3000) + gs(4.5)
+    big = {fresh(f"k {i}"): float(i) for i in range(100)}
+    assert ds(big) == gs(big) + sum(gs(k) + gs(v) for k, v in big.items())
+
+
+def test_nested_exact(ds: Callable[..., int]) -> None:
+    inner = [1.25, 3.5]
+    val = fresh("v a l")
+    obj = {"rows": [inner, (val,)], "n": 12345}
+    expected = (gs(obj) + gs(obj["rows"]) + gs(inner) + 2 * gs(1.0) + gs((val,)) + gs(val)
+                + gs(12345))
+    assert ds(obj) == expected  # "rows" and "n" are interned literals: 0
+
+
+def test_shared_objects_cost_nothing(ds: Callable[..., int]) -> None:
+    class Color(enum.Enum):
+        RED = 1
+
+    shared = [None, True, False, Ellipsis, NotImplemented, 0, 1, 256, -5, "", "a", "\xe9",
+              "interned_literal", sys.intern(fresh("made interned")), b"", b"x", (),
+              int, Plain, sys, len, print, lambda: 1, test_nested_exact, Plain.__init__,
+              "".join, [].append, (lambda: 0).__code__, str.upper, Color.RED, Slotted.a,
+              type.__dict__["__name__"]]
+    for o in shared:
+        assert ds(o) == 0, repr(o)
+    assert ds(shared) == gs(shared)
+    assert ds(257) == gs(257) and ds(-6) == gs(-6)
+    assert ds(fresh("made interned 2")) == gs("made interned 2")
+    assert ds("\u0100") == gs("\u0100")  # 1-char outside latin-1 is not cached
+
+
+def test_counted_once(ds: Callable[..., int]) -> None:
+    x = [1.5, 2.5]
+    outer = [x, x, x]
+    assert ds(outer) == gs(outer) + ds(x)
+    f = 3.25
+    d = {fresh("a b"): f, fresh("c d"): f, fresh("e f"): [f, f]}
+    keys = list(d)
+    assert ds(d) == gs(d) + sum(gs(k) for k in keys) + gs(f) + gs(d[keys[2]])
+    s = fresh("shared string value")
+    rows = [{"name": s}, {"name": s}]
+    assert ds(rows) == gs(rows) + 2 * gs(rows[0]) + gs(s)
+
+
+def test_cycles(ds: Callable[..., int]) -> None:
+    a: list[Any] = []
+    a.append(a)
+    assert ds(a) == gs(a)
+    d: dict[str, Any] = {}
+    d["self"] = d
+    assert ds(d) == gs(d)
+    p = Slotted(None, None)
+    q = Slotted(p, None)
+    p.a = q
+    assert ds(p) == gs(p) + gs(q)
+
+
+@pytest.mark.parametrize("depth", [100_000])
+def test_very_deep_nesting(ds: Callable[..., int], depth: int) -> None:
+    x: Any = []
+    for _ in range(depth):
+        x = [x]
+    assert ds(x, budget=sys.maxsize) == depth * gs([None]) + gs([])
+    d: Any = {}
+    for _ in range(depth):
+        d = {"k": d}
+    assert ds(d, budget=sys.maxsize) == depth * gs({"k": None}) + gs({})
+    o: Any = None
+    for _ in range(depth):
+        o = Slotted(o, None)
+    assert ds(o, budget=sys.maxsize) == depth * gs(Slotted(None, None))
+    # with the default budget it is still measured (starved chains walk on)
+    assert ds(x) == depth * gs([None]) + gs([])
+
+
+def test_slots_and_dict_instances(ds: Callable[..., int]) -> None:
+    v = fresh("attribute value")
+    s = Slotted(1.5, v)
+    assert ds(s) == gs(s) + gs(1.5) + gs(v)
+    p = Plain(2.5, v)
+    extra = P.inline_values_size(2) if P.INLINE_VALUES else 0
+    assert ds(p) == gs(p) + extra + gs(2.5) + gs(v)
+    m = Plain(2.5, v)
+    vars(m)  # materialize the dict: its size replaces the inline values
+    assert ds(m) == gs(m) + gs(m.__dict__) + gs(2.5) + gs(v)
+
+
+def test_dataclass_namedtuple(ds: Callable[..., int]) -> None:
+    @dataclasses.dataclass
+    class DC:
+        x: float
+        name: str
+
+    @dataclasses.dataclass(slots=True)
+    class DS:
+        x: float
+        name: str
+
+    class NT(NamedTuple):
+        x: float
+        name: str
+
+    name = fresh("dc name")
+    dc = DC(1.5, name)
+    extra = P.inline_values_size(2) if P.INLINE_VALUES else 0
+    assert ds(dc) == gs(dc) + extra + gs(1.5) + gs(name)
+    dss = DS(1.5, name)
+    assert ds(dss) == gs(dss) + gs(1.5) + gs(name)
+    nt = NT(1.5, name)
+    assert ds(nt) == gs(nt) + gs(1.5) + gs(name)
+
+
+def test_dict_subclasses_count_keys(ds: Callable[..., int]) -> None:
+    k = fresh("non interned key")
+    od = collections.OrderedDict([(k, 1.5)])
+    assert ds(od) == gs(od) + gs(k) + gs(1.5)
+    dd = collections.defaultdict(list, {k: [2.5]})
+    assert ds(dd) == gs(dd) + gs(k) + gs(dd[k]) + gs(2.5)
+    dq = collections.deque([1.5, 2.5, k])
+    assert ds(dq) == gs(dq) + 2 * gs(1.5) + gs(k)
+
+
+def test_buffers(ds: Callable[..., int]) -> None:
+    b = b"x" * 1000
+    mv = memoryview(b)
+    assert ds(mv) > gs(mv) + 1000  # the exporter is reached through the view
+    assert ds([b, mv]) == gs([b, mv]) + ds(mv)  # b reached directly and via mv: once
+    arr = array.array("d", range(1000))
+    assert ds(arr) == gs(arr)
+    ba = bytearray(5000)
+    assert ds(ba) == gs(ba) >= 5000
+
+
+def test_memoryview_shares_exporter(ds: Callable[..., int]) -> None:
+    b = b"y" * 4000
+    mv1 = memoryview(b)
+    mv2 = memoryview(b)
+    alone = ds(mv1)
+    both_views = ds([mv1, mv2])
+    # the 4000-byte exporter is charged once for both views
+    assert both_views < alone * 2 - 3000
+    assert both_views >= gs(b)
+
+
+def test_numpy_arrays(ds: Callable[..., int]) -> None:
+    np = pytest.importorskip("numpy")
+    a = np.zeros(10_000)
+    assert ds(a) == gs(a) >= a.nbytes
+    view = a[::2]
+    assert gs(view) < a.nbytes
+    assert ds([a, view]) == gs([a, view]) + gs(a) + gs(view)  # base not counted twice
+
+
+def test_pydantic_model(mod: Any) -> None:
+    pydantic = pytest.importorskip("pydantic")
+
+    class User(pydantic.BaseModel):
+        id: int
+        name: str
+        scores: list[float]
+
+    u = User(id=123456, name=fresh("some user"), scores=[1.5, 2.5])
+    n = mod.deep_sizeof(u)
+    assert n >= gs(u) + gs(u.name) + gs(u.scores) + 2 * gs(1.5) + gs(123456)
+    if C is not None:
+        assert P.deep_sizeof(u) == C.deep_sizeof(u)
+
+
+# ----------------------------------------------------- never change the value
+
+def test_walk_does_not_materialize_instance_dicts(ds: Callable[..., int]) -> None:
+    objs = [Plain(float(i), i + 1000) for i in range(2000)]
+    assert all(not any(type(r) is dict for r in gc.get_referents(o)) for o in objs)
+    ds(objs)  # warm-up: lazily created caches, code objects...
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        ds(objs)
+        ds(objs, budget=50)
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    # a materialized dict would cost ~100 bytes per instance (200 kB here)
+    assert after - before < 10_000
+    assert all(not any(type(r) is dict for r in gc.get_referents(o)) for o in objs)
+
+
+# ------------------------------------------------------------- bad input
+
+class RaisingSizeof:
+    __slots__ = ()
+
+    def __sizeof__(self) -> int:
+        raise RuntimeError("no size for you")
+
+
+class NegativeSizeof:
+    __slots__ = ()
+
+    def __sizeof__(self) -> int:
+        return -1
+
+
+class FloatSizeof:
+    __slots__ = ()
+
+    def __sizeof__(self) -> Any:
+        return 12.5
+
+
+class HugeSizeof:
+    __slots__ = ()
+
+    def __sizeof__(self) -> int:
+        return 2**60
+
+
+class OverflowSizeof:
+    __slots__ = ()
+
+    def __sizeof__(self) -> int:
+        return 2**100
+
+
+class Empty:
+    __slots__ = ()
+
+
+BAD = [(RaisingSizeof, RuntimeError), (NegativeSizeof, ValueError), (FloatSizeof, TypeError),
+       (HugeSizeof, ValueError), (OverflowSizeof, OverflowError)]
+
+
+@pytest.mark.parametrize("cls,exc", BAD, ids=[c.__name__ for c, _ in BAD])
+def test_bad_sizeof_top_level_propagates(ds: Callable[..., int], cls: type, exc: type) -> None:
+    with pytest.raises(exc):
+        ds(cls())
+
+
+@pytest.mark.parametrize("cls,exc", BAD, ids=[c.__name__ for c, _ in BAD])
+def test_bad_sizeof_nested_falls_back_to_basic_size(ds: Callable[..., int], cls: type,
+                                                     exc: type) -> None:
+    bad = cls()
+    basic = gs(Empty())  # same layout: object.__sizeof__ + GC header
+    assert ds([bad]) == gs([bad]) + basic
+    assert ds({"k": bad, "j": [bad]}) == gs({"k": 0, "j": 0}) + gs([bad]) + basic
+
+
+def test_proxies_and_opaque_objects(ds: Callable[..., int]) -> None:
+    class Hostile:
+        def __getattribute__(self, name: str) -> Any:
+            raise RuntimeError(f"no attribute access: {name}")
+
+        @property  # type: ignore[misc]
+        def __class__(self) -> Any:
+            raise RuntimeError("no __class__ either")
+
+    h = Hostile()
+    n = ds(h)
+    assert n >= object.__sizeof__(h)
+    assert ds([h, h]) == gs([h, h]) + n
+    import threading
+
+    lock = threading.Lock()
+    it = iter(())
+    for o in (lock, it, object()):
+        assert ds(o) == gs(o)
+
+
+def test_budget_argument_checked(ds: Callable[..., int]) -> None:
+    for bad, exc in ((0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError),
+                     ("10", TypeError), (None, TypeError)):
+        with pytest.raises(exc):
+            ds([1.5], budget=bad)
+    assert ds([1.5], budget=10**30) == ds([1.5])  # clamped to sys.maxsize
+    with pytest.raises(TypeError):
+        ds([1.5], 100)  # keyword-only
+
+
+# --------------------------------------------------------------- sampling
+
+def test_huge_list_is_sampled_within_budget(mod: Any) -> None:
+    n = 2_000_000
+    floats = [float(i) for i in range(n)]
+    exact = gs(floats) + n * gs(1.0)
+    size, units, sampled = mod._deep_sizeof_stats(floats)
+    assert units <= P.DEFAULT_BUDGET and sampled == 1
+    assert size == exact  # same-size items: extrapolation is exact
+    size, units, sampled = mod._deep_sizeof_stats(floats, budget=1000)
+    assert units == 1000 and size == exact
+    assert mod._deep_sizeof_stats(floats, budget=sys.maxsize) == (exact, n, 0)
+
+
+def test_ten_million_items_examined_within_budget(mod: Any) -> None:
+    shared = 3.5
+    big = [shared] * 10_000_000
+    size, units, sampled = mod._deep_sizeof_stats(big)
+    assert units <= P.DEFAULT_BUDGET
+    # an object repeated in the sample is charged once, not n/m times
+    assert size == gs(big) + gs(shared)
+
+
+def test_sampled_heterogeneous_estimate_is_close(mod: Any) -> None:
+    rows = [{"id": i + 1000, "name": fresh(f"user number {i}"), "score": i * 0.5,
+             "tags": [fresh(f"t{i % 7} x")] * (i % 5)} for i in range(5000)]
+    exact = mod.deep_sizeof(rows, budget=sys.maxsize)
+    assert mod._deep_sizeof_stats(rows, budget=5000) == (exact, 35_000, 0)  # within 8x budget
+    for budget in (2000, 1000, 300, 100):
+        est, units, sampled = mod._deep_sizeof_stats(rows, budget=budget)
+        assert sampled > 0
+        # small objects are expanded in full up to SMALL_CAP_FACTOR * budget
+        # units; past that, each container still reached examines one unit
+        assert units <= P.SMALL_CAP_FACTOR * budget + 2 * len(rows)
+        assert abs(est - exact) / exact < (0.05 if budget >= 300 else 0.2), budget
+
+
+def test_linked_graph_is_not_inflated_by_sampling(mod: Any) -> None:
+    nodes = [Plain(fresh(f"node {i}"), None) for i in range(3000)]
+    prev = None
+    for i, node in enumerate(nodes):
+        prev = Slotted(float(i), prev)
+        node.b = [prev, nodes[i - 1] if i else None]
+    exact = mod.deep_sizeof(nodes, budget=sys.maxsize)
+    assert mod.deep_sizeof(nodes) == exact  # 27k references: within 8x the default budget
+    for budget in (3000, 1000, 300):
+        rel = (mod.deep_sizeof(nodes, budget=budget) - exact) / exact
+        # starved walks of linked graphs under-count a little; they must not
+        # multiply sampled weights along the chains (that gave +250%)
+        assert -0.15 < rel < 0.05, (budget, rel)
+
+
+def test_row_by_row_sum_matches_whole(mod: Any) -> None:
+    rows = [{"id": i + 1000, "name": fresh(f"user {i}"), "email": fresh(f"u{i}@example.com"),
+             "score": i * 1.5, "active": i % 2 == 0, "age": 20 + i % 50,
+             "city": fresh("Amsterdam x"), "balance": float(i)} for i in range(10_000)]
+    whole = mod.deep_sizeof(rows)
+    per_row = sum(mod.deep_sizeof(r) for r in rows)
+    exact = mod.deep_sizeof(rows, budget=sys.maxsize)
+    assert abs(whole - exact) / exact < 0.05
+    assert abs(per_row + gs(rows) - whole) / whole < 0.2
+
+
+# ----------------------------------------------------------------- parity
+
+def _parity_shapes() -> list[Any]:
+    rows = [{"id": i + 1000, "name": fresh(f"n {i}"), "v": [float(i)] * (i % 4)}
+            for i in range(300)]
+    objs = [Plain(i + 1000, Slotted(float(i), fresh(f"s {i}"))) for i in range(200)]
+    for a, b in zip(objs, objs[1:]):
+        a.b.b = b
+    big = {fresh(f"key {i}"): [float(j) for j in range(10)] for i in range(1000)}
+    return [rows, objs, big, {1, 2.5, fresh("x y")}, frozenset({3000, 4000}),
+            collections.OrderedDict(a=[1.5]), collections.deque(range(1000, 1100)),
+            [RaisingSizeof(), [HugeSizeof()]], [bytearray(100), memoryview(b"abc" * 10)],
+            (1, (2, (3, (fresh("deep tuple"),)))), [[3.5] * 50] * 50]
+
+
+@pytest.mark.parametrize("budget", [1, 2, 7, 50, 300, 1000, P.DEFAULT_BUDGET, sys.maxsize])
+def test_parity_on_shapes(budget: int) -> None:
+    py, c = both()
+    for shape in _parity_shapes():
+        assert py._deep_sizeof_stats(shape, budget=budget) == c._deep_sizeof_stats(
+            shape, budget=budget), (budget, repr(shape)[:80])
+
+
+leaves = (st.none() | st.booleans() | st.integers(-(10**30), 10**30)
+          | st.floats(allow_nan=False) | st.text(max_size=30) | st.binary(max_size=20)
+          | st.complex_numbers(allow_nan=False))
+hashables = st.integers(-10**6, 10**6) | st.text(max_size=10) | st.floats(allow_nan=False)
+structures = st.recursive(
+    leaves,
+    lambda kids: (st.lists(kids, max_size=12) | st.tuples(kids, kids)
+                  | st.dictionaries(st.text(max_size=8), kids, max_size=8)
+                  | st.frozensets(hashables, max_size=8)
+                  | st.builds(Slotted, kids, kids) | st.builds(Plain, kids, kids)),
+    max_leaves=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(obj=structures, budget=st.sampled_from([1, 3, 10, 40, P.DEFAULT_BUDGET]))
+def test_parity_hypothesis(obj: Any, budget: int) -> None:
+    py, c = both()
+    shared = [obj, obj]  # every node reached twice: dedup must agree too
+    assert py._deep_sizeof_stats(obj, budget=budget) == c._deep_sizeof_stats(obj, budget=budget)
+    assert py._deep_sizeof_stats(shared, budget=budget) == c._deep_sizeof_stats(
+        shared, budget=budget)
+    assert py.deep_sizeof(obj) == c.deep_sizeof(obj)
+
+
+def test_c_fast_path_matches_general_walk() -> None:
+    py, c = both()
+    x = 12.5
+    for obj in ([], {}, [x, x], {fresh("a b"): x, fresh("c d"): x}, (x, 1000, 1000),
+                [fresh("q r")] * 3, {fresh("k l"): None, fresh("m n"): True},
+                [1.5] * 32, [1.5] * 33, {fresh(f"k{i} "): i + 1000 for i in range(40)}):
+        assert c.deep_sizeof(obj) == c.deep_sizeof(obj, budget=10**6) == py.deep_sizeof(obj)
+
+
+# --------------------------------------------------------------- selector
+
+def test_selector_exports() -> None:
+    from memcache_ext import _sizeof
+
+    assert _sizeof.DEFAULT_BUDGET == P.DEFAULT_BUDGET
+    if C is not None:
+        assert _sizeof.deep_sizeof is C.deep_sizeof and _sizeof.IMPLEMENTATION == "c"
+        assert C.DEFAULT_BUDGET == P.DEFAULT_BUDGET
+
+
+def test_selector_pure_python_switch() -> None:
+    code = textwrap.dedent("""
+        from memcache_ext import _sizeof, _sizeof_py
+        assert _sizeof.IMPLEMENTATION == "python", _sizeof.IMPLEMENTATION
+        assert _sizeof.deep_sizeof is _sizeof_py.deep_sizeof
+    """)
+    env = dict(os.environ, MEMCACHE_EXT_PURE_PYTHON="1")
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+
+
+def test_module_level_constant_is_default(mod: Any) -> None:
+    floats = [float(i) for i in range(P.DEFAULT_BUDGET * 3)]
+    assert mod._deep_sizeof_stats(floats)[1] == P.DEFAULT_BUDGET

@@ -59,6 +59,8 @@ from memcache_ext._common import (
     check_nbytes, check_size, check_ttl, repr_cache, stats_dict, trim_count,
 )
 
+from memcache_ext._sizeof_c cimport c_deep_sizeof
+
 cdef extern from "_clock.h":
     double mc_monotonic() nogil
 
@@ -176,7 +178,6 @@ cdef class CLruCache:
     cdef object _sizeof
     cdef object _timer
     cdef object _on_evict
-    cdef object _deep_sizeof
     cdef unsigned long long hits
     cdef unsigned long long misses
     cdef unsigned long long rejected
@@ -204,9 +205,6 @@ cdef class CLruCache:
         self._max_bytes = -1 if max_bytes is None else max_bytes
         self._ttl_obj = ttl
         self._ttl = INFINITY if ttl is None else ttl
-        if self._sizeof is None:
-            from memcache_ext._sizeof import deep_sizeof
-            self._deep_sizeof = deep_sizeof
 
     def __dealloc__(self):
         CLruCache._free_entries(self.entries, self.top)
@@ -540,7 +538,7 @@ cdef class CLruCache:
 
     cdef Py_ssize_t _sizes(self, object key, object value) except -1:
         if self._sizeof is None:
-            return self._deep_sizeof(key) + self._deep_sizeof(value)
+            return c_deep_sizeof(key) + c_deep_sizeof(value)
         return check_nbytes(self._sizeof(key)) + check_nbytes(self._sizeof(value))
 
     # -- the operations -------------------------------------------------------
@@ -999,9 +997,6 @@ cdef class CLruCache:
         self._sizeof = check_callable("sizeof", measure)
         self._timer = check_callable("timer", timer)
         self._on_evict = check_callable("on_evict", on_evict)
-        if self._sizeof is None and self._deep_sizeof is None:
-            from memcache_ext._sizeof import deep_sizeof
-            self._deep_sizeof = deep_sizeof
         cdef double now = NAN
         if any(e[2] is not None for e in entries):
             now = self._timer() if self._timer is not None else mc_monotonic()

@@ -432,3 +432,24 @@ def test_async_waiters_on_two_event_loops(isolated: Any) -> None:
         assert results == [10] * 4, results
         assert calls == [2], calls
     """, timeout=60)
+
+
+@pytest.mark.parametrize("call", [((1,), {}), (("a",), {}), ((1.5,), {}), ((None,), {}),
+                                  ((1, 2), {}), (((1, 2),), {}), ((), {}), ((1,), {"y": 2}),
+                                  ((), {"b": 1, "a": 2})])
+def test_keys_follow_make_key_on_both_paths(cache_cls: type, call: Any) -> None:
+    """A plain function over CLruCache takes the compiled hit path (CachedCall);
+    both paths must store under make_key's key."""
+    args, kwargs = call
+    cache = cache_cls(10)
+
+    def f(*a: Any, **kw: Any) -> str:
+        return "v"
+
+    wrapped = cached(cache)(f)
+    assert type(wrapped).__name__ == ("CachedCall" if cache_cls.__name__ == "CLruCache"
+                                      else "function")
+    assert wrapped(*args, **kwargs) == "v" and wrapped(*args, **kwargs) == "v"
+    assert cache.keys() == [make_key(args, kwargs)]
+    assert cache.stats()["hits"] == 1 and cache.stats()["misses"] == 1
+    assert wrapped.__name__ == "f" and wrapped.__wrapped__ is f and wrapped.cache is cache

@@ -76,6 +76,9 @@ cdef extern from "Python.h":
     ctypedef struct TypeSlots "PyTypeObject":
         traverseproc tp_traverse
         inquiry tp_clear
+    ctypedef PyObject* (*ternaryfunc)(PyObject*, PyObject*, PyObject*)
+    ctypedef struct CallSlots "PyTypeObject":
+        ternaryfunc tp_call
 
 
 ctypedef struct Entry:
@@ -1060,3 +1063,50 @@ _slots.tp_traverse = _cache_traverse
 _slots.tp_clear = _cache_clear
 
 MutableMapping.register(CLruCache)
+
+
+@cython.final
+cdef class CachedCall:
+    """The hit path of ``memcache_ext.cached`` for a plain function over a CLruCache.
+
+    Builds the default key and looks it up without a Python-level frame; a
+    miss goes to ``miss(key, args, kwargs)`` (the decorator's single-flight
+    code). The key rule is ``decorators.make_key``'s, kept in step by tests.
+    """
+
+    cdef CLruCache _cache
+    cdef object _miss
+    cdef frozenset _fast
+    cdef object _mark
+    cdef dict __dict__
+
+    def __init__(self, CLruCache cache not None, miss, frozenset fast, mark):
+        self._cache = cache
+        self._miss = miss
+        self._fast = fast
+        self._mark = mark
+
+    def __call__(self, *args, **kwargs):
+        return _cached_call(self, args, kwargs or None)
+
+
+cdef object _cached_call(CachedCall self, tuple args, object kwargs):
+    cdef object key
+    if kwargs:
+        key = (*args, self._mark, *sorted(kwargs.items()))
+    elif len(args) == 1 and type(args[0]) in self._fast:
+        key = args[0]
+    else:
+        key = args
+    cdef object value = self._cache._lookup(key, True, _MISSING)
+    if value is _MISSING:
+        return self._miss(key, args, {} if kwargs is None else kwargs)
+    return value
+
+
+cdef object _cached_tp_call(PyObject* o, PyObject* args, PyObject* kwargs):
+    """tp_call without the per-call **kwargs dict Cython's __call__ would build."""
+    return _cached_call(<CachedCall>o, <tuple>args, None if kwargs == NULL else <object>kwargs)
+
+
+(<CallSlots*>CachedCall).tp_call = <ternaryfunc>_cached_tp_call

@@ -75,6 +75,12 @@ class _KwMark:
 
 
 _KWMARK = _KwMark()
+
+try:
+    from ._core_c import CachedCall as _CachedCall
+    from ._core_c import CLruCache as _CLruCache
+except ImportError:
+    _CachedCall = _CLruCache = None
 # A single argument of these types is its own key (no tuple to build or hash).
 # Multi-argument keys are tuples, so they never collide with these; int,
 # float and bool are all here so that f(1), f(1.0) and f(True) share an entry.
@@ -156,9 +162,14 @@ def _retrieve(fut: Any) -> None:
         fut.exception()
 
 
-def _looks_like_method(func: Callable[..., Any]) -> bool:
+def _plain_function(func: Callable[..., Any]) -> bool:
+    """Defined outside any class body, so never bound as a method."""
     parts = getattr(func, "__qualname__", "").split(".")
-    if len(parts) < 2 or parts[-2] == "<locals>":
+    return len(parts) < 2 or parts[-2] == "<locals>"
+
+
+def _looks_like_method(func: Callable[..., Any]) -> bool:
+    if _plain_function(func):
         return False
     code = getattr(func, "__code__", None)
     return (code is not None and code.co_argcount >= 1
@@ -288,6 +299,9 @@ def _sync_wrapper(func: Callable[..., Any], cache: Any, key: Optional[Callable[.
             if value is _MISSING:
                 return miss(k, args, kwargs)
             return value
+    elif type(cache) is _CLruCache and _plain_function(func):
+        # The same hit path in C: a key build and a lookup, no Python frame.
+        wrapper = _CachedCall(cache, miss, _FAST_TYPES, _KWMARK)
     else:
         fast = _FAST_TYPES
         mark = _KWMARK

@@ -73,6 +73,17 @@ def check_nbytes(value: Any) -> int:
     return int(value)
 
 
+def iter_pairs(other: Any, kwargs: dict[str, Any]) -> Any:
+    """The (key, value) pairs of ``update(other, **kwargs)``, as dict.update reads them."""
+    if hasattr(other, "keys"):
+        for key in other.keys():
+            yield key, other[key]
+    else:
+        for key, value in other:
+            yield key, value
+    yield from kwargs.items()
+
+
 def trim_count(size: int, fraction: float) -> int:
     """How many entries ``trim(fraction)`` evicts from ``size`` entries."""
     return min(size, math.ceil(size * fraction))

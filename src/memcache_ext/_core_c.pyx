@@ -56,7 +56,7 @@ from libc.string cimport memset, memcpy
 
 from memcache_ext._common import (
     UNSET, MAX_LOOKUP_RESTARTS, MUTATED_DURING_LOOKUP, check_callable, check_fraction,
-    check_nbytes, check_size, check_ttl, repr_cache, stats_dict, trim_count,
+    check_nbytes, check_size, check_ttl, iter_pairs, repr_cache, stats_dict, trim_count,
 )
 
 from memcache_ext._sizeof_c cimport c_deep_sizeof
@@ -732,13 +732,7 @@ cdef class CLruCache:
 
     def update(self, other=(), **kwargs):
         """Insert every pair of other (a mapping or pairs) and of kwargs."""
-        if hasattr(other, "keys"):
-            for key in other.keys():
-                self._store(key, other[key], self._ttl)
-        else:
-            for key, value in other:
-                self._store(key, value, self._ttl)
-        for key, value in kwargs.items():
+        for key, value in iter_pairs(other, kwargs):
             self._store(key, value, self._ttl)
 
     def clear(self):

@@ -39,6 +39,7 @@ from ._common import (
     check_nbytes,
     check_size,
     check_ttl,
+    iter_pairs,
     repr_cache,
     stats_dict,
     trim_count,
@@ -391,13 +392,7 @@ class PyLruCache(Generic[K, V]):
 
     def update(self, other: Any = (), /, **kwargs: V) -> None:
         """Insert every pair of ``other`` (a mapping or pairs) and ``kwargs``."""
-        if hasattr(other, "keys"):
-            for key in other.keys():
-                self._store(key, other[key], self._ttl)
-        else:
-            for key, value in other:
-                self._store(key, value, self._ttl)
-        for key, value in kwargs.items():
+        for key, value in iter_pairs(other, kwargs):
             self._store(key, value, self._ttl)
 
     def clear(self) -> None:

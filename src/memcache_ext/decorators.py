@@ -385,16 +385,8 @@ def _async_wrapper(func: Callable[..., Any], cache: Any, key: Optional[Callable[
                 return await miss(k, args, kwargs)
             return value
     else:
-        fast = _FAST_TYPES
-        mark = _KWMARK
-
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if kwargs:
-                k: Any = (*args, mark, *sorted(kwargs.items()))
-            elif len(args) == 1 and type(args[0]) in fast:
-                k = args[0]
-            else:
-                k = args
+            k = make_key(args, kwargs)
             value = get(k, _MISSING)
             if value is _MISSING:
                 return await miss(k, args, kwargs)

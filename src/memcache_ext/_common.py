@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Any, Callable, Optional
 
 #: Reasons passed to ``on_evict`` (automatic removals only).
@@ -21,6 +22,15 @@ MUTATED_DURING_LOOKUP = "cache changed during key comparison too many times"
 
 # Sentinel for "argument not given" in resize().
 UNSET: Any = type("Unset", (), {"__repr__": lambda self: "<unset>"})()
+
+
+def env_flag(name: str) -> bool:
+    """Whether environment variable ``name`` is set to something other than 0/false/no."""
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+#: MEMCACHE_EXT_PURE_PYTHON=1 forces the pure-Python cache and deep_sizeof.
+PURE_PYTHON = env_flag("MEMCACHE_EXT_PURE_PYTHON")
 
 
 def _typename(obj: object) -> str:

@@ -6,14 +6,11 @@ interpreter other than CPython, and a missing or broken compiled module.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import TYPE_CHECKING, Optional
 
+from ._common import PURE_PYTHON
 from ._core_py import PyLruCache
-
-PURE_PYTHON = os.environ.get("MEMCACHE_EXT_PURE_PYTHON", "").strip().lower() not in (
-    "", "0", "false", "no")
 
 NO_WHEEL_HINT = (
     "the compiled memcache_ext core is not available{why}. Install a prebuilt wheel "

@@ -7,15 +7,11 @@ slower). ``IMPLEMENTATION`` says which one ``deep_sizeof`` is ("c" or
 
 from __future__ import annotations
 
-import os
-
+from ._common import PURE_PYTHON as _PURE
 from ._sizeof_py import DEFAULT_BUDGET
 from ._sizeof_py import deep_sizeof as py_deep_sizeof
 
 __all__ = ["deep_sizeof", "DEFAULT_BUDGET", "IMPLEMENTATION", "py_deep_sizeof"]
-
-_PURE = os.environ.get("MEMCACHE_EXT_PURE_PYTHON", "").strip().lower() not in (
-    "", "0", "false", "no")
 
 if _PURE:
     deep_sizeof = py_deep_sizeof

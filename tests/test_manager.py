@@ -448,3 +448,16 @@ def test_real_rss_source() -> None:
     st = CacheManager().stats()
     assert st["process"]["rss_source"] in ("/proc/self/statm", "psutil")
     assert st["process"]["rss_bytes"] > 0
+
+
+def test_stats_sources_are_reported_and_isolated(cache_cls) -> None:
+    m = CacheManager(memory_limit_mb=1024, cache_class=cache_cls)
+    m.register_stats_source("tier", lambda: {"remote_hits": 3})
+    m.register_stats_source("broken", lambda: 1 / 0)
+    with pytest.raises(TypeError):
+        m.register_stats_source("bad", 42)  # type: ignore[arg-type]
+    sources = m.stats()["sources"]
+    assert sources["tier"] == {"remote_hits": 3}
+    assert sources["broken"] == {"error": "ZeroDivisionError: division by zero"}
+    assert m.unregister_stats_source("tier") and not m.unregister_stats_source("tier")
+    assert "tier" not in m.stats()["sources"]

@@ -1,0 +1,270 @@
+"""Prometheus metrics (extra ``[prometheus]``), computed at scrape time.
+
+    from prometheus_client import REGISTRY
+    from memcache_ext.prometheus import MemcacheCollector, metrics_app
+
+    REGISTRY.register(MemcacheCollector(cache_manager))   # the default registry
+    app.mount("/metrics", metrics_app())                  # serves REGISTRY
+
+or, on FastAPI, a plain route (no ``/metrics`` -> ``/metrics/`` redirect)::
+
+    app.include_router(metrics_router(registry, dependencies=[...]))
+
+Nothing is counted on the request path: every figure is read from the
+manager, its caches, ``gc_stats`` and an optional request monitor when
+Prometheus scrapes. Metric families (prefix ``memcache_ext_``):
+
+==================================================  =======  ======================
+name                                                type     labels
+==================================================  =======  ======================
+cache_hits_total / cache_misses_total               counter  cache
+cache_evictions_total                               counter  cache, reason
+cache_expirations_total / cache_rejected_total      counter  cache
+cache_entries / cache_max_entries                   gauge    cache
+cache_bytes / cache_max_bytes                       gauge    cache
+process_resident_memory_bytes                       gauge
+memory_limit_bytes / memory_high_water_bytes        gauge
+memory_limit_info                                   gauge    source (value 1)
+cleanups_total                                      counter
+cleanup_accounted_freed_bytes_total                 counter
+cleanup_rss_freed_bytes_total                       counter
+cleanup_evicted_entries_total                       counter
+gc_collections_total                                counter  generation
+gc_collected_objects_total                          counter  generation
+gc_uncollectable_objects_total                      counter  generation
+gc_pause_seconds_total                              counter  generation
+gc_pause_max_seconds                                gauge    generation
+http_requests_total                                 counter  route
+http_high_memory_requests_total                     counter  route
+http_request_duration_seconds_total                 counter  route
+http_request_max_memory_delta_bytes                 gauge    route
+==================================================  =======  ======================
+
+``cache_max_*`` are only exported for caches that have that bound; the GC
+families only when ``gc_stats`` is installed; the ``http_*`` families only
+with a ``monitor`` (``MemoryMonitorMiddleware(...).monitor`` or a shared
+``RequestMemoryMonitor``; label values are route templates, so their number is
+bounded by the app's routes).
+
+The cleanup byte counters are accumulated by the collector from the manager's
+event history as it sees new events; events pushed out of the bounded history
+between two scrapes (more than ``history`` cleanups in one scrape interval)
+are counted in ``cleanups_total`` but their bytes are not.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Iterable, Optional, Sequence
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
+
+from .gcstats import GCStats, gc_stats
+
+__all__ = ["MemcacheCollector", "register", "metrics_app", "metrics_router"]
+
+PREFIX = "memcache_ext"
+_EVICTION_REASONS = ("capacity", "bytes", "trim")
+
+
+def _manager(manager: Any) -> Any:
+    if manager is None:
+        from .manager import cache_manager
+
+        return cache_manager
+    return manager
+
+
+class MemcacheCollector(Collector):
+    """A ``prometheus_client`` collector for a CacheManager (default ``cache_manager``).
+
+    ``gc``: the GCStats to export (default ``gc_stats``; exported only while
+    installed). ``monitor``: a RequestMemoryMonitor for per-route figures.
+    """
+
+    def __init__(self, manager: Any = None, *, gc: Optional[GCStats] = None,
+                 monitor: Any = None, prefix: str = PREFIX) -> None:
+        self.manager = _manager(manager)
+        self.gc = gc if gc is not None else gc_stats
+        self.monitor = monitor
+        self.prefix = prefix
+        self._lock = threading.Lock()
+        self._seen_cleanups = 0
+        self._freed_accounted = 0
+        self._freed_rss = 0
+        self._evicted = 0
+
+    def _name(self, name: str) -> str:
+        return f"{self.prefix}_{name}"
+
+    def _families(self) -> dict[str, Metric]:
+        n = self._name
+        c, g = CounterMetricFamily, GaugeMetricFamily
+        fams: dict[str, Metric] = {
+            "hits": c(n("cache_hits"), "Cache lookups that found a live entry", labels=["cache"]),
+            "misses": c(n("cache_misses"), "Cache lookups that found nothing (or an expired entry)",
+                        labels=["cache"]),
+            "evictions": c(n("cache_evictions"), "Entries evicted, by reason (capacity, bytes, trim)",
+                           labels=["cache", "reason"]),
+            "expirations": c(n("cache_expirations"), "Entries removed because their TTL passed",
+                             labels=["cache"]),
+            "rejected": c(n("cache_rejected"), "Entries refused as larger than max_bytes",
+                          labels=["cache"]),
+            "entries": g(n("cache_entries"), "Entries in the cache", labels=["cache"]),
+            "max_entries": g(n("cache_max_entries"), "Entry bound of the cache (maxsize)",
+                             labels=["cache"]),
+            "bytes": g(n("cache_bytes"), "Bytes accounted by the cache (deep_sizeof of its entries)",
+                       labels=["cache"]),
+            "max_bytes": g(n("cache_max_bytes"), "Byte bound of the cache (max_bytes)",
+                           labels=["cache"]),
+            "rss": g(n("process_resident_memory_bytes"), "Resident memory of the process"),
+            "limit": g(n("memory_limit_bytes"), "Memory limit the manager keeps the process under"),
+            "high_water": g(n("memory_high_water_bytes"), "RSS above which a cleanup runs"),
+            "limit_info": g(n("memory_limit_info"), "Where the memory limit came from",
+                            labels=["source"]),
+            "cleanups": c(n("cleanups"), "Cleanups run by the manager"),
+            "freed_accounted": c(n("cleanup_accounted_freed_bytes"),
+                                 "Cache bytes released by cleanups (the caches' accounting)"),
+            "freed_rss": c(n("cleanup_rss_freed_bytes"),
+                           "RSS drop measured around cleanups (negative drops count as 0)"),
+            "evicted": c(n("cleanup_evicted_entries"), "Entries trimmed by cleanups"),
+        }
+        if self.gc.installed:
+            fams.update({
+                "gc_collections": c(n("gc_collections"), "Garbage collections",
+                                    labels=["generation"]),
+                "gc_collected": c(n("gc_collected_objects"), "Objects freed by the collector",
+                                  labels=["generation"]),
+                "gc_uncollectable": c(n("gc_uncollectable_objects"),
+                                      "Objects the collector found uncollectable",
+                                      labels=["generation"]),
+                "gc_pause": c(n("gc_pause_seconds"), "Time spent in garbage collections",
+                              labels=["generation"]),
+                "gc_pause_max": g(n("gc_pause_max_seconds"), "Longest garbage-collection pause",
+                                  labels=["generation"]),
+            })
+        if self.monitor is not None:
+            fams.update({
+                "http_requests": c(n("http_requests"), "HTTP requests seen by the memory monitor",
+                                   labels=["route"]),
+                "http_high": c(n("http_high_memory_requests"),
+                               "HTTP requests that ended with RSS above the monitor's limit",
+                               labels=["route"]),
+                "http_duration": c(n("http_request_duration_seconds"),
+                                   "Total time spent in requests", labels=["route"]),
+                "http_delta": g(n("http_request_max_memory_delta_bytes"),
+                                "Largest RSS growth during one request", labels=["route"]),
+            })
+        return fams
+
+    def describe(self) -> Iterable[Metric]:
+        """The families without samples (lets a registry check names without a scrape)."""
+        return list(self._families().values())
+
+    def collect(self) -> Iterable[Metric]:
+        fams = self._families()
+        st = self.manager.stats()
+        for name, cs in st["caches"].items():
+            if "error" in cs and "size" not in cs:
+                continue
+            fams["hits"].add_metric([name], cs.get("hits", 0))
+            fams["misses"].add_metric([name], cs.get("misses", 0))
+            by_reason = cs.get("evictions_by_reason") or {}
+            for reason in _EVICTION_REASONS:
+                fams["evictions"].add_metric([name, reason], by_reason.get(reason, 0))
+            fams["expirations"].add_metric([name], cs.get("expirations", 0))
+            fams["rejected"].add_metric([name], cs.get("rejected", 0))
+            fams["entries"].add_metric([name], cs.get("size", 0))
+            if cs.get("maxsize") is not None:
+                fams["max_entries"].add_metric([name], cs["maxsize"])
+            fams["bytes"].add_metric([name], cs.get("nbytes", 0))
+            if cs.get("max_bytes") is not None:
+                fams["max_bytes"].add_metric([name], cs["max_bytes"])
+        fams["rss"].add_metric([], st["process"]["rss_bytes"])
+        fams["limit"].add_metric([], st["limit"]["bytes"])
+        fams["high_water"].add_metric([], st["limit"]["high_water_bytes"])
+        fams["limit_info"].add_metric([st["limit"]["source"]], 1)
+        self._account_cleanups(st)
+        fams["cleanups"].add_metric([], st["cleanup_count"])
+        fams["freed_accounted"].add_metric([], self._freed_accounted)
+        fams["freed_rss"].add_metric([], self._freed_rss)
+        fams["evicted"].add_metric([], self._evicted)
+        if "gc_collections" in fams:
+            snap = self.gc.snapshot()
+            for gen, row in enumerate(snap["generations"]):
+                label = [str(gen)]
+                fams["gc_collections"].add_metric(label, row["collections"])
+                fams["gc_collected"].add_metric(label, row["collected"])
+                fams["gc_uncollectable"].add_metric(label, row["uncollectable"])
+                fams["gc_pause"].add_metric(label, row["pause_total_s"])
+                fams["gc_pause_max"].add_metric(label, row["pause_max_s"])
+        if "http_requests" in fams:
+            for row in self.monitor.routes():
+                label = [row["route"]]
+                fams["http_requests"].add_metric(label, row["requests"])
+                fams["http_high"].add_metric(label, row["high_memory"])
+                fams["http_duration"].add_metric(label, row["total_duration_s"])
+                fams["http_delta"].add_metric(label, row["max_delta_mb"] * 2**20)
+        return list(fams.values())
+
+    def _account_cleanups(self, st: dict[str, Any]) -> None:
+        """Add the bytes of cleanup events not seen by an earlier scrape."""
+        with self._lock:
+            count = st["cleanup_count"]
+            new = count - self._seen_cleanups
+            if new <= 0:
+                return
+            events = st["cleanups"][-new:] if new <= len(st["cleanups"]) else st["cleanups"]
+            for ev in events:
+                self._freed_accounted += max(0, int(ev.get("accounted_bytes_released", 0)))
+                self._freed_rss += max(0, int(ev.get("rss_freed_bytes", 0)))
+                self._evicted += max(0, int(ev.get("entries_evicted", 0)))
+            self._seen_cleanups = count
+
+
+def register(manager: Any = None, registry: CollectorRegistry = REGISTRY, **kwargs: Any
+             ) -> MemcacheCollector:
+    """Build a MemcacheCollector and register it (default: the global REGISTRY)."""
+    collector = MemcacheCollector(manager, **kwargs)
+    registry.register(collector)
+    return collector
+
+
+def metrics_app(registry: Optional[CollectorRegistry] = None, *, manager: Any = None,
+                **kwargs: Any) -> Any:
+    """An ASGI app serving the metrics of ``registry`` (``app.mount("/metrics", ...)``).
+
+    Without ``registry``: the global REGISTRY, or, when ``manager`` is given, a
+    new registry with a MemcacheCollector for it (``kwargs`` go to the collector).
+    """
+    from prometheus_client import make_asgi_app
+
+    if registry is None:
+        if manager is None and not kwargs:
+            registry = REGISTRY
+        else:
+            registry = CollectorRegistry()
+            register(manager, registry, **kwargs)
+    return make_asgi_app(registry)
+
+
+def metrics_router(registry: Optional[CollectorRegistry] = None, *, path: str = "/metrics",
+                   dependencies: Optional[Sequence[Any]] = None,
+                   include_in_schema: bool = False) -> Any:
+    """A FastAPI APIRouter with ``GET {path}`` in the Prometheus text format.
+
+    ``dependencies`` protect it like any route. Unlike a mounted app, it
+    answers ``/metrics`` itself (no redirect to ``/metrics/``).
+    """
+    from fastapi import APIRouter, Response
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    reg = registry if registry is not None else REGISTRY
+    router = APIRouter(dependencies=list(dependencies or ()))
+
+    @router.get(path, include_in_schema=include_in_schema, response_class=Response)
+    def metrics() -> Response:
+        return Response(generate_latest(reg), media_type=CONTENT_TYPE_LATEST)
+
+    return router

@@ -1,4 +1,4 @@
-"""``python -m memcache_ext COMMAND``: bench (and more as they land)."""
+"""``python -m memcache_ext COMMAND``: bench, demo, loadtest."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Optional
 
 COMMANDS = {
     "bench": ("memcache_ext.bench", "side-by-side speed and memory table"),
+    "demo": ("memcache_ext.demo", "the demo service (FastAPI, SQLite) under uvicorn"),
+    "loadtest": ("memcache_ext.loadtest", "RSS under load: bounded vs unbounded demo service"),
 }
 
 

@@ -681,3 +681,20 @@ def test_bad_arguments(redis_server: RedisServer) -> None:
     with pytest.raises(TypeError, match="local"):
         TieredCache(object(), client, "n", start=False)
     client.close()
+
+
+def test_tier_over_both_local_cores(make_tier: Any, cache_cls: type) -> None:
+    """Over a CLruCache the local hit runs in C (GetOr); over PyLruCache it is a
+    Python method. Both count the same and fall back to Redis the same way."""
+    writer = make_tier()
+    tier = make_tier(local=cache_cls(100))
+    expected = "GetOr" if cache_cls.__name__ == "CLruCache" else "method"
+    assert type(tier.get).__name__ == expected
+    tier.set("a", 1)
+    writer.set("b", 2)
+    assert tier.get("a") == 1 and tier.get("a", 9) == 1           # local hits
+    assert tier.get("b") == 2 and tier.get("b") == 2              # remote hit, then local
+    assert tier.get("nope", 5) == 5 and tier.get("nope") is None  # miss everywhere
+    assert tier.get(key="a") == 1 and tier.get("nope", default=7) == 7
+    c = tier.counters()
+    assert c["remote_hits"] == 1 and c["local_hits"] == 4

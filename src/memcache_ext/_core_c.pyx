@@ -1104,3 +1104,40 @@ cdef object _cached_tp_call(PyObject* o, PyObject* args, PyObject* kwargs):
 
 
 (<CallSlots*>CachedCall).tp_call = <ternaryfunc>_cached_tp_call
+
+
+@cython.final
+cdef class GetOr:
+    """``get(key, default=None)`` over a CLruCache, calling ``fallback(key, default)``
+    only on a miss: a second tier's hit path without a Python frame."""
+
+    cdef CLruCache _cache
+    cdef object _fallback
+    cdef dict __dict__
+
+    def __init__(self, CLruCache cache not None, fallback):
+        if not callable(fallback):
+            raise TypeError(f"fallback must be callable, not {type(fallback).__name__}")
+        self._cache = cache
+        self._fallback = fallback
+
+    def __call__(self, key, default=None):
+        return _get_or(self, key, default)
+
+
+cdef object _get_or(GetOr self, object key, object default):
+    cdef object value = self._cache._lookup(key, True, _MISSING)
+    if value is _MISSING:
+        return self._fallback(key, default)
+    return value
+
+
+cdef object _get_or_tp_call(PyObject* o, PyObject* args, PyObject* kwargs):
+    """The common call, get(key) or get(key, default), parsed by hand."""
+    cdef tuple a = <tuple>args
+    if kwargs == NULL and 1 <= len(a) <= 2:
+        return _get_or(<GetOr>o, a[0], a[1] if len(a) == 2 else None)
+    return GetOr.__call__(<GetOr>o, *a, **(<dict>kwargs if kwargs != NULL else {}))
+
+
+(<CallSlots*>GetOr).tp_call = <ternaryfunc>_get_or_tp_call

@@ -69,6 +69,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "memcache_ext.redis needs redis-py: pip install 'memcache-ext[redis]' "
         f"(or pip install 'redis>=5') ({exc})") from exc
 
+try:
+    from ._core_c import CLruCache as _CLruCache
+    from ._core_c import GetOr as _GetOr
+except ImportError:  # the pure-Python core: get() stays a Python method
+    _CLruCache = _GetOr = None
+
 __all__ = [
     "TieredCache", "AsyncTieredCache", "Serializer", "PickleSerializer",
     "JsonSerializer", "MsgpackSerializer", "COUNTERS",
@@ -720,6 +726,9 @@ class TieredCache(_TierCore):
         self._thread: Optional[threading.Thread] = None
         if self.key_encoder is not None:
             self.get = self._get_encoded  # type: ignore[method-assign]
+        elif _GetOr is not None and type(local) is _CLruCache:
+            # The local hit in C; Python runs only on a local miss.
+            self.get = _GetOr(local, self._get_remote)  # type: ignore[method-assign]
         if start:
             self.start()
 
@@ -769,6 +778,10 @@ class TieredCache(_TierCore):
         value = self._lget(key, _MISS)
         if value is not _MISS:
             return value
+        return self._run(self._get_flow(self._key(key), default))
+
+    def _get_remote(self, key: Any, default: Any = None) -> Any:
+        """get() after a local miss (the compiled hit path's fallback)."""
         return self._run(self._get_flow(self._key(key), default))
 
     def _get_encoded(self, key: Any, default: Any = None) -> Any:

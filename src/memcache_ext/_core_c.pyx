@@ -562,8 +562,12 @@ cdef class CLruCache:
             self._remove(idx, reason, dl)
         return 0
 
-    cdef bint _store(self, object key, object value, double ttl) except -1:
-        """set(): measure, read the clock, hash, look up, then one region."""
+    cdef int _store(self, object key, object value, double ttl, bint keep=False) except -1:
+        """set(): measure, read the clock, hash, look up, then one region.
+
+        Returns 1 when stored, 0 when refused as oversized, and 2 when ``keep``
+        is set and a live entry for key already exists (it is left as it is).
+        """
         cdef Py_ssize_t nbytes = self._measure(key, value)
         cdef double now = self._start_clock(ttl != INFINITY)
         cdef Py_hash_t h = PyObject_Hash(key)
@@ -573,6 +577,8 @@ cdef class CLruCache:
         cdef double expires
         dl_init(&dl)
         try:
+            if keep and idx and not self._expired(<uint32_t>idx, &now):
+                return 2
             if self._max_bytes >= 0 and nbytes > self._max_bytes:
                 self.rejected += 1
                 if idx:
@@ -644,7 +650,7 @@ cdef class CLruCache:
         Returns False when the entry alone is larger than max_bytes: it is
         refused, counted in ``rejected``, and any older value for key dropped.
         """
-        return self._store(key, value, self._ttl if ttl is None else check_ttl(ttl))
+        return self._store(key, value, self._ttl if ttl is None else check_ttl(ttl)) == 1
 
     def __delitem__(self, key):
         self.pop(key)
@@ -724,10 +730,8 @@ cdef class CLruCache:
         if value is not _MISSING:
             return value
         value = factory()
-        cdef object stored = self._lookup(key, False, _MISSING)
-        if stored is not _MISSING:
-            return stored
-        self._store(key, value, t)
+        if self._store(key, value, t, True) == 2:  # stored meanwhile: that value wins
+            return self._lookup(key, False, value)
         return value
 
     def update(self, other=(), **kwargs):

@@ -169,6 +169,20 @@ def test_objsize(benchmark: Any, shape: Any) -> None:
     benchmark(objsize.get_deep_size, shape)
 
 
+SMALL_VALUES: dict[str, Any] = {
+    "int": 12345678,
+    "str20": "a twenty-char string",
+    "dict5": {"a": 1, "b": 2.5, "c": "x", "d": None, "e": [1]},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_VALUES))
+def test_small_value_c(benchmark: Any, name: str) -> None:
+    """What a cache with max_bytes pays per insert (plus the Python call)."""
+    mod = pytest.importorskip("memcache_ext._sizeof_c")
+    benchmark(mod.deep_sizeof, SMALL_VALUES[name])
+
+
 def test_ten_million_list_c(benchmark: Any) -> None:
     mod = pytest.importorskip("memcache_ext._sizeof_c")
     big = [float(i) for i in range(10_000_000)]
@@ -224,6 +238,17 @@ def main() -> None:
     exact = sys.getsizeof(big) + len(big) * sys.getsizeof(1.0)
     print(f"10M-float list, deep_sizeof (C, default budget): first call {cold:.3f} ms, "
           f"best {warm:.3f} ms, error {(est - exact) / exact * 100:+.2f}%")
+    # small values, as a cache with max_bytes measures them on every insert
+    reps = 10_000
+    small = []
+    for name, value in SMALL_VALUES.items():
+        batch = [value] * reps
+        ns = best_ms(lambda vs: [_sizeof_c.deep_sizeof(v) for v in vs], batch) / reps * 1e6
+        small.append(f"{name} {ns:.0f} ns")
+    rows = built["b"][0]
+    ns = best_ms(lambda rs: [_sizeof_c.deep_sizeof(r) for r in rs], rows) / len(rows) * 1e6
+    small.append(f"(b) row {ns:.0f} ns")
+    print("small values, deep_sizeof (C) per call incl. the Python call: " + ", ".join(small))
 
 
 if __name__ == "__main__":

@@ -175,12 +175,80 @@ cdef extern from *:
         }
         return 0;
     }
+    /* PyDict_Next, with the combined tables of CPython 3.11 read in place
+       (the layout of pycore_dict.h; checked against PyDict_Next at import by
+       mc_dict_next_selftest, which turns it on). */
+    static int mc_dict_direct = 0;
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000 && !defined(PYPY_VERSION) && !defined(Py_LIMITED_API)
+    typedef struct {
+        Py_ssize_t dk_refcnt;
+        uint8_t dk_log2_size;
+        uint8_t dk_log2_index_bytes;
+        uint8_t dk_kind;            /* 0: general entries (hash, key, value) */
+        uint32_t dk_version;
+        Py_ssize_t dk_usable;
+        Py_ssize_t dk_nentries;
+        char dk_indices[];
+    } mc_dictkeys311;
+    #define MC_DICT_DIRECT_POSSIBLE 1
+    #else
+    #define MC_DICT_DIRECT_POSSIBLE 0
+    #endif
+    static inline int mc_dict_next(PyObject *d, Py_ssize_t *pos, PyObject **k, PyObject **v) {
+    #if MC_DICT_DIRECT_POSSIBLE
+        PyDictObject *mp = (PyDictObject *)d;
+        if (mc_dict_direct && mp->ma_values == NULL) {
+            mc_dictkeys311 *dk = (mc_dictkeys311 *)mp->ma_keys;
+            Py_ssize_t i = *pos, n = dk->dk_nentries;
+            PyObject **e = (PyObject **)(dk->dk_indices + ((size_t)1 << dk->dk_log2_index_bytes));
+            if (i < 0) return 0;
+            if (dk->dk_kind != 0) {
+                e += 2 * i;                           /* key, value */
+                while (i < n && e[1] == NULL) { e += 2; i++; }
+                if (i >= n) return 0;
+                *k = e[0]; *v = e[1];
+            } else {
+                e += 3 * i;                           /* hash, key, value */
+                while (i < n && e[2] == NULL) { e += 3; i++; }
+                if (i >= n) return 0;
+                *k = e[1]; *v = e[2];
+            }
+            *pos = i + 1;
+            return 1;
+        }
+    #endif
+        return PyDict_Next(d, pos, k, v);
+    }
+    /* Turns mc_dict_next's direct reading on if it agrees with PyDict_Next on
+       these dicts (compare with the order and positions PyDict_Next gives). */
+    static int mc_dict_next_selftest(PyObject *dicts) {
+    #if MC_DICT_DIRECT_POSSIBLE
+        Py_ssize_t j, nd = PyList_GET_SIZE(dicts);
+        int ok = 1, r1, r2;
+        mc_dict_direct = 1;
+        for (j = 0; ok && j < nd; j++) {
+            PyObject *d = PyList_GET_ITEM(dicts, j), *k1, *v1, *k2, *v2;
+            Py_ssize_t p1 = 0, p2 = 0;
+            if (!PyDict_CheckExact(d)) { ok = 0; break; }
+            do {
+                r1 = PyDict_Next(d, &p1, &k1, &v1);
+                r2 = mc_dict_next(d, &p2, &k2, &v2);
+                if (r1 != r2 || (r1 && (p1 != p2 || k1 != k2 || v1 != v2))) ok = 0;
+            } while (ok && r1);
+        }
+        mc_dict_direct = ok;
+        return ok;
+    #else
+        (void)dicts;
+        return 0;
+    #endif
+    }
     /* Appends k0, v0, k1, v1, ... of any dict (no user code runs). */
     static int mc_dict_entries(PyObject *d, mc_buf *b) {
         Py_ssize_t pos = 0;
         PyObject *k, *v;
         if (mc_buf_reserve(b, 2 * PyDict_GET_SIZE(d)) < 0) return -1;
-        while (PyDict_Next(d, &pos, &k, &v)) {
+        while (mc_dict_next(d, &pos, &k, &v)) {
             if (mc_buf_push(b, k) < 0 || mc_buf_push(b, v) < 0) return -1;
         }
         return 0;
@@ -193,6 +261,16 @@ cdef extern from *:
     #define MC_PREFETCH(p) ((void)0)
     #endif
     static inline void mc_prefetch(const void *p) { MC_PREFETCH(p); }
+    /* bits of x > 0: 2 ** mc_bit_length(x) > x */
+    static inline int mc_bit_length(size_t x) {
+    #if defined(__GNUC__) || defined(__clang__)
+        return x ? (int)(8 * sizeof(unsigned long long)) - __builtin_clzll((unsigned long long)x) : 0;
+    #else
+        int b = 0;
+        while (x) { b++; x >>= 1; }
+        return b;
+    #endif
+    }
     static inline PyObject **mc_seq_items(PyObject *o) {  /* exact list or tuple */
         return PyList_CheckExact(o) ? ((PyListObject *)o)->ob_item : ((PyTupleObject *)o)->ob_item;
     }
@@ -260,6 +338,19 @@ cdef extern from *:
     }
     /* 1: small cached int (shared); 0: *size set; -1: needs sys.getsizeof */
     static inline int mc_int_size(PyObject *o, Py_ssize_t *size, int digit_bits) {
+    #if PY_VERSION_HEX < 0x030C0000
+        /* 3.11: the digit count is |ob_size|, int.__sizeof__ is
+           offsetof(ob_digit) (== tp_basicsize) + |ob_size| * sizeof(digit) */
+        Py_ssize_t sz = Py_SIZE(o), nd = sz < 0 ? -sz : sz;
+        (void)digit_bits;
+        if (nd <= 1) {
+            long v = nd ? (long)((PyLongObject *)o)->ob_digit[0] : 0;
+            if (sz < 0) v = -v;
+            if (v >= -5 && v <= 256) return 1;
+        }
+        *size = PyLong_Type.tp_basicsize + nd * PyLong_Type.tp_itemsize;
+        return 0;
+    #else
         int overflow = 0;
         long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
         unsigned long long u;
@@ -271,6 +362,7 @@ cdef extern from *:
         do { nd++; u >>= digit_bits; } while (u);
         *size = PyLong_Type.tp_basicsize + nd * PyLong_Type.tp_itemsize;
         return 0;
+    #endif
     }
     static inline Py_ssize_t mc_float_size(void) { return PyFloat_Type.tp_basicsize; }
     static inline Py_ssize_t mc_bytes_size(PyObject *o) {
@@ -318,10 +410,13 @@ cdef extern from *:
     int mc_buf_push(mc_buf*, PyObject*) except -1
     int mc_traverse(PyObject*, mc_buf*) except -1
     int mc_dict_entries(PyObject*, mc_buf*) except -1
+    bint mc_dict_next(PyObject*, Py_ssize_t*, PyObject**, PyObject**)
+    int mc_dict_next_selftest(PyObject*)
 
     PyTypeObject* mc_type(PyObject*)
     uint64_t mc_phase(uint64_t)
     void mc_prefetch(const void*)
+    int mc_bit_length(size_t)
     PyObject** mc_seq_items(PyObject*)
     Py_ssize_t mc_refcnt(PyObject*)
     unsigned long mc_flags(PyTypeObject*)
@@ -384,6 +479,30 @@ cdef object _object_sizeof_descr = object.__dict__["__sizeof__"]
 cdef tuple _SHARED_TYPES = _ref.SHARED_TYPES
 cdef object _ENUM_META = _ref.ENUM_META
 cdef Py_ssize_t _N_SHARED = len(_SHARED_TYPES)
+
+
+def _dict_probes():
+    class _Split:
+        def __init__(self):
+            self.a = 1
+            self.b = 2
+    holes = {f"k{i}": i for i in range(40)}
+    for i in range(0, 40, 3):
+        del holes[f"k{i}"]
+    general = {i: str(i) for i in range(20)}
+    del general[0], general[7]
+    general[(1, 2)] = None
+    wide = {i: i for i in range(300)}  # 2-byte indices
+    for i in range(0, 300, 7):
+        del wide[i]
+    return [{}, {"a": 1, "b": 2.5}, holes, general, {"x": 1, 2: "y"},
+            {f"s{i}": i for i in range(300)}, wide, _Split().__dict__]
+
+
+# reading 3.11 dict tables in place is enabled only if it matches PyDict_Next
+cdef list _probes = _dict_probes()
+_DICT_DIRECT = bool(mc_dict_next_selftest(<PyObject*>_probes))
+_probes = None
 
 
 cdef inline Py_ssize_t _header(PyTypeObject* t) noexcept:
@@ -488,63 +607,137 @@ cdef inline bint _node_shared(PyObject* o, PyTypeObject* t) except -1:
     return (_type_info(t) & MC_TI_SHARED) != 0
 
 
+# ------------------------------------------------------ small-object fast path
+# A graph of exact dicts/lists/tuples with leaf (or shared) children and at
+# most SMALL_WALK_UNITS units in all is measured by a plain recursion with a
+# visited array on the C stack: no stack entries, no refcount traffic, no
+# heap. It returns exactly what the general walk returns, or -1 ("walk it"):
+#
+# * no sampling can happen: a container is expanded here only when it has at
+#   most `a` units, where `a` is a lower bound of the allowance the general
+#   walk would give it (the root gets the budget; a child at least
+#   (a - n) // (number of children)), or when it has at most SMALL_UNITS units
+#   and the whole walk stays under the small cap (SMALL_WALK_UNITS <= 8 * budget,
+#   checked by the callers); so every weight is 1 and the result is the sum of
+#   the own sizes of the distinct non-shared reachable objects, whatever the
+#   order of the walk;
+# * deduplication follows the general walk: the root and every object with
+#   more than one reference are remembered.
+
 cdef enum:
-    FLAT_MAX = 32
+    SMALL_WALK_UNITS = 64
+    SMALL_WALK_SEEN = 32
 
 
-cdef inline Py_ssize_t _flat_leaf(PyObject* c, PyObject** seen, Py_ssize_t* nseen) except -3:
-    """Size of a leaf child for _flat_size; -1 if ``c`` is not a leaf or a
-    singleton. Leaves with more than one reference are deduplicated."""
+# the walk's units stay under the small cap (SMALL_CAP_FACTOR * budget)
+cdef Py_ssize_t _SMALL_WALK_MIN_BUDGET = (SMALL_WALK_UNITS + _SMALL_CAP_FACTOR - 1) // _SMALL_CAP_FACTOR
+
+
+ctypedef struct SmallWalk:
+    Py_ssize_t units
+    Py_ssize_t nseen
+    PyObject* seen[SMALL_WALK_SEEN]
+
+
+cdef inline int _small_seen(SmallWalk* st, PyObject* c) noexcept:
+    """1 if ``c`` was met before, else remember it and 0; -1 when full."""
+    cdef Py_ssize_t i
+    for i in range(st.nseen):
+        if st.seen[i] == c:
+            return 1
+    if st.nseen == SMALL_WALK_SEEN:
+        return -1
+    st.seen[st.nseen] = c
+    st.nseen += 1
+    return 0
+
+
+cdef inline Py_ssize_t _small_child(PyObject* c, SmallWalk* st) except -3:
+    """Charge of child ``c`` (0 if shared or already counted); -2: a container
+    to expand (first visit); -1: give up."""
     cdef PyTypeObject* t = mc_type(c)
-    cdef Py_ssize_t size = _leaf_size(c, t), i
+    cdef Py_ssize_t size = _leaf_size(c, t)
+    cdef int r
     if size == -2:
         return 0
     if size == -1:
-        return 0 if mc_is_singleton(c) else -1
+        if t == &PyDict_Type or t == &PyList_Type or (t == &PyTuple_Type and mc_var_size(c) != 0):
+            size = -2
+        elif mc_is_singleton(c) or t == &PyTuple_Type or _node_shared(c, t):
+            return 0
+        else:
+            return -1
     if mc_refcnt(c) > 1:
-        for i in range(nseen[0]):
-            if seen[i] == c:
-                return 0
-        seen[nseen[0]] = c
-        nseen[0] += 1
+        r = _small_seen(st, c)
+        if r != 0:
+            return 0 if r > 0 else -1
     return size
 
 
-cdef Py_ssize_t _flat_size(PyObject* o, PyTypeObject* t) except -3:
-    """Fast path for a small exact dict/list/tuple whose children are all
-    leaves (int, float, str, bytes, complex) or singletons: the same number as
-    the general walk, without its stack. -1 if the container has other
-    children (the caller then walks it)."""
-    cdef PyObject* seen[2 * FLAT_MAX]
-    cdef Py_ssize_t nseen = 0, total, pos = 0, s, i, n
+cdef Py_ssize_t _small_walk(PyObject* o, PyTypeObject* t, Py_ssize_t a,
+                            SmallWalk* st) except -3:
+    """Size of the exact dict/list/tuple ``o`` given allowance ``a``, or -1."""
+    cdef Py_ssize_t n, total, s, i, nchildren, ca, pos = 0
     cdef PyObject* k
     cdef PyObject* v
+    cdef PyObject** items
     if t == &PyDict_Type:
+        n = PyDict_GET_SIZE(o)
         total = mc_dict_size(o)
         if total < 0:
             return -1
-        total += _GC_HEAD
-        while PyDict_Next(o, &pos, &k, &v):
-            s = _flat_leaf(k, seen, &nseen)
+        nchildren = 2 * n
+    else:
+        n = mc_var_size(o)
+        total = mc_list_size(o) if t == &PyList_Type else mc_basic_size(o)
+        nchildren = n
+    total += _GC_HEAD
+    if n == 0:
+        return total
+    if st.units + n > SMALL_WALK_UNITS or (n > a and n > _SMALL_UNITS):
+        return -1
+    st.units += n
+    # a lower bound of (a - n) // (children pushed), without a division
+    ca = (a - n) >> mc_bit_length(<size_t>nchildren) if a > n else 0
+    if t == &PyDict_Type:
+        while mc_dict_next(o, &pos, &k, &v):
+            s = _small_child(k, st)
+            if s == -2:
+                s = _small_walk(k, mc_type(k), ca, st)
             if s < 0:
                 return -1
             total += s
-            s = _flat_leaf(v, seen, &nseen)
+            s = _small_child(v, st)
+            if s == -2:
+                s = _small_walk(v, mc_type(v), ca, st)
             if s < 0:
                 return -1
             total += s
         return total
-    if t == &PyList_Type:
-        total = mc_list_size(o) + _GC_HEAD
-    else:
-        total = mc_basic_size(o) + _GC_HEAD
-    n = mc_var_size(o)
+    items = mc_seq_items(o)
     for i in range(n):
-        s = _flat_leaf(mc_seq_item(o, i), seen, &nseen)
+        s = _small_child(items[i], st)
+        if s == -2:
+            s = _small_walk(items[i], mc_type(items[i]), ca, st)
         if s < 0:
             return -1
         total += s
     return total
+
+
+cdef inline Py_ssize_t _small_root(PyObject* o, PyTypeObject* t, Py_ssize_t budget,
+                                   Py_ssize_t* units) except -3:
+    """The fast path for an exact dict/list/non-empty tuple root; -1: walk it."""
+    cdef SmallWalk st
+    cdef Py_ssize_t size
+    if budget < _SMALL_WALK_MIN_BUDGET:
+        return -1
+    st.units = 0
+    st.nseen = 1
+    st.seen[0] = o
+    size = _small_walk(o, t, budget, &st)
+    units[0] = st.units
+    return size
 
 
 ctypedef struct Walk:
@@ -628,7 +821,7 @@ cdef int _dict_sample(PyObject* d, mc_buf* buf, Py_ssize_t m, Py_ssize_t r, Py_s
     cdef PyObject* k
     cdef PyObject* v
     mc_buf_reserve(buf, 2 * m)
-    while j < m and PyDict_Next(d, &p, &k, &v):
+    while j < m and mc_dict_next(d, &p, &k, &v):
         if idx == target:
             buf.items[buf.len] = k
             buf.items[buf.len + 1] = v
@@ -695,12 +888,10 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
     if _node_shared(ro, t):
         return 0
     if t == &PyDict_Type or t == &PyList_Type or t == &PyTuple_Type:
-        n = PyDict_GET_SIZE(ro) if t == &PyDict_Type else mc_var_size(ro)
-        if n <= FLAT_MAX and n <= budget:
-            size = _flat_size(ro, t)
-            if size >= 0:
-                wk.units = n
-                return size
+        size = _small_root(ro, t, budget, &n)
+        if size >= 0:
+            wk.units = n
+            return size
 
     cdef mc_stack stack
     cdef mc_set seen, once, dups
@@ -867,7 +1058,7 @@ cdef Py_ssize_t c_deep_sizeof(object obj) except -1:
     """deep_sizeof(obj) with the default budget, callable from Cython."""
     cdef PyObject* o = <PyObject*>obj
     cdef PyTypeObject* t = mc_type(o)
-    cdef Py_ssize_t size
+    cdef Py_ssize_t size, units
     cdef int r
     cdef Walk wk
     # fast paths: a handful of ns, no Python-level call
@@ -889,6 +1080,10 @@ cdef Py_ssize_t c_deep_sizeof(object obj) except -1:
         return mc_float_size()
     if o == Py_None or t == &PyBool_Type:
         return 0
+    if t == &PyDict_Type or t == &PyList_Type or (t == &PyTuple_Type and mc_var_size(o) != 0):
+        size = _small_root(o, t, _DEFAULT_BUDGET, &units)
+        if size >= 0:
+            return size
     return _walk(obj, _DEFAULT_BUDGET, &wk)
 
 

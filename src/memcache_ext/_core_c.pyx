@@ -603,10 +603,36 @@ cdef class CLruCache:
         finally:
             self._release(&dl)
 
+    cdef inline uint32_t _first_probe(self, object key, Py_hash_t h) noexcept:
+        """The entry of key if it sits, identical and without TTL, in its home
+        slot (the common hit); 0 otherwise. Runs no Python code."""
+        cdef uint32_t idx = self.table[_ideal(h, self.mask)]
+        if idx != 0 and self.entries[idx].key == <PyObject*>key and \
+                self.entries[idx].expires == INFINITY:
+            return idx
+        return 0
+
+    cdef inline object _get(self, object key, object default):
+        """get()/[]: the home-slot hit inline, everything else in _lookup_hashed."""
+        cdef Py_hash_t h
+        cdef uint32_t idx
+        if self._timer is not None:
+            return self._lookup(key, True, default)   # the timer runs before hashing
+        h = PyObject_Hash(key)
+        idx = self._first_probe(key, h)
+        if idx:
+            self.hits += 1
+            self._touch(idx)
+            return <object>self.entries[idx].value
+        return self._lookup_hashed(key, h, NAN, True, default)
+
     cdef object _lookup(self, object key, bint count, object default):
         """get()/[] when count: a hit counts and becomes the MRU; else neither."""
         cdef double now = self._start_clock(False)
-        cdef Py_hash_t h = PyObject_Hash(key)
+        return self._lookup_hashed(key, PyObject_Hash(key), now, count, default)
+
+    cdef object _lookup_hashed(self, object key, Py_hash_t h, double now, bint count,
+                               object default):
         cdef Py_ssize_t idx = self._find(key, h)
         cdef DropList dl
         if idx:
@@ -632,14 +658,14 @@ cdef class CLruCache:
         return default
 
     def __getitem__(self, key):
-        cdef object value = self._lookup(key, True, _MISSING)
+        cdef object value = self._get(key, _MISSING)
         if value is _MISSING:
             raise KeyError(key)
         return value
 
     def get(self, key, default=None):
         """Return the value for key, or default (a hit makes it most recently used)."""
-        return self._lookup(key, True, default)
+        return self._get(key, default)
 
     def __setitem__(self, key, value):
         self._store(key, value, self._ttl)

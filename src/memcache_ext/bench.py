@@ -128,12 +128,25 @@ def _rss() -> int:
 
 def worker(name: str, size: int, repeats: int, trace_len: int, mem_entries: int) -> dict[str, Any]:
     make = _factories()[name]
+    result: dict[str, Any] = {"name": name}
+    # Memory first, in this fresh process: memory freed by the timing runs
+    # below would otherwise be reused and hide part of the cost.
+    ints = list(range(10**9, 10**9 + mem_entries))  # key and value objects, not counted
+    import gc
+
+    gc.collect()
+    base = _rss()
+    big = make(mem_entries)
+    for k in ints:
+        big[k] = k
+    result["bytes_per_entry"] = (_rss() - base) / mem_entries
+    del big, ints
+    gc.collect()
     keys = list(range(size))
     misses = list(range(size, 2 * size))
     cache = make(size)
     for k in keys:
         cache[k] = k
-    result: dict[str, Any] = {"name": name}
     is_dict = isinstance(cache, DictCache)
 
     def get_hit() -> None:
@@ -186,18 +199,6 @@ def worker(name: str, size: int, repeats: int, trace_len: int, mem_entries: int)
     if not is_dict:
         result["zipf"] = _timed(zipf, trace_len, max(1, repeats // 2))
         result["zipf_hit_ratio"] = hits[0] / trace_len
-    del cache
-    import gc
-
-    gc.collect()
-    base = _rss()
-    big = make(mem_entries)
-    ints = list(range(10**9, 10**9 + mem_entries))  # key and value objects, not counted
-    base_with_ints = _rss()
-    for k in ints:
-        big[k] = k
-    result["bytes_per_entry"] = (_rss() - base_with_ints) / mem_entries
-    del base
     return result
 
 

@@ -562,7 +562,8 @@ cdef class CLruCache:
             self._remove(idx, reason, dl)
         return 0
 
-    cdef int _store(self, object key, object value, double ttl, bint keep=False) except -1:
+    cdef int _store(self, object key, object value, double ttl, bint keep=False,
+                    Py_hash_t h=-1) except -1:
         """set(): measure, read the clock, hash, look up, then one region.
 
         Returns 1 when stored, 0 when refused as oversized, and 2 when ``keep``
@@ -570,7 +571,8 @@ cdef class CLruCache:
         """
         cdef Py_ssize_t nbytes = self._measure(key, value)
         cdef double now = self._start_clock(ttl != INFINITY)
-        cdef Py_hash_t h = PyObject_Hash(key)
+        if h == -1:
+            h = PyObject_Hash(key)
         cdef Py_ssize_t idx = self._find(key, h)
         cdef Entry* e
         cdef DropList dl
@@ -612,13 +614,21 @@ cdef class CLruCache:
             return idx
         return 0
 
-    cdef inline object _get(self, object key, object default):
-        """get()/[]: the home-slot hit inline, everything else in _lookup_hashed."""
+    cdef inline object _get(self, object key, object default, Py_hash_t* hash_out=NULL):
+        """get()/[]: the home-slot hit inline, everything else in _lookup_hashed.
+
+        hash_out, when given, receives the key's hash for a following store
+        (-1: not computed here).
+        """
         cdef Py_hash_t h
         cdef uint32_t idx
         if self._timer is not None:
+            if hash_out != NULL:
+                hash_out[0] = -1
             return self._lookup(key, True, default)   # the timer runs before hashing
         h = PyObject_Hash(key)
+        if hash_out != NULL:
+            hash_out[0] = h
         idx = self._first_probe(key, h)
         if idx:
             self.hits += 1
@@ -752,11 +762,12 @@ cdef class CLruCache:
         if not callable(factory):
             raise TypeError(f"factory must be callable, not {type(factory).__name__}")
         cdef double t = self._ttl if ttl is None else check_ttl(ttl)
-        cdef object value = self._lookup(key, True, _MISSING)
+        cdef Py_hash_t h
+        cdef object value = self._get(key, _MISSING, &h)
         if value is not _MISSING:
             return value
         value = factory()
-        if self._store(key, value, t, True) == 2:  # stored meanwhile: that value wins
+        if self._store(key, value, t, True, h) == 2:  # stored meanwhile: that value wins
             return self._lookup(key, False, value)
         return value
 

@@ -53,13 +53,6 @@ class ClassicLruCache:
                 self.data.popitem(last=False)
 
 
-class DictCache(dict):  # type: ignore[type-arg]
-    """A plain dict: no bound, no lock. The floor every cache is measured against."""
-
-    def __init__(self, maxsize: int) -> None:
-        super().__init__()
-
-
 def _factories() -> dict[str, Callable[[int], Any]]:
     out: dict[str, Callable[[int], Any]] = {}
     try:
@@ -74,7 +67,7 @@ def _factories() -> dict[str, Callable[[int], Any]]:
 
     out["PyLruCache"] = lambda n: PyLruCache(n)
     out["classic OrderedDict+RLock"] = ClassicLruCache
-    out["dict (unbounded)"] = DictCache
+    out["dict (unbounded)"] = lambda n: {}  # no bound, no lock: the floor
     try:
         import cachetools
 
@@ -126,54 +119,64 @@ def _rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
-def worker(name: str, size: int, repeats: int, trace_len: int, mem_entries: int) -> dict[str, Any]:
+def worker(name: str, size: int, repeats: int, trace_len: int, mem_entries: int,
+           passes: int, light: bool = False) -> dict[str, Any]:
+    """Measure one cache in this (fresh) process; ``light``: timings only."""
     make = _factories()[name]
     result: dict[str, Any] = {"name": name}
+    if light:
+        mem_entries = trace_len = 0
     # Memory first, in this fresh process: memory freed by the timing runs
     # below would otherwise be reused and hide part of the cost.
-    ints = list(range(10**9, 10**9 + mem_entries))  # key and value objects, not counted
-    import gc
+    if mem_entries:
+        import gc
 
-    gc.collect()
-    base = _rss()
-    big = make(mem_entries)
-    for k in ints:
-        big[k] = k
-    result["bytes_per_entry"] = (_rss() - base) / mem_entries
-    del big, ints
-    gc.collect()
+        ints = list(range(10**9, 10**9 + mem_entries))  # key and value objects, not counted
+        gc.collect()
+        base = _rss()
+        big = make(mem_entries)
+        for k in ints:
+            big[k] = k
+        result["bytes_per_entry"] = (_rss() - base) / mem_entries
+        del big, ints
+        gc.collect()
     keys = list(range(size))
     misses = list(range(size, 2 * size))
     cache = make(size)
     for k in keys:
         cache[k] = k
-    is_dict = isinstance(cache, DictCache)
+    is_dict = type(cache) is dict
+
+    # Each sample runs `passes` sweeps over the keys (100,000 operations by
+    # default), so that one sample is milliseconds, not microseconds.
+    hit_stream = keys * passes
+    miss_stream = misses * passes
+    ops = len(hit_stream)
+    fresh = iter(range(10**12, 10**12 + (repeats + 1) * ops))
+    evict_batches = [[next(fresh) for _ in range(ops)] for _ in range(repeats)]
 
     def get_hit() -> None:
-        for k in keys:
+        for k in hit_stream:
             cache[k]
 
     def get_miss() -> None:
         g = cache.get
-        for k in misses:
+        for k in miss_stream:
             g(k)
 
     def set_update() -> None:
-        for k in keys:
+        for k in hit_stream:
             cache[k] = k
 
-    fresh = iter(range(10**12, 10**13))
-
     def set_evict() -> None:
-        for _ in keys:
-            cache[next(fresh)] = 0
+        for k in evict_batches.pop():
+            cache[k] = 0
 
-    result["get_hit"] = _timed(get_hit, size, repeats)
-    result["get_miss"] = _timed(get_miss, size, repeats)
-    result["set_update"] = _timed(set_update, size, repeats)
+    result["get_hit"] = _timed(get_hit, ops, repeats)
+    result["get_miss"] = _timed(get_miss, ops, repeats)
+    result["set_update"] = _timed(set_update, ops, repeats)
     if not is_dict:
-        overhead = _timed(lambda: [next(fresh) for _ in keys], size, repeats)
-        result["set_evict"] = _timed(set_evict, size, repeats) - overhead
+        result["set_evict"] = _timed(set_evict, ops, repeats)
     trace = _zipf_trace(100 * size, trace_len)
     hits = [0]
     cache = make(size)
@@ -196,7 +199,7 @@ def worker(name: str, size: int, repeats: int, trace_len: int, mem_entries: int)
                     h += 1
         hits[0] = h
 
-    if not is_dict:
+    if not is_dict and trace_len:
         result["zipf"] = _timed(zipf, trace_len, max(1, repeats // 2))
         result["zipf_hit_ratio"] = hits[0] / trace_len
     return result
@@ -240,9 +243,10 @@ COLUMNS = [("get_hit", "get hit"), ("get_miss", "get miss"), ("set_update", "set
 
 
 def render(results: list[dict[str, Any]], env: dict[str, Any], repeats: int,
-           size: int) -> str:
+           size: int, rounds: int = 1) -> str:
     lines = [f"memcache_ext bench: {size:,}-entry caches, int keys; ns per operation, "
-             f"median of {repeats} repeats, each cache in its own process",
+             f"median of {rounds} round(s) x {repeats} repeats, each cache in its own "
+             f"fresh process per round",
              f"Python {env['python']} on {env['cpu']} ({env['cpus']} CPUs), "
              f"active implementation: {env['implementation']}; "
              + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), ""]
@@ -266,40 +270,64 @@ def render(results: list[dict[str, Any]], env: dict[str, Any], repeats: int,
     return "\n".join(lines)
 
 
+TIMINGS = ("get_hit", "get_miss", "set_update", "set_evict")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m memcache_ext bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a short run (under 20 s)")
     parser.add_argument("--json", metavar="FILE", help="also write the raw figures as JSON")
-    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed samples per process (default 7; --quick 3)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="fresh processes per cache, interleaved (default 3; --quick 1)")
     parser.add_argument("--only", action="append", help="run only these caches (repeatable)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--light", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     quick = args.quick
     repeats = args.repeats or (3 if quick else 7)
+    rounds = args.rounds or (1 if quick else 3)
+    if repeats < 1 or rounds < 1:
+        parser.error("--repeats and --rounds must be >= 1")
     size = 10_000
     trace_len = 100_000 if quick else 1_000_000
     mem_entries = 100_000 if quick else 1_000_000
     if args.worker:
-        print(json.dumps(worker(args.worker, size, repeats, trace_len, mem_entries)))
+        print(json.dumps(worker(args.worker, size, repeats, trace_len, mem_entries,
+                                passes=3 if quick else 10, light=args.light)))
         return 0
     names = args.only or list(_factories())
     unknown = set(names) - set(_factories())
     if unknown:
         parser.error(f"unknown cache(s): {', '.join(sorted(unknown))}")
+    # Rounds interleave the caches, so that a slow spell of a shared machine
+    # hits all of them, and each timing is the median over every round's
+    # samples. Memory and the Zipf trace are measured in the first round.
+    samples: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names:
+            cmd = [sys.executable, "-m", "memcache_ext", "bench", "--worker", name,
+                   "--repeats", str(repeats)] + (["--quick"] if quick else []) + \
+                  (["--light"] if r else [])
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(f"{name}: failed\n{proc.stderr}", file=sys.stderr)
+                return 1
+            samples[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"  round {r + 1}/{rounds} measured", file=sys.stderr)
     results = []
     for name in names:
-        cmd = [sys.executable, "-m", "memcache_ext", "bench", "--worker", name,
-               "--repeats", str(repeats)] + (["--quick"] if quick else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(f"{name}: failed\n{proc.stderr}", file=sys.stderr)
-            return 1
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"  measured {name}", file=sys.stderr)
+        merged = dict(samples[name][0])
+        for key in TIMINGS:
+            values = [s[key] for s in samples[name] if key in s]
+            if values:
+                merged[key] = statistics.median(values)
+        results.append(merged)
     env = environment()
-    print(render(results, env, repeats, size))
+    print(render(results, env, repeats, size, rounds))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"environment": env, "repeats": repeats, "size": size,
-                       "results": results}, f, indent=2)
+            json.dump({"environment": env, "repeats": repeats, "rounds": rounds, "size": size,
+                       "results": results, "samples": samples}, f, indent=2)
     return 0

@@ -41,12 +41,12 @@ class Run:
     requests: int = 0
     errors: int = 0
     latencies_ms: list[float] = field(default_factory=list)
-    rss: list[tuple[float, int]] = field(default_factory=list)  # (seconds, bytes)
+    rss: list[tuple[float, int, int]] = field(default_factory=list)  # (s, bytes, requests)
     hit_rate: Optional[float] = None
     duration_s: float = 0.0
 
     def summary(self) -> dict[str, Any]:
-        values = [r for _, r in self.rss] or [0]
+        values = [r for _, r, _ in self.rss] or [0]
         lat = sorted(self.latencies_ms) or [0.0]
 
         def pct(p: float) -> float:
@@ -140,7 +140,7 @@ class Server:
 
 
 def _client(port: int, users: int, days: int, stop: threading.Event, run: Run,
-            lock: threading.Lock, seed: int) -> None:
+            lock: threading.Lock, seed: int, progress: list[int]) -> None:
     rnd = random.Random(seed)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     lat: list[float] = []
@@ -166,6 +166,7 @@ def _client(port: int, users: int, days: int, stop: threading.Event, run: Run,
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         lat.append((time.perf_counter() - t0) * 1000)
         done += 1
+        progress[seed] = done  # this thread's slot only: read by the sampler
         errors += not ok
     conn.close()
     with lock:
@@ -202,10 +203,12 @@ def drive(mode: str, args: argparse.Namespace, db: str) -> Run:
         proc = psutil.Process(server.proc.pid)
         stop = threading.Event()
         lock = threading.Lock()
+        progress = [0] * args.concurrency
         t0 = time.monotonic()
-        run.rss.append((0.0, proc.memory_info().rss))
+        run.rss.append((0.0, proc.memory_info().rss, 0))
         clients = [threading.Thread(target=_client, daemon=True,
-                                    args=(port, args.users, args.days, stop, run, lock, i))
+                                    args=(port, args.users, args.days, stop, run, lock, i,
+                                          progress))
                    for i in range(args.concurrency)]
         for c in clients:
             c.start()
@@ -215,13 +218,13 @@ def drive(mode: str, args: argparse.Namespace, db: str) -> Run:
                 if server.proc.poll() is not None:
                     raise LoadTestError(f"the {mode} service died under load "
                                         f"(exit {server.proc.returncode}):\n{server.output()}")
-                run.rss.append((time.monotonic() - t0, proc.memory_info().rss))
+                run.rss.append((time.monotonic() - t0, proc.memory_info().rss, sum(progress)))
         finally:
             stop.set()
             for c in clients:
                 c.join(timeout=60)
         run.duration_s = time.monotonic() - t0
-        run.rss.append((run.duration_s, proc.memory_info().rss))
+        run.rss.append((run.duration_s, proc.memory_info().rss, run.requests))
         if mode == "bounded":
             run.hit_rate = _hit_rate(port)
     return run
@@ -242,7 +245,25 @@ def render(runs: list[Run], args: argparse.Namespace) -> str:
     for key, label, fmt in labels:
         cells = ["-" if r[key] is None else fmt.format(r[key]) for r in rows]
         out.append(f"{label:20s}" + "".join(f"{c:>16s}" for c in cells))
+    out += ["", "RSS (MB) after N requests"]
+    out.append(f"{'requests':>20s}" + "".join(f"{r.mode:>16s}" for r in runs))
+    for n in checkpoints(runs):
+        cells = []
+        for r in runs:
+            rss = next((v for _, v, done in r.rss if done >= n), None)
+            cells.append("-" if rss is None else f"{rss / MB:.1f}")
+        out.append(f"{n:>20,}" + "".join(f"{c:>16s}" for c in cells))
     return "\n".join(out)
+
+
+def checkpoints(runs: list[Run]) -> list[int]:
+    """Round request counts that every run reached: 1, 2, 5 x 10^k."""
+    reached = min((r.requests for r in runs), default=0)
+    points, k = [], 1000
+    while k <= reached:
+        points += [p for p in (k, 2 * k, 5 * k) if p <= reached]
+        k *= 10
+    return points
 
 
 def check(runs: list[Run]) -> list[str]:
@@ -276,7 +297,7 @@ def plot(runs: list[Run], path: str) -> None:
         raise LoadTestError("--plot needs matplotlib: pip install 'memcache-ext[plot]'") from exc
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for r in runs:
-        ax.plot([t for t, _ in r.rss], [v / MB for _, v in r.rss], label=f"{r.mode} caches")
+        ax.plot([t for t, _, _ in r.rss], [v / MB for _, v, _ in r.rss], label=f"{r.mode} caches")
     ax.axhline(400, color="grey", linestyle="--", linewidth=0.8, label="400 MB")
     ax.set_xlabel("seconds under load")
     ax.set_ylabel("server RSS (MB)")

@@ -352,17 +352,20 @@ def test_hash_called_once_per_call(cache_cls):
     # CLruCache hashes the key once per call and never on eviction (it keeps the
     # hash). PyLruCache's OrderedDict hashes twice on a hit (lookup, then
     # move_to_end) and on a store (pop, then setitem). Documented in the README.
-    twice = 2 if cache_cls.__name__ == "PyLruCache" else 1
+    # PyLruCache's most per call (its OrderedDict needs a lookup, then a move or
+    # an insert, and a miss path looks up again before storing).
+    pure = cache_cls.__name__ == "PyLruCache"
     c = cache_cls(10)
     k = Key(1)
-    for op, calls in ((lambda: c.__setitem__(k, 1), twice), (lambda: c[k], twice),
-                      (lambda: c.get(Key(2)), 1), (lambda: c.set(k, 2), twice),
-                      (lambda: k in c, 1), (lambda: c.peek(k), 1),
-                      (lambda: c.pop(Key(3), None), 1)):
+    for op, most in ((lambda: c.__setitem__(k, 1), 2), (lambda: c[k], 2),
+                     (lambda: c.get(Key(2)), 1), (lambda: c.set(k, 2), 2),
+                     (lambda: k in c, 1), (lambda: c.peek(k), 1),
+                     (lambda: c.pop(Key(3), None), 1), (lambda: c.setdefault(Key(4), 0), 3),
+                     (lambda: c.get_or_set(Key(5), int), 4)):
         Key.calls = 0
         op()
-        assert 1 <= Key.calls <= calls
-        assert Key.calls == 1 or cache_cls.__name__ == "PyLruCache"
+        assert 1 <= Key.calls <= most
+        assert Key.calls == 1 or pure
     Key.calls = 0
     for i in range(20):  # evicts k without hashing it
         c[i] = i

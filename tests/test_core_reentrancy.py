@@ -195,7 +195,7 @@ def test_recursive_cache_in_cache_dealloc(isolated):
     isolated("""
 c = Cache(None)
 inner = c
-for i in range(100000):       # a deep chain of caches: no C stack overflow on release
+for i in range(1000000):      # a deep chain of caches: no C stack overflow on release
     nxt = Cache(1)
     inner["next"] = nxt
     inner = nxt

@@ -157,6 +157,7 @@ cdef inline size_t _ideal(Py_hash_t h, size_t mask) noexcept:
 
 
 @cython.final
+@cython.trashcan(True)   # deeply nested caches are released without deep C recursion
 cdef class CLruCache:
     """A thread-safe LRU cache with optional TTL and byte bound (compiled).
 
@@ -747,10 +748,11 @@ cdef class CLruCache:
 
     def setdefault(self, key, default=None):
         """Return the value for key, inserting default on a miss."""
-        cdef object value = self._lookup(key, True, _MISSING)
+        cdef Py_hash_t h
+        cdef object value = self._get(key, _MISSING, &h)
         if value is not _MISSING:
             return value
-        self._store(key, default, self._ttl)
+        self._store(key, default, self._ttl, False, h)
         return default
 
     def get_or_set(self, key, factory, ttl=None):

@@ -302,6 +302,14 @@ class _TierCore:
         with self._counts_lock:
             self._counts[name] += n
 
+    def _forget_local(self) -> None:
+        """Clear the local tier; reads in flight must not refill it with what they read."""
+        with self._lock:
+            self._gen += 1
+            self._floor_gen = self._gen
+            self._key_gen.clear()
+            self.local.clear()
+
     def _key(self, key: Any) -> str:
         """The encoded key (validated): what the local tier and messages use."""
         enc = self.key_encoder
@@ -845,11 +853,7 @@ class TieredCache(_TierCore):
     def clear(self, remote: bool = True) -> None:
         """Clear the local tier and, with ``remote``, every key of the namespace in Redis
         (SCAN + UNLINK) and every other instance's local tier."""
-        with self._lock:
-            self._gen += 1
-            self._floor_gen = self._gen
-            self._key_gen.clear()
-            self.local.clear()
+        self._forget_local()
         if not remote:
             return
         try:
@@ -1030,11 +1034,7 @@ class AsyncTieredCache(_TierCore):
         return bool(await self._run(self._delete_flow(self._key(key))))
 
     async def clear(self, remote: bool = True) -> None:
-        with self._lock:
-            self._gen += 1
-            self._floor_gen = self._gen
-            self._key_gen.clear()
-            self.local.clear()
+        self._forget_local()
         if not remote:
             return
         try:

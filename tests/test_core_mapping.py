@@ -196,3 +196,8 @@ def test_weakref_to_cache(cache_cls):
     assert r() is c
     del c
     assert r() is None
+
+
+def test_not_subclassable(cache_cls):
+    with pytest.raises(TypeError, match="is not an acceptable base type"):
+        type("Sub", (cache_cls,), {})

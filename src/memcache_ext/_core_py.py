@@ -110,6 +110,10 @@ class PyLruCache(Generic[K, V]):
 
     __class_getitem__ = classmethod(types.GenericAlias)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # CLruCache is a final type; the twin refuses subclasses the same way.
+        raise TypeError("type 'PyLruCache' is not an acceptable base type")
+
     # -- internals --------------------------------------------------------------
 
     def _new_counters(self) -> None:

@@ -497,19 +497,13 @@ def test_cleanup_service_survives_failing_cleanup(caplog: pytest.LogCaptureFixtu
 
 
 def test_cleanup_service_one_failing_cache_does_not_stop_the_others() -> None:
-    class BadExpire(PyLruCache):
-        def expire(self) -> int:
-            raise ValueError("bad cache")
+    def on_evict(key: Any, value: Any, reason: str) -> None:
+        raise ValueError("bad cache")
 
     clock = FakeClock()
-    made: list[Any] = []
-
-    def cache_class(*args: Any, **kw: Any) -> Any:
-        made.append(1)
-        return (BadExpire if len(made) == 1 else PyLruCache)(*args, **kw)
-
-    manager = CacheManager(memory_limit_mb=1000, cache_class=cache_class, rss=FakeRss(1))
-    manager.create_cache("bad", maxsize=10, ttl=1, timer=clock)
+    manager = CacheManager(memory_limit_mb=1000, cache_class=PyLruCache, rss=FakeRss(1))
+    bad = manager.create_cache("bad", maxsize=10, ttl=1, timer=clock, on_evict=on_evict)
+    bad["x"] = "y"  # its expire() raises from on_evict
     good = manager.create_cache("good", maxsize=10, ttl=1, timer=clock)
     good["k"] = "v"
     clock.now += 5

@@ -19,7 +19,9 @@ pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
 httpx = pytest.importorskip("httpx")
 
-from memcache_ext import CacheManager, SingletonMeta  # noqa: E402
+from support import RedisServer, eventually, free_port, require_redis  # noqa: E402
+
+from memcache_ext import CacheManager  # noqa: E402
 from memcache_ext.demo import main  # noqa: E402
 from memcache_ext.demo.app import HealthService, create_app, reset_singletons  # noqa: E402
 from memcache_ext.demo.db import DatabaseError, check_database, create_database  # noqa: E402
@@ -180,14 +182,8 @@ def test_main_reports_start_errors(tmp_path: Path, capsys: pytest.CaptureFixture
         main(["--port", "notaport"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_demo_under_real_uvicorn(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     db = str(tmp_path / "live.sqlite3")
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
@@ -224,3 +220,252 @@ def test_demo_under_real_uvicorn(tmp_path: Path) -> None:
     # uvicorn shuts down gracefully, then re-raises the signal it caught
     assert proc.returncode in (0, -signal.SIGTERM), err
     assert "Application shutdown complete" in err and "Traceback" not in err
+
+
+# -- the write path and the Redis tier ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A real redis-server on a free loopback port for this module."""
+    require_redis()
+    server = RedisServer()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def small_db(tmp_path: Path) -> str:
+    """A database of its own: the write tests change it."""
+    path = str(tmp_path / "writes.sqlite3")
+    create_database(path, 10, 1)
+    return path
+
+
+def request_all(app: Any, *calls: tuple[str, str, Any]) -> list[Any]:
+    """(method, path, json body or raw bytes or None) -> responses, in order."""
+    async def go() -> list[Any]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            out = []
+            for method, path, body in calls:
+                if isinstance(body, bytes):
+                    out.append(await c.request(method, path, content=body,
+                                               headers={"content-type": "application/json"}))
+                else:
+                    out.append(await c.request(method, path, json=body))
+            return out
+
+    return asyncio.run(go())
+
+
+def _db_name(path: str, user_id: int) -> str:
+    with sqlite3.connect(path) as conn:
+        return str(conn.execute("SELECT name FROM users WHERE id = ?", (user_id,)).fetchone()[0])
+
+
+@pytest.mark.parametrize("unbounded", [False, True], ids=["bounded", "unbounded"])
+def test_profile_update_writes_and_refreshes_the_caches(small_db: str, fresh: None,
+                                                        unbounded: bool) -> None:
+    app, _ = _app(small_db, unbounded=unbounded)
+    before, summary, put, after, summary2, other = request_all(
+        app, ("GET", "/users/2", None), ("GET", "/users/2/summary", None),
+        ("PUT", "/users/2/profile", {"name": "  Grace Hopper ", "birth_year": 1906}),
+        ("GET", "/users/2", None), ("GET", "/users/2/summary", None),
+        ("GET", "/users/3", None))
+    assert put.status_code == 200, put.text
+    assert put.json() == dict(before.json(), name="Grace Hopper", birth_year=1906)
+    assert after.json() == put.json()              # the cached profile was replaced
+    assert summary.json()["name"] == before.json()["name"]
+    assert summary2.json()["name"] == "Grace Hopper"  # the cached summary was dropped
+    assert _db_name(small_db, 2) == "Grace Hopper"
+    assert other.json()["name"] != "Grace Hopper"
+    (email,) = request_all(app, ("PUT", "/users/2/profile", {"email": "grace@example.org"}))
+    assert email.json()["email"] == "grace@example.org" and email.json()["name"] == "Grace Hopper"
+    (missing,) = request_all(app, ("PUT", "/users/11/profile", {"name": "Nobody"}))
+    assert missing.status_code == 404
+
+
+def test_profile_update_bad_bodies_are_422(small_db: str, fresh: None) -> None:
+    app, _ = _app(small_db)
+    bodies: list[Any] = [
+        {}, {"name": None}, {"name": ""}, {"name": "   "}, {"name": "x" * 101}, {"name": 5},
+        {"email": "not-an-email"}, {"email": "a@b"}, {"birth_year": "1990"},
+        {"birth_year": 1800}, {"birth_year": 2101}, {"birth_year": 1990.5},
+        {"birth_year": True}, {"nickname": "x"}, {"name": "ok", "id": 7}, [], "name",
+        b"{not json", b"",
+    ]
+    responses = request_all(app, *[("PUT", "/users/2/profile", b) for b in bodies],
+                            ("PUT", "/users/0/profile", {"name": "x"}),
+                            ("PUT", "/users/abc/profile", {"name": "x"}))
+    assert [r.status_code for r in responses] == [422] * (len(bodies) + 2), \
+        [(b, r.status_code) for b, r in zip(bodies, responses)]
+    with sqlite3.connect(small_db) as conn:
+        row = conn.execute("SELECT name, email FROM users WHERE id = 2").fetchone()
+    assert row[0] != "ok" and row[1] == "user2@example.org"  # nothing was written
+
+
+def test_tier_serves_and_invalidates_across_instances(small_db: str, redis_url: str,
+                                                      fresh: None) -> None:
+    import redis
+
+    from memcache_ext import LruCache
+    from memcache_ext.redis import TieredCache
+
+    prefix = f"t{uuid_hex()}"
+    app, manager = _app(small_db, redis_url=redis_url, redis_prefix=prefix)
+    service = app.state.service
+    assert set(service.tiers) == {"profiles", "readings", "summaries"}
+    assert all(t.wait_ready(10) for t in service.tiers.values())
+    # "another replica": a tier of its own over the same namespace
+    client = redis.Redis.from_url(redis_url)
+    other = TieredCache(LruCache(maxsize=100), client, f"{prefix}:profiles", ttl=300)
+    try:
+        assert other.wait_ready(10)
+        first, readings = request_all(app, ("GET", "/users/2", None),
+                                      ("GET", "/users/2/readings?days=1", None))
+        assert first.status_code == 200 and readings.json()["count"] == 24
+        assert other.get("2") == first.json()                # the other found it in Redis
+        assert other.stats()["remote_hits"] == 1
+        (put,) = request_all(app, ("PUT", "/users/2/profile", {"name": "Ada Lovelace"}))
+        assert put.status_code == 200 and put.json()["name"] == "Ada Lovelace"
+        # the other instance's local copy is dropped; it reads the new value from Redis
+        eventually(lambda: (other.get("2") or {}).get("name") == "Ada Lovelace",
+                    what="the other instance sees the write")
+        assert other.stats()["invalidations_received"] >= 1
+        # and the other way round: a write there invalidates the app's local copy
+        other.set("2", dict(put.json(), name="Written Elsewhere"))
+        eventually(lambda: request_all(app, ("GET", "/users/2", None))[0].json()["name"]
+                    == "Written Elsewhere", what="the app sees the other instance's write")
+        (stats,) = request_all(app, ("GET", "/memory/stats", None))
+        sources = stats.json()["sources"]
+        assert set(sources) == {f"redis:{prefix}:{n}" for n in ("profiles", "readings",
+                                                                "summaries")}
+        prof = sources[f"redis:{prefix}:profiles"]
+        assert prof["loads"] >= 1 and prof["writes"] >= 2 and prof["redis_errors"] == 0
+        assert prof["invalidations_received"] >= 1 and prof["connected"] is True
+        assert sources[f"redis:{prefix}:readings"]["loads"] == 1
+        assert client.exists(f"{prefix}:readings:2:1") == 1   # str keys, one per (user, days)
+        (health,) = request_all(app, ("GET", "/health", None))
+        assert health.json()["redis"]["connected"] is True
+    finally:
+        other.close()
+        client.close()
+    reset_singletons()
+    assert not any(t.connected for t in service.tiers.values())
+    assert not [n for n in manager.stats()["sources"] if n.startswith("redis:")]
+
+
+def uuid_hex() -> str:
+    import uuid
+
+    return uuid.uuid4().hex[:8]
+
+
+def test_redis_down_at_start_is_a_warning(small_db: str, fresh: None,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    pytest.importorskip("redis")
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    with caplog.at_level("WARNING", logger="memcache_ext.demo"):
+        app, _ = _app(small_db, redis_url=dead)
+    assert "does not answer" in caplog.text
+    profile, again, put = request_all(app, ("GET", "/users/4", None), ("GET", "/users/4", None),
+                                      ("PUT", "/users/4/profile", {"name": "Still Works"}))
+    assert profile.status_code == again.status_code == put.status_code == 200
+    tier = app.state.service.tiers["profiles"].stats()
+    assert tier["redis_errors"] >= 1 and tier["loads"] == 1 and tier["local_hits"] >= 1
+    assert _db_name(small_db, 4) == "Still Works"
+
+
+def test_replica_and_redis_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             fresh: None) -> None:
+    db = str(tmp_path / "x.sqlite3")
+    assert main(["--db", db, "--replicas", "2"]) == 2
+    assert "--replicas needs the Redis tier" in capsys.readouterr().err
+    assert main(["--db", db, "--replicas", "0"]) == 2
+    assert main(["--db", db, "--redis", "redis://127.0.0.1:1/0", "--unbounded"]) == 2
+    assert "--redis needs the bounded caches" in capsys.readouterr().err
+    assert main(["--db", db, "--port", "65535", "--replicas", "2",
+                 "--redis", "redis://127.0.0.1:1/0"]) == 2
+    assert not os.path.exists(db)
+
+
+def _start_replicas(tmp_path: Path, redis_url: str, *extra: str) -> tuple[Any, int]:
+    port = free_port()
+    while _port_busy(port + 1):
+        port = free_port()
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memcache_ext", "demo", "--db", str(tmp_path / "r.sqlite3"),
+         "--users", "20", "--days", "1", "--port", str(port), "--replicas", "2",
+         "--redis", redis_url, "--redis-prefix", f"r{uuid_hex()}", "--log-level", "warning",
+         *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, port
+
+
+def _port_busy(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _children_of(pid: int) -> list[Any]:
+    psutil = pytest.importorskip("psutil")
+    try:
+        return list(psutil.Process(pid).children())
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_replicas_under_real_uvicorn(tmp_path: Path, redis_url: str) -> None:
+    psutil = pytest.importorskip("psutil")
+    proc, port = _start_replicas(tmp_path, redis_url)
+    replicas: list[Any] = []
+    try:
+        deadline = time.monotonic() + 90
+        with httpx.Client(timeout=5) as client:
+            def up(p: int) -> bool:
+                try:
+                    return client.get(f"http://127.0.0.1:{p}/health").status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            while not (up(port) and up(port + 1)):
+                assert proc.poll() is None, proc.communicate(timeout=10)
+                assert time.monotonic() < deadline, "replicas did not start"
+                time.sleep(0.1)
+            replicas = _children_of(proc.pid)
+            assert len(replicas) == 2
+            a, b = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"
+            assert client.get(f"{a}/users/5").json()["id"] == 5           # loaded by A
+            assert client.get(f"{b}/users/5").json()["id"] == 5           # Redis hit in B
+            put = client.put(f"{a}/users/5/profile", json={"name": "Barbara Liskov"})
+            assert put.status_code == 200
+            eventually(lambda: client.get(f"{b}/users/5").json()["name"] == "Barbara Liskov",
+                        what="replica B sees replica A's write")
+            st = client.get(f"{b}/memory/stats").json()["sources"]
+            prof = next(v for k, v in st.items() if k.endswith(":profiles"))
+            assert prof["remote_hits"] >= 1 and prof["invalidations_received"] >= 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            for r in replicas:
+                r.kill()
+    assert proc.returncode == 0, err
+    assert "2 replicas" in err and "stopping 2 replicas" in err and "Traceback" not in err
+    gone, alive = psutil.wait_procs(replicas, timeout=10)
+    assert not alive
+
+
+def test_replica_that_fails_to_start_stops_the_others(tmp_path: Path, redis_url: str) -> None:
+    # The supervisor does not build a CacheManager; each replica does and refuses the limit.
+    proc, port = _start_replicas(tmp_path, redis_url, "--memory-limit-mb", "-1")
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 1, err
+    assert "failed to start" in err and "stopping the others" in err
+    assert not _port_busy(port) and not _port_busy(port + 1)

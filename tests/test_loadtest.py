@@ -69,3 +69,46 @@ def test_a_server_that_fails_to_start_is_reported_and_stopped(tmp_path: Path) ->
     assert proc.returncode == 1
     assert "exited with code" in proc.stderr and "before answering" in proc.stderr
     assert not demo_servers()
+
+
+def redis_servers(port: int) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["name", "cmdline"]):
+        text = " ".join([p.info["name"] or "", *(p.info["cmdline"] or [])])
+        if "redis-server" in text and f":{port}" in text:
+            found.append(p)
+    return found
+
+
+def test_replicas_share_the_redis_tier(tmp_path: Path) -> None:
+    from support import require_redis
+
+    require_redis()
+    out = tmp_path / "replicas.json"
+    start = time.monotonic()
+    proc = loadtest("--replicas", "2", "--duration", "8", "--users", "500",
+                    "--json", str(out), timeout=120)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Redis tier: 2 replicas" in proc.stdout and "remote hits (Redis)" in proc.stdout
+    data = json.loads(out.read_text())
+    (run,) = data["runs"]
+    assert run["mode"] == "bounded" and run["errors"] == 0 and run["writes"] > 0
+    reps, tier = run["replicas"], run["tier"]
+    assert len(reps) == 2 and all(r["requests"] > 100 and r["errors"] == 0 for r in reps)
+    assert all(r["writes"] > 0 and r["rss_peak_mb"] > 0 for r in reps)
+    assert sum(r["requests"] for r in reps) == run["requests"]
+    assert tier["remote_hits"] > 0            # a replica found what the other loaded
+    assert tier["invalidations_received"] > 0 and tier["redis_errors"] == 0
+    assert all(r["tier"]["remote_hits"] > 0 and r["tier"]["loads"] > 0 for r in reps)
+    assert tier["local_hits"] + tier["local_misses"] == tier["lookups"] > 0
+    redis_port = int(data["settings"]["redis_used"].rsplit(":", 1)[1].split("/")[0])
+    assert not demo_servers(), "the load test left a demo process running"
+    assert not [p for p in redis_servers(redis_port) if p.status() != psutil.STATUS_ZOMBIE], \
+        "the load test left its redis-server running"
+    print(f"replicas load test took {elapsed:.0f} s")
+
+
+def test_replicas_with_unbounded_is_a_clear_error() -> None:
+    proc = loadtest("--replicas", "2", "--only", "unbounded", timeout=30)
+    assert proc.returncode == 2 and "drop --only unbounded" in proc.stderr

@@ -10,6 +10,14 @@ always stopped, whatever happens.
 ``--quick`` (under a minute) checks what CI checks: the bounded service grows
 by less than 100 MB, peaks under 400 MB and answers every request, while the
 unbounded one grows past the bounded one's peak; it exits 1 when one fails.
+
+``--replicas N`` runs the bounded service as N replicas sharing a Redis second
+tier (``demo --replicas N --redis URL``; the load test starts its own
+``redis-server`` on a free loopback port unless ``--redis URL`` is given, and
+always stops it). Clients spread their requests over the replicas, 2 % of them
+profile writes (``PUT /users/{id}/profile``), RSS is sampled per replica, and
+a second table reports each tier's hits: local, Redis, database loads,
+invalidations, Redis errors, per replica and in all.
 """
 
 from __future__ import annotations
@@ -19,15 +27,16 @@ import http.client
 import json
 import os
 import random
+import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+import uuid
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 MB = 1024 * 1024
@@ -44,6 +53,10 @@ class Run:
     rss: list[tuple[float, int, int]] = field(default_factory=list)  # (s, bytes, requests)
     hit_rate: Optional[float] = None
     duration_s: float = 0.0
+    #: --replicas: one dict per replica (port, pid, requests, writes, errors, rss
+    #: samples (s, bytes), tier counters); ``rss`` above is then their sum.
+    replicas: list[dict[str, Any]] = field(default_factory=list)
+    writes: int = 0
 
     def summary(self) -> dict[str, Any]:
         values = [r for _, r, _ in self.rss] or [0]
@@ -65,7 +78,44 @@ class Run:
             "p95_ms": pct(95),
             "p99_ms": pct(99),
             "hit_rate": self.hit_rate,
+            **({"writes": self.writes, "replicas": [_replica_summary(r) for r in self.replicas],
+                "tier": tier_totals(self.replicas)} if self.replicas else {}),
         }
+
+
+#: Tier counters read from each replica's /memory/stats (``sources``), summed over caches.
+TIER_COUNTERS = ("local_hits", "local_misses", "remote_hits", "remote_misses", "remote_skipped",
+                 "loads", "shared_loads", "writes", "deletes", "invalidations_sent",
+                 "invalidations_received", "redis_errors", "skipped_writes", "reconnects")
+
+
+def _replica_summary(rep: dict[str, Any]) -> dict[str, Any]:
+    values = [v for _, v in rep["rss"]] or [0]
+    out = {k: rep[k] for k in ("port", "pid", "requests", "writes", "errors")}
+    out.update(rss_start_mb=values[0] / MB, rss_peak_mb=max(values) / MB,
+               rss_end_mb=values[-1] / MB, growth_mb=(max(values) - values[0]) / MB,
+               tier=_with_rates(rep.get("tier") or {}), caches=rep.get("tier_caches") or {})
+    return out
+
+
+def _with_rates(c: dict[str, Any]) -> dict[str, Any]:
+    c = dict(c)
+    lookups = c.get("local_hits", 0) + c.get("local_misses", 0)
+    remote = c.get("remote_hits", 0) + c.get("remote_misses", 0)
+    c["lookups"] = lookups
+    c["local_hit_rate"] = c.get("local_hits", 0) / lookups if lookups else None
+    c["remote_hit_rate"] = c.get("remote_hits", 0) / remote if remote else None
+    c["load_rate"] = c.get("loads", 0) / lookups if lookups else None
+    return c
+
+
+def tier_totals(replicas: list[dict[str, Any]]) -> dict[str, Any]:
+    """The tier counters summed over replicas, with the rates."""
+    total = dict.fromkeys(TIER_COUNTERS, 0)
+    for rep in replicas:
+        for k, v in (rep.get("tier") or {}).items():
+            total[k] = total.get(k, 0) + v
+    return _with_rates(total)
 
 
 class LoadTestError(RuntimeError):
@@ -87,8 +137,10 @@ class Server:
     """The demo service in its own process group; stopped on exit, always."""
 
     def __init__(self, port: int, db: str, users: int, days: int, unbounded: bool,
-                 extra: list[str]) -> None:
+                 extra: list[str], replicas: int = 1) -> None:
         self.port = port
+        self.ports = [port + i for i in range(replicas)]
+        self.replica_pids: list[int] = []
         cmd = [sys.executable, "-m", "memcache_ext", "demo", "--port", str(port), "--db", db,
                "--users", str(users), "--days", str(days), "--log-level", "warning", *extra]
         if unbounded:
@@ -99,21 +151,45 @@ class Server:
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        waiting = list(self.ports)
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise LoadTestError(f"the demo service exited with code {self.proc.returncode} "
                                     f"before answering:\n{self.output()}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                conn.request("GET", "/health")
-                if conn.getresponse().status == 200:
+            for port in list(waiting):
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                    conn.request("GET", "/health")
+                    if conn.getresponse().status == 200:
+                        waiting.remove(port)
                     conn.close()
-                    return
-            except OSError:
-                pass
+                except (OSError, http.client.HTTPException):
+                    pass
+            if not waiting:
+                if len(self.ports) > 1:
+                    self.replica_pids = self._find_replicas()
+                return
             time.sleep(0.2)
         raise LoadTestError(f"the demo service did not answer within {timeout:.0f} s:\n"
                             f"{self.output()}")
+
+    def _find_replicas(self) -> list[int]:
+        """The pids of the replica processes, in port order (children of the supervisor)."""
+        import psutil
+
+        by_port: dict[int, int] = {}
+        for child in psutil.Process(self.proc.pid).children():
+            try:
+                cmd = child.cmdline()
+            except psutil.Error:
+                continue
+            if "--port" in cmd:
+                by_port[int(cmd[cmd.index("--port") + 1])] = child.pid
+        missing = [p for p in self.ports if p not in by_port]
+        if missing:
+            raise LoadTestError(f"no replica process found for port(s) {missing}:\n"
+                                f"{self.output()}")
+        return [by_port[p] for p in self.ports]
 
     def output(self) -> str:
         self.log.seek(0)
@@ -122,15 +198,34 @@ class Server:
     def stop(self) -> None:
         if self.proc.poll() is None:
             try:
+                # With --replicas the supervisor forwards it and waits for the replicas.
                 os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=10)
+                self.proc.wait(timeout=30 if self.replica_pids else 10)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 try:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
                 self.proc.wait(timeout=10)
+        self._kill_replicas()
         self.log.close()
+
+    def _kill_replicas(self) -> None:
+        """Replicas still running after their supervisor (it was killed): kill them."""
+        if not self.replica_pids:
+            return
+        import psutil
+
+        left = []
+        for pid in self.replica_pids:
+            try:
+                proc = psutil.Process(pid)
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    proc.kill()
+                    left.append(proc)
+            except psutil.Error:
+                pass
+        psutil.wait_procs(left, timeout=10)
 
     def __enter__(self) -> "Server":
         return self
@@ -140,42 +235,73 @@ class Server:
 
 
 def _client(port: int, users: int, days: int, stop: threading.Event, run: Run,
-            lock: threading.Lock, seed: int, progress: list[int]) -> None:
+            lock: threading.Lock, seed: int, progress: list[int],
+            ports: Optional[list[int]] = None, write_fraction: float = 0.0,
+            per_port: Optional[dict[int, list[int]]] = None) -> None:
+    """One keep-alive client; with ``ports``, requests go round-robin over them
+    (one connection each) and ``write_fraction`` of them are profile writes."""
     rnd = random.Random(seed)
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    ports = ports or [port]
+    conns = {p: http.client.HTTPConnection("127.0.0.1", p, timeout=30) for p in ports}
+    counts = {p: [0, 0, 0] for p in ports}  # requests, writes, errors
     lat: list[float] = []
-    done = errors = 0
+    done = errors = writes = 0
+    turn = seed
     while not stop.is_set():
+        p = ports[turn % len(ports)]
+        turn += 1
+        conn = conns[p]
         user = rnd.randint(1, users)
         r = rnd.random()
-        if r < 0.3:
-            path = f"/users/{user}"
+        body = None
+        if write_fraction and rnd.random() < write_fraction:
+            method, path = "PUT", f"/users/{user}/profile"
+            body = json.dumps({"name": f"Load Tester {rnd.randint(1, 10**6)}"})
+        elif r < 0.3:
+            method, path = "GET", f"/users/{user}"
         elif r < 0.75:
-            path = f"/users/{user}/readings?days={rnd.randint(1, days)}"
+            method, path = "GET", f"/users/{user}/readings?days={rnd.randint(1, days)}"
         else:
-            path = f"/users/{user}/summary"
+            method, path = "GET", f"/users/{user}/summary"
         t0 = time.perf_counter()
         try:
-            conn.request("GET", path)
+            if body is None:
+                conn.request(method, path)
+            else:
+                conn.request(method, path, body=body,
+                             headers={"Content-Type": "application/json"})
             resp = conn.getresponse()
             resp.read()
             ok = resp.status == 200
         except (OSError, http.client.HTTPException):
             ok = False
             conn.close()
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conns[p] = http.client.HTTPConnection("127.0.0.1", p, timeout=30)
         lat.append((time.perf_counter() - t0) * 1000)
         done += 1
         progress[seed] = done  # this thread's slot only: read by the sampler
         errors += not ok
-    conn.close()
+        writes += body is not None
+        c = counts[p]
+        c[0] += 1
+        c[1] += body is not None
+        c[2] += not ok
+    for conn in conns.values():
+        conn.close()
     with lock:
         run.requests += done
         run.errors += errors
+        run.writes += writes
         run.latencies_ms.extend(lat)
+        if per_port is not None:
+            for p, (n, w, e) in counts.items():
+                tot = per_port.setdefault(p, [0, 0, 0])
+                tot[0] += n
+                tot[1] += w
+                tot[2] += e
 
 
-def _hit_rate(port: int) -> Optional[float]:
+def _memory_stats(port: int) -> Optional[dict[str, Any]]:
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("GET", "/memory/stats")
@@ -184,31 +310,91 @@ def _hit_rate(port: int) -> Optional[float]:
         conn.close()
     except (OSError, ValueError, http.client.HTTPException):
         return None
+    return data if isinstance(data, dict) else None
+
+
+def _tier_counters(data: Optional[dict[str, Any]]) -> tuple[dict[str, int], dict[str, Any]]:
+    """(counters summed over the tiers, per-cache counters) from one /memory/stats."""
+    total = dict.fromkeys(TIER_COUNTERS, 0)
+    per_cache: dict[str, Any] = {}
+    for name, st in ((data or {}).get("sources") or {}).items():
+        if not (name.startswith("redis:") and isinstance(st, dict)):
+            continue
+        cache = name.rsplit(":", 1)[-1]
+        per_cache[cache] = {k: int(st.get(k, 0)) for k in TIER_COUNTERS}
+        for k in TIER_COUNTERS:
+            total[k] += int(st.get(k, 0))
+    return total, per_cache
+
+
+def _hit_rate(port: int, data: Optional[dict[str, Any]] = None) -> Optional[float]:
+    data = data if data is not None else _memory_stats(port)
+    if data is None:
+        return None
     caches = data.get("caches") or {}
     hits = sum(c.get("hits", 0) for c in caches.values())
     misses = sum(c.get("misses", 0) for c in caches.values())
     return hits / (hits + misses) if hits + misses else None
 
 
-def drive(mode: str, args: argparse.Namespace, db: str) -> Run:
+def _free_ports(n: int) -> int:
+    """A port p with p..p+n-1 free on 127.0.0.1 (checked, not reserved)."""
+    for _ in range(100):
+        base = free_port()
+        if base + n - 1 < 65536 and not any(port_in_use(base + i) for i in range(1, n)):
+            return base
+    raise LoadTestError(f"found no {n} consecutive free ports on 127.0.0.1")
+
+
+def drive(mode: str, args: argparse.Namespace, db: str, redis_url: Optional[str] = None) -> Run:
     import psutil
 
-    port = args.port if args.port else free_port()
-    if port_in_use(port):
-        raise LoadTestError(f"port {port} on 127.0.0.1 is busy: pick another with --port")
+    n = args.replicas
+    port = args.port if args.port else (_free_ports(n) if n > 1 else free_port())
+    busy = [port + i for i in range(n) if port_in_use(port + i)]
+    if busy:
+        what = f"port {port}" if n == 1 else f"port(s) {', '.join(map(str, busy))}"
+        raise LoadTestError(f"{what} on 127.0.0.1 is busy: pick another with --port")
     run = Run(mode)
     extra = ["--cleanup-interval", "2"]
-    with Server(port, db, args.users, args.days, mode == "unbounded", extra) as server:
+    if redis_url is not None:
+        extra += ["--redis", redis_url, "--redis-prefix", args.redis_prefix,
+                  "--replicas", str(n)]
+    with Server(port, db, args.users, args.days, mode == "unbounded", extra,
+                replicas=n if redis_url is not None else 1) as server:
         server.wait_ready(args.start_timeout)
-        proc = psutil.Process(server.proc.pid)
+        ports = server.ports
+        if server.replica_pids:
+            procs = [psutil.Process(pid) for pid in server.replica_pids]
+        else:
+            procs = [psutil.Process(server.proc.pid)]
+        reps = [{"port": p, "pid": pr.pid, "requests": 0, "writes": 0, "errors": 0, "rss": []}
+                for p, pr in zip(ports, procs)]
+        tiered = redis_url is not None
+
+        def sample(t: float, done: int) -> None:
+            try:
+                values = [pr.memory_info().rss for pr in procs]
+            except psutil.Error as exc:
+                raise LoadTestError(f"a {mode} server process is gone ({exc}):\n"
+                                    f"{server.output()}") from exc
+            run.rss.append((t, sum(values), done))
+            if tiered:
+                for rep, v in zip(reps, values):
+                    rep["rss"].append((t, v))
+
         stop = threading.Event()
         lock = threading.Lock()
         progress = [0] * args.concurrency
+        per_port: dict[int, list[int]] = {}
         t0 = time.monotonic()
-        run.rss.append((0.0, proc.memory_info().rss, 0))
+        sample(0.0, 0)
         clients = [threading.Thread(target=_client, daemon=True,
                                     args=(port, args.users, args.days, stop, run, lock, i,
-                                          progress))
+                                          progress),
+                                    kwargs=dict(ports=ports if tiered else None,
+                                                write_fraction=args.writes if tiered else 0.0,
+                                                per_port=per_port))
                    for i in range(args.concurrency)]
         for c in clients:
             c.start()
@@ -218,16 +404,100 @@ def drive(mode: str, args: argparse.Namespace, db: str) -> Run:
                 if server.proc.poll() is not None:
                     raise LoadTestError(f"the {mode} service died under load "
                                         f"(exit {server.proc.returncode}):\n{server.output()}")
-                run.rss.append((time.monotonic() - t0, proc.memory_info().rss, sum(progress)))
+                sample(time.monotonic() - t0, sum(progress))
         finally:
             stop.set()
             for c in clients:
                 c.join(timeout=60)
         run.duration_s = time.monotonic() - t0
-        run.rss.append((run.duration_s, proc.memory_info().rss, run.requests))
+        sample(run.duration_s, run.requests)
         if mode == "bounded":
-            run.hit_rate = _hit_rate(port)
+            stats = [_memory_stats(p) for p in ports]
+            if not tiered:
+                run.hit_rate = _hit_rate(port, stats[0])
+            else:
+                hits = misses = 0
+                for rep, data in zip(reps, stats):
+                    rep["requests"], rep["writes"], rep["errors"] = per_port.get(rep["port"],
+                                                                                 [0, 0, 0])
+                    rep["tier"], rep["tier_caches"] = _tier_counters(data)
+                    for c in ((data or {}).get("caches") or {}).values():
+                        hits += c.get("hits", 0)
+                        misses += c.get("misses", 0)
+                run.hit_rate = hits / (hits + misses) if hits + misses else None
+                run.replicas = reps
     return run
+
+
+class RedisServer:
+    """A redis-server of our own on a free loopback port; always stopped."""
+
+    def __init__(self, timeout: float = 15.0) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise LoadTestError("--replicas needs Redis: redis-server is not on PATH "
+                                "(apt-get install redis-server), or pass --redis URL")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"], stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        try:
+            self._wait(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                raise LoadTestError(f"redis-server exited with code {self.proc.returncode}:\n"
+                                    f"{self.log.read()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise LoadTestError(f"redis-server did not answer PING within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.log.close()
+
+    def __enter__(self) -> "RedisServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _drop_keys(url: str, prefix: str) -> None:
+    """Best effort: remove this run's keys from a Redis we did not start."""
+    try:
+        import redis
+
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            batch = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+            for i in range(0, len(batch), 500):
+                client.unlink(*batch[i:i + 500])
+        finally:
+            client.close()
+    except Exception:  # noqa: BLE001 - the keys expire anyway (ttl <= 300 s)
+        pass
 
 
 def render(runs: list[Run], args: argparse.Namespace) -> str:
@@ -253,7 +523,63 @@ def render(runs: list[Run], args: argparse.Namespace) -> str:
             rss = next((v for _, v, done in r.rss if done >= n), None)
             cells.append("-" if rss is None else f"{rss / MB:.1f}")
         out.append(f"{n:>20,}" + "".join(f"{c:>16s}" for c in cells))
+    for r in runs:
+        if r.replicas:
+            out += ["", *render_tier(r, args)]
     return "\n".join(out)
+
+
+def _fmt(value: Any, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def render_tier(run: Run, args: argparse.Namespace) -> list[str]:
+    """The replicas table: requests, RSS and the tier's counters per replica and in all."""
+    s = run.summary()
+    reps, total = s["replicas"], s["tier"]
+    cols = [f":{r['port']}" for r in reps] + ["all"]
+    width = max(12, *(len(c) + 2 for c in cols))
+    out = [f"Redis tier: {len(reps)} replicas of the {run.mode} service, "
+           f"{args.writes:.1%} of requests are profile writes (PUT /users/{{id}}/profile)",
+           "", f"{'':26s}" + "".join(f"{c:>{width}s}" for c in cols)]
+
+    def row(label: str, per: list[Any], all_: Any, fmt: str) -> None:
+        cells = [_fmt(v, fmt) for v in per] + [_fmt(all_, fmt)]
+        out.append(f"{label:26s}" + "".join(f"{c:>{width}s}" for c in cells))
+
+    row("requests", [r["requests"] for r in reps], s["requests"], "{:,}")
+    row("writes", [r["writes"] for r in reps], s["writes"], "{:,}")
+    row("errors", [r["errors"] for r in reps], s["errors"], "{:,}")
+    row("RSS start (MB)", [r["rss_start_mb"] for r in reps], s["rss_start_mb"], "{:.1f}")
+    row("RSS peak (MB)", [r["rss_peak_mb"] for r in reps], s["rss_peak_mb"], "{:.1f}")
+    row("RSS end (MB)", [r["rss_end_mb"] for r in reps], s["rss_end_mb"], "{:.1f}")
+    tiers = [r["tier"] for r in reps]
+    for key, label, fmt in (
+            ("lookups", "cache lookups", "{:,}"),
+            ("local_hits", "local hits", "{:,}"),
+            ("remote_hits", "remote hits (Redis)", "{:,}"),
+            ("loads", "loads (database)", "{:,}"),
+            ("shared_loads", "shared loads", "{:,}"),
+            ("local_hit_rate", "local hit rate", "{:.3f}"),
+            ("remote_hit_rate", "Redis hit rate (of misses)", "{:.3f}"),
+            ("load_rate", "database loads / lookups", "{:.3f}"),
+            ("invalidations_sent", "invalidations sent", "{:,}"),
+            ("invalidations_received", "invalidations received", "{:,}"),
+            ("redis_errors", "redis errors", "{:,}")):
+        row(label, [t.get(key) for t in tiers], total.get(key), fmt)
+    names = sorted({c for r in reps for c in r["caches"]})
+    if names:
+        out += ["", "per cache, all replicas" + " " * 3 + "".join(
+            f"{h:>{width}s}" for h in ("local hits", "Redis hits", "loads", "inv. recv"))]
+        for name in names:
+            agg = {k: sum(r["caches"].get(name, {}).get(k, 0) for r in reps)
+                   for k in ("local_hits", "remote_hits", "loads", "invalidations_received")}
+            out.append(f"{'  ' + name:26s}" + "".join(
+                f"{v:>{width},}" for v in agg.values()))
+    out += ["", "RSS: per replica process, 'all' is their sum (the supervisor is not counted); "
+                "lookups = local hits + local misses; a local miss is answered by Redis, "
+                "by another caller's load (shared), or by a database load"]
+    return out
 
 
 def checkpoints(runs: list[Run]) -> list[int]:
@@ -272,10 +598,13 @@ def check(runs: list[Run]) -> list[str]:
     failures = []
     b = by.get("bounded")
     if b is not None:
-        if b["growth_mb"] >= 100:
-            failures.append(f"bounded service grew {b['growth_mb']:.1f} MB (limit 100)")
-        if b["rss_peak_mb"] >= 400:
-            failures.append(f"bounded service peaked at {b['rss_peak_mb']:.1f} MB (limit 400)")
+        # With --replicas, the promises hold for each replica (each is one service).
+        for where, fig in ([(f"bounded replica :{r['port']}", r) for r in b["replicas"]]
+                           if b.get("replicas") else [("bounded service", b)]):
+            if fig["growth_mb"] >= 100:
+                failures.append(f"{where} grew {fig['growth_mb']:.1f} MB (limit 100)")
+            if fig["rss_peak_mb"] >= 400:
+                failures.append(f"{where} peaked at {fig['rss_peak_mb']:.1f} MB (limit 400)")
         if b["errors"]:
             failures.append(f"bounded service answered {b['errors']} requests with errors")
         if not b["requests"]:
@@ -297,6 +626,11 @@ def plot(runs: list[Run], path: str) -> None:
         raise LoadTestError("--plot needs matplotlib: pip install 'memcache-ext[plot]'") from exc
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for r in runs:
+        if r.replicas:
+            for rep in r.replicas:
+                ax.plot([t for t, _ in rep["rss"]], [v / MB for _, v in rep["rss"]],
+                        label=f"{r.mode} caches, replica :{rep['port']}")
+            continue
         ax.plot([t for t, _, _ in r.rss], [v / MB for _, v, _ in r.rss], label=f"{r.mode} caches")
     ax.axhline(400, color="grey", linestyle="--", linewidth=0.8, label="400 MB")
     ax.set_xlabel("seconds under load")
@@ -324,6 +658,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="SQLite database to use or create (default: a temporary one)")
     p.add_argument("--plot", metavar="FILE.png", help="draw RSS over time (needs matplotlib)")
     p.add_argument("--json", metavar="FILE", help="write the figures and RSS samples as JSON")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="run the bounded service as N replicas with the Redis tier and report "
+                        "the tier's hits (default 1: no tier)")
+    p.add_argument("--redis", metavar="URL",
+                   help="with --replicas: use this Redis (default: start a redis-server on a "
+                        "free loopback port, stopped at the end)")
+    p.add_argument("--writes", type=float, default=0.02,
+                   help="with --replicas: fraction of requests that are profile writes "
+                        "(default 0.02)")
     p.add_argument("--sample-interval", type=float, default=0.25, help=argparse.SUPPRESS)
     p.add_argument("--start-timeout", type=float, default=180.0, help=argparse.SUPPRESS)
     return p
@@ -340,18 +683,51 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.port and not 0 < args.port < 65536:
         print("error: --port must be in 1..65535", file=sys.stderr)
         return 2
-    modes = [args.only] if args.only else ["bounded", "unbounded"]
+    if args.replicas < 1:
+        print("error: --replicas must be >= 1", file=sys.stderr)
+        return 2
+    if not 0 <= args.writes <= 1:
+        print("error: --writes must be a fraction in 0..1", file=sys.stderr)
+        return 2
+    tiered = args.replicas > 1 or args.redis is not None
+    if tiered and args.only == "unbounded":
+        print("error: --replicas/--redis run the bounded service only (the tier needs bounded "
+              "caches): drop --only unbounded", file=sys.stderr)
+        return 2
+    if args.port and args.port + args.replicas - 1 > 65535:
+        print("error: --port + --replicas goes past 65535", file=sys.stderr)
+        return 2
+    # Our own keys: nothing from an earlier run (another database) is served.
+    args.redis_prefix = f"loadtest-{uuid.uuid4().hex[:8]}"
+    modes = ["bounded"] if tiered else ([args.only] if args.only else ["bounded", "unbounded"])
     runs: list[Run] = []
+    redis_server: Optional[RedisServer] = None
     with tempfile.TemporaryDirectory() as tmp:
         db = args.db or os.path.join(tmp, "demo.sqlite3")
         try:
+            redis_url = None
+            if tiered:
+                if args.redis:
+                    redis_url = args.redis
+                else:
+                    redis_server = RedisServer()
+                    redis_url = redis_server.url
+                    print(f"  started redis-server on 127.0.0.1:{redis_server.port} "
+                          f"(pid {redis_server.proc.pid})", file=sys.stderr)
+                args.redis_used = redis_url
             for mode in modes:
-                print(f"  loading the {mode} service for {args.duration:.0f} s ...",
-                      file=sys.stderr)
-                runs.append(drive(mode, args, db))
+                what = (f"{args.replicas} replicas of the {mode} service" if tiered
+                        else f"the {mode} service")
+                print(f"  loading {what} for {args.duration:.0f} s ...", file=sys.stderr)
+                runs.append(drive(mode, args, db, redis_url))
         except LoadTestError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        finally:
+            if redis_server is not None:
+                redis_server.stop()
+            elif args.redis:
+                _drop_keys(args.redis, args.redis_prefix)
     print(render(runs, args))
     if args.json:
         with open(args.json, "w") as f:

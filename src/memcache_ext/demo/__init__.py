@@ -2,6 +2,7 @@
 
     python -m memcache_ext demo [--host 127.0.0.1] [--port 8000] [--db PATH]
                                 [--users N] [--days D] [--unbounded]
+                                [--redis URL [--replicas N]]
 
 On first start the SQLite database at ``--db`` is created and filled
 (``--users`` users, ``--days`` days of hourly readings each). The service
@@ -9,15 +10,27 @@ runs under uvicorn with bounded caches created through a ``CacheManager``
 (or, with ``--unbounded``, plain dicts), the memory middleware, the cleanup
 service, ``/memory/stats`` and ``/metrics``. Needs the ``fastapi`` and
 ``prometheus`` extras and uvicorn.
+
+``--redis URL`` puts a Redis second tier (``memcache_ext.redis.TieredCache``)
+behind the bounded caches; ``--replicas N`` (needs ``--redis``) runs N
+uvicorn processes of the same app on ports ``port .. port+N-1``, supervised
+by this process: it forwards SIGINT/SIGTERM to them, stops them all when one
+dies, and exits non-zero when one fails to start.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import logging
 import os
+import signal
+import socket
+import subprocess
 import sys
-from typing import Optional
+import threading
+import time
+from typing import Any, Optional
 
 __all__ = ["main", "build_parser"]
 
@@ -49,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--redis", metavar="URL", default=None,
+                   help="Redis second tier behind the caches, e.g. redis://127.0.0.1:6379/0 "
+                        "(needs redis-py); a Redis that is down is a warning, not an error")
+    p.add_argument("--redis-prefix", default="demo",
+                   help="namespace prefix of the tiers' Redis keys (default 'demo')")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="run N server processes on ports PORT..PORT+N-1 (needs --redis)")
+    p.add_argument("--start-timeout", type=float, default=120.0,
+                   help="seconds a replica may take to answer /health (default 120)")
+    p.add_argument("--replica-of", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
 
@@ -62,6 +85,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not 0 < args.port < 65536:
         print("error: --port must be in 1..65535", file=err)
         return 2
+    if args.replicas < 1:
+        print("error: --replicas must be >= 1", file=err)
+        return 2
+    if args.replicas > 1 and not args.redis:
+        print("error: --replicas needs the Redis tier, which keeps the replicas' caches "
+              "consistent: add --redis URL (e.g. --redis redis://127.0.0.1:6379/0)", file=err)
+        return 2
+    if args.port + args.replicas - 1 > 65535:
+        print(f"error: --replicas {args.replicas} from --port {args.port} goes past 65535",
+              file=err)
+        return 2
+    if args.redis and args.unbounded:
+        print("error: --redis needs the bounded caches: drop --unbounded", file=err)
+        return 2
     try:
         import fastapi  # noqa: F401
         import prometheus_client  # noqa: F401
@@ -70,8 +107,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: the demo needs FastAPI, uvicorn and prometheus-client ({exc}); "
               f"pip install 'memcache-ext[fastapi,prometheus]' uvicorn", file=err)
         return 2
+    where = f" [:{args.port}]" if args.replica_of is not None else ""
     logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s %(levelname)s{where} %(name)s: %(message)s")
     from .app import create_app
     from .db import DatabaseError, check_database, create_database
     from ..manager import CacheManager
@@ -91,16 +129,193 @@ def main(argv: Optional[list[str]] = None) -> int:
                 print(f"using existing {args.db} ({meta.get('users')} users, "
                       f"{meta.get('days')} days); delete it to rebuild with other sizes",
                       file=err, flush=True)
+        if args.replicas > 1:
+            # The database exists now: the replicas only open it.
+            return Supervisor(args).run()
         manager = CacheManager(memory_limit_mb=args.memory_limit_mb)
         app = create_app(args.db, unbounded=args.unbounded, manager=manager,
                          memory_limit_mb=args.high_memory_mb,
-                         cleanup_interval=args.cleanup_interval)
+                         cleanup_interval=args.cleanup_interval,
+                         redis_url=args.redis, redis_prefix=args.redis_prefix)
     except (DatabaseError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=err)
         return 2
-    print(f"memcache-ext demo ({'unbounded dict' if args.unbounded else 'bounded'} caches) "
-          f"on http://{args.host}:{args.port}  (/docs, /memory/stats, /metrics)",
-          file=err, flush=True)
+    tier = f", Redis tier at {safe_url(args.redis)}" if args.redis else ""
+    if args.replica_of is None:
+        print(f"memcache-ext demo ({'unbounded dict' if args.unbounded else 'bounded'} caches"
+              f"{tier}) on http://{args.host}:{args.port}  (/docs, /memory/stats, /metrics)",
+              file=err, flush=True)
+    else:
+        _watch_supervisor(args.replica_of)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 access_log=args.access_log)
     return 0
+
+
+def safe_url(url: str) -> str:
+    from .app import safe_url as _safe
+
+    return _safe(url)
+
+
+def _watch_supervisor(pid: int, interval: float = 0.5) -> None:
+    """In a replica: stop (SIGTERM to ourselves: uvicorn's graceful shutdown) if the
+    supervisor ``pid`` goes away without stopping us (killed with SIGKILL, say)."""
+
+    def watch() -> None:
+        while os.getppid() == pid:
+            time.sleep(interval)
+        logging.getLogger("memcache_ext.demo").warning(
+            "the replica supervisor (pid %d) is gone: stopping", pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="memcache_ext.demo-supervisor-watch").start()
+
+
+def _port_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class Supervisor:
+    """``--replicas N``: N child processes running the same app on consecutive ports.
+
+    Each child is ``python -m memcache_ext.demo`` with ``--port PORT+i`` and
+    ``--replicas 1``, in its own process group (so a terminal's Ctrl-C reaches
+    the supervisor only, which forwards it once) and watching the supervisor
+    (it stops itself if the supervisor dies). The supervisor waits until every
+    replica answers ``/health``; if one exits first it stops the others and
+    returns 1. Afterwards: SIGINT/SIGTERM are forwarded to every replica and
+    their shutdown is awaited (return 0); a replica that exits on its own stops
+    the others (return 1).
+    """
+
+    def __init__(self, args: argparse.Namespace, stop_timeout: float = 20.0) -> None:
+        self.args = args
+        self.ports = [args.port + i for i in range(args.replicas)]
+        self.stop_timeout = stop_timeout
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._signal: Optional[int] = None
+        self.err = sys.stderr
+
+    def _say(self, text: str) -> None:
+        print(text, file=self.err, flush=True)
+
+    def child_argv(self, port: int) -> list[str]:
+        a = self.args
+        argv = [sys.executable, "-m", "memcache_ext.demo", "--host", a.host, "--port", str(port),
+                "--db", a.db, "--users", str(a.users), "--days", str(a.days), "--no-create",
+                "--high-memory-mb", str(a.high_memory_mb),
+                "--cleanup-interval", str(a.cleanup_interval), "--log-level", a.log_level,
+                "--redis", a.redis, "--redis-prefix", a.redis_prefix, "--replicas", "1",
+                "--replica-of", str(os.getpid())]
+        if a.memory_limit_mb is not None:
+            argv += ["--memory-limit-mb", str(a.memory_limit_mb)]
+        if a.access_log:
+            argv.append("--access-log")
+        return argv
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._signal is None:
+            self._signal = signum
+
+    def _probe_host(self) -> str:
+        host = self.args.host
+        return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+    def _answers(self, port: int) -> bool:
+        try:
+            conn = http.client.HTTPConnection(self._probe_host(), port, timeout=2)
+            try:
+                conn.request("GET", "/health")
+                return conn.getresponse().status == 200
+            finally:
+                conn.close()
+        except (OSError, http.client.HTTPException):
+            return False
+
+    def run(self) -> int:
+        busy = [p for p in self.ports if not _port_free(self.args.host, p)]
+        if busy:
+            self._say(f"error: port(s) {', '.join(map(str, busy))} on {self.args.host} busy: "
+                      f"--replicas {self.args.replicas} needs ports {self.ports[0]}.."
+                      f"{self.ports[-1]} free (pick another --port)")
+            return 2
+        previous = {sig: signal.signal(sig, self._on_signal)
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return self._run()
+        finally:
+            self.stop_all()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _run(self) -> int:
+        for port in self.ports:
+            self.procs.append(subprocess.Popen(self.child_argv(port), process_group=0))
+        deadline = time.monotonic() + self.args.start_timeout
+        pending = set(range(len(self.procs)))
+        while pending:
+            if self._signal is not None:
+                self._say(f"demo: {signal.Signals(self._signal).name} during start-up: "
+                          f"stopping the replicas")
+                return 1
+            for i in sorted(pending):
+                code = self.procs[i].poll()
+                if code is not None:
+                    self._say(f"error: replica {i + 1} of {len(self.procs)} (port "
+                              f"{self.ports[i]}) failed to start (exit code {code}); "
+                              f"stopping the others")
+                    return 1
+                if self._answers(self.ports[i]):
+                    pending.discard(i)
+            if pending and time.monotonic() > deadline:
+                ports = ", ".join(str(self.ports[i]) for i in sorted(pending))
+                self._say(f"error: replica(s) on port(s) {ports} did not answer /health within "
+                          f"{self.args.start_timeout:g} s; stopping them all")
+                return 1
+            if pending:
+                time.sleep(0.2)
+        self._say(f"memcache-ext demo: {len(self.procs)} replicas (bounded caches, Redis tier at "
+                  f"{safe_url(self.args.redis)}) on http://{self.args.host}:{self.ports[0]}.."
+                  f"{self.ports[-1]}; supervisor pid {os.getpid()}; Ctrl-C stops them all")
+        while True:
+            if self._signal is not None:
+                self._say(f"demo: {signal.Signals(self._signal).name}: stopping "
+                          f"{len(self.procs)} replicas")
+                self.stop_all(self._signal)
+                return 0
+            for i, proc in enumerate(self.procs):
+                code = proc.poll()
+                if code is not None:
+                    self._say(f"error: replica {i + 1} (port {self.ports[i]}, pid {proc.pid}) "
+                              f"exited with code {code}; stopping the other replicas")
+                    return 1
+            time.sleep(0.2)
+
+    def stop_all(self, sig: int = signal.SIGTERM) -> None:
+        """Send ``sig`` to every replica still running, wait, then SIGKILL leftovers."""
+        running = [p for p in self.procs if p.poll() is None]
+        for proc in running:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + self.stop_timeout
+        for proc in running:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._say(f"demo: replica pid {proc.pid} did not stop in "
+                          f"{self.stop_timeout:g} s: killing it")
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=10)

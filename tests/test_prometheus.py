@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from memcache_ext import CacheManager, GCStats  # noqa: E402
-from memcache_ext.prometheus import MemcacheCollector, metrics_app, register  # noqa: E402
+from memcache_ext.prometheus import metrics_app, register  # noqa: E402
 
 MB = 2**20
 

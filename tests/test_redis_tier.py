@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,100 +23,24 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-REQUIRE_REDIS = os.environ.get("MEMCACHE_EXT_REQUIRE_REDIS", "") not in ("", "0")
-REDIS_SERVER = shutil.which("redis-server")
+from support import DEADLINE, RedisServer as _BaseServer, eventually, require_redis
 
-if REDIS_SERVER is None:
-    _why = ("redis-server not found on PATH (apt-get install -y redis-server); "
-            "it runs the Redis tier tests")
-    if REQUIRE_REDIS:
-        pytest.fail(f"MEMCACHE_EXT_REQUIRE_REDIS is set but {_why}", pytrace=False)
-    pytest.skip(_why, allow_module_level=True)
+require_redis(module_level=True)
 
-try:
-    import redis
-    import redis.asyncio as aredis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    if REQUIRE_REDIS:
-        pytest.fail(f"MEMCACHE_EXT_REQUIRE_REDIS is set but redis-py is missing: {exc}",
-                    pytrace=False)
-    pytest.skip(f"redis-py not installed (pip install 'redis>=5'): {exc}",
-                allow_module_level=True)
+import redis  # noqa: E402
+import redis.asyncio as aredis  # noqa: E402
+from redis.backoff import NoBackoff  # noqa: E402
+from redis.retry import Retry  # noqa: E402
 
 from memcache_ext import LruCache
 from memcache_ext.redis import (COUNTERS, AsyncTieredCache, JsonSerializer, PickleSerializer,
                                 TieredCache)
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-DEADLINE = 15.0  # seconds for anything "eventually"
 
 
-def eventually(check: Callable[[], Any], timeout: float = DEADLINE, what: str = "") -> Any:
-    end = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > end:
-            raise AssertionError(f"not true after {timeout}s: {what or check}")
-        time.sleep(0.002)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisServer:
-    """A redis-server subprocess on 127.0.0.1 that tests may kill and restart."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        assert self.proc is None or self.proc.poll() is not None
-        self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--protected-mode", "yes"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
-        try:
-            def up() -> bool:
-                if self.proc is not None and self.proc.poll() is not None:
-                    raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
-                try:
-                    return bool(client.ping())
-                except redis.exceptions.RedisError:
-                    return False
-            eventually(up, what="redis-server answers PING")
-        finally:
-            client.close()
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
-
-    def ensure_up(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            self.start()
+class RedisServer(_BaseServer):
+    """The shared test server plus clients configured for these tests."""
 
     def client(self, **kw: Any) -> "redis.Redis":
         opts: dict[str, Any] = dict(host="127.0.0.1", port=self.port, socket_timeout=1.0,

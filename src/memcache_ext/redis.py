@@ -302,6 +302,16 @@ class _TierCore:
         with self._counts_lock:
             self._counts[name] += n
 
+    def _local_first(self, key: Any) -> tuple[Any, Any]:
+        """(the local tier's value or _MISS, the key to use from here on: the
+        Redis key after a miss)."""
+        enc = self.key_encoder
+        k = key if enc is None else self._key(key)
+        value = self._lget(k, _MISS)
+        if value is _MISS and enc is None:
+            k = self._key(k)
+        return value, k
+
     def _forget_local(self) -> None:
         """Clear the local tier; reads in flight must not refill it with what they read."""
         with self._lock:
@@ -806,13 +816,9 @@ class TieredCache(_TierCore):
         the key meanwhile) and to the local tier. Exceptions from the loader
         reach every waiting caller and nothing is cached.
         """
-        enc = self.key_encoder
-        k = key if enc is None else self._key(key)
-        value = self._lget(k, _MISS)
+        value, k = self._local_first(key)
         if value is not _MISS:
             return value
-        if enc is None:
-            k = self._key(k)
         with self._flights_lock:
             flight = self._flights.get(k)
             leader = flight is None
@@ -1004,13 +1010,9 @@ class AsyncTieredCache(_TierCore):
     async def get_or_set(self, key: Any, loader: Callable[[], Union[Any, Awaitable[Any]]],
                          ttl: Optional[float] = None) -> Any:
         """As ``TieredCache.get_or_set``; ``loader`` may be sync or return an awaitable."""
-        enc = self.key_encoder
-        k = key if enc is None else self._key(key)
-        value = self._lget(k, _MISS)
+        value, k = self._local_first(key)
         if value is not _MISS:
             return value
-        if enc is None:
-            k = self._key(k)
         task = self._flights.get(k)
         if task is None:
             task = asyncio.ensure_future(self._run(self._load_flow(k, ttl), loader))

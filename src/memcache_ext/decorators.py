@@ -375,22 +375,14 @@ def _async_wrapper(func: Callable[..., Any], cache: Any, key: Optional[Callable[
         waiter.add_done_callback(_retrieve)
         return await asyncio.shield(waiter)
 
-    if is_method or key is not None:
-        make = build
+    make = build if (is_method or key is not None) else make_key
 
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            k = make(args, kwargs)
-            value = get(k, _MISSING)
-            if value is _MISSING:
-                return await miss(k, args, kwargs)
-            return value
-    else:
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            k = make_key(args, kwargs)
-            value = get(k, _MISSING)
-            if value is _MISSING:
-                return await miss(k, args, kwargs)
-            return value
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        k = make(args, kwargs)
+        value = get(k, _MISSING)
+        if value is _MISSING:
+            return await miss(k, args, kwargs)
+        return value
 
     wrapper._inflight = inflight  # type: ignore[attr-defined]
     wrapper._instance_tokens = tokens  # type: ignore[attr-defined]

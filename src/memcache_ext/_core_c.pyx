@@ -77,8 +77,13 @@ cdef extern from "Python.h":
         traverseproc tp_traverse
         inquiry tp_clear
     ctypedef PyObject* (*ternaryfunc)(PyObject*, PyObject*, PyObject*)
+    ctypedef PyObject* (*vectorcallfunc)(PyObject*, PyObject**, size_t, PyObject*)
     ctypedef struct CallSlots "PyTypeObject":
         ternaryfunc tp_call
+        Py_ssize_t tp_vectorcall_offset
+        unsigned long tp_flags
+    unsigned long Py_TPFLAGS_HAVE_VECTORCALL
+    Py_ssize_t PyVectorcall_NARGS(size_t)
 
 
 ctypedef struct Entry:
@@ -1102,6 +1107,25 @@ _slots.tp_clear = _cache_clear
 MutableMapping.register(CLruCache)
 
 
+# -- compiled call paths -------------------------------------------------------
+# Small callables whose hit path is a key build and a lookup in C. They take
+# calls through vectorcall (PEP 590: no argument tuple on the common call) and
+# through tp_call (set by hand: Cython's __call__ would build a kwargs dict).
+
+
+cdef object _vectorcall_as_tp_call(PyObject* o, PyObject** args, size_t nargsf,
+                                   PyObject* kwnames):
+    """The rare calls with keywords: rebuild (args, kwargs) and go through tp_call."""
+    cdef Py_ssize_t n = PyVectorcall_NARGS(nargsf), i
+    cdef object self = <object>o
+    cdef tuple pos = tuple([<object>args[i] for i in range(n)])
+    cdef dict kw = {}
+    if kwnames != NULL:
+        for i in range(len(<tuple>kwnames)):
+            kw[(<tuple>kwnames)[i]] = <object>args[n + i]
+    return type(self).__call__(self, *pos, **kw)
+
+
 @cython.final
 cdef class CachedCall:
     """The hit path of ``memcache_ext.cached`` for a plain function over a CLruCache.
@@ -1111,11 +1135,15 @@ cdef class CachedCall:
     code). The key rule is ``decorators.make_key``'s, kept in step by tests.
     """
 
+    cdef vectorcallfunc _vectorcall
     cdef CLruCache _cache
     cdef object _miss
     cdef frozenset _fast
     cdef object _mark
     cdef dict __dict__
+
+    def __cinit__(self, *args, **kwargs):
+        self._vectorcall = <vectorcallfunc>_cached_vectorcall
 
     def __init__(self, CLruCache cache not None, miss, frozenset fast, mark):
         self._cache = cache
@@ -1135,18 +1163,29 @@ cdef object _cached_call(CachedCall self, tuple args, object kwargs):
         key = args[0]
     else:
         key = args
-    cdef object value = self._cache._lookup(key, True, _MISSING)
+    cdef object value = self._cache._get(key, _MISSING)
     if value is _MISSING:
         return self._miss(key, args, {} if kwargs is None else kwargs)
     return value
 
 
 cdef object _cached_tp_call(PyObject* o, PyObject* args, PyObject* kwargs):
-    """tp_call without the per-call **kwargs dict Cython's __call__ would build."""
     return _cached_call(<CachedCall>o, <tuple>args, None if kwargs == NULL else <object>kwargs)
 
 
-(<CallSlots*>CachedCall).tp_call = <ternaryfunc>_cached_tp_call
+cdef object _cached_vectorcall(PyObject* o, PyObject** args, size_t nargsf, PyObject* kwnames):
+    """f(x) with one argument of a simple type: no tuple, no frame."""
+    cdef CachedCall self
+    cdef object arg, value
+    if kwnames == NULL and PyVectorcall_NARGS(nargsf) == 1:
+        self = <CachedCall>o
+        arg = <object>args[0]
+        if type(arg) in self._fast:
+            value = self._cache._get(arg, _MISSING)
+            if value is not _MISSING:
+                return value
+            return self._miss(arg, (arg,), {})
+    return _vectorcall_as_tp_call(o, args, nargsf, kwnames)
 
 
 @cython.final
@@ -1154,9 +1193,13 @@ cdef class GetOr:
     """``get(key, default=None)`` over a CLruCache, calling ``fallback(key, default)``
     only on a miss: a second tier's hit path without a Python frame."""
 
+    cdef vectorcallfunc _vectorcall
     cdef CLruCache _cache
     cdef object _fallback
     cdef dict __dict__
+
+    def __cinit__(self, *args, **kwargs):
+        self._vectorcall = <vectorcallfunc>_get_or_vectorcall
 
     def __init__(self, CLruCache cache not None, fallback):
         if not callable(fallback):
@@ -1169,7 +1212,7 @@ cdef class GetOr:
 
 
 cdef object _get_or(GetOr self, object key, object default):
-    cdef object value = self._cache._lookup(key, True, _MISSING)
+    cdef object value = self._cache._get(key, _MISSING)
     if value is _MISSING:
         return self._fallback(key, default)
     return value
@@ -1183,4 +1226,25 @@ cdef object _get_or_tp_call(PyObject* o, PyObject* args, PyObject* kwargs):
     return GetOr.__call__(<GetOr>o, *a, **(<dict>kwargs if kwargs != NULL else {}))
 
 
-(<CallSlots*>GetOr).tp_call = <ternaryfunc>_get_or_tp_call
+cdef object _get_or_vectorcall(PyObject* o, PyObject** args, size_t nargsf, PyObject* kwnames):
+    cdef Py_ssize_t n = PyVectorcall_NARGS(nargsf)
+    if kwnames == NULL and (n == 1 or n == 2):
+        return _get_or(<GetOr>o, <object>args[0], <object>args[1] if n == 2 else None)
+    return _vectorcall_as_tp_call(o, args, nargsf, kwnames)
+
+
+cdef void _install_call_slots(type cls, object instance, vectorcallfunc* field,
+                              ternaryfunc tp_call) noexcept:
+    """tp_call, and vectorcall at the offset of ``field`` in ``instance``."""
+    cdef CallSlots* slots = <CallSlots*>cls
+    slots.tp_call = tp_call
+    slots.tp_vectorcall_offset = <Py_ssize_t>(<char*>field - <char*><PyObject*>instance)
+    slots.tp_flags |= Py_TPFLAGS_HAVE_VECTORCALL
+
+
+cdef CachedCall _cc_probe = CachedCall.__new__(CachedCall)
+_install_call_slots(CachedCall, _cc_probe, &_cc_probe._vectorcall, <ternaryfunc>_cached_tp_call)
+cdef GetOr _go_probe = GetOr.__new__(GetOr)
+_install_call_slots(GetOr, _go_probe, &_go_probe._vectorcall, <ternaryfunc>_get_or_tp_call)
+_cc_probe = None
+_go_probe = None

@@ -49,3 +49,16 @@ def test_public_names():
     assert memcache_ext.IMPLEMENTATION in ("c", "python")
     assert callable(memcache_ext.deep_sizeof)
     assert set(memcache_ext.__all__) <= set(dir(memcache_ext))
+
+
+def test_readme_quick_start_runs():
+    """The README's quick start is real code: run it and check what it claims."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme[readme.index("## Quick start"):].split("```python")[1].split("```")[0]
+    namespace: dict = {}
+    exec(compile(block, "README quick start", "exec"), namespace)
+    stats = namespace["cache"].stats()
+    assert (stats["size"], stats["hits"], stats["misses"]) == (3, 1, 1)
+    assert namespace["profile"] == {"id": 7, "name": "Grace"}

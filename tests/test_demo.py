@@ -419,45 +419,48 @@ def _children_of(pid: int) -> list[Any]:
 
 
 def test_replicas_under_real_uvicorn(tmp_path: Path, redis_url: str) -> None:
+    import threading
+
     psutil = pytest.importorskip("psutil")
     proc, port = _start_replicas(tmp_path, redis_url)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")),
+                              daemon=True)
+    reader.start()
     replicas: list[Any] = []
     try:
-        deadline = time.monotonic() + 90
+        # the supervisor announces the replicas once every one answers /health
+        eventually(lambda: any("2 replicas" in line for line in lines) or proc.poll() is not None,
+                   timeout=90, what="the supervisor reports 2 replicas up")
+        assert proc.poll() is None, "".join(lines)
+        replicas = _children_of(proc.pid)
+        assert len(replicas) == 2
         with httpx.Client(timeout=5) as client:
-            def up(p: int) -> bool:
-                try:
-                    return client.get(f"http://127.0.0.1:{p}/health").status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            while not (up(port) and up(port + 1)):
-                assert proc.poll() is None, proc.communicate(timeout=10)
-                assert time.monotonic() < deadline, "replicas did not start"
-                time.sleep(0.1)
-            replicas = _children_of(proc.pid)
-            assert len(replicas) == 2
             a, b = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"
             assert client.get(f"{a}/users/5").json()["id"] == 5           # loaded by A
             assert client.get(f"{b}/users/5").json()["id"] == 5           # Redis hit in B
             put = client.put(f"{a}/users/5/profile", json={"name": "Barbara Liskov"})
             assert put.status_code == 200
             eventually(lambda: client.get(f"{b}/users/5").json()["name"] == "Barbara Liskov",
-                        what="replica B sees replica A's write")
+                       what="replica B sees replica A's write")
             st = client.get(f"{b}/memory/stats").json()["sources"]
             prof = next(v for k, v in st.items() if k.endswith(":profiles"))
             assert prof["remote_hits"] >= 1 and prof["invalidations_received"] >= 1
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            _, err = proc.communicate(timeout=40)
+            proc.wait(timeout=40)
         except subprocess.TimeoutExpired:
             proc.kill()
-            _, err = proc.communicate()
+            proc.wait()
             for r in replicas:
                 r.kill()
+        reader.join(timeout=10)
+        proc.stdout.close()
+        proc.stderr.close()
+    err = "".join(lines)
     assert proc.returncode == 0, err
-    assert "2 replicas" in err and "stopping 2 replicas" in err and "Traceback" not in err
+    assert "stopping 2 replicas" in err and "Traceback" not in err
     gone, alive = psutil.wait_procs(replicas, timeout=10)
     assert not alive
 

@@ -614,6 +614,9 @@ def test_tier_over_both_local_cores(make_tier: Any, cache_cls: type) -> None:
     assert type(tier.get).__name__ == expected
     tier.set("a", 1)
     writer.set("b", 2)
+    # the writer's invalidation of "b" must arrive before "b" is read, or it
+    # would drop the copy read and make a second remote hit
+    eventually(lambda: tier.counters()["invalidations_received"] >= 1, what="invalidation of b")
     assert tier.get("a") == 1 and tier.get("a", 9) == 1           # local hits
     assert tier.get("b") == 2 and tier.get("b") == 2              # remote hit, then local
     assert tier.get("nope", 5) == 5 and tier.get("nope") is None  # miss everywhere

@@ -258,14 +258,14 @@ class Supervisor:
 
     def _run(self) -> int:
         for port in self.ports:
-            self.procs.append(subprocess.Popen(self.child_argv(port), process_group=0))
+            self.procs.append(subprocess.Popen(self.child_argv(port), start_new_session=True))
         deadline = time.monotonic() + self.args.start_timeout
         pending = set(range(len(self.procs)))
         while pending:
-            if self._signal is not None:
+            if self._signal is not None:  # asked to stop: not a failure
                 self._say(f"demo: {signal.Signals(self._signal).name} during start-up: "
                           f"stopping the replicas")
-                return 1
+                return 0
             for i in sorted(pending):
                 code = self.procs[i].poll()
                 if code is not None:

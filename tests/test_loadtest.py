@@ -21,19 +21,21 @@ def loadtest(*args: str, timeout: float = 170) -> subprocess.CompletedProcess[st
                           capture_output=True, text=True, timeout=timeout)
 
 
-def demo_servers() -> list[psutil.Process]:
+def demo_servers(marker: str) -> list[psutil.Process]:
+    """Demo processes whose command line holds ``marker`` (this test's database
+    or port), so that another run on the machine is never mistaken for ours."""
     found = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info["cmdline"] or []
-        if "memcache_ext" in cmd and "demo" in cmd:
+        if "memcache_ext" in cmd and "demo" in cmd and marker in cmd:
             found.append(p)
     return found
 
 
 def test_quick_load_test_keeps_the_bounded_service_bounded(tmp_path: Path) -> None:
-    out = tmp_path / "lt.json"
+    out, db = tmp_path / "lt.json", str(tmp_path / "demo.sqlite3")
     start = time.monotonic()
-    proc = loadtest("--quick", "--json", str(out))
+    proc = loadtest("--quick", "--json", str(out), "--db", db)
     elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "all promises held" in proc.stdout
@@ -43,7 +45,7 @@ def test_quick_load_test_keeps_the_bounded_service_bounded(tmp_path: Path) -> No
     assert bounded["errors"] == 0 and bounded["requests"] > 1000
     assert unbounded["rss_peak_mb"] > bounded["rss_peak_mb"]
     assert 0 < bounded["hit_rate"] < 1 and len(bounded["rss"]) > 10
-    assert not demo_servers(), "the load test left a server running"
+    assert not demo_servers(db), "the load test left a server running"
     print(f"quick load test took {elapsed:.0f} s")
 
 
@@ -59,7 +61,7 @@ def test_busy_port_is_a_clear_error_and_leaves_nothing_behind() -> None:
         port = s.getsockname()[1]
         proc = loadtest("--only", "bounded", "--port", str(port), "--duration", "1", timeout=60)
     assert proc.returncode == 1 and f"port {port} on 127.0.0.1 is busy" in proc.stderr
-    assert not demo_servers()
+    assert not demo_servers(str(port))
 
 
 def test_a_server_that_fails_to_start_is_reported_and_stopped(tmp_path: Path) -> None:
@@ -68,7 +70,7 @@ def test_a_server_that_fails_to_start_is_reported_and_stopped(tmp_path: Path) ->
     proc = loadtest("--only", "bounded", "--db", str(bad_db), "--duration", "1", timeout=90)
     assert proc.returncode == 1
     assert "exited with code" in proc.stderr and "before answering" in proc.stderr
-    assert not demo_servers()
+    assert not demo_servers(str(bad_db))
 
 
 def redis_servers(port: int) -> list[psutil.Process]:
@@ -84,10 +86,10 @@ def test_replicas_share_the_redis_tier(tmp_path: Path) -> None:
     from support import require_redis
 
     require_redis()
-    out = tmp_path / "replicas.json"
+    out, db = tmp_path / "replicas.json", str(tmp_path / "replicas.sqlite3")
     start = time.monotonic()
     proc = loadtest("--replicas", "2", "--duration", "8", "--users", "500",
-                    "--json", str(out), timeout=120)
+                    "--json", str(out), "--db", db, timeout=120)
     elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Redis tier: 2 replicas" in proc.stdout and "remote hits (Redis)" in proc.stdout
@@ -103,7 +105,7 @@ def test_replicas_share_the_redis_tier(tmp_path: Path) -> None:
     assert all(r["tier"]["remote_hits"] > 0 and r["tier"]["loads"] > 0 for r in reps)
     assert tier["local_hits"] + tier["local_misses"] == tier["lookups"] > 0
     redis_port = int(data["settings"]["redis_used"].rsplit(":", 1)[1].split("/")[0])
-    assert not demo_servers(), "the load test left a demo process running"
+    assert not demo_servers(db), "the load test left a demo process running"
     assert not [p for p in redis_servers(redis_port) if p.status() != psutil.STATUS_ZOMBIE], \
         "the load test left its redis-server running"
     print(f"replicas load test took {elapsed:.0f} s")

@@ -178,16 +178,116 @@ def test_very_deep_nesting(ds: Callable[..., int], depth: int) -> None:
     assert ds(x) == depth * gs([None]) + gs([])
 
 
+INLINE_313 = bool(P.TPFLAGS_INLINE_VALUES)
+
+
+def traced_alloc(fn: Callable[[Any], Any], args: list[Any]) -> tuple[list[Any], int]:
+    """``([fn(x) for x in args], bytes those calls allocated and kept)``,
+    measured with tracemalloc. Over many calls: one call on its own also
+    picks up the interpreter's free-list refills (an argument tuple), a few
+    dozen bytes that do not belong to what ``fn`` built."""
+    out: list[Any] = [None] * len(args)
+    for i in range(len(args)):  # warm up the loop itself
+        out[i] = None
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i, x in enumerate(args):
+            out[i] = fn(x)
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    return out, after - before
+
+
+def attrs_cost(obj: Any, n: int) -> int:
+    """What an instance's n attributes cost beyond sys.getsizeof(obj): inline
+    values on 3.11-3.12 (estimated from n), the embedded values block on 3.13
+    (its real capacity, read in place), the instance's own __dict__ before 3.11."""
+    if P.INLINE_VALUES:
+        return P.inline_values_size(n)
+    if INLINE_313:
+        assert P.inline_extra is not None
+        return P.inline_extra(obj, type(obj))
+    return gs(obj.__dict__) if sys.version_info < (3, 11) else 0
+
+
 def test_slots_and_dict_instances(ds: Callable[..., int]) -> None:
     v = fresh("attribute value")
     s = Slotted(1.5, v)
     assert ds(s) == gs(s) + gs(1.5) + gs(v)
     p = Plain(2.5, v)
-    extra = P.inline_values_size(2) if P.INLINE_VALUES else 0
-    assert ds(p) == gs(p) + extra + gs(2.5) + gs(v)
+    assert ds(p) == gs(p) + attrs_cost(p, 2) + gs(2.5) + gs(v)
     m = Plain(2.5, v)
-    vars(m)  # materialize the dict: its size replaces the inline values
-    assert ds(m) == gs(m) + gs(m.__dict__) + gs(2.5) + gs(v)
+    if not INLINE_313:
+        vars(m)  # materialize the dict: its size replaces the inline values
+        assert ds(m) == gs(m) + gs(m.__dict__) + gs(2.5) + gs(v)
+        return
+    # CPython 3.13 stores the attributes in a values block embedded in the
+    # object, after tp_basicsize; sys.getsizeof(m) omits it (gh-128762). Its
+    # capacity is per instance: a class's shared keys start with room for 30
+    # and give one slot up per instance created (after sizing the allocation:
+    # until that settles an instance holds one slot more than its capacity
+    # byte says) down to the attribute count + 1. A materialized __dict__ only
+    # adds a dict header that borrows the block, although
+    # sys.getsizeof(m.__dict__) reports the borrowed slots too (sized from the
+    # class's current keys, not from m). The rule:
+    #   deep_sizeof(inst) == gs(inst) + inline_block_size(capacity byte)
+    #                        [+ DICT_SHELL == gs({}) if a dict borrows the block]
+    #                        + the attribute values
+    # which is exactly what the allocations are (tracemalloc) in steady state,
+    # and at most one slot (8 bytes, 16 when the order bytes round up) under
+    # for a class's first instances.
+    class Steady:
+        def __init__(self, a: Any, b: Any) -> None:
+            self.a = a
+            self.b = b
+
+    a = fresh("another value")
+    N = 500
+    warm = [Steady(a, v) for _ in range(40)]  # the class's keys settle at 2 + 1
+    objs, alloc = traced_alloc(lambda _: Steady(a, v), [None] * N)
+    assert all(P.inline_extra(o, Steady) == P.inline_block_size(3) for o in objs)  # type: ignore[misc]
+    each = gs(objs[0]) + P.inline_block_size(3)
+    assert round(alloc / N) == each > gs(objs[0])
+    assert all(ds(o) == each + gs(a) + gs(v) for o in objs)
+    _, alloc_vars = traced_alloc(vars, objs)
+    assert round(alloc_vars / N) == P.DICT_SHELL == gs({})
+    assert all(ds(o) == each + P.DICT_SHELL + gs(a) + gs(v) for o in objs)
+    assert gs(vars(objs[0])) > P.DICT_SHELL  # not charged: the borrowed slots
+    assert not any(type(r) is dict for r in gc.get_referents(objs[0]))  # still not walked
+    del warm, objs
+
+    # a class's first instances: the rule, at most one slot under each allocation
+    class Early:
+        def __init__(self, a: Any, b: Any) -> None:
+            self.a = a
+            self.b = b
+
+    first, alloc = traced_alloc(lambda _: Early(a, v), [None] * 20)
+    charged = [ds(o) - gs(a) - gs(v) for o in first]
+    assert charged == [gs(o) + attrs_cost(o, 2) for o in first]
+    assert charged[0] > charged[-1]  # the capacities shrink
+    # one slot (two when the order bytes round up) under each allocation, plus
+    # a few free-list refills (argument tuples) of the measurement itself
+    assert 20 * P._PTR <= alloc - sum(charged) <= 20 * 2 * P._PTR + 160
+
+    block = attrs_cost(m, 2)
+    vars(m)
+    assert ds(m) == gs(m) + block + P.DICT_SHELL + gs(2.5) + gs(v)
+
+    # a dict that owns its values (a non-str key invalidates the inline block)
+    # is reported by tp_traverse and walked like any dict; the dead block
+    # still belongs to the object's allocation
+    o = Plain(2.5, v)
+    block = attrs_cost(o, 2)
+    d = vars(o)
+    d[1] = None
+    assert any(r is d for r in gc.get_referents(o))
+    assert ds(o) == gs(o) + block + gs(d) + gs(2.5) + gs(v)
 
 
 def test_dataclass_namedtuple(ds: Callable[..., int]) -> None:
@@ -207,8 +307,7 @@ def test_dataclass_namedtuple(ds: Callable[..., int]) -> None:
 
     name = fresh("dc name")
     dc = DC(1.5, name)
-    extra = P.inline_values_size(2) if P.INLINE_VALUES else 0
-    assert ds(dc) == gs(dc) + extra + gs(1.5) + gs(name)
+    assert ds(dc) == gs(dc) + attrs_cost(dc, 2) + gs(1.5) + gs(name)
     dss = DS(1.5, name)
     assert ds(dss) == gs(dss) + gs(1.5) + gs(name)
     nt = NT(1.5, name)
@@ -273,6 +372,8 @@ def test_pydantic_model(mod: Any) -> None:
 
 # ----------------------------------------------------- never change the value
 
+@pytest.mark.skipif(sys.version_info < (3, 11),
+                    reason="before 3.11 every instance owns its __dict__: nothing to materialize")
 def test_walk_does_not_materialize_instance_dicts(ds: Callable[..., int]) -> None:
     objs = [Plain(float(i), i + 1000) for i in range(2000)]
     assert all(not any(type(r) is dict for r in gc.get_referents(o)) for o in objs)
@@ -430,9 +531,10 @@ def test_linked_graph_is_not_inflated_by_sampling(mod: Any) -> None:
     assert mod.deep_sizeof(nodes) == exact  # 27k references: within 8x the default budget
     for budget in (3000, 1000, 300):
         rel = (mod.deep_sizeof(nodes, budget=budget) - exact) / exact
-        # starved walks of linked graphs under-count a little; they must not
-        # multiply sampled weights along the chains (that gave +250%)
-        assert -0.15 < rel < 0.05, (budget, rel)
+        # starved walks of linked graphs under-count a little (more before 3.11,
+        # where every node also owns a dict: twice the objects per budget); they
+        # must not multiply sampled weights along the chains (that gave +250%)
+        assert (-0.15 if sys.version_info >= (3, 11) else -0.45) < rel < 0.05, (budget, rel)
 
 
 def test_row_by_row_sum_matches_whole(mod: Any) -> None:

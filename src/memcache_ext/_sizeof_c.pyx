@@ -294,6 +294,17 @@ cdef extern from *:
         return Py_TYPE(o)->tp_basicsize + ((PyListObject *)o)->allocated * (Py_ssize_t)sizeof(PyObject *);
     }
     static inline Py_ssize_t mc_var_size(PyObject *o) { return Py_SIZE(o); }
+    /* CPython 3.13 inline values (see _sizeof_py.inline_extra): the block after
+       tp_basicsize (capacity byte, valid byte 3) and the pre-header's managed
+       dict pointer. Called only for Py_TPFLAGS_INLINE_VALUES types on 3.13. */
+    static inline Py_ssize_t mc_inline_extra(PyObject *o, Py_ssize_t dict_shell) {
+        const uint8_t *v = (const uint8_t *)o + Py_TYPE(o)->tp_basicsize;
+        const Py_ssize_t p = (Py_ssize_t)sizeof(PyObject *);
+        Py_ssize_t cap = v[0];
+        Py_ssize_t s = ((cap + p - 1) / p) * p + (cap + 1) * p;
+        if (v[3] && ((PyObject **)o)[-3] != NULL) s += dict_shell;
+        return s;
+    }
     static inline PyObject *mc_seq_item(PyObject *o, Py_ssize_t i) {  /* exact list or tuple */
         return PyList_CheckExact(o) ? PyList_GET_ITEM(o, i) : PyTuple_GET_ITEM(o, i);
     }
@@ -424,6 +435,7 @@ cdef extern from *:
     Py_ssize_t mc_basic_size(PyObject*)
     Py_ssize_t mc_list_size(PyObject*)
     Py_ssize_t mc_var_size(PyObject*)
+    Py_ssize_t mc_inline_extra(PyObject*, Py_ssize_t)
     PyObject* mc_seq_item(PyObject*, Py_ssize_t)
     Py_ssize_t mc_dict_size(PyObject*)
     bint MC_DIRECT_OBJECT_SIZEOF
@@ -468,6 +480,8 @@ cdef unsigned long _F_GC = _ref.TPFLAGS_HAVE_GC
 cdef unsigned long _F_PREHEADER = _ref.TPFLAGS_PREHEADER
 cdef unsigned long _F_MANAGED_DICT = _ref.TPFLAGS_MANAGED_DICT
 cdef bint _INLINE_VALUES = _ref.INLINE_VALUES
+cdef unsigned long _F_INLINE_VALUES = _ref.TPFLAGS_INLINE_VALUES  # 0 unless 3.13 and probed
+cdef Py_ssize_t _DICT_SHELL = _ref.DICT_SHELL
 cdef int _DIGIT_BITS = _sys.int_info.bits_per_digit
 cdef Py_ssize_t _PTR = sizeof(void*)
 
@@ -788,6 +802,8 @@ cdef Py_ssize_t _own_size(PyObject* o, PyTypeObject* t, bint is_root, mc_buf* re
                 k += 1
         if not materialized:
             size += _values_size(k)
+    elif _F_INLINE_VALUES and (mc_flags(t) & _F_INLINE_VALUES):
+        size += mc_inline_extra(o, _DICT_SHELL)
     return size
 
 

@@ -12,6 +12,13 @@ the README ("Measuring entries: deep_sizeof") and summarised here:
   the managed-dict pre-header are included). On CPython 3.11/3.12 an instance
   whose attributes live in the object's inline "values" array (no ``__dict__``
   materialized yet) also pays for that array, which ``sys.getsizeof`` omits.
+  On CPython 3.13 the array is embedded in the object (still omitted by
+  ``sys.getsizeof``): an instance pays ``inline_block_size(capacity)`` for it,
+  its per-instance capacity (one slot under for a class's first instances),
+  plus ``DICT_SHELL`` (``sys.getsizeof({})``)
+  if a materialized ``__dict__`` borrows it; such a dict is not walked (its
+  values are the inline ones). A dict that owns its values (the inline ones
+  were invalidated) is reported by tp_traverse and walked like any dict.
 * Children: dict keys and values (any dict, subclasses too), list/tuple items,
   set/frozenset members, and for every other object what its ``tp_traverse``
   reports (``gc.get_referents``): instance attributes (inline or ``__dict__``),
@@ -97,8 +104,32 @@ PREHEADER = (sys.getsizeof(_probe) - _probe.__sizeof__() - GC_HEAD) if TPFLAGS_P
 del _probe
 
 #: On 3.11 and 3.12 the inline attribute values of a managed-dict instance are a
-#: separate allocation that sys.getsizeof does not report (3.13+ includes them).
+#: separate allocation that sys.getsizeof does not report.
 INLINE_VALUES = sys.implementation.name == "cpython" and (3, 11) <= sys.version_info < (3, 13)
+
+#: CPython 3.13 (Py_TPFLAGS_INLINE_VALUES, 1 << 2): the attribute values are
+#: embedded in the object's own allocation, right after ``tp_basicsize``, and
+#: sys.getsizeof still omits them (python/cpython#128762). Their capacity is
+#: per instance and is not the attribute count: a class's shared keys start
+#: with room for 30 and shrink by one per instance created, so early instances
+#: carry up to ~270 bytes of slots. (The shrink happens after the allocation is
+#: sized: until the keys settle at attribute count + 1, each instance holds one
+#: slot more than its capacity byte says, which the walk cannot see: 8 bytes,
+#: or 16, under per such instance; exact in steady state.) A materialized ``__dict__`` (``vars(obj)``)
+#: is then only a dict header that borrows those values: it allocates
+#: ``sys.getsizeof({})`` (64) bytes, although ``sys.getsizeof`` of it reports
+#: the borrowed values as well, and the object's tp_traverse does not report it
+#: (it visits the inline values as long as they are valid). Both are read in
+#: place (read-only): the capacity byte of the values block and the managed
+#: dict pointer of the pre-header. Enabled only if a probe matches the layout.
+#: Not enabled on 3.14+, whose layout has not been checked.
+TPFLAGS_INLINE_VALUES = (1 << 2) if (
+    sys.implementation.name == "cpython" and sys.version_info[:2] == (3, 13)) else 0
+
+#: What a materialized dict that borrows inline values allocates: its header.
+DICT_SHELL = sys.getsizeof({})
+
+_type_basicsize: Callable[[type], int] = type.__dict__["__basicsize__"].__get__  # type: ignore[attr-defined]
 
 
 def header_size(tp: type) -> int:
@@ -117,6 +148,64 @@ def inline_values_size(k: int) -> int:
     """
     n = k + 1
     return ((n + 2 + _PTR - 1) // _PTR) * _PTR + n * _PTR
+
+
+def inline_block_size(capacity: int) -> int:
+    """Bytes of a 3.13 inline values block with ``capacity`` slots
+    (``_PyInlineValuesSize``): a 4-byte header padded to a pointer, the slots,
+    and the insertion-order bytes rounded up to a pointer."""
+    return ((capacity + _PTR - 1) // _PTR) * _PTR + (capacity + 1) * _PTR
+
+
+def _make_inline_extra() -> Callable[[Any, type], int] | None:
+    """On 3.13: ``inline_extra(o, t)``, what an instance of a type with inline
+    values allocates beyond ``sys.getsizeof(o)``: its values block, plus the
+    dict header of a materialized ``__dict__`` that still borrows the block."""
+    if not TPFLAGS_INLINE_VALUES:
+        return None
+    try:
+        import ctypes
+
+        c_uint8 = ctypes.c_uint8
+        c_void_p = ctypes.c_void_p
+        dict_slot = 3 * _PTR  # MANAGED_DICT_OFFSET: the pre-header's dict pointer
+
+        def inline_extra(o: Any, t: type) -> int:
+            base = id(o) + _type_basicsize(t)
+            size = inline_block_size(c_uint8.from_address(base).value)
+            # valid (byte 3): the values are live; a dict, if any, borrows them
+            if c_uint8.from_address(base + 3).value and c_void_p.from_address(id(o) - dict_slot).value:
+                size += DICT_SHELL
+            return size
+
+        class _Inline:
+            def __init__(self) -> None:
+                self.a = 1.5
+                self.b = 2.5
+
+        probes = [_Inline() for _ in range(4)]
+        fresh = _Inline()
+        caps = [c_uint8.from_address(id(p) + _type_basicsize(_Inline)).value for p in probes]
+        ok = (_type_flags(_Inline) & TPFLAGS_INLINE_VALUES
+              and all(2 <= c <= 30 for c in caps)
+              and c_uint8.from_address(id(fresh) + _type_basicsize(_Inline) + 1).value == 2  # size
+              and not c_void_p.from_address(id(fresh) - dict_slot).value)
+        if ok:
+            plain = inline_extra(fresh, _Inline)
+            d = vars(fresh)
+            ok = (c_void_p.from_address(id(fresh) - dict_slot).value == id(d)
+                  and inline_extra(fresh, _Inline) == plain + DICT_SHELL
+                  and not any(type(r) is dict for r in gc.get_referents(fresh)))
+        if ok:
+            return inline_extra
+    except Exception:  # pragma: no cover - unexpected layout
+        pass
+    return None  # pragma: no cover
+
+
+inline_extra = _make_inline_extra()
+if inline_extra is None:
+    TPFLAGS_INLINE_VALUES = 0
 
 
 # --- interned strings --------------------------------------------------------
@@ -270,6 +359,8 @@ def _walk(root: Any, budget: int) -> tuple[int, int, int]:
                         k += 1
                 if not materialized:
                     size += inline_values_size(k)
+            elif TPFLAGS_INLINE_VALUES and _type_flags(t) & TPFLAGS_INLINE_VALUES:
+                size += inline_extra(o, t)  # type: ignore[misc]
         is_root = False
         if w == 1.0:
             total_i += size

@@ -104,7 +104,8 @@ def apps() -> dict[str, Any]:
             MemoryMonitorMiddleware(bare_app, expose_headers=True),
         "raw: BaseHTTPMiddleware": BaseHTTPMiddleware(bare_app, dispatch=_passthrough),
     }
-    for name, mw in (("bare", None), ("MemoryMonitorMiddleware", MemoryMonitorMiddleware),
+    for name, mw in (("bare", None), ("anchor (2 RSS reads)", AnchorMiddleware),
+                     ("MemoryMonitorMiddleware", MemoryMonitorMiddleware),
                      ("BaseHTTPMiddleware", BaseHTTPMiddleware)):
         app = _fastapi_app()
         if mw is BaseHTTPMiddleware:

@@ -155,6 +155,15 @@ cdef int dl_push(DropList* dl, PyObject* key, PyObject* value, int reason) excep
     return 0
 
 
+cdef void _free_snapshot(Snap* snap, Py_ssize_t n) noexcept:
+    """Drop the references a snapshot took (may run __del__: call it last)."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        Py_DECREF_p(snap[i].key)
+        Py_DECREF_p(snap[i].value)
+    PyMem_Free(snap)
+
+
 cdef inline size_t _ideal(Py_hash_t h, size_t mask) noexcept:
     """A key's home slot: Fibonacci hashing, so that runs of consecutive int
     hashes (hash(i) == i) spread out instead of forming one long cluster."""
@@ -829,10 +838,7 @@ cdef class CLruCache:
                 else:
                     out.append((<object>snap[i].key, <object>snap[i].value))
         finally:
-            for i in range(n):
-                Py_DECREF_p(snap[i].key)
-                Py_DECREF_p(snap[i].value)
-            PyMem_Free(snap)
+            _free_snapshot(snap, n)
         return out
 
     def __iter__(self):
@@ -957,10 +963,7 @@ cdef class CLruCache:
                     self.total_bytes += sizes[i]
         finally:
             PyMem_Free(sizes)
-            for i in range(n):
-                Py_DECREF_p(snap[i].key)
-                Py_DECREF_p(snap[i].value)
-            PyMem_Free(snap)
+            _free_snapshot(snap, n)
         return 0
 
     cdef void _set_all_nbytes(self, Py_ssize_t value) noexcept:
@@ -1028,10 +1031,7 @@ cdef class CLruCache:
                                 None if snap[i].expires == INFINITY else snap[i].expires - now,
                                 snap[i].nbytes))
         finally:
-            for i in range(n):
-                Py_DECREF_p(snap[i].key)
-                Py_DECREF_p(snap[i].value)
-            PyMem_Free(snap)
+            _free_snapshot(snap, n)
         state = (self.max_bytes, self._sizeof, self._timer, self._on_evict, entries)
         return (type(self), (self.maxsize, self._ttl_obj), state)
 

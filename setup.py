@@ -8,7 +8,13 @@ Switches (environment variables):
   MEMCACHE_EXT_REQUIRE_EXTENSIONS=1 a failed compile fails the build (set in CI
                                     and inside cibuildwheel, never a silent
                                     pure wheel).
-  MEMCACHE_EXT_DEBUG_BUILD=1        -O0 -g, assertions on, Cython line tracing.
+  MEMCACHE_EXT_DEBUG_BUILD=1        -O0 -g3, C assertions on, Cython bounds and
+                                    wraparound checks on.
+  MEMCACHE_EXT_SANITIZE=1           AddressSanitizer + UndefinedBehaviorSanitizer
+                                    (gcc/clang); run the tests with the runtime
+                                    preloaded (see .ci/run).
+The Cython directives live here only (DIRECTIVES below), never in the .pyx
+headers, so a debug build really gets its checks.
 Without a switch, a source install on a machine with no compiler falls back to
 pure Python and says so.
 """
@@ -29,6 +35,19 @@ def _flag(name: str) -> bool:
 PURE = _flag("MEMCACHE_EXT_PURE_PYTHON") or platform.python_implementation() != "CPython"
 REQUIRE = _flag("MEMCACHE_EXT_REQUIRE_EXTENSIONS") or _flag("CIBUILDWHEEL")
 DEBUG = _flag("MEMCACHE_EXT_DEBUG_BUILD")
+SANITIZE = _flag("MEMCACHE_EXT_SANITIZE")
+
+# The one home of the Cython directives. cdivision stays on in every build:
+# it changes the meaning of / and % on negative C ints, and a debug build
+# must compute what the release build computes.
+DIRECTIVES = {
+    "language_level": "3",
+    "embedsignature": True,
+    "cdivision": True,
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+}
 
 if PURE and _flag("MEMCACHE_EXT_REQUIRE_EXTENSIONS"):
     sys.exit("memcache_ext: MEMCACHE_EXT_REQUIRE_EXTENSIONS is set but the extension "
@@ -75,31 +94,29 @@ def extensions() -> list:
 
     if sys.platform == "win32":
         cflags = ["/Od", "/Zi"] if DEBUG else ["/O2"]
+        ldflags: list = []
     else:
         cflags = ["-O0", "-g3", "-UNDEBUG"] if DEBUG else ["-O3"]
-    macros = [("CYTHON_TRACE_NOGIL", "1")] if DEBUG else []
+        ldflags = []
+        if SANITIZE:
+            san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
+                   "-fno-sanitize-recover=undefined"]
+            cflags = ["-O1", "-g", "-UNDEBUG", *san]
+            ldflags = san
     exts = [
         Extension(
             "memcache_ext." + os.path.splitext(os.path.basename(path))[0],
             [path],
             include_dirs=["src/memcache_ext"],
             extra_compile_args=cflags,
-            define_macros=macros,
+            extra_link_args=ldflags,
         )
         for path in sorted(glob("src/memcache_ext/*.pyx"))
     ]
-    print("memcache_ext: accelerated build of", ", ".join(e.name for e in exts),
-          "(debug)" if DEBUG else "")
-    return cythonize(
-        exts,
-        compiler_directives={
-            "language_level": "3",
-            "embedsignature": True,
-            "linetrace": DEBUG,
-            "boundscheck": DEBUG,
-            "wraparound": DEBUG,
-        },
-    )
+    kind = " (sanitizers)" if SANITIZE else " (debug)" if DEBUG else ""
+    print("memcache_ext: accelerated build of", ", ".join(e.name for e in exts) + kind)
+    # force: never reuse C files cythonized with another build's directives.
+    return cythonize(exts, compiler_directives=DIRECTIVES, force=True)
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": optional_build_ext})

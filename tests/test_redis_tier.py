@@ -606,11 +606,11 @@ def test_bad_arguments(redis_server: RedisServer) -> None:
 
 
 def test_tier_over_both_local_cores(make_tier: Any, cache_cls: type) -> None:
-    """Over a CLruCache the local hit runs in C (GetOr); over PyLruCache it is a
-    Python method. Both count the same and fall back to Redis the same way."""
+    """Over a CLruCache the local hit runs in C (GetOr); over PyLruCache it is the
+    pure twin (_fastcall_py.get_or). Both count the same and fall back to Redis the same way."""
     writer = make_tier()
     tier = make_tier(local=cache_cls(100))
-    expected = "GetOr" if cache_cls.__name__ == "CLruCache" else "method"
+    expected = "GetOr" if cache_cls.__name__ == "CLruCache" else "function"
     assert type(tier.get).__name__ == expected
     tier.set("a", 1)
     writer.set("b", 2)

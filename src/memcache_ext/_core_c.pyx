@@ -1,4 +1,3 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """CLruCache: the compiled LRU/TTL cache, bounded by entries and by bytes.
 
 Layout

@@ -1,4 +1,3 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, embedsignature=True
 """deep_sizeof, compiled: the same rules and the same numbers as ``_sizeof_py``.
 
 The walk keeps its own stack, visited set and child buffer in C memory; small

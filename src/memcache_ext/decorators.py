@@ -55,45 +55,14 @@ import threading
 import weakref
 from typing import Any, Callable, Optional, TypeVar
 
+from . import _fastcall, _fastcall_py
+from .keys import FAST_TYPES, KWARGS_MARK, make_key
+
 __all__ = ["cached", "make_key"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _MISSING: Any = object()
-
-
-class _KwMark:
-    """Separates positional from keyword arguments in a key."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<kwargs>"
-
-    def __reduce__(self) -> str:
-        return "_KWMARK"
-
-
-_KWMARK = _KwMark()
-
-try:
-    from ._core_c import CachedCall as _CachedCall
-    from ._core_c import CLruCache as _CLruCache
-except ImportError:
-    _CachedCall = _CLruCache = None
-# A single argument of these types is its own key (no tuple to build or hash).
-# Multi-argument keys are tuples, so they never collide with these; int,
-# float and bool are all here so that f(1), f(1.0) and f(True) share an entry.
-_FAST_TYPES = frozenset({int, str, float, bool, bytes, type(None)})
-
-
-def make_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """The default key for a call (see the module docstring)."""
-    if kwargs:
-        return (*args, _KWMARK, *sorted(kwargs.items()))
-    if len(args) == 1 and type(args[0]) in _FAST_TYPES:
-        return args[0]
-    return args
 
 
 class _Token:
@@ -220,7 +189,7 @@ def _key_builders(key: Optional[Callable[..., Any]], is_method: bool
     if key is None:
         def build(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             if kwargs:
-                return (tokens(args[0]), *args[1:], _KWMARK, *sorted(kwargs.items()))
+                return (tokens(args[0]), *args[1:], KWARGS_MARK, *sorted(kwargs.items()))
             return (tokens(args[0]), *args[1:])
     else:
         def build(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -269,7 +238,7 @@ def _sync_wrapper(func: Callable[..., Any], cache: Any, key: Optional[Callable[.
     if is_method and key is None:
         assert tokens is not None
         tok_get = tokens._tokens.get
-        mark = _KWMARK
+        mark = KWARGS_MARK
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             entry = tok_get(id(args[0]))
@@ -299,24 +268,11 @@ def _sync_wrapper(func: Callable[..., Any], cache: Any, key: Optional[Callable[.
             if value is _MISSING:
                 return miss(k, args, kwargs)
             return value
-    elif type(cache) is _CLruCache and _plain_function(func):
-        # The same hit path in C: a key build and a lookup, no Python frame.
-        wrapper = _CachedCall(cache, miss, _FAST_TYPES, _KWMARK)
     else:
-        fast = _FAST_TYPES
-        mark = _KWMARK
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if kwargs:
-                k: Any = (*args, mark, *sorted(kwargs.items()))
-            elif len(args) == 1 and type(args[0]) in fast:
-                k = args[0]
-            else:
-                k = args
-            value = get(k, _MISSING)
-            if value is _MISSING:
-                return miss(k, args, kwargs)
-            return value
+        # One key build and one lookup, in C over a CLruCache. The compiled
+        # callable does not bind as a method, so only plain functions get it.
+        build_call = _fastcall.cached_call if _plain_function(func) else _fastcall_py.cached_call
+        wrapper = build_call(cache, miss)
 
     wrapper._inflight = inflight  # type: ignore[attr-defined]
     wrapper._instance_tokens = tokens  # type: ignore[attr-defined]

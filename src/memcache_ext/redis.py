@@ -69,11 +69,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "memcache_ext.redis needs redis-py: pip install 'memcache-ext[redis]' "
         f"(or pip install 'redis>=5') ({exc})") from exc
 
-try:
-    from ._core_c import CLruCache as _CLruCache
-    from ._core_c import GetOr as _GetOr
-except ImportError:  # the pure-Python core: get() stays a Python method
-    _CLruCache = _GetOr = None
+from . import _fastcall
 
 __all__ = [
     "TieredCache", "AsyncTieredCache", "Serializer", "PickleSerializer",
@@ -744,9 +740,9 @@ class TieredCache(_TierCore):
         self._thread: Optional[threading.Thread] = None
         if self.key_encoder is not None:
             self.get = self._get_encoded  # type: ignore[method-assign]
-        elif _GetOr is not None and type(local) is _CLruCache:
-            # The local hit in C; Python runs only on a local miss.
-            self.get = _GetOr(local, self._get_remote)  # type: ignore[method-assign]
+        else:
+            # The local hit in C over a CLruCache; Python runs only on a local miss.
+            self.get = _fastcall.get_or(local, self._get_remote)  # type: ignore[method-assign]
         if start:
             self.start()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Optional
 
-from ._common import PURE_PYTHON
+from ._constants import PURE_PYTHON
 from ._core_py import PyLruCache
 
 NO_WHEEL_HINT = (

@@ -53,9 +53,11 @@ from libc.stdint cimport uint32_t, uint64_t
 cimport cython
 from libc.string cimport memset, memcpy
 
-from memcache_ext._common import (
-    UNSET, MAX_LOOKUP_RESTARTS, MUTATED_DURING_LOOKUP, check_callable, check_fraction,
-    check_nbytes, check_size, check_ttl, iter_pairs, repr_cache, stats_dict, trim_count,
+from memcache_ext._constants import UNSET, MAX_LOOKUP_RESTARTS
+from memcache_ext._stats import repr_cache, stats_dict
+from memcache_ext._validate import (
+    MUTATED_DURING_LOOKUP, check_callable, check_fraction, check_nbytes, check_size, check_ttl,
+    iter_pairs, trim_count,
 )
 
 from memcache_ext._sizeof_c cimport c_deep_sizeof

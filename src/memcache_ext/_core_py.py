@@ -32,16 +32,15 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any, Callable, Generic, Optional, TypeVar, Union, overload
 
-from ._common import (
-    UNSET,
+from ._constants import UNSET
+from ._stats import repr_cache, stats_dict
+from ._validate import (
     check_callable,
     check_fraction,
     check_nbytes,
     check_size,
     check_ttl,
     iter_pairs,
-    repr_cache,
-    stats_dict,
     trim_count,
 )
 

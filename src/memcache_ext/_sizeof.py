@@ -7,7 +7,7 @@ slower). ``IMPLEMENTATION`` says which one ``deep_sizeof`` is ("c" or
 
 from __future__ import annotations
 
-from ._common import PURE_PYTHON as _PURE
+from ._constants import PURE_PYTHON as _PURE
 from ._sizeof_py import DEFAULT_BUDGET
 from ._sizeof_py import deep_sizeof as py_deep_sizeof
 

@@ -1,36 +1,18 @@
-"""Argument checks and constants shared by both cache implementations.
+"""Argument checks and their messages, shared by both cache implementations.
 
-Both cores call these, so a bad argument gets the same exception type and the
-same message whichever implementation is active.
+Both cores call these, so a bad argument gets the same exception (TypeError
+for a wrong type, ValueError for a wrong value) and the same message whichever
+implementation is active.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-import os
 from typing import Any, Callable, Optional
 
-#: Reasons passed to ``on_evict`` (automatic removals only).
-EVICT_REASONS = ("capacity", "bytes", "expired", "trim")
-
-#: How often a lookup restarts when a key's ``__eq__`` keeps changing the cache
-#: under it, before it gives up with RuntimeError (dict restarts forever).
-MAX_LOOKUP_RESTARTS = 64
-
+#: Raised when a key's ``__eq__`` keeps changing the cache during lookups.
 MUTATED_DURING_LOOKUP = "cache changed during key comparison too many times"
-
-# Sentinel for "argument not given" in resize().
-UNSET: Any = type("Unset", (), {"__repr__": lambda self: "<unset>"})()
-
-
-def env_flag(name: str) -> bool:
-    """Whether environment variable ``name`` is set to something other than 0/false/no."""
-    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
-
-
-#: MEMCACHE_EXT_PURE_PYTHON=1 forces the pure-Python cache and deep_sizeof.
-PURE_PYTHON = env_flag("MEMCACHE_EXT_PURE_PYTHON")
 
 
 def _typename(obj: object) -> str:
@@ -97,37 +79,3 @@ def iter_pairs(other: Any, kwargs: dict[str, Any]) -> Any:
 def trim_count(size: int, fraction: float) -> int:
     """How many entries ``trim(fraction)`` evicts from ``size`` entries."""
     return min(size, math.ceil(size * fraction))
-
-
-def stats_dict(
-    size: int,
-    maxsize: Optional[int],
-    nbytes: int,
-    max_bytes: Optional[int],
-    hits: int,
-    misses: int,
-    by_reason: dict[str, int],
-    rejected: int,
-    ttl: Optional[float],
-) -> dict[str, Any]:
-    lookups = hits + misses
-    evictions = by_reason["capacity"] + by_reason["bytes"] + by_reason["trim"]
-    return {
-        "size": size,
-        "maxsize": maxsize,
-        "nbytes": nbytes,
-        "max_bytes": max_bytes,
-        "hits": hits,
-        "misses": misses,
-        "hit_rate": hits / lookups if lookups else 0.0,
-        "evictions": evictions,
-        "evictions_by_reason": {r: by_reason[r] for r in ("capacity", "bytes", "trim")},
-        "expirations": by_reason["expired"],
-        "rejected": rejected,
-        "ttl": ttl,
-    }
-
-
-def repr_cache(name: str, items: list[tuple[Any, Any]], maxsize: Optional[int]) -> str:
-    body = ", ".join(f"{k!r}: {v!r}" for k, v in items)
-    return f"{name}({{{body}}}, maxsize={maxsize!r})"

@@ -57,7 +57,7 @@ class Model:
         ttl = self.ttl if ttl is None else ttl
         nb = self.size(k, v)
         old = self.find(k)
-        if self.max_bytes is not None and nb > self.max_bytes:
+        if self.maxsize == 0 or (self.max_bytes is not None and nb > self.max_bytes):
             self.rejected += 1
             if old is not None:
                 self.drop(old, None)
@@ -188,7 +188,7 @@ def test_cache_matches_model(cache_cls, ops, maxsize, ttl, max_bytes):
     clock = Clock()
     evicted: list = []
     c = cache_cls(maxsize, ttl, max_bytes=max_bytes, timer=clock,
-                  sizeof=lambda o: len(str(o)),
+                  sizeof=None if max_bytes is None else (lambda o: len(str(o))),
                   on_evict=lambda k, v, r: evicted.append((k, r)))
     m = Model(maxsize, ttl, max_bytes, clock)
     for op in ops:

@@ -23,10 +23,14 @@ def test_lru_eviction_order_and_bound(cache_cls):
 
 
 def test_maxsize_zero_caches_nothing(cache_cls):
+    """maxsize=0 refuses every entry: set() says so (False) and counts it."""
     seen = []
     c = cache_cls(0, on_evict=lambda k, v, r: seen.append(r))
     c["a"] = 1
-    assert len(c) == 0 and "a" not in c and seen == ["capacity"]
+    assert c.set("b", 2) is False
+    assert c.get_or_set("c", lambda: 3) == 3 and c.setdefault("d", 4) == 4
+    assert len(c) == 0 and "a" not in c and seen == []
+    assert c.stats()["rejected"] == 4
 
 
 def test_maxsize_none_is_unbounded(cache_cls):
@@ -293,10 +297,18 @@ def test_bad_sizeof_propagates_and_changes_nothing(cache_cls, bad, exc):
 
 
 def test_sizeof_not_called_without_max_bytes(cache_cls):
+    """sizeof without max_bytes measures nothing, and says so with a warning
+    that points at the caller's line."""
+    from memcache_ext._validate import SizeofWithoutBoundWarning
+
     calls = []
-    c = cache_cls(3, sizeof=lambda o: calls.append(o) or 1)
+    with pytest.warns(SizeofWithoutBoundWarning, match="without max_bytes") as record:
+        c = cache_cls(3, sizeof=lambda o: calls.append(o) or 1)
+    assert record[0].filename == __file__
     c["a"] = 1
     assert calls == [] and c.nbytes == 0
+    c.resize(max_bytes=100)   # now it measures
+    assert calls == ["a", 1] and c.nbytes == 2
 
 
 # -- callbacks ------------------------------------------------------------------

@@ -1,69 +1,112 @@
-"""CLruCache: the compiled LRU/TTL cache, bounded by entries and by bytes.
+"""CLruCache: the compiled cache, bounded by entries and by bytes, LRU or S3-FIFO.
 
 Layout
 ------
-Entries live in one C array, ``entries`` (a pool indexed by uint32). Index 0 is
-the sentinel of a circular doubly-linked list in recency order::
+Entries live in one C array, ``entries`` (a pool indexed by uint32; the
+structs and the pure-C helpers are in ``_entry.h``). Indices 0 and 1 are the
+sentinels of two circular doubly-linked lists, each from its oldest entry
+(``sentinel.next``) to its newest::
 
-    entries[0].next -> LRU -> ... -> MRU -> entries[0]     (and back by .prev)
+    entries[0]  MAIN   LRU: every entry, least recently used first.
+                       S3-FIFO: the main FIFO.
+    entries[1]  SMALL  S3-FIFO: the small FIFO (about 10% of the bounds).
 
-A C open-addressing hash table, ``table`` (uint32 slots, 0 = empty, linear
-probing, load <= 1/2, backward-shift deletion), maps a key's hash to its entry
-index. Each live entry owns one reference to its key and one to its value;
-freed entries have ``key == NULL`` and are chained through ``next`` in a free
-list. Indices, not pointers, so the pool can be reallocated as it grows.
+A C open-addressing table (uint32 slots, linear probing, load <= 1/2) maps
+29 bits of a key's hash to its entry. Each live entry owns one reference to
+its key and one to its value. Under S3-FIFO, ``ghost`` (``_ghost.h``) keeps
+the hash bits of keys recently evicted from the small FIFO, no references.
 
-Locking and re-entrancy
------------------------
-The GIL is the cache's single lock. Every change to the structure is one
-*region* of C code that calls no Python code: no ``__hash__``/``__eq__``, no
-``__del__`` (references to removed objects are moved to a ``DropList`` and
-released after the region), no allocation of GC-tracked objects (which could
-run a collection and with it finalizers). A region is therefore atomic with
-respect to other threads and to re-entrant calls, and waiting for it is
-waiting for the GIL, which holds nothing else.
+The rule
+--------
+No Python code runs between reading the structure and finishing the change
+that depends on that read. Every operation runs in four steps:
 
-User code runs only between regions, at points where the structure is
-consistent:
+1. argument checks, then ``sizeof()`` (the measurement), ``timer()`` and
+   ``__hash__`` (once per call; evictions reuse the stored hash bits);
+2. the lookup (``_find``), which may run ``__eq__`` and changes nothing; if
+   the structure changed while ``__eq__`` ran (``version``), it starts over,
+   and a store whose settings changed meanwhile (``settings_version``:
+   ``resize``, ``__init__``) starts again at step 1;
+3. one *region* of C code that calls no Python code, allocates no Python
+   object and releases no reference, so no ``__del__`` and no garbage
+   collection can run in it. A removed entry becomes a *victim*: out of the
+   table and the lists, still holding its key and value in its slot;
+4. ``_release``: ``on_evict`` for each victim, then the release of every
+   removed or replaced reference, one victim at a time. Victims' slots stay
+   out of the free list until then (``pending``), and the pool is never
+   repacked while any are pending, so indices held across these calls stay
+   valid.
 
-* ``timer()`` and ``sizeof()`` run before the key is looked up;
-* ``__hash__`` runs once per call, before the lookup (evictions reuse the
-  stored hash);
-* ``__eq__`` runs during the lookup, which changes nothing; after it returns
-  the lookup restarts if the table changed meanwhile (``version``);
-* ``on_evict`` and the release of evicted or replaced objects run after the
-  region, when the cache is consistent and shows the operation's result.
+Where Python code can run (keep this list true):
 
-Snapshots (iteration, ``items()``, ``repr``, pickling) first copy owned
-references into a C array, then build Python objects from it, so a garbage
-collection triggered by those allocations never sees a half-read cache.
+* ``__init__``, ``set``, ``get_or_set``, ``fill``, ``trim``, ``resize``,
+  ``__setstate__``: argument checks, before any read;
+* ``_measure``: ``sizeof`` or ``deep_sizeof`` (step 1);
+* ``_clock``: a custom ``timer`` (step 1);
+* ``PyObject_Hash`` (step 1);
+* ``_find``: ``__eq__`` (step 2);
+* ``_release``: ``on_evict`` and deallocations (step 4);
+* ``get_or_set``: the factory, between the lookup that missed and ``fill``,
+  which starts again at step 1 (the lease decides whether it may store);
+* ``_snapshot_list`` and friends: building Python objects from a snapshot of
+  owned references (the cache is not read while they are built);
+* ``_measure_all`` (``resize``): ``sizeof`` over a snapshot, applied in a
+  region to the entries that still hold the same key and value;
+* ``stats``: building the dict, from counters read into C first.
 
-The module does not declare free-threading support: on a free-threaded
-CPython, importing it re-enables the GIL.
+Allocation failure is a MemoryError raised before the region changes
+anything (the pool and the table are grown first), or, for what is optional
+(shrinking, the ghost), the work is skipped.
+
+The GIL is the lock. The module does not declare free-threading support: on
+a free-threaded CPython, importing it re-enables the GIL.
 """
 
-from collections.abc import MutableMapping, Mapping
+from collections.abc import Mapping, MutableMapping
 from types import GenericAlias
 
+cimport cython
 from cpython.object cimport PyObject, PyObject_Hash, PyObject_RichCompareBool, Py_EQ
 from cpython.ref cimport Py_INCREF
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
-from libc.math cimport INFINITY, NAN, isnan
+from libc.math cimport INFINITY, NAN, isnan, ceil
 from libc.stdint cimport uint32_t, uint64_t
-cimport cython
-from libc.string cimport memset, memcpy
+from libc.string cimport memset
 
-from memcache_ext._constants import UNSET, MAX_LOOKUP_RESTARTS
+from memcache_ext._constants import MAX_LOOKUP_RESTARTS, UNSET
 from memcache_ext._stats import repr_cache, stats_dict
 from memcache_ext._validate import (
-    MUTATED_DURING_LOOKUP, check_callable, check_fraction, check_nbytes, check_size, check_ttl,
-    iter_pairs, trim_count,
+    MUTATED_DURING_LOOKUP, POLICIES, cache_signature, check_callable, check_fraction,
+    check_nbytes, check_policy, check_size, check_ttl, iter_pairs, parse_cache_args,
 )
 
 from memcache_ext._sizeof_c cimport c_deep_sizeof
 
 cdef extern from "_clock.h":
     double mc_monotonic() nogil
+
+cdef extern from "_entry.h":
+    uint32_t MC_MAIN, MC_SMALL, MC_FIRST, MC_HASH_MASK, MC_SMALL_BIT, MC_ENTRY_BYTES_MAX
+    Py_ssize_t MC_MAX_ENTRIES
+    uint32_t mc_hash_bits(Py_hash_t h) noexcept
+    unsigned mc_freq(mc_entry* e) noexcept
+    void mc_set_freq(mc_entry* e, unsigned f) noexcept
+    size_t mc_ideal(uint32_t hbits, size_t mask) noexcept
+    void mc_unlink(mc_entry* entries, uint32_t idx) noexcept
+    void mc_link_newest(mc_entry* entries, uint32_t lst, uint32_t idx) noexcept
+    void mc_list_init(mc_entry* entries, uint32_t lst) noexcept
+    void mc_table_insert(uint32_t* table, size_t mask, mc_entry* entries, uint32_t idx) noexcept
+    void mc_table_delete(uint32_t* table, size_t mask, mc_entry* entries, uint32_t idx) noexcept
+    uint32_t* mc_table_build(mc_entry* entries, size_t size) noexcept
+    size_t mc_table_size(Py_ssize_t n) noexcept
+    void mc_victims_init(mc_victims* v) noexcept
+
+cdef extern from "_ghost.h":
+    uint32_t mc_fingerprint(uint32_t hbits) noexcept
+    int mc_ghost_remove(mc_ghost* g, uint32_t fp) noexcept
+    void mc_ghost_add(mc_ghost* g, uint32_t fp) noexcept
+    void mc_ghost_set_limit(mc_ghost* g, Py_ssize_t limit) noexcept
+    void mc_ghost_free(mc_ghost* g) noexcept
 
 cdef extern from "Python.h":
     void Py_DECREF_p "Py_DECREF"(PyObject*)
@@ -77,335 +120,181 @@ cdef extern from "Python.h":
     ctypedef struct TypeSlots "PyTypeObject":
         traverseproc tp_traverse
         inquiry tp_clear
-    ctypedef PyObject* (*ternaryfunc)(PyObject*, PyObject*, PyObject*)
-    ctypedef PyObject* (*vectorcallfunc)(PyObject*, PyObject**, size_t, PyObject*)
-    ctypedef struct CallSlots "PyTypeObject":
-        ternaryfunc tp_call
-        Py_ssize_t tp_vectorcall_offset
-        unsigned long tp_flags
-    unsigned long Py_TPFLAGS_HAVE_VECTORCALL
-    Py_ssize_t PyVectorcall_NARGS(size_t)
-
-
-ctypedef struct Entry:
-    PyObject* key          # NULL: free entry
-    PyObject* value
-    Py_hash_t hash
-    double expires         # INFINITY: never
-    Py_ssize_t nbytes
-    uint32_t prev          # towards the LRU end
-    uint32_t next          # towards the MRU end (free list link when free)
-
-ctypedef struct Drop:
-    PyObject* key          # owned (NULL for a replaced value)
-    PyObject* value        # owned
-    int reason             # index in REASONS, or -1: no on_evict
-
-ctypedef struct DropList:
-    Drop* items
-    Py_ssize_t n
-    Py_ssize_t cap
-    Drop small[4]
-
-ctypedef struct Snap:
-    PyObject* key          # owned
-    PyObject* value        # owned
-    double expires
-    Py_ssize_t nbytes
-    uint32_t idx
 
 
 cdef enum:
-    R_NONE = -1
+    R_NONE = -1            # a removal that calls no on_evict
     R_CAPACITY = 0
     R_BYTES = 1
     R_EXPIRED = 2
     R_TRIM = 3
-    MIN_TABLE = 8
+    P_LRU = 0
+    P_S3FIFO = 1
+    L_FREE = 0
+    L_VALID = 1
+    L_INVALID = 2
+    S_SET = 0              # _store modes: insert or replace,
+    S_KEEP = 1             #   keep a live entry (setdefault),
+    S_FILL = 2             #   keep a live entry, store only under a valid lease
     MIN_POOL = 8
+    MIN_TABLE = 8
 
 cdef tuple REASONS = ("capacity", "bytes", "expired", "trim")
 cdef object _MISSING = object()
-cdef Py_ssize_t MAX_ENTRIES = 0xFFFFFFF0U
-
-
-cdef inline void dl_init(DropList* dl) noexcept:
-    dl.items = dl.small
-    dl.n = 0
-    dl.cap = 4
-
-
-cdef int dl_push(DropList* dl, PyObject* key, PyObject* value, int reason) except -1:
-    """Take over the references to key and value; release them later."""
-    cdef Drop* grown
-    if dl.n == dl.cap:
-        if dl.items == dl.small:
-            grown = <Drop*>PyMem_Malloc(dl.cap * 2 * sizeof(Drop))
-            if grown != NULL:
-                memcpy(grown, dl.small, dl.n * sizeof(Drop))
-        else:
-            grown = <Drop*>PyMem_Realloc(dl.items, dl.cap * 2 * sizeof(Drop))
-        if grown == NULL:
-            raise MemoryError()
-        dl.items = grown
-        dl.cap *= 2
-    dl.items[dl.n].key = key
-    dl.items[dl.n].value = value
-    dl.items[dl.n].reason = reason
-    dl.n += 1
-    return 0
-
-
-cdef void _free_snapshot(Snap* snap, Py_ssize_t n) noexcept:
-    """Drop the references a snapshot took (may run __del__: call it last)."""
-    cdef Py_ssize_t i
-    for i in range(n):
-        Py_DECREF_p(snap[i].key)
-        Py_DECREF_p(snap[i].value)
-    PyMem_Free(snap)
-
-
-cdef inline size_t _ideal(Py_hash_t h, size_t mask) noexcept:
-    """A key's home slot: Fibonacci hashing, so that runs of consecutive int
-    hashes (hash(i) == i) spread out instead of forming one long cluster."""
-    return <size_t>((<uint64_t>h * <uint64_t>0x9E3779B97F4A7C15ULL) >> 32) & mask
+cdef object _SIGNATURE = cache_signature()
 
 
 @cython.final
 @cython.trashcan(True)   # deeply nested caches are released without deep C recursion
 cdef class CLruCache:
-    """A thread-safe LRU cache with optional TTL and byte bound (compiled).
+    """CLruCache(maxsize=128, ttl=None, *, max_bytes=None, sizeof=None, timer=None,
+    on_evict=None, policy='lru')
 
-    CLruCache(maxsize=128, ttl=None, *, max_bytes=None, sizeof=None,
-              timer=None, on_evict=None)
+    A thread-safe cache with optional TTL and byte bound, compiled; a drop-in
+    for a dict. ``policy`` is ``"lru"`` or ``"s3fifo"``. See the docs for the
+    contract, which ``PyLruCache`` keeps too.
     """
 
-    cdef Entry* entries
-    cdef uint32_t* table
-    cdef size_t mask
-    cdef Py_ssize_t ecap          # entries allocated, root included
-    cdef Py_ssize_t top           # next never-used index
-    cdef uint32_t free_head
-    cdef Py_ssize_t count
-    cdef Py_ssize_t n_ttl         # entries with a finite expiry
-    cdef Py_ssize_t total_bytes
-    cdef unsigned long long version   # bumped on every insert, delete and rebuild
-    cdef Py_ssize_t _maxsize      # -1: no count bound
-    cdef Py_ssize_t _max_bytes    # -1: no byte bound
-    cdef double _ttl              # INFINITY: no default TTL
-    cdef object _ttl_obj
-    cdef object _sizeof
-    cdef object _timer
-    cdef object _on_evict
-    cdef unsigned long long hits
-    cdef unsigned long long misses
-    cdef unsigned long long rejected
-    cdef unsigned long long by_reason[4]
-    cdef object __weakref__
+    __signature__ = _SIGNATURE
 
     def __cinit__(self, *args, **kwargs):
-        if self._alloc_empty(&self.entries, &self.table) < 0:
-            raise MemoryError()
-        self._reset_state()
+        self.entries = <mc_entry*>PyMem_Malloc(MIN_POOL * sizeof(mc_entry))
+        self.table = <uint32_t*>PyMem_Malloc(MIN_TABLE * sizeof(uint32_t))
+        if self.entries == NULL or self.table == NULL:
+            raise MemoryError()   # __dealloc__ frees what was allocated
+        memset(self.table, 0, MIN_TABLE * sizeof(uint32_t))
+        self.ecap = MIN_POOL
+        self.mask = MIN_TABLE - 1
+        self._reset_lists()
+        self._maxsize = 128
+        self._max_bytes = -1
+        self._ttl = INFINITY
 
-    # "sizeof" is a Cython keyword, so that keyword argument arrives in **kwargs.
-    def __init__(self, maxsize=128, ttl=None, *, max_bytes=None, timer=None,
-                 on_evict=None, **kwargs):
-        maxsize = check_size("maxsize", maxsize)
-        ttl = check_ttl(ttl)
-        max_bytes = check_size("max_bytes", max_bytes)
-        self._sizeof = check_callable("sizeof", kwargs.pop("sizeof", None))
-        if kwargs:
-            raise TypeError(f"CLruCache() got an unexpected keyword argument "
-                            f"'{next(iter(kwargs))}'")
-        self._timer = check_callable("timer", timer)
-        self._on_evict = check_callable("on_evict", on_evict)
-        self._maxsize = -1 if maxsize is None else min(maxsize, MAX_ENTRIES)
-        self._max_bytes = -1 if max_bytes is None else max_bytes
+    def __init__(self, *args, **kwargs):
+        maxsize, ttl, max_bytes, measure, timer, on_evict, policy = parse_cache_args(
+            "CLruCache", args, kwargs, stacklevel=1)
+        # Calling __init__ again on a live cache starts it afresh, as PyLruCache does.
+        self._clear(True)
+        self.hits = self.misses = self.rejected = 0
+        memset(self.by_reason, 0, sizeof(self.by_reason))
+        self._sizeof = measure
+        self._timer = timer
+        self._on_evict = on_evict
         self._ttl_obj = ttl
         self._ttl = INFINITY if ttl is None else ttl
+        self._policy = POLICIES.index(policy)
+        self._set_bounds(-1 if maxsize is None else maxsize,
+                         -1 if max_bytes is None else max_bytes)
 
     def __dealloc__(self):
-        CLruCache._free_entries(self.entries, self.top)
+        cdef Py_ssize_t i
+        if self.entries != NULL:
+            for i in range(MC_FIRST, self.top):
+                if self.entries[i].key != NULL:
+                    Py_DECREF_p(self.entries[i].key)
+                    Py_DECREF_p(self.entries[i].value)
+        PyMem_Free(self.entries)
         PyMem_Free(self.table)
+        PyMem_Free(self.leases)
+        mc_ghost_free(&self.ghost)
 
     # -- memory ---------------------------------------------------------------
 
-    cdef int _alloc_empty(self, Entry** entries, uint32_t** table) noexcept:
-        entries[0] = <Entry*>PyMem_Malloc(MIN_POOL * sizeof(Entry))
-        table[0] = <uint32_t*>PyMem_Malloc(MIN_TABLE * sizeof(uint32_t))
-        if entries[0] == NULL or table[0] == NULL:
-            PyMem_Free(entries[0])
-            PyMem_Free(table[0])
-            return -1
-        memset(table[0], 0, MIN_TABLE * sizeof(uint32_t))
-        return 0
-
-    cdef void _reset_state(self) noexcept:
-        """Make the freshly allocated minimal pool and table an empty cache."""
-        self.ecap = MIN_POOL
-        self.mask = MIN_TABLE - 1
-        self.top = 1
+    cdef void _reset_lists(self) noexcept:
+        """An empty structure in the current pool and table (region)."""
+        mc_list_init(self.entries, MC_MAIN)
+        mc_list_init(self.entries, MC_SMALL)
+        self.top = MC_FIRST
         self.free_head = 0
         self.count = 0
         self.n_ttl = 0
         self.total_bytes = 0
+        self.small_count = 0
+        self.small_bytes = 0
+        self.has_evicted = False
         self.version += 1
-        self.entries[0].key = NULL
-        self.entries[0].value = NULL
-        self.entries[0].prev = 0
-        self.entries[0].next = 0
-
-    @staticmethod
-    cdef void _free_entries(Entry* entries, Py_ssize_t top) noexcept:
-        """Release every reference a detached pool holds, then the pool."""
-        cdef Py_ssize_t i
-        if entries == NULL:
-            return
-        for i in range(1, top):
-            if entries[i].key != NULL:
-                Py_DECREF_p(entries[i].key)
-                Py_DECREF_p(entries[i].value)
-        PyMem_Free(entries)
-
-    cdef int _detach_all(self) noexcept:
-        """Empty the cache in one region; release the old entries afterwards."""
-        cdef Entry* old = self.entries
-        cdef uint32_t* old_table = self.table
-        cdef Py_ssize_t old_top = self.top
-        cdef Entry* fresh
-        cdef uint32_t* fresh_table
-        if self._alloc_empty(&fresh, &fresh_table) < 0:
-            return -1
-        self.entries = fresh
-        self.table = fresh_table
-        self._reset_state()
-        PyMem_Free(old_table)
-        CLruCache._free_entries(old, old_top)   # may run __del__: the cache is valid
-        return 0
 
     cdef int _reserve(self) except -1:
-        """Make room for one more entry (pool and table); changes no entry."""
+        """Room for one more entry in the pool and the table; changes no entry."""
         cdef Py_ssize_t newcap
-        cdef Entry* grown
+        cdef mc_entry* grown
+        cdef uint32_t* t
+        cdef size_t size
         if self.free_head == 0 and self.top >= self.ecap:
             newcap = self.ecap * 2
-            if self._maxsize >= 0 and newcap > self._maxsize + 2:
-                newcap = max(self._maxsize + 2, self.ecap + 1)
-            if newcap > MAX_ENTRIES:
-                raise OverflowError("CLruCache holds at most 4294967280 entries")
-            grown = <Entry*>PyMem_Realloc(self.entries, newcap * sizeof(Entry))
+            # A bounded cache needs its entries, the sentinels and one slot
+            # for the entry being inserted while its victim is pending.
+            if 0 <= self._maxsize < MC_MAX_ENTRIES and newcap > self._maxsize + MC_FIRST + 1:
+                newcap = max(self._maxsize + MC_FIRST + 1, self.ecap + 1)
+            if newcap > MC_MAX_ENTRIES:
+                if self.ecap >= MC_MAX_ENTRIES:
+                    raise OverflowError(f"CLruCache holds at most {MC_MAX_ENTRIES} entries")
+                newcap = MC_MAX_ENTRIES
+            grown = <mc_entry*>PyMem_Realloc(self.entries, newcap * sizeof(mc_entry))
             if grown == NULL:
                 raise MemoryError()
             self.entries = grown
             self.ecap = newcap
-        if (self.count + 1) * 2 > <Py_ssize_t>(self.mask + 1):
-            self._rebuild_table((self.mask + 1) * 2)
+        size = mc_table_size(self.count + 1)
+        if size > self.mask + 1:
+            t = mc_table_build(self.entries, size)
+            if t == NULL:
+                raise MemoryError()
+            PyMem_Free(self.table)
+            self.table = t
+            self.mask = size - 1
         return 0
 
-    cdef int _rebuild_table(self, size_t size) except -1:
-        cdef uint32_t* t = <uint32_t*>PyMem_Malloc(size * sizeof(uint32_t))
-        cdef size_t mask = size - 1, i
-        cdef uint32_t idx
-        if t == NULL:
-            raise MemoryError()
-        memset(t, 0, size * sizeof(uint32_t))
-        idx = self.entries[0].next
-        while idx != 0:
-            i = _ideal(self.entries[idx].hash, mask)
-            while t[i] != 0:
-                i = (i + 1) & mask
-            t[i] = idx
-            idx = self.entries[idx].next
-        PyMem_Free(self.table)
-        self.table = t
-        self.mask = mask
-        self.version += 1
-        return 0
-
-    cdef int _maybe_shrink(self) except -1:
-        """After bulk removals, give memory back: repack the pool, resize the table."""
+    cdef void _maybe_shrink(self) noexcept:
+        """After bulk removals, give memory back: a packed pool and a smaller
+        table. Skipped while victims are pending (their indices must hold) or
+        when an allocation fails (nothing is lost)."""
         cdef Py_ssize_t newcap, j
         cdef size_t size
-        cdef Entry* packed
-        cdef uint32_t idx
-        if self.ecap <= 64 or self.count * 4 >= self.ecap:
-            return 0
-        newcap = max(self.count * 2 + 2, MIN_POOL)
-        packed = <Entry*>PyMem_Malloc(newcap * sizeof(Entry))
-        if packed == NULL:
-            return 0   # keep the larger pool; nothing is lost
-        j = 0
-        idx = self.entries[0].next
-        while idx != 0:
-            j += 1
-            packed[j] = self.entries[idx]
-            packed[j].prev = <uint32_t>(j - 1)
-            packed[j].next = <uint32_t>(j + 1)
-            idx = self.entries[idx].next
-        packed[0].key = NULL
-        packed[0].value = NULL
-        packed[0].next = 1 if j else 0
-        packed[0].prev = <uint32_t>j
-        if j:
-            packed[j].next = 0
+        cdef mc_entry* packed
+        cdef uint32_t* t
+        cdef uint32_t lst, idx, first
+        if self.pending or self.ecap <= 64 or self.count * 4 >= self.ecap:
+            return
+        newcap = max(self.count * 2 + MC_FIRST, MIN_POOL)
+        size = mc_table_size(self.count)
+        packed = <mc_entry*>PyMem_Malloc(newcap * sizeof(mc_entry))
+        t = <uint32_t*>PyMem_Malloc(size * sizeof(uint32_t))
+        if packed == NULL or t == NULL:
+            PyMem_Free(packed)
+            PyMem_Free(t)
+            return
+        memset(t, 0, size * sizeof(uint32_t))
+        j = MC_FIRST
+        for lst in range(MC_MAIN, MC_SMALL + 1):
+            mc_list_init(packed, lst)
+            idx = self.entries[lst].next
+            while idx != lst:
+                packed[j] = self.entries[idx]
+                mc_link_newest(packed, lst, <uint32_t>j)
+                mc_table_insert(t, size - 1, packed, <uint32_t>j)
+                j += 1
+                idx = self.entries[idx].next
         PyMem_Free(self.entries)
+        PyMem_Free(self.table)
         self.entries = packed
+        self.table = t
         self.ecap = newcap
-        self.top = j + 1
+        self.mask = size - 1
+        self.top = j
         self.free_head = 0
-        size = MIN_TABLE
-        while <Py_ssize_t>size < (self.count + 1) * 2:
-            size *= 2
-        self._rebuild_table(size)
-        return 0
+        self.version += 1
 
-    # -- list and table surgery (no Python code) ------------------------------
+    # -- region helpers (no Python code) ----------------------------------------
 
-    cdef inline void _unlink(self, uint32_t idx) noexcept:
-        cdef Entry* e = &self.entries[idx]
-        self.entries[e.prev].next = e.next
-        self.entries[e.next].prev = e.prev
-
-    cdef inline void _link_mru(self, uint32_t idx) noexcept:
-        cdef Entry* root = &self.entries[0]
-        cdef uint32_t last = root.prev
-        self.entries[idx].prev = last
-        self.entries[idx].next = 0
-        self.entries[last].next = idx
-        root.prev = idx
-
-    cdef inline void _touch(self, uint32_t idx) noexcept:
-        if self.entries[0].prev != idx:
-            self._unlink(idx)
-            self._link_mru(idx)
-
-    cdef void _table_delete(self, uint32_t idx) noexcept:
-        """Remove idx from the table by backward shift (no tombstones)."""
-        cdef size_t mask = self.mask
-        cdef uint32_t* t = self.table
-        cdef size_t i = _ideal(self.entries[idx].hash, mask), j, k
-        while t[i] != idx:
-            i = (i + 1) & mask
-        j = i
-        while True:
-            j = (j + 1) & mask
-            if t[j] == 0:
-                break
-            k = _ideal(self.entries[t[j]].hash, mask)
-            # Leave t[j] where it is if its ideal slot k lies cyclically in (i, j].
-            if (i <= j and i < k and k <= j) or (i > j and (i < k or k <= j)):
-                continue
-            t[i] = t[j]
-            i = j
-        t[i] = 0
+    cdef uint32_t _list_of(self, uint32_t idx) noexcept:
+        return MC_SMALL if self.entries[idx].hm & MC_SMALL_BIT else MC_MAIN
 
     cdef uint32_t _add(self, object key, object value, Py_hash_t h, Py_ssize_t nbytes,
-                       double expires) noexcept:
-        """Insert a new entry; _reserve() must have made room."""
+                       double expires, uint32_t lst) noexcept:
+        """Insert a new entry into list lst; _reserve() must have made room."""
         cdef uint32_t idx
-        cdef size_t i, mask = self.mask
-        cdef Entry* e
+        cdef mc_entry* e
         if self.free_head:
             idx = self.free_head
             self.free_head = self.entries[idx].next
@@ -417,54 +306,179 @@ cdef class CLruCache:
         Py_INCREF(value)
         e.key = <PyObject*>key
         e.value = <PyObject*>value
-        e.hash = h
+        e.hm = mc_hash_bits(h) | (MC_SMALL_BIT if lst == MC_SMALL else 0)
         e.expires = expires
-        e.nbytes = nbytes
-        i = _ideal(h, mask)
-        while self.table[i] != 0:
-            i = (i + 1) & mask
-        self.table[i] = idx
-        self._link_mru(idx)
+        e.nbytes = <uint32_t>nbytes
+        mc_table_insert(self.table, self.mask, self.entries, idx)
+        mc_link_newest(self.entries, lst, idx)
         self.count += 1
         self.total_bytes += nbytes
+        if lst == MC_SMALL:
+            self.small_count += 1
+            self.small_bytes += nbytes
         if expires != INFINITY:
             self.n_ttl += 1
         self.version += 1
         return idx
 
-    cdef int _remove(self, uint32_t idx, int reason, DropList* dl) except -1:
-        """Take entry idx out; its references go to dl, released after the region."""
-        cdef Entry* e = &self.entries[idx]
-        dl_push(dl, e.key, e.value, reason)
-        self._table_delete(idx)
-        self._unlink(idx)
+    cdef void _take(self, uint32_t idx, int reason, mc_victims* v) noexcept:
+        """Take entry idx out as a victim of this operation (see _release)."""
+        cdef mc_entry* e = &self.entries[idx]
+        mc_table_delete(self.table, self.mask, self.entries, idx)
+        mc_unlink(self.entries, idx)
         self.count -= 1
         self.total_bytes -= e.nbytes
+        if e.hm & MC_SMALL_BIT:
+            self.small_count -= 1
+            self.small_bytes -= e.nbytes
         if e.expires != INFINITY:
             self.n_ttl -= 1
-        e.key = NULL
-        e.value = NULL
-        e.next = self.free_head
-        self.free_head = idx
-        self.version += 1
         if reason >= 0:
             self.by_reason[reason] += 1
-        return 0
+        e.nbytes = <uint32_t>(reason + 1)
+        e.next = 0
+        if v.tail:
+            self.entries[v.tail].next = idx
+        else:
+            v.head = idx
+        v.tail = idx
+        v.n += 1
+        self.pending += 1
+        self.version += 1
+
+    cdef void _to_main(self, uint32_t idx) noexcept:
+        """S3-FIFO: move a small-FIFO entry to the newest end of the main FIFO."""
+        cdef mc_entry* e = &self.entries[idx]
+        mc_unlink(self.entries, idx)
+        self.small_count -= 1
+        self.small_bytes -= e.nbytes
+        e.hm &= ~MC_SMALL_BIT
+        mc_link_newest(self.entries, MC_MAIN, idx)
+
+    cdef void _on_hit(self, uint32_t idx) noexcept:
+        """A hit: LRU makes the entry the most recently used; S3-FIFO only
+        bumps its 2-bit frequency (it moves nothing)."""
+        cdef mc_entry* e
+        if self._policy == P_LRU:
+            if self.entries[MC_MAIN].prev != idx:
+                mc_unlink(self.entries, idx)
+                mc_link_newest(self.entries, MC_MAIN, idx)
+        else:
+            e = &self.entries[idx]
+            if mc_freq(e) < 3:
+                mc_set_freq(e, mc_freq(e) + 1)
+
+    cdef bint _main_over(self) noexcept:
+        return ((self._maxsize >= 0
+                 and self.count - self.small_count > self._maxsize - self.small_cap)
+                or (self._max_bytes >= 0
+                    and self.total_bytes - self.small_bytes > self._max_bytes - self.small_cap_bytes))
+
+    cdef bint _small_full(self) noexcept:
+        return ((self._maxsize >= 0 and self.small_count >= self.small_cap)
+                or (self._max_bytes >= 0 and self.small_bytes >= self.small_cap_bytes))
+
+    cdef uint32_t _victim(self, double* now, bint to_ghost, bint* expired) noexcept:
+        """The entry to evict next, or 0 when empty (region).
+
+        S3-FIFO first gives its second chances, as libCacheSim's S3FIFO does:
+        while the main FIFO is over its share (or the small one is empty), its
+        oldest entry goes round again with one frequency less, until one at 0
+        is the victim; otherwise the small FIFO's oldest entry moves to the
+        main FIFO if it was hit twice or more, until one that was not is the
+        victim, leaving its hash bits in the ghost when ``to_ghost``. An
+        expired candidate is the victim at once.
+        """
+        cdef uint32_t idx
+        cdef unsigned f
+        expired[0] = False
+        if self._policy == P_LRU:
+            idx = self.entries[MC_MAIN].next
+            if idx == MC_MAIN:
+                return 0
+            expired[0] = self._expired(idx, now)
+            return idx
+        if self.count == 0:
+            return 0
+        self.has_evicted = True
+        while True:
+            if self.small_count == 0 or self._main_over():
+                idx = self.entries[MC_MAIN].next
+                while idx != MC_MAIN:
+                    if self._expired(idx, now):
+                        expired[0] = True
+                        return idx
+                    f = mc_freq(&self.entries[idx])
+                    if f == 0:
+                        return idx
+                    mc_set_freq(&self.entries[idx], f - 1)
+                    mc_unlink(self.entries, idx)
+                    mc_link_newest(self.entries, MC_MAIN, idx)
+                    idx = self.entries[MC_MAIN].next
+            else:
+                idx = self.entries[MC_SMALL].next
+                while idx != MC_SMALL:
+                    if self._expired(idx, now):
+                        expired[0] = True
+                        return idx
+                    if mc_freq(&self.entries[idx]) < 2:
+                        if to_ghost:
+                            mc_ghost_add(&self.ghost,
+                                         mc_fingerprint(self.entries[idx].hm & MC_HASH_MASK))
+                        return idx
+                    mc_set_freq(&self.entries[idx], 0)
+                    self._to_main(idx)
+                    idx = self.entries[MC_SMALL].next
+            # the small FIFO emptied into the main one: choose again
+
+    cdef void _evict_to_fit(self, Py_ssize_t more, Py_ssize_t more_bytes, double* now,
+                            mc_victims* v) noexcept:
+        """Evict until ``more`` entries of ``more_bytes`` fit within the bounds."""
+        cdef int reason
+        cdef uint32_t idx
+        cdef bint expired
+        while self.count:
+            if self._maxsize >= 0 and self.count + more > self._maxsize:
+                reason = R_CAPACITY
+            elif self._max_bytes >= 0 and self.total_bytes + more_bytes > self._max_bytes:
+                reason = R_BYTES
+            else:
+                return
+            idx = self._victim(now, True, &expired)
+            if idx == 0:
+                return
+            self._take(idx, R_EXPIRED if expired else reason, v)
+
+    cdef void _set_bounds(self, Py_ssize_t maxsize, Py_ssize_t max_bytes) noexcept:
+        """New bounds and the S3-FIFO shares derived from them (region)."""
+        self._maxsize = maxsize
+        self._max_bytes = max_bytes
+        self.small_cap = max(1, maxsize // 10) if maxsize >= 0 else 0
+        self.small_cap_bytes = max_bytes // 10 if max_bytes >= 0 else 0
+        if self._policy == P_S3FIFO:
+            mc_ghost_set_limit(&self.ghost, self._ghost_limit())
+        self.settings_version += 1
+
+    cdef Py_ssize_t _ghost_limit(self) noexcept:
+        """The ghost keeps as many hashes as 90% of the entries the cache may hold."""
+        if self._maxsize >= 0:
+            return self._maxsize - self._maxsize // 10
+        return max(self.count, self.ghost.limit * 10 // 9) * 9 // 10
 
     # -- time -----------------------------------------------------------------
 
-    cdef inline double _start_clock(self, bint need) except? -1.0:
-        """The time for this operation, read before any lookup.
+    cdef double _clock(self, bint need) except? -1.0:
+        """The time for this operation, read before any lookup (step 1).
 
-        A custom timer is Python code, so it is called here, up front, and
-        only when some entry (or the one being stored) has a TTL. The C clock
-        is read lazily instead: NaN means "not read yet".
+        A custom timer is Python code, so it is called here, up front, and only
+        when some entry (or the one being stored) has a TTL. The C clock is
+        read lazily instead: NaN means "not read yet".
         """
         if self._timer is not None and (need or self.n_ttl):
             return <double>self._timer()
         return NAN
 
-    cdef inline bint _expired(self, uint32_t idx, double* now) noexcept:
+    cdef bint _expired(self, uint32_t idx, double* now) noexcept:
         cdef double exp = self.entries[idx].expires
         if exp == INFINITY:
             return False
@@ -474,7 +488,7 @@ cdef class CLruCache:
             now[0] = mc_monotonic()
         return now[0] >= exp
 
-    cdef inline double _expires(self, double ttl, double* now) noexcept:
+    cdef double _expires(self, double ttl, double* now) noexcept:
         if ttl == INFINITY:
             return INFINITY
         if isnan(now[0]):
@@ -486,15 +500,15 @@ cdef class CLruCache:
     cdef Py_ssize_t _find(self, object key, Py_hash_t h) except -1:
         """The index of key's entry, or 0. May run __eq__ (changes nothing)."""
         cdef size_t i, mask
-        cdef uint32_t idx
-        cdef Entry* e
+        cdef uint32_t idx, hbits = mc_hash_bits(h)
+        cdef mc_entry* e
         cdef object other
-        cdef unsigned long long version
+        cdef uint64_t version
         cdef int restarts = 0
         cdef bint equal
         while True:
             mask = self.mask
-            i = _ideal(h, mask)
+            i = mc_ideal(hbits, mask)
             while True:
                 idx = self.table[i]
                 if idx == 0:
@@ -502,12 +516,11 @@ cdef class CLruCache:
                 e = &self.entries[idx]
                 if e.key == <PyObject*>key:
                     return idx
-                if e.hash == h:
+                if (e.hm & MC_HASH_MASK) == hbits:
                     other = <object>e.key   # keeps the key alive while __eq__ runs
                     version = self.version
                     equal = PyObject_RichCompareBool(other, key, Py_EQ)
                     if self.version != version:
-                        other = None
                         break   # the table changed under __eq__: start over
                     if equal:
                         return idx
@@ -516,171 +529,253 @@ cdef class CLruCache:
             if restarts > MAX_LOOKUP_RESTARTS:
                 raise RuntimeError(MUTATED_DURING_LOOKUP)
 
-    # -- releasing ------------------------------------------------------------
+    # -- releasing (step 4) ---------------------------------------------------
 
-    cdef int _release(self, DropList* dl) except -1:
-        """After the region: call on_evict for automatic removals, drop references.
+    cdef int _release(self, mc_victims* v, PyObject* replaced) except -1:
+        """Call on_evict for each victim removed automatically, then release it.
 
-        Every reference is released even if a callback raises; the first
-        exception is raised at the end.
+        One victim at a time: its slot goes back to the free list before any
+        Python code runs for it. Every reference is released even if a
+        callback raises; the first exception is raised at the end.
         """
-        cdef Py_ssize_t i
-        cdef Drop* d
+        cdef uint32_t idx
+        cdef PyObject* k
+        cdef PyObject* val
+        cdef int reason
         cdef object on_evict = self._on_evict
         cdef object error = None
-        try:
-            for i in range(dl.n):
-                d = &dl.items[i]
-                if on_evict is not None and d.reason >= 0:
-                    try:
-                        on_evict(<object>d.key, <object>d.value, REASONS[d.reason])
-                    except BaseException as exc:
-                        if error is None:
-                            error = exc
-        finally:
-            for i in range(dl.n):
-                Py_XDECREF_p(dl.items[i].key)
-                Py_XDECREF_p(dl.items[i].value)
-            if dl.items != dl.small:
-                PyMem_Free(dl.items)
-            dl_init(dl)
+        Py_XDECREF_p(replaced)
+        while v.head:
+            idx = v.head
+            v.head = self.entries[idx].next
+            k = self.entries[idx].key
+            val = self.entries[idx].value
+            reason = <int>self.entries[idx].nbytes - 1
+            self.entries[idx].key = NULL
+            self.entries[idx].value = NULL
+            self.entries[idx].next = self.free_head
+            self.free_head = idx
+            self.pending -= 1
+            try:
+                if on_evict is not None and reason >= 0:
+                    on_evict(<object>k, <object>val, REASONS[reason])
+            except BaseException as exc:
+                if error is None:
+                    error = exc
+            finally:
+                Py_DECREF_p(k)
+                Py_DECREF_p(val)
+        v.tail = 0
         if error is not None:
             raise error
         return 0
 
-    # -- measuring ------------------------------------------------------------
+    # -- measuring (step 1) ---------------------------------------------------
 
     cdef Py_ssize_t _measure(self, object key, object value) except -1:
+        """An entry's size: sizeof(key) + sizeof(value), each capped just above
+        the largest size an entry may have (so the sum never overflows)."""
         if self._max_bytes < 0:
             return 0
-        return self._sizes(key, value)
-
-    cdef Py_ssize_t _sizes(self, object key, object value) except -1:
         if self._sizeof is None:
-            return c_deep_sizeof(key) + c_deep_sizeof(value)
-        return check_nbytes(self._sizeof(key)) + check_nbytes(self._sizeof(value))
+            return (min(c_deep_sizeof(key), MC_ENTRY_BYTES_MAX + 1)
+                    + min(c_deep_sizeof(value), MC_ENTRY_BYTES_MAX + 1))
+        return self._size_of(key) + self._size_of(value)
 
-    # -- the operations -------------------------------------------------------
+    cdef Py_ssize_t _size_of(self, object obj) except -1:
+        return min(check_nbytes(self._sizeof(obj)), MC_ENTRY_BYTES_MAX + 1)
 
-    cdef int _evict_to_fit(self, double* now, DropList* dl) except -1:
-        cdef int reason
-        cdef uint32_t idx
-        while self.count:
-            if self._maxsize >= 0 and self.count > self._maxsize:
-                reason = R_CAPACITY
-            elif self._max_bytes >= 0 and self.total_bytes > self._max_bytes:
-                reason = R_BYTES
-            else:
-                return 0
-            idx = self.entries[0].next
-            if self._expired(idx, now):
-                reason = R_EXPIRED
-            self._remove(idx, reason, dl)
-        return 0
+    # -- leases ---------------------------------------------------------------
 
-    cdef int _store(self, object key, object value, double ttl, bint keep=False,
-                    Py_hash_t h=-1) except -1:
-        """set(): measure, read the clock, hash, look up, then one region.
+    cdef Py_ssize_t _lease_new(self, Py_hash_t h) except -1:
+        """A valid lease on hash h (a slot index); MemoryError if none can be had."""
+        cdef Py_ssize_t i, cap
+        cdef mc_lease* grown
+        for i in range(self.lease_cap):
+            if self.leases[i].state == L_FREE:
+                break
+        else:
+            cap = max(4, self.lease_cap * 2)
+            grown = <mc_lease*>PyMem_Realloc(self.leases, cap * sizeof(mc_lease))
+            if grown == NULL:
+                raise MemoryError()
+            memset(&grown[self.lease_cap], 0, (cap - self.lease_cap) * sizeof(mc_lease))
+            self.leases = grown
+            i = self.lease_cap
+            self.lease_cap = cap
+        self.leases[i].hash = mc_hash_bits(h)
+        self.leases[i].state = L_VALID
+        self.leases[i].gen += 1
+        self.n_leases += 1
+        return i
 
-        Returns 1 when stored, 0 when refused as oversized, and 2 when ``keep``
-        is set and a live entry for key already exists (it is left as it is).
-        """
-        cdef Py_ssize_t nbytes = self._measure(key, value)
-        cdef double now = self._start_clock(ttl != INFINITY)
-        if h == -1:
-            h = PyObject_Hash(key)
-        cdef Py_ssize_t idx = self._find(key, h)
-        cdef Entry* e
-        cdef DropList dl
-        cdef double expires
-        dl_init(&dl)
+    cdef void _lease_end(self, Py_ssize_t i) noexcept:
+        if 0 <= i < self.lease_cap and self.leases[i].state != L_FREE:
+            self.leases[i].state = L_FREE
+            self.n_leases -= 1
+
+    cdef void _invalidate_leases(self, uint32_t hbits, bint every) noexcept:
+        """A write to (or the removal of) a key with these hash bits: the
+        outstanding fills of every key with those bits may not store (region;
+        a fill refused by a collision only costs one more miss). ``every``:
+        all keys (clear)."""
+        cdef Py_ssize_t i
+        if self.n_leases == 0:
+            return
+        for i in range(self.lease_cap):
+            if self.leases[i].state == L_VALID and (every or self.leases[i].hash == hbits):
+                self.leases[i].state = L_INVALID
+
+    cdef Py_ssize_t _lease_slot(self, object token) except -2:
+        """The slot of a token from lease(), or ValueError for an unknown one."""
+        if isinstance(token, int) and not isinstance(token, bool):
+            i = token & 0xFFFFFFFF
+            if (0 <= token < (1 << 64) and i < self.lease_cap
+                    and self.leases[i].state != L_FREE and self.leases[i].gen == token >> 32):
+                return i
+        raise ValueError(f"not an outstanding lease of this cache: {token!r}")
+
+    # -- storing --------------------------------------------------------------
+
+    cdef object _store(self, object key, object value, double ttl, int mode,
+                       Py_hash_t h=-1, Py_ssize_t lease=-1):
+        """set() (S_SET: returns True, or False when refused), setdefault()
+        (S_KEEP) and fill() (S_FILL): these two return a live value stored
+        meanwhile, else ``value``, stored unless refused (or, for a fill,
+        unless the lease was invalidated)."""
+        cdef Py_ssize_t nbytes, idx
+        cdef double now
+        cdef uint64_t settings
         try:
-            if keep and idx and not self._expired(<uint32_t>idx, &now):
-                return 2
-            if self._max_bytes >= 0 and nbytes > self._max_bytes:
+            while True:
+                settings = self.settings_version
+                nbytes = self._measure(key, value)
+                now = self._clock(ttl != INFINITY)
+                if h == -1:
+                    h = PyObject_Hash(key)
+                idx = self._find(key, h)
+                if self.settings_version == settings:
+                    break   # else resize() or __init__ ran meanwhile: measure again
+            return self._put(key, value, h, nbytes, idx, ttl, &now, mode, lease)
+        finally:
+            if mode == S_FILL:
+                self._lease_end(lease)
+
+    cdef object _put(self, object key, object value, Py_hash_t h, Py_ssize_t nbytes,
+                     Py_ssize_t idx, double ttl, double* now, int mode, Py_ssize_t lease):
+        """_store's region (step 3), then the release (step 4)."""
+        cdef mc_victims v
+        cdef PyObject* old = NULL
+        cdef mc_entry* e
+        cdef double expires
+        cdef bint expired, in_ghost
+        cdef uint32_t lst
+        mc_victims_init(&v)
+        if not (idx and mode == S_SET):
+            self._reserve()   # first: raising MemoryError allocates, so before any change
+        try:
+            expired = idx != 0 and self._expired(<uint32_t>idx, now)
+            if mode != S_SET:
+                if idx and not expired:
+                    return <object>self.entries[idx].value   # stored meanwhile: it wins
+                if mode == S_FILL and self.leases[lease].state != L_VALID:
+                    return value   # invalidated since the factory started: not stored
+            else:
+                self._invalidate_leases(mc_hash_bits(h), False)
+            if (self._maxsize == 0 or nbytes > MC_ENTRY_BYTES_MAX
+                    or (self._max_bytes >= 0 and nbytes > self._max_bytes)):
                 self.rejected += 1
-                if idx:
-                    self._remove(<uint32_t>idx, R_NONE, &dl)
-                return False
-            expires = self._expires(ttl, &now)
-            if idx:
+                if idx:   # never serve what the caller just replaced
+                    self._take(<uint32_t>idx, R_EXPIRED if expired else R_NONE, &v)
+                return False if mode == S_SET else value
+            if idx and mode == S_SET:
                 e = &self.entries[idx]
-                dl_push(&dl, NULL, e.value, R_NONE)
+                old = e.value
                 Py_INCREF(value)
                 e.value = <PyObject*>value
                 self.total_bytes += nbytes - e.nbytes
-                e.nbytes = nbytes
+                if e.hm & MC_SMALL_BIT:
+                    self.small_bytes += nbytes - e.nbytes
+                e.nbytes = <uint32_t>nbytes
+                expires = self._expires(ttl, now)
                 self.n_ttl += (expires != INFINITY) - (e.expires != INFINITY)
                 e.expires = expires
-                self._touch(<uint32_t>idx)
+                self._on_hit(<uint32_t>idx)
+                self.version += 1
+                self._evict_to_fit(0, 0, now, &v)
+                return True
+            if idx:   # an expired entry stored meanwhile (setdefault, fill)
+                self._take(<uint32_t>idx, R_EXPIRED, &v)
+            in_ghost = (self._policy == P_S3FIFO
+                        and mc_ghost_remove(&self.ghost, mc_fingerprint(mc_hash_bits(h))))
+            self._evict_to_fit(1, nbytes, now, &v)
+            if self._policy == P_LRU or in_ghost or (not self.has_evicted and self._small_full()):
+                lst = MC_MAIN
             else:
-                self._reserve()
-                self._add(key, value, h, nbytes, expires)
-            self._evict_to_fit(&now, &dl)
-            return True
+                lst = MC_SMALL
+            if self._policy == P_S3FIFO and self._maxsize < 0 and self.count >= self.ghost.limit:
+                mc_ghost_set_limit(&self.ghost, self._ghost_limit())
+            self._add(key, value, h, nbytes, self._expires(ttl, now), lst)
+            return True if mode == S_SET else value
         finally:
-            self._release(&dl)
+            self._release(&v, old)
 
-    cdef inline uint32_t _first_probe(self, object key, Py_hash_t h) noexcept:
+    cdef uint32_t _first_probe(self, object key, Py_hash_t h) noexcept:
         """The entry of key if it sits, identical and without TTL, in its home
         slot (the common hit); 0 otherwise. Runs no Python code."""
-        cdef uint32_t idx = self.table[_ideal(h, self.mask)]
+        cdef uint32_t idx = self.table[mc_ideal(mc_hash_bits(h), self.mask)]
         if idx != 0 and self.entries[idx].key == <PyObject*>key and \
                 self.entries[idx].expires == INFINITY:
             return idx
         return 0
 
-    cdef inline object _get(self, object key, object default, Py_hash_t* hash_out=NULL):
-        """get()/[]: the home-slot hit inline, everything else in _lookup_hashed.
+    cdef object _get(self, object key, object default, Py_hash_t* hash_out=NULL):
+        """get()/[]: the home-slot hit inline, everything else in _lookup.
 
-        hash_out, when given, receives the key's hash for a following store
-        (-1: not computed here).
+        hash_out, when given, receives the key's hash for a following store.
         """
         cdef Py_hash_t h
         cdef uint32_t idx
-        if self._timer is not None:
+        cdef double now
+        if self._timer is not None:   # the timer runs before hashing (step 1)
+            now = self._clock(False)
+            h = PyObject_Hash(key)
             if hash_out != NULL:
-                hash_out[0] = -1
-            return self._lookup(key, True, default)   # the timer runs before hashing
+                hash_out[0] = h
+            return self._lookup(key, h, now, True, default)
         h = PyObject_Hash(key)
         if hash_out != NULL:
             hash_out[0] = h
         idx = self._first_probe(key, h)
         if idx:
             self.hits += 1
-            self._touch(idx)
+            self._on_hit(idx)
             return <object>self.entries[idx].value
-        return self._lookup_hashed(key, h, NAN, True, default)
+        return self._lookup(key, h, NAN, True, default)
 
-    cdef object _lookup(self, object key, bint count, object default):
-        """get()/[] when count: a hit counts and becomes the MRU; else neither."""
-        cdef double now = self._start_clock(False)
-        return self._lookup_hashed(key, PyObject_Hash(key), now, count, default)
-
-    cdef object _lookup_hashed(self, object key, Py_hash_t h, double now, bint count,
-                               object default):
-        cdef Py_ssize_t idx = self._find(key, h)
-        cdef DropList dl
+    cdef object _lookup(self, object key, Py_hash_t h, double now, bint count,
+                        object default):
+        """A lookup; when ``count``, a hit counts and touches, a miss counts, and
+        an expired entry is removed (as a miss)."""
+        cdef Py_ssize_t idx
+        cdef mc_victims v
+        if h == -1:
+            h = PyObject_Hash(key)
+        idx = self._find(key, h)
         if idx:
             if not self._expired(<uint32_t>idx, &now):
                 if count:
                     self.hits += 1
-                    self._touch(<uint32_t>idx)
+                    self._on_hit(<uint32_t>idx)
                 return <object>self.entries[idx].value
-            dl_init(&dl)
-            try:
-                self._remove(<uint32_t>idx, R_EXPIRED, &dl)
-            finally:
-                self._release(&dl)
+            if count:
+                mc_victims_init(&v)
+                self._take(<uint32_t>idx, R_EXPIRED, &v)
+                self.misses += 1
+                self._release(&v, NULL)
+                return default
         if count:
             self.misses += 1
-        return default
-
-    cdef object _peek(self, object key, object default):
-        cdef double now = self._start_clock(False)
-        cdef Py_ssize_t idx = self._find(key, PyObject_Hash(key))
-        if idx and not self._expired(<uint32_t>idx, &now):
-            return <object>self.entries[idx].value
         return default
 
     def __getitem__(self, key):
@@ -690,19 +785,20 @@ cdef class CLruCache:
         return value
 
     def get(self, key, default=None):
-        """Return the value for key, or default (a hit makes it most recently used)."""
+        """Return the value for key, or default (counts a hit or a miss)."""
         return self._get(key, default)
 
     def __setitem__(self, key, value):
-        self._store(key, value, self._ttl)
+        self._store(key, value, self._ttl, S_SET)
 
     def set(self, key, value, ttl=None):
         """Insert or replace key; ttl (seconds) overrides the default TTL.
 
-        Returns False when the entry alone is larger than max_bytes: it is
-        refused, counted in ``rejected``, and any older value for key dropped.
+        Returns False when the entry is refused: larger than max_bytes by
+        itself (or 4 GiB and more), or maxsize is 0. A refusal is counted in
+        ``rejected`` and drops any older value for key.
         """
-        return self._store(key, value, self._ttl if ttl is None else check_ttl(ttl)) == 1
+        return self._store(key, value, self._ttl if ttl is None else check_ttl(ttl), S_SET)
 
     def __delitem__(self, key):
         self.pop(key)
@@ -713,122 +809,202 @@ cdef class CLruCache:
     def __len__(self):
         return self.count
 
+    cdef object _peek(self, object key, object default):
+        return self._lookup(key, -1, self._clock(False), False, default)
+
     def peek(self, key, default=None):
         """Return the value for key without counting or changing recency."""
         return self._peek(key, default)
 
+    cdef object _remove_key(self, object key):
+        """pop()/invalidate(): the value of the live entry removed, or _MISSING
+        (an expired entry is removed as expired). Refuses the key's fills."""
+        cdef double now = self._clock(False)
+        cdef Py_hash_t h = PyObject_Hash(key)
+        cdef Py_ssize_t idx = self._find(key, h)
+        cdef mc_victims v
+        cdef object value = _MISSING
+        mc_victims_init(&v)
+        try:
+            self._invalidate_leases(mc_hash_bits(h), False)
+            if idx:
+                if self._expired(<uint32_t>idx, &now):
+                    self._take(<uint32_t>idx, R_EXPIRED, &v)
+                else:
+                    value = <object>self.entries[idx].value
+                    self._take(<uint32_t>idx, R_NONE, &v)
+        finally:
+            self._release(&v, NULL)
+        return value
+
     def pop(self, key, default=_MISSING):
-        """Remove key and return its value (no counting, no callback)."""
-        cdef double now = self._start_clock(False)
-        cdef Py_ssize_t idx = self._find(key, PyObject_Hash(key))
-        cdef DropList dl
-        cdef bint expired
-        cdef object value
-        if idx:
-            expired = self._expired(<uint32_t>idx, &now)
-            value = <object>self.entries[idx].value
-            dl_init(&dl)
-            try:
-                self._remove(<uint32_t>idx, R_EXPIRED if expired else R_NONE, &dl)
-            finally:
-                self._release(&dl)
-            if not expired:
-                return value
+        """Remove key and return its value (counts nothing, calls no on_evict)."""
+        cdef object value = self._remove_key(key)
+        if value is not _MISSING:
+            return value
         if default is _MISSING:
             raise KeyError(key)
         return default
 
+    def invalidate(self, key):
+        """Remove key if present and refuse the fills of every lease on it taken
+        before now (get_or_set, cached, the tiers). True if an entry was removed."""
+        return self._remove_key(key) is not _MISSING
+
     def popitem(self):
-        """Remove and return the least recently used (key, value) pair."""
-        cdef double now = self._start_clock(False)
-        cdef DropList dl
+        """Remove and return the entry eviction would take next: the least
+        recently used under LRU (see the docs for S3-FIFO)."""
+        cdef double now = self._clock(False)
+        cdef mc_victims v
         cdef uint32_t idx
+        cdef bint expired
         cdef object key = _MISSING, value = None
-        dl_init(&dl)
+        mc_victims_init(&v)
         try:
             while self.count:
-                idx = self.entries[0].next
-                if self._expired(idx, &now):
-                    self._remove(idx, R_EXPIRED, &dl)
+                idx = self._victim(&now, False, &expired)
+                if expired:
+                    self._take(idx, R_EXPIRED, &v)
                     continue
-                key = <object>self.entries[idx].key       # no allocation in the region
+                key = <object>self.entries[idx].key     # a new reference, no allocation
                 value = <object>self.entries[idx].value
-                self._remove(idx, R_NONE, &dl)
+                self._invalidate_leases(self.entries[idx].hm & MC_HASH_MASK, False)
+                self._take(idx, R_NONE, &v)
                 break
         finally:
-            self._release(&dl)
+            self._release(&v, NULL)
         if key is _MISSING:
             raise KeyError("popitem(): cache is empty")
         return (key, value)
 
     def setdefault(self, key, default=None):
-        """Return the value for key, inserting default on a miss."""
+        """Return the value for key, inserting default on a miss (never overwrites)."""
         cdef Py_hash_t h
         cdef object value = self._get(key, _MISSING, &h)
         if value is not _MISSING:
             return value
-        self._store(key, default, self._ttl, False, h)
-        return default
+        try:
+            return self._store(key, default, self._ttl, S_KEEP, h)
+        except BaseException:
+            self.misses -= 1   # a failed measurement leaves the statistics as they were
+            raise
 
     def get_or_set(self, key, factory, ttl=None):
-        """Return the cached value, or store and return factory().
-
-        The factory runs once per miss, with no lock held. If another caller
-        stored the key meanwhile, that value wins and is returned.
-        """
+        """Return the cached value, or call factory() (no lock held) and store
+        its result, unless the key was invalidated meanwhile (a lease: see
+        invalidate()); the caller gets the value either way. A live value
+        stored meanwhile by another fill wins and is returned."""
         if not callable(factory):
             raise TypeError(f"factory must be callable, not {type(factory).__name__}")
         cdef double t = self._ttl if ttl is None else check_ttl(ttl)
         cdef Py_hash_t h
         cdef object value = self._get(key, _MISSING, &h)
+        cdef Py_ssize_t lease
         if value is not _MISSING:
             return value
-        value = factory()
-        if self._store(key, value, t, True, h) == 2:  # stored meanwhile: that value wins
-            return self._lookup(key, False, value)
-        return value
+        lease = self._lease_new(h)
+        try:
+            value = factory()
+        except BaseException:
+            self._lease_end(lease)
+            raise
+        try:
+            return self._store(key, value, t, S_FILL, h, lease)
+        except BaseException:
+            self.misses -= 1   # the measurement failed: statistics as they were
+            raise
+
+    def lease(self, key):
+        """Start a fill of key (after a miss): a token for fill() or
+        drop_lease(). A write to or removal of key before the fill refuses it."""
+        return self._lease_token(self._lease_new(PyObject_Hash(key)))
+
+    cdef object _lease_token(self, Py_ssize_t i):
+        return (<object>self.leases[i].gen << 32) | i
+
+    def fill(self, key, value, lease, ttl=None):
+        """End a lease: store value unless key was invalidated since lease()
+        or a live value was stored meanwhile (returned instead). Counts nothing."""
+        cdef Py_ssize_t i = self._lease_slot(lease)
+        cdef double t
+        try:
+            t = self._ttl if ttl is None else check_ttl(ttl)
+        except BaseException:
+            self._lease_end(i)
+            raise
+        return self._store(key, value, t, S_FILL, -1, i)
+
+    def drop_lease(self, lease):
+        """End a lease without storing (the fill failed)."""
+        self._lease_end(self._lease_slot(lease))
 
     def update(self, other=(), **kwargs):
         """Insert every pair of other (a mapping or pairs) and of kwargs."""
         for key, value in iter_pairs(other, kwargs):
-            self._store(key, value, self._ttl)
+            self._store(key, value, self._ttl, S_SET)
+
+    cdef int _clear(self, bint forget_ghost) except -1:
+        """Remove every entry (victims, released after, no callbacks) and refuse
+        every outstanding fill; ``forget_ghost``: the ghost too (re-init)."""
+        cdef mc_victims v
+        mc_victims_init(&v)
+        try:
+            self._take_all(&v)
+            if forget_ghost:
+                mc_ghost_free(&self.ghost)
+        finally:
+            self._release(&v, NULL)
+        self._maybe_shrink()
+        return 0
 
     def clear(self):
         """Remove every entry (no callbacks; statistics are kept)."""
-        if self._detach_all() < 0:
-            raise MemoryError()
+        self._clear(False)
+
+    cdef void _take_all(self, mc_victims* v) noexcept:
+        cdef uint32_t lst, idx
+        self._invalidate_leases(0, True)
+        for lst in range(MC_MAIN, MC_SMALL + 1):
+            while self.entries[lst].next != lst:
+                self._take(self.entries[lst].next, R_NONE, v)
+        self.has_evicted = False
 
     # -- snapshots ------------------------------------------------------------
 
-    cdef Snap* _snapshot(self, Py_ssize_t* n, double now) except NULL:
-        """Owned references to the live entries, LRU first, in a C array."""
+    cdef Snap* _snapshot(self, Py_ssize_t* n, double now, bint reverse) except NULL:
+        """Owned references to the live entries in a C array, in iteration order
+        (S3-FIFO: the small FIFO, then the main one; each oldest first)."""
         cdef Snap* snap = <Snap*>PyMem_Malloc((self.count + 1) * sizeof(Snap))
-        cdef uint32_t idx
-        cdef Entry* e
+        cdef uint32_t idx, lst, k
+        cdef mc_entry* e
         cdef Py_ssize_t j = 0
         if snap == NULL:
             raise MemoryError()
-        idx = self.entries[0].next
-        while idx != 0:
-            if not self._expired(idx, &now):
-                e = &self.entries[idx]
-                Py_INCREF_p(e.key)
-                Py_INCREF_p(e.value)
-                snap[j].key = e.key
-                snap[j].value = e.value
-                snap[j].expires = e.expires
-                snap[j].nbytes = e.nbytes
-                snap[j].idx = idx
-                j += 1
-            idx = self.entries[idx].next
+        for k in range(2):
+            lst = (MC_SMALL if k == 0 else MC_MAIN) if not reverse else \
+                (MC_MAIN if k == 0 else MC_SMALL)
+            idx = self.entries[lst].prev if reverse else self.entries[lst].next
+            while idx != lst:
+                if not self._expired(idx, &now):
+                    e = &self.entries[idx]
+                    Py_INCREF_p(e.key)
+                    Py_INCREF_p(e.value)
+                    snap[j].key = e.key
+                    snap[j].value = e.value
+                    snap[j].expires = e.expires
+                    snap[j].nbytes = e.nbytes
+                    snap[j].state = e.hm & ~MC_HASH_MASK
+                    snap[j].idx = idx
+                    j += 1
+                idx = self.entries[idx].prev if reverse else self.entries[idx].next
         n[0] = j
         return snap
 
-    cdef list _snapshot_list(self, int what):
+    cdef list _snapshot_list(self, int what, bint reverse=False):
         """0: keys, 1: values, 2: (key, value) pairs."""
-        cdef double now = self._start_clock(False)
+        cdef double now = self._clock(False)
         cdef Py_ssize_t n, i
-        cdef Snap* snap = self._snapshot(&n, now)
+        cdef Snap* snap = self._snapshot(&n, now, reverse)
         cdef list out = []
         try:
             for i in range(n):
@@ -843,19 +1019,23 @@ cdef class CLruCache:
         return out
 
     def __iter__(self):
-        """Iterate over a snapshot of the keys, least recently used first."""
+        """Iterate over a snapshot of the keys, in eviction order (LRU first)."""
         return iter(self._snapshot_list(0))
 
+    def __reversed__(self):
+        """Iterate over a snapshot of the keys, most recently used first."""
+        return iter(self._snapshot_list(0, True))
+
     def keys(self):
-        """A snapshot list of the keys, least recently used first."""
+        """A snapshot list of the keys, in eviction order (LRU first)."""
         return self._snapshot_list(0)
 
     def values(self):
-        """A snapshot list of the values, least recently used first."""
+        """A snapshot list of the values, in eviction order (LRU first)."""
         return self._snapshot_list(1)
 
     def items(self):
-        """A snapshot list of (key, value) pairs, least recently used first."""
+        """A snapshot list of (key, value) pairs, in eviction order (LRU first)."""
         return self._snapshot_list(2)
 
     def __eq__(self, other):
@@ -882,104 +1062,137 @@ cdef class CLruCache:
     def expire(self):
         """Drop every expired entry now; return how many were dropped."""
         cdef double now
-        cdef DropList dl
-        cdef uint32_t idx, nxt
-        cdef Py_ssize_t dropped
+        cdef mc_victims v
+        cdef uint32_t idx, nxt, lst
         if not self.n_ttl:
             return 0
         now = self._timer() if self._timer is not None else mc_monotonic()
-        dl_init(&dl)
+        mc_victims_init(&v)
         try:
-            idx = self.entries[0].next
-            while idx != 0:
-                nxt = self.entries[idx].next
-                if self.entries[idx].expires <= now:
-                    self._remove(idx, R_EXPIRED, &dl)
-                idx = nxt
-            dropped = dl.n
-            self._maybe_shrink()
+            for lst in range(MC_MAIN, MC_SMALL + 1):
+                idx = self.entries[lst].next
+                while idx != lst:
+                    nxt = self.entries[idx].next
+                    if self.entries[idx].expires <= now:
+                        self._take(idx, R_EXPIRED, &v)
+                    idx = nxt
         finally:
-            self._release(&dl)
-        return dropped
+            self._release(&v, NULL)
+        self._maybe_shrink()
+        return v.n
 
     def trim(self, fraction=0.5):
-        """Evict fraction of the entries, least recently used first; return how many."""
+        """Evict ceil(len * fraction) entries, in eviction order; return how many."""
         cdef double f = check_fraction(fraction)
-        cdef Py_ssize_t n = trim_count(self.count, f), i
-        cdef DropList dl
-        dl_init(&dl)
+        cdef double now = NAN
+        cdef Py_ssize_t n, i
+        cdef mc_victims v
+        cdef uint32_t idx
+        cdef bint expired
+        mc_victims_init(&v)
         try:
+            n = min(self.count, <Py_ssize_t>ceil(<double>self.count * f))
             for i in range(n):
-                self._remove(self.entries[0].next, R_TRIM, &dl)
-            self._maybe_shrink()
+                idx = self._victim(&now, True, &expired)
+                if idx == 0:
+                    break
+                self._take(idx, R_TRIM, &v)
         finally:
-            self._release(&dl)
-        return n
+            self._release(&v, NULL)
+        self._maybe_shrink()
+        return v.n
 
     def resize(self, maxsize=UNSET, max_bytes=UNSET):
         """Change the bounds (None removes one), evicting to fit."""
-        cdef double now = NAN
-        cdef DropList dl
+        cdef double now
+        cdef mc_victims v
+        cdef Py_ssize_t new_maxsize = self._maxsize, new_max_bytes = self._max_bytes
         if maxsize is not UNSET:
             maxsize = check_size("maxsize", maxsize)
+            new_maxsize = -1 if maxsize is None else maxsize
         if max_bytes is not UNSET:
             max_bytes = check_size("max_bytes", max_bytes)
-            if max_bytes is not None and self._max_bytes < 0:
-                self._measure_all()
-            elif max_bytes is None:
-                self._set_all_nbytes(0)
-            self._max_bytes = -1 if max_bytes is None else max_bytes
-        if maxsize is not UNSET:
-            self._maxsize = -1 if maxsize is None else min(maxsize, MAX_ENTRIES)
-        now = self._start_clock(False)
-        dl_init(&dl)
+            new_max_bytes = -1 if max_bytes is None else max_bytes
+            if max_bytes is None:
+                self._set_all_nbytes_zero()
+            elif self._max_bytes < 0:
+                self._measure_all()   # sizeof may raise: nothing has changed yet
+        now = self._clock(False)
+        mc_victims_init(&v)
         try:
-            self._evict_to_fit(&now, &dl)
-            self._maybe_shrink()
+            self._set_bounds(new_maxsize, new_max_bytes)
+            self._evict_to_fit(0, 0, &now, &v)
         finally:
-            self._release(&dl)
+            self._release(&v, NULL)
+        self._maybe_shrink()
 
     cdef int _measure_all(self) except -1:
-        """Measure every entry when a byte bound is first set.
-
-        sizeof runs on a snapshot first (Python code); the sizes are then
-        applied in one region to the entries that still hold the same key and
-        value.
-        """
-        cdef Py_ssize_t n, i
-        cdef Snap* snap = self._snapshot(&n, INFINITY)
-        cdef Py_ssize_t* sizes = <Py_ssize_t*>PyMem_Malloc((n + 1) * sizeof(Py_ssize_t))
+        """Measure every entry when a byte bound is first set: sizeof runs on a
+        snapshot (Python code), then the sizes go, in one region, to the entries
+        that still hold the same key and value. Entries stored meanwhile (not
+        measured: there was no bound) make it start over, a few times."""
+        cdef Py_ssize_t n, i, attempt
+        cdef Snap* snap
+        cdef Py_ssize_t* sizes
         cdef uint32_t idx
-        try:
-            if sizes == NULL:
-                raise MemoryError()
-            for i in range(n):
-                sizes[i] = self._sizes(<object>snap[i].key, <object>snap[i].value)
-            self._set_all_nbytes(0)
-            for i in range(n):
-                idx = snap[i].idx
-                if (idx < self.top and self.entries[idx].key == snap[i].key
-                        and self.entries[idx].value == snap[i].value):
-                    self.entries[idx].nbytes = sizes[i]
-                    self.total_bytes += sizes[i]
-        finally:
-            PyMem_Free(sizes)
-            _free_snapshot(snap, n)
+        cdef uint64_t version
+        for attempt in range(4):
+            version = self.version
+            snap = self._snapshot(&n, -INFINITY, False)   # expired ones too
+            sizes = <Py_ssize_t*>PyMem_Malloc((n + 1) * sizeof(Py_ssize_t))
+            try:
+                if sizes == NULL:
+                    raise MemoryError()
+                for i in range(n):
+                    sizes[i] = self._sizes_uncapped(<object>snap[i].key, <object>snap[i].value)
+                if self.version != version and attempt < 3:
+                    continue
+                self._set_all_nbytes_zero()
+                for i in range(n):
+                    idx = snap[i].idx
+                    if (idx < self.top and self.entries[idx].key == snap[i].key
+                            and self.entries[idx].value == snap[i].value):
+                        self._set_nbytes(idx, sizes[i])
+                return 0
+            finally:
+                PyMem_Free(sizes)
+                _free_snapshot(snap, n)
         return 0
 
-    cdef void _set_all_nbytes(self, Py_ssize_t value) noexcept:
-        cdef uint32_t idx = self.entries[0].next
-        while idx != 0:
-            self.entries[idx].nbytes = value
-            idx = self.entries[idx].next
-        self.total_bytes = value * self.count
+    cdef Py_ssize_t _sizes_uncapped(self, object key, object value) except -1:
+        if self._sizeof is None:
+            return (min(c_deep_sizeof(key), MC_ENTRY_BYTES_MAX)
+                    + min(c_deep_sizeof(value), MC_ENTRY_BYTES_MAX))
+        return min(self._size_of(key) + self._size_of(value), MC_ENTRY_BYTES_MAX)
+
+    cdef void _set_nbytes(self, uint32_t idx, Py_ssize_t nbytes) noexcept:
+        cdef mc_entry* e = &self.entries[idx]
+        if nbytes > MC_ENTRY_BYTES_MAX:
+            nbytes = MC_ENTRY_BYTES_MAX
+        self.total_bytes += nbytes - e.nbytes
+        if e.hm & MC_SMALL_BIT:
+            self.small_bytes += nbytes - e.nbytes
+        e.nbytes = <uint32_t>nbytes
+
+    cdef void _set_all_nbytes_zero(self) noexcept:
+        cdef uint32_t lst, idx
+        for lst in range(MC_MAIN, MC_SMALL + 1):
+            idx = self.entries[lst].next
+            while idx != lst:
+                self.entries[idx].nbytes = 0
+                idx = self.entries[idx].next
+        self.total_bytes = 0
+        self.small_bytes = 0
 
     def stats(self):
-        """Counters and sizes; see the README for each key."""
-        by_reason = {"capacity": self.by_reason[R_CAPACITY], "bytes": self.by_reason[R_BYTES],
-                     "expired": self.by_reason[R_EXPIRED], "trim": self.by_reason[R_TRIM]}
-        return stats_dict(self.count, self.maxsize, self.total_bytes, self.max_bytes,
-                          self.hits, self.misses, by_reason, self.rejected, self._ttl_obj)
+        """Counters and sizes (see the docs for each key)."""
+        cdef uint64_t hits = self.hits, misses = self.misses, rejected = self.rejected
+        cdef uint64_t cap = self.by_reason[R_CAPACITY], byt = self.by_reason[R_BYTES]
+        cdef uint64_t exp = self.by_reason[R_EXPIRED], trm = self.by_reason[R_TRIM]
+        cdef Py_ssize_t size = self.count, nbytes = self.total_bytes
+        by_reason = {"capacity": cap, "bytes": byt, "expired": exp, "trim": trm}
+        return stats_dict(size, self.maxsize, nbytes, self.max_bytes, hits, misses,
+                          by_reason, rejected, self._ttl_obj, POLICIES[self._policy])
 
     def reset_stats(self):
         """Zero the hit, miss, eviction, expiration and rejection counters."""
@@ -1001,6 +1214,10 @@ cdef class CLruCache:
     @property
     def nbytes(self):
         return self.total_bytes
+
+    @property
+    def policy(self):
+        return POLICIES[self._policy]
 
     @classmethod
     def __class_getitem__(cls, params):
@@ -1024,54 +1241,78 @@ cdef class CLruCache:
         cdef Snap* snap
         if self.n_ttl:
             now = self._timer() if self._timer is not None else mc_monotonic()
-        snap = self._snapshot(&n, now)
+        snap = self._snapshot(&n, now, False)
         entries = []
         try:
             for i in range(n):
                 entries.append((<object>snap[i].key, <object>snap[i].value,
                                 None if snap[i].expires == INFINITY else snap[i].expires - now,
-                                snap[i].nbytes))
+                                snap[i].nbytes, snap[i].state >> 29))
         finally:
             _free_snapshot(snap, n)
-        state = (self.max_bytes, self._sizeof, self._timer, self._on_evict, entries)
+        state = (self.max_bytes, self._sizeof, self._timer, self._on_evict,
+                 POLICIES[self._policy], entries)
         return (type(self), (self.maxsize, self._ttl_obj), state)
 
     def __setstate__(self, state):
-        max_bytes, measure, timer, on_evict, entries = state
+        max_bytes, measure, timer, on_evict, policy, entries = state
         max_bytes = check_size("max_bytes", max_bytes)
-        self._max_bytes = -1 if max_bytes is None else max_bytes
-        self._sizeof = check_callable("sizeof", measure)
-        self._timer = check_callable("timer", timer)
-        self._on_evict = check_callable("on_evict", on_evict)
+        measure = check_callable("sizeof", measure)
+        timer = check_callable("timer", timer)
+        on_evict = check_callable("on_evict", on_evict)
+        policy = check_policy(policy)
+        if self.count and POLICIES.index(policy) != self._policy:
+            raise ValueError("cannot change the policy of a cache that holds entries")
+        self._sizeof = measure
+        self._timer = timer
+        self._on_evict = on_evict
+        self._policy = POLICIES.index(policy)
+        self._set_bounds(self._maxsize, -1 if max_bytes is None else max_bytes)
         cdef double now = NAN
         if any(e[2] is not None for e in entries):
             now = self._timer() if self._timer is not None else mc_monotonic()
-        for key, value, remaining, nbytes in entries:
+        for key, value, remaining, nbytes, state_bits in entries:
             self._restore(key, value, check_nbytes(nbytes),
-                          INFINITY if remaining is None else now + remaining)
+                          INFINITY if remaining is None else now + remaining, state_bits)
 
-    cdef int _restore(self, object key, object value, Py_ssize_t nbytes, double expires) except -1:
-        """Insert a pickled entry as it was (size and expiry kept)."""
+    cdef int _restore(self, object key, object value, Py_ssize_t nbytes, double expires,
+                      unsigned state_bits) except -1:
+        """Insert a pickled entry as it was (size, expiry, queue and frequency)."""
         cdef Py_hash_t h = PyObject_Hash(key)
         cdef Py_ssize_t idx = self._find(key, h)
-        cdef DropList dl
+        cdef mc_victims v
         cdef double now = NAN
-        dl_init(&dl)
+        cdef uint32_t new
+        mc_victims_init(&v)
+        self._reserve()
         try:
             if idx:
-                self._remove(<uint32_t>idx, R_NONE, &dl)
-            self._reserve()
-            self._add(key, value, h, nbytes, expires)
-            self._evict_to_fit(&now, &dl)
+                self._take(<uint32_t>idx, R_NONE, &v)
+            if nbytes > MC_ENTRY_BYTES_MAX:
+                nbytes = MC_ENTRY_BYTES_MAX
+            self._evict_to_fit(1, nbytes, &now, &v)
+            new = self._add(key, value, h, nbytes, expires,
+                            MC_SMALL if self._policy == P_S3FIFO and state_bits & 4 else MC_MAIN)
+            if self._policy == P_S3FIFO:
+                mc_set_freq(&self.entries[new], state_bits & 3)
         finally:
-            self._release(&dl)
+            self._release(&v, NULL)
         return 0
+
+
+cdef void _free_snapshot(Snap* snap, Py_ssize_t n) noexcept:
+    """Drop the references a snapshot took (may run __del__: call it last)."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        Py_DECREF_p(snap[i].key)
+        Py_DECREF_p(snap[i].value)
+    PyMem_Free(snap)
 
 
 # -- garbage collector support -------------------------------------------------
 # Cython generates traverse/clear for the object attributes only; the keys and
-# values held in the C pool are added here so that a value that refers back to
-# its cache is collected once both are unreachable.
+# values held in the C pool (victims included) are added here, so that a value
+# that refers back to its cache is collected once both are unreachable.
 
 cdef traverseproc _base_traverse
 cdef inquiry _base_clear
@@ -1081,8 +1322,8 @@ cdef int _cache_traverse(PyObject* o, visitproc visit, void* arg) noexcept:
     cdef CLruCache self = <CLruCache>o
     cdef Py_ssize_t i
     cdef int r
-    cdef Entry* entries = self.entries
-    for i in range(1, self.top):
+    cdef mc_entry* entries = self.entries
+    for i in range(MC_FIRST, self.top):
         if entries[i].key != NULL:
             r = visit(entries[i].key, arg)
             if r:
@@ -1094,8 +1335,15 @@ cdef int _cache_traverse(PyObject* o, visitproc visit, void* arg) noexcept:
 
 
 cdef int _cache_clear(PyObject* o) noexcept:
+    """tp_clear: an unreachable cache lets go of its entries (no callbacks)."""
     cdef CLruCache self = <CLruCache>o
-    self._detach_all()
+    cdef mc_victims v
+    mc_victims_init(&v)
+    self._take_all(&v)
+    try:
+        self._release(&v, NULL)   # no victim has a reason: no callback runs
+    except BaseException:
+        pass
     return _base_clear(o)
 
 
@@ -1106,146 +1354,3 @@ _slots.tp_traverse = _cache_traverse
 _slots.tp_clear = _cache_clear
 
 MutableMapping.register(CLruCache)
-
-
-# -- compiled call paths -------------------------------------------------------
-# Small callables whose hit path is a key build and a lookup in C. They take
-# calls through vectorcall (PEP 590: no argument tuple on the common call) and
-# through tp_call (set by hand: Cython's __call__ would build a kwargs dict).
-
-
-cdef object _vectorcall_as_tp_call(PyObject* o, PyObject** args, size_t nargsf,
-                                   PyObject* kwnames):
-    """The rare calls with keywords: rebuild (args, kwargs) and go through tp_call."""
-    cdef Py_ssize_t n = PyVectorcall_NARGS(nargsf), i
-    cdef object self = <object>o
-    cdef tuple pos = tuple([<object>args[i] for i in range(n)])
-    cdef dict kw = {}
-    if kwnames != NULL:
-        for i in range(len(<tuple>kwnames)):
-            kw[(<tuple>kwnames)[i]] = <object>args[n + i]
-    return type(self).__call__(self, *pos, **kw)
-
-
-@cython.final
-cdef class CachedCall:
-    """The hit path of ``memcache_ext.cached`` for a plain function over a CLruCache.
-
-    Builds the default key and looks it up without a Python-level frame; a
-    miss goes to ``miss(key, args, kwargs)`` (the decorator's single-flight
-    code). The key rule is ``decorators.make_key``'s, kept in step by tests.
-    """
-
-    cdef vectorcallfunc _vectorcall
-    cdef CLruCache _cache
-    cdef object _miss
-    cdef frozenset _fast
-    cdef object _mark
-    cdef dict __dict__
-
-    def __cinit__(self, *args, **kwargs):
-        self._vectorcall = <vectorcallfunc>_cached_vectorcall
-
-    def __init__(self, CLruCache cache not None, miss, frozenset fast, mark):
-        self._cache = cache
-        self._miss = miss
-        self._fast = fast
-        self._mark = mark
-
-    def __call__(self, *args, **kwargs):
-        return _cached_call(self, args, kwargs or None)
-
-
-cdef object _cached_call(CachedCall self, tuple args, object kwargs):
-    cdef object key
-    if kwargs:
-        key = (*args, self._mark, *sorted(kwargs.items()))
-    elif len(args) == 1 and type(args[0]) in self._fast:
-        key = args[0]
-    else:
-        key = args
-    cdef object value = self._cache._get(key, _MISSING)
-    if value is _MISSING:
-        return self._miss(key, args, {} if kwargs is None else kwargs)
-    return value
-
-
-cdef object _cached_tp_call(PyObject* o, PyObject* args, PyObject* kwargs):
-    return _cached_call(<CachedCall>o, <tuple>args, None if kwargs == NULL else <object>kwargs)
-
-
-cdef object _cached_vectorcall(PyObject* o, PyObject** args, size_t nargsf, PyObject* kwnames):
-    """f(x) with one argument of a simple type: no tuple, no frame."""
-    cdef CachedCall self
-    cdef object arg, value
-    if kwnames == NULL and PyVectorcall_NARGS(nargsf) == 1:
-        self = <CachedCall>o
-        arg = <object>args[0]
-        if type(arg) in self._fast:
-            value = self._cache._get(arg, _MISSING)
-            if value is not _MISSING:
-                return value
-            return self._miss(arg, (arg,), {})
-    return _vectorcall_as_tp_call(o, args, nargsf, kwnames)
-
-
-@cython.final
-cdef class GetOr:
-    """``get(key, default=None)`` over a CLruCache, calling ``fallback(key, default)``
-    only on a miss: a second tier's hit path without a Python frame."""
-
-    cdef vectorcallfunc _vectorcall
-    cdef CLruCache _cache
-    cdef object _fallback
-    cdef dict __dict__
-
-    def __cinit__(self, *args, **kwargs):
-        self._vectorcall = <vectorcallfunc>_get_or_vectorcall
-
-    def __init__(self, CLruCache cache not None, fallback):
-        if not callable(fallback):
-            raise TypeError(f"fallback must be callable, not {type(fallback).__name__}")
-        self._cache = cache
-        self._fallback = fallback
-
-    def __call__(self, key, default=None):
-        return _get_or(self, key, default)
-
-
-cdef object _get_or(GetOr self, object key, object default):
-    cdef object value = self._cache._get(key, _MISSING)
-    if value is _MISSING:
-        return self._fallback(key, default)
-    return value
-
-
-cdef object _get_or_tp_call(PyObject* o, PyObject* args, PyObject* kwargs):
-    """The common call, get(key) or get(key, default), parsed by hand."""
-    cdef tuple a = <tuple>args
-    if kwargs == NULL and 1 <= len(a) <= 2:
-        return _get_or(<GetOr>o, a[0], a[1] if len(a) == 2 else None)
-    return GetOr.__call__(<GetOr>o, *a, **(<dict>kwargs if kwargs != NULL else {}))
-
-
-cdef object _get_or_vectorcall(PyObject* o, PyObject** args, size_t nargsf, PyObject* kwnames):
-    cdef Py_ssize_t n = PyVectorcall_NARGS(nargsf)
-    if kwnames == NULL and (n == 1 or n == 2):
-        return _get_or(<GetOr>o, <object>args[0], <object>args[1] if n == 2 else None)
-    return _vectorcall_as_tp_call(o, args, nargsf, kwnames)
-
-
-cdef void _install_call_slots(type cls, object instance, vectorcallfunc* field,
-                              ternaryfunc tp_call) noexcept:
-    """tp_call, and vectorcall at the offset of ``field`` in ``instance``."""
-    cdef CallSlots* slots = <CallSlots*>cls
-    slots.tp_call = tp_call
-    slots.tp_vectorcall_offset = <Py_ssize_t>(<char*>field - <char*><PyObject*>instance)
-    slots.tp_flags |= Py_TPFLAGS_HAVE_VECTORCALL
-
-
-cdef CachedCall _cc_probe = CachedCall.__new__(CachedCall)
-_install_call_slots(CachedCall, _cc_probe, &_cc_probe._vectorcall, <ternaryfunc>_cached_tp_call)
-cdef GetOr _go_probe = GetOr.__new__(GetOr)
-_install_call_slots(GetOr, _go_probe, &_go_probe._vectorcall, <ternaryfunc>_get_or_tp_call)
-_cc_probe = None
-_go_probe = None

@@ -1,261 +1,515 @@
 """PyLruCache: the pure-Python twin of the compiled CLruCache.
 
 It is the fallback where no compiled extension is available, the reference in
-differential tests and the baseline in benchmarks. Behaviour, errors and their
-messages are the same as CLruCache's; the test suite runs against both.
+differential tests and the baseline in benchmarks. It follows the compiled
+core step by step (read the docstring of ``_core_c.pyx``), so that both give
+the same results, the same errors and the same hit/miss sequence:
 
-Layout: an OrderedDict maps each key to an entry ``[value, expires, nbytes]``
-in recency order (first = least recently used). OrderedDict is implemented in
-C, so each of its operations is atomic under the GIL; that is what the design
-leans on:
+* one ``threading.RLock`` around every operation; it is re-entrant because a
+  key's ``__eq__``, called under it, may call back into the cache;
+* ``sizeof``, ``timer`` and ``__hash__`` first (once per call), then a lookup
+  in a plain dict from the hash to a chain of nodes, comparing keys here: if
+  ``__eq__`` changed the cache (``_version``) the lookup starts over, as in C.
+  User code never runs inside an OrderedDict operation: the orders (LRU, or
+  S3-FIFO's two FIFOs) are OrderedDicts keyed by int tokens;
+* removed entries are released, and ``on_evict`` called, after the lock is
+  dropped; nothing the cache held is released while it is held.
 
-* Reads take no lock. A hit is ``od[key]`` then ``od.move_to_end(key)``, two
-  atomic steps; if a writer removes the key in between, the read still
-  returns the value it found (as it would had it run a moment earlier).
-  Hit and miss counters are ``itertools.count`` objects, whose ``__next__``
-  is one atomic C call, so concurrent reads never lose a count.
-* Writes (insert, evict, expire, trim, resize, clear) hold one RLock. It is
-  re-entrant because a key's ``__eq__`` runs inside OrderedDict operations
-  and may call back into the cache. ``sizeof`` and a custom ``timer`` run
-  before the lock is taken, as in the compiled core.
-* Removed entries are released, and ``on_evict`` called, after the lock is
-  dropped.
+A node is a list: ``[key, value, expires, nbytes, token, next node with the
+same hash, hash, frequency, in the small FIFO]``; ``expires`` is None for
+never, ``token`` None once the node left the cache.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import time
 import types
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, MutableMapping
-from typing import Any, Callable, Generic, Optional, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, TypeVar, Union, overload
 
-from ._constants import UNSET
-from ._stats import repr_cache, stats_dict
+from ._constants import MAX_LOOKUP_RESTARTS, MISSING, UNSET
+from ._stats import EVICTION_REASONS, CacheStats, repr_cache, stats_dict
 from ._validate import (
+    MUTATED_DURING_LOOKUP,
+    POLICIES,
+    cache_signature,
     check_callable,
     check_fraction,
     check_nbytes,
+    check_policy,
     check_size,
     check_ttl,
     iter_pairs,
-    trim_count,
+    parse_cache_args,
 )
 
 K = TypeVar("K")
 V = TypeVar("V")
 D = TypeVar("D")
 
-VALUE, EXPIRES, NBYTES = range(3)
-_MISSING: Any = object()
-_INF = float("inf")
+KEY, VALUE, EXPIRES, NBYTES, TOKEN, CHAIN, HASH, FREQ, SMALL = range(9)
+_HASH_MASK = 0x1FFFFFFF            # the hash bits the compiled core keeps
+_ENTRY_BYTES_MAX = 0xFFFFFFFE      # larger entries are refused (as in C)
+_INF = math.inf
+_S_SET, _S_KEEP, _S_FILL = range(3)
+_L_FREE, _L_VALID, _L_INVALID = range(3)
+_CAPACITY, _BYTES, _EXPIRED, _TRIM = EVICTION_REASONS
+_monotonic = time.monotonic
 
 
-class _Count:
-    """An exact counter that threads bump without a lock (see the module doc)."""
-
-    __slots__ = ("bump", "_reads")
-
-    def __init__(self) -> None:
-        self.bump = itertools.count().__next__
-        self._reads = 0
-
-    def value(self) -> int:
-        """The count so far; reading consumes one tick, which is subtracted."""
-        value = self.bump() - self._reads
-        self._reads += 1
-        return value
+def _fingerprint(h: int) -> int:
+    """The ghost's record of a key: its hash bits, never 0 (as in _ghost.h)."""
+    return (h & _HASH_MASK) or 1
 
 
 class PyLruCache(Generic[K, V]):
-    """A thread-safe LRU cache with optional TTL and byte bound (pure Python).
+    """A thread-safe cache with optional TTL and byte bound (pure Python).
 
-    See CLruCache for the contract; both classes keep the same one.
+    ``PyLruCache(maxsize=128, ttl=None, *, max_bytes=None, sizeof=None,
+    timer=None, on_evict=None, policy="lru")``: the contract of CLruCache.
     """
 
     __slots__ = (
-        "_od", "_od_get", "_move_to_end", "_hit", "_miss", "_lock", "_maxsize", "_ttl", "_max_bytes", "_sizeof", "_timer",
-        "_on_evict", "_nbytes", "_n_ttl", "_hits", "_misses", "_by_reason",
-        "_rejected", "__weakref__",
+        "_lock", "_buckets", "_main", "_small", "_tokens", "_ghost", "_ghost_limit",
+        "_leases", "_n_leases", "_maxsize", "_max_bytes", "_ttl", "_sizeof", "_timer",
+        "_on_evict", "_lru", "_policy", "_nbytes", "_n_ttl", "_small_bytes", "_small_cap",
+        "_small_cap_bytes", "_has_evicted", "_version", "_settings_version", "_hits",
+        "_misses", "_rejected", "_by_reason", "__weakref__",
     )
 
-    def __init__(
-        self,
-        maxsize: Optional[int] = 128,
-        ttl: Optional[float] = None,
-        *,
-        max_bytes: Optional[int] = None,
-        sizeof: Optional[Callable[[Any], int]] = None,
-        timer: Optional[Callable[[], float]] = None,
-        on_evict: Optional[Callable[[Any, Any, str], Any]] = None,
-    ) -> None:
-        self._maxsize = check_size("maxsize", maxsize)
-        self._ttl = check_ttl(ttl)
-        self._max_bytes = check_size("max_bytes", max_bytes)
-        self._sizeof = check_callable("sizeof", sizeof)
-        self._timer = check_callable("timer", timer)
-        self._on_evict = check_callable("on_evict", on_evict)
-        self._od: OrderedDict[Any, list[Any]] = OrderedDict()
-        self._od_get = self._od.get  # bound once: the read path is all lookups
-        self._move_to_end = self._od.move_to_end
-        self._lock = threading.RLock()
-        self._nbytes = 0
-        self._n_ttl = 0
-        self._rejected = 0
-        self._by_reason = {"capacity": 0, "bytes": 0, "expired": 0, "trim": 0}
-        self._new_counters()
-
+    __signature__ = cache_signature()
     __class_getitem__ = classmethod(types.GenericAlias)
+
+    if TYPE_CHECKING:
+        def __init__(self, maxsize: Optional[int] = 128, ttl: Optional[float] = None, *,
+                     max_bytes: Optional[int] = None,
+                     sizeof: Optional[Callable[[Any], int]] = None,
+                     timer: Optional[Callable[[], float]] = None,
+                     on_evict: Optional[Callable[[Any, Any, str], Any]] = None,
+                     policy: str = "lru") -> None: ...
+    else:
+        def __init__(self, *args, **kwargs):
+            maxsize, ttl, max_bytes, sizeof, timer, on_evict, policy = parse_cache_args(
+                "PyLruCache", args, kwargs, stacklevel=2)
+            try:
+                lock = self._lock
+            except AttributeError:
+                self._new_state()
+            else:   # __init__ again on a live cache starts it afresh, as CLruCache does
+                with lock:
+                    victims = self._take_all()
+                    self._ghost.clear()
+                self._release(victims)
+            with self._lock:
+                self._hits = self._misses = self._rejected = 0
+                self._by_reason = dict.fromkeys(EVICTION_REASONS, 0)
+                self._sizeof, self._timer, self._on_evict = sizeof, timer, on_evict
+                self._ttl = ttl
+                self._policy = policy
+                self._lru = policy == "lru"
+                self._set_bounds(maxsize, max_bytes)
+
+    def _new_state(self) -> None:
+        self._lock = threading.RLock()
+        self._buckets: dict[int, list[Any]] = {}
+        self._main: OrderedDict[int, list[Any]] = OrderedDict()
+        self._small: OrderedDict[int, list[Any]] = OrderedDict()
+        self._tokens = itertools.count().__next__
+        self._ghost: OrderedDict[int, None] = OrderedDict()
+        self._ghost_limit = 0
+        self._leases: list[list[int]] = []   # [hash bits, generation, state] per slot
+        self._n_leases = 0
+        self._nbytes = self._n_ttl = self._small_bytes = 0
+        self._small_cap = self._small_cap_bytes = 0
+        self._has_evicted = False
+        self._version = self._settings_version = 0
+        self._maxsize: Optional[int] = 128
+        self._max_bytes: Optional[int] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # CLruCache is a final type; the twin refuses subclasses the same way.
         raise TypeError("type 'PyLruCache' is not an acceptable base type")
 
-    # -- internals --------------------------------------------------------------
+    # -- region helpers (lock held; no user code) --------------------------------
 
-    def _new_counters(self) -> None:
-        self._hits = _Count()
-        self._misses = _Count()
-        self._hit = self._hits.bump  # bound once: called on every read
-        self._miss = self._misses.bump
+    def _add(self, node: list[Any]) -> None:
+        """Link a new node (already filled in) into the hash chain and its list."""
+        h = node[HASH]
+        last = self._buckets.get(h)
+        if last is None:
+            self._buckets[h] = node
+        else:   # at the end: colliding keys are compared oldest first, as C probes
+            while last[CHAIN] is not None:
+                last = last[CHAIN]
+            last[CHAIN] = node
+        (self._small if node[SMALL] else self._main)[node[TOKEN]] = node
+        self._nbytes += node[NBYTES]
+        if node[SMALL]:
+            self._small_bytes += node[NBYTES]
+        if node[EXPIRES] is not None:
+            self._n_ttl += 1
+        self._version += 1
 
-    def _now(self) -> float:
-        return self._timer() if self._timer is not None else time.monotonic()
-
-    def _clock(self, need: bool = False) -> float:
-        """The time for this operation, read only when some entry has a TTL."""
-        return self._now() if (need or self._n_ttl) else 0.0
-
-    def _sizes(self, key: Any, value: Any) -> int:
-        sizeof = self._sizeof
-        if sizeof is None:
-            from ._sizeof import deep_sizeof as sizeof
-        return check_nbytes(sizeof(key)) + check_nbytes(sizeof(value))
-
-    @staticmethod
-    def _live(entry: list[Any], now: float) -> bool:
-        exp = entry[EXPIRES]
-        return exp is None or now < exp
-
-    def _forget(self, key: Any, entry: list[Any], reason: Optional[str],
-                dropped: list[Any]) -> None:
-        """Account for an entry already taken out of the dict (lock held)."""
-        self._nbytes -= entry[NBYTES]
-        if entry[EXPIRES] is not None:
+    def _take(self, node: list[Any], reason: Optional[str], victims: list[Any]) -> None:
+        """Take a node out; its key and value go to victims, released after the lock."""
+        h = node[HASH]
+        first = self._buckets[h]
+        if first is node:
+            if node[CHAIN] is None:
+                del self._buckets[h]
+            else:
+                self._buckets[h] = node[CHAIN]
+        else:
+            while first[CHAIN] is not node:
+                first = first[CHAIN]
+            first[CHAIN] = node[CHAIN]
+        del (self._small if node[SMALL] else self._main)[node[TOKEN]]
+        node[TOKEN] = None
+        self._nbytes -= node[NBYTES]
+        if node[SMALL]:
+            self._small_bytes -= node[NBYTES]
+        if node[EXPIRES] is not None:
             self._n_ttl -= 1
         if reason is not None:
             self._by_reason[reason] += 1
-        dropped.append((key, entry[VALUE], reason))
+        victims += (node[KEY], node[VALUE], reason)   # flat: no tuple, no GC run here
+        self._version += 1
 
-    def _remove(self, key: Any, entry: list[Any], reason: Optional[str],
-                dropped: list[Any]) -> None:
-        """Remove ``key`` if it still maps to ``entry`` (lock held)."""
-        if self._od.get(key) is entry:  # may run __eq__
-            if self._od.pop(key, None) is entry:
-                self._forget(key, entry, reason, dropped)
+    def _to_main(self, node: list[Any]) -> None:
+        del self._small[node[TOKEN]]
+        self._small_bytes -= node[NBYTES]
+        node[SMALL] = False
+        self._main[node[TOKEN]] = node
 
-    def _evict_to_fit(self, now: float, dropped: list[Any]) -> None:
-        od = self._od
-        maxsize, max_bytes = self._maxsize, self._max_bytes
-        while od:
-            if maxsize is not None and len(od) > maxsize:
-                reason = "capacity"
-            elif max_bytes is not None and self._nbytes > max_bytes:
-                reason = "bytes"
+    def _on_hit(self, node: list[Any]) -> None:
+        if self._lru:
+            self._main.move_to_end(node[TOKEN])
+        elif node[FREQ] < 3:
+            node[FREQ] += 1
+
+    def _main_over(self) -> bool:
+        return ((self._maxsize is not None
+                 and len(self._main) > self._maxsize - self._small_cap)
+                or (self._max_bytes is not None
+                    and self._nbytes - self._small_bytes > self._max_bytes - self._small_cap_bytes))
+
+    def _small_full(self) -> bool:
+        return ((self._maxsize is not None and len(self._small) >= self._small_cap)
+                or (self._max_bytes is not None and self._small_bytes >= self._small_cap_bytes))
+
+    def _victim(self, now: Optional[float], to_ghost: bool) -> tuple[Optional[list[Any]], bool]:
+        """(the node to evict next, whether it expired); see CLruCache._victim."""
+        main, small = self._main, self._small
+        if self._lru:
+            if not main:
+                return None, False
+            node = next(iter(main.values()))
+            return node, self._expired(node, now)
+        if not main and not small:
+            return None, False
+        self._has_evicted = True
+        while True:
+            if not small or self._main_over():
+                while main:
+                    node = next(iter(main.values()))
+                    if self._expired(node, now):
+                        return node, True
+                    if node[FREQ] == 0:
+                        return node, False
+                    node[FREQ] -= 1
+                    main.move_to_end(node[TOKEN])
+            else:
+                while small:
+                    node = next(iter(small.values()))
+                    if self._expired(node, now):
+                        return node, True
+                    if node[FREQ] < 2:
+                        if to_ghost:
+                            self._ghost_add(_fingerprint(node[HASH]))
+                        return node, False
+                    node[FREQ] = 0
+                    self._to_main(node)
+
+    def _evict_to_fit(self, more: int, more_bytes: int, now: Optional[float],
+                      victims: list[Any]) -> None:
+        while self._main or self._small:
+            count = len(self._main) + len(self._small)
+            if self._maxsize is not None and count + more > self._maxsize:
+                reason = _CAPACITY
+            elif self._max_bytes is not None and self._nbytes + more_bytes > self._max_bytes:
+                reason = _BYTES
             else:
                 return
-            key, entry = od.popitem(last=False)
-            self._forget(key, entry, reason if self._live(entry, now) else "expired", dropped)
+            node, expired = self._victim(now, True)
+            if node is None:
+                return
+            self._take(node, _EXPIRED if expired else reason, victims)
 
-    def _release(self, dropped: list[Any]) -> None:
-        """Call ``on_evict`` for automatic removals, after the lock is dropped.
+    def _set_bounds(self, maxsize: Optional[int], max_bytes: Optional[int]) -> None:
+        self._maxsize, self._max_bytes = maxsize, max_bytes
+        self._small_cap = max(1, maxsize // 10) if maxsize is not None else 0
+        self._small_cap_bytes = max_bytes // 10 if max_bytes is not None else 0
+        if not self._lru:
+            self._ghost_set_limit(self._ghost_size())
+        self._settings_version += 1
 
-        Every entry is released even if a callback raises; the first exception
-        is raised at the end.
-        """
+    def _ghost_size(self) -> int:
+        if self._maxsize is not None:
+            return self._maxsize - self._maxsize // 10
+        count = len(self._main) + len(self._small)
+        return max(count, self._ghost_limit * 10 // 9) * 9 // 10
+
+    def _ghost_add(self, fp: int) -> None:
+        ghost = self._ghost
+        if self._ghost_limit <= 0 or fp in ghost:
+            return
+        while len(ghost) >= self._ghost_limit:
+            ghost.popitem(last=False)
+        ghost[fp] = None
+
+    def _ghost_set_limit(self, limit: int) -> None:
+        self._ghost_limit = max(0, limit)
+        while len(self._ghost) > self._ghost_limit:
+            self._ghost.popitem(last=False)
+
+    def _take_all(self) -> list[Any]:
+        victims: list[Any] = []
+        self._invalidate_leases(0, True)
+        for order in (self._main, self._small):
+            while order:
+                self._take(next(iter(order.values())), None, victims)
+        self._has_evicted = False
+        return victims
+
+    # -- time (before the lock) ---------------------------------------------------
+
+    def _clock(self, need: bool) -> Optional[float]:
+        """The time for this operation: a custom timer is read up front, and only
+        when some entry (or the one being stored) has a TTL; None: read lazily."""
+        if self._timer is not None and (need or self._n_ttl):
+            return float(self._timer())
+        return None
+
+    def _expired(self, node: list[Any], now: Optional[float]) -> bool:
+        exp = node[EXPIRES]
+        if exp is None:
+            return False
+        if now is None:
+            if self._timer is not None:
+                return False   # the entry appeared after the timer was read
+            now = _monotonic()
+        return bool(now >= exp)
+
+    @staticmethod
+    def _expires(ttl: Optional[float], now: Optional[float]) -> Optional[float]:
+        if ttl is None or ttl == _INF:
+            return None
+        return (_monotonic() if now is None else now) + ttl
+
+    # -- lookup ---------------------------------------------------------------------
+
+    def _find(self, key: Any, h: int) -> Optional[list[Any]]:
+        """key's node or None (lock held). May run __eq__ (changes nothing)."""
+        restarts = 0
+        while True:
+            version = self._version
+            node = self._buckets.get(h)
+            while node is not None:
+                k = node[KEY]
+                if k is key:
+                    return node
+                equal = bool(k == key)
+                if self._version != version:
+                    break   # the cache changed under __eq__: start over
+                if equal:
+                    return node
+                node = node[CHAIN]
+            else:
+                return None
+            restarts += 1
+            if restarts > MAX_LOOKUP_RESTARTS:
+                raise RuntimeError(MUTATED_DURING_LOOKUP)
+
+    # -- releasing (after the lock) ---------------------------------------------------
+
+    def _release(self, victims: list[Any]) -> None:
+        """Call on_evict for the automatic removals, releasing each entry after
+        its callback; every entry is released even if a callback raises, and
+        the first exception is raised at the end."""
         on_evict = self._on_evict
         error: Optional[BaseException] = None
-        if on_evict is not None:
-            for key, value, reason in dropped:
-                if reason is not None:
-                    try:
-                        on_evict(key, value, reason)
-                    except BaseException as exc:  # noqa: BLE001 - re-raised below
-                        if error is None:
-                            error = exc
-        dropped.clear()
+        for i in range(0, len(victims), 3):
+            key, value, reason = victims[i], victims[i + 1], victims[i + 2]
+            victims[i] = victims[i + 1] = None
+            if on_evict is not None and reason is not None:
+                try:
+                    on_evict(key, value, reason)
+                except BaseException as exc:  # noqa: BLE001 - re-raised below
+                    if error is None:
+                        error = exc
+            del key, value
+        victims.clear()
         if error is not None:
             raise error
 
-    def _store(self, key: Any, value: Any, ttl: Optional[float]) -> bool:
-        """set(): measure and read the clock first, then one locked change."""
-        nbytes = 0 if self._max_bytes is None else self._sizes(key, value)
-        now = self._now() if (ttl is not None or self._n_ttl) else 0.0
-        expires = None if ttl is None or ttl == _INF else now + ttl
-        dropped: list[Any] = []
-        try:
-            with self._lock:
-                od = self._od
-                if self._max_bytes is not None and nbytes > self._max_bytes:
-                    self._rejected += 1
-                    old = od.pop(key, None)  # may run __eq__
-                    if old is not None:
-                        self._forget(key, old, None, dropped)
-                    return False
-                entry = od.get(key)  # may run __eq__
-                if entry is None:
-                    od[key] = [value, expires, nbytes]  # may run __eq__
-                else:
-                    # In place: a pop and re-insert would leave a dummy slot
-                    # behind and make the dict resize every few thousand sets.
-                    od.move_to_end(key)
-                    dropped.append((key, entry[VALUE], None))
-                    self._nbytes -= entry[NBYTES]
-                    self._n_ttl -= entry[EXPIRES] is not None
-                    entry[VALUE], entry[EXPIRES], entry[NBYTES] = value, expires, nbytes
-                self._nbytes += nbytes
-                if expires is not None:
-                    self._n_ttl += 1
-                if self._maxsize is not None and len(od) > self._maxsize or (
-                        self._max_bytes is not None and self._nbytes > self._max_bytes):
-                    self._evict_to_fit(now, dropped)
-                return True
-        finally:
-            if dropped:
-                self._release(dropped)
+    # -- measuring (before the lock) ----------------------------------------------------
 
-    def _expired_entry(self, key: Any, entry: list[Any]) -> None:
-        """Drop an entry a read found expired."""
-        dropped: list[Any] = []
+    def _measure(self, key: Any, value: Any) -> int:
+        if self._max_bytes is None:
+            return 0
+        return self._size_of(key) + self._size_of(value)
+
+    def _size_of(self, obj: Any) -> int:
+        sizeof = self._sizeof
+        if sizeof is None:
+            from ._sizeof import deep_sizeof as sizeof
+        return min(check_nbytes(sizeof(obj)), _ENTRY_BYTES_MAX + 1)
+
+    # -- leases -----------------------------------------------------------------------
+
+    def _lease_new(self, h: int) -> int:
         with self._lock:
-            self._remove(key, entry, "expired", dropped)
-        self._release(dropped)
+            leases = self._leases
+            for i, slot in enumerate(leases):
+                if slot[2] == _L_FREE:
+                    break
+            else:
+                i = len(leases)
+                leases.append([0, 0, _L_FREE])
+            slot = leases[i]
+            slot[0], slot[1], slot[2] = h & _HASH_MASK, slot[1] + 1, _L_VALID
+            self._n_leases += 1
+            return i
 
-    def _peek_entry(self, key: Any) -> Optional[list[Any]]:
-        entry = self._od.get(key)  # may run __eq__
-        if entry is None or (entry[EXPIRES] is not None and self._now() >= entry[EXPIRES]):
-            return None
-        return entry
+    def _lease_end(self, i: int) -> None:
+        with self._lock:
+            if 0 <= i < len(self._leases) and self._leases[i][2] != _L_FREE:
+                self._leases[i][2] = _L_FREE
+                self._n_leases -= 1
 
-    # -- mapping interface ------------------------------------------------------
+    def _invalidate_leases(self, hbits: int, every: bool) -> None:
+        if self._n_leases:
+            for slot in self._leases:
+                if slot[2] == _L_VALID and (every or slot[0] == hbits):
+                    slot[2] = _L_INVALID
+
+    def _lease_slot(self, token: Any) -> int:
+        if isinstance(token, int) and not isinstance(token, bool) and 0 <= token < 1 << 64:
+            i = token & 0xFFFFFFFF
+            with self._lock:
+                if (i < len(self._leases) and self._leases[i][2] != _L_FREE
+                        and self._leases[i][1] == token >> 32):
+                    return i
+        raise ValueError(f"not an outstanding lease of this cache: {token!r}")
+
+    # -- storing ------------------------------------------------------------------------
+
+    def _store(self, key: Any, value: Any, ttl: Optional[float], mode: int,
+               h: Optional[int] = None, lease: int = -1) -> Any:
+        """set() (_S_SET: True, or False when refused), setdefault() (_S_KEEP)
+        and fill() (_S_FILL): see CLruCache._store."""
+        victims: list[Any] = []
+        try:
+            while True:
+                settings = self._settings_version
+                nbytes = self._measure(key, value)
+                now = self._clock(ttl is not None and ttl != _INF)
+                if h is None:
+                    h = hash(key)
+                with self._lock:
+                    node = self._find(key, h)
+                    if self._settings_version != settings:
+                        continue   # resize() or __init__ ran meanwhile: measure again
+                    result = self._put(key, value, h, nbytes, node, ttl, now, mode, lease,
+                                       victims)
+                    break
+        finally:
+            if mode == _S_FILL:
+                self._lease_end(lease)
+        self._release(victims)
+        return result
+
+    def _put(self, key: Any, value: Any, h: int, nbytes: int, node: Optional[list[Any]],
+             ttl: Optional[float], now: Optional[float], mode: int, lease: int,
+             victims: list[Any]) -> Any:
+        """_store's region (lock held)."""
+        expired = node is not None and self._expired(node, now)
+        if mode != _S_SET:
+            if node is not None and not expired:
+                return node[VALUE]   # stored meanwhile: it wins
+            if mode == _S_FILL and self._leases[lease][2] != _L_VALID:
+                return value   # invalidated since the factory started: not stored
+        else:
+            self._invalidate_leases(h & _HASH_MASK, False)
+        if (self._maxsize == 0 or nbytes > _ENTRY_BYTES_MAX
+                or (self._max_bytes is not None and nbytes > self._max_bytes)):
+            self._rejected += 1
+            if node is not None:   # never serve what the caller just replaced
+                self._take(node, _EXPIRED if expired else None, victims)
+            return False if mode == _S_SET else value
+        if node is not None and mode == _S_SET:
+            victims += (None, node[VALUE], None)   # the replaced value, released after
+            node[VALUE] = value
+            self._nbytes += nbytes - node[NBYTES]
+            if node[SMALL]:
+                self._small_bytes += nbytes - node[NBYTES]
+            node[NBYTES] = nbytes
+            expires = self._expires(ttl, now)
+            self._n_ttl += (expires is not None) - (node[EXPIRES] is not None)
+            node[EXPIRES] = expires
+            self._on_hit(node)
+            self._version += 1
+            self._evict_to_fit(0, 0, now, victims)
+            return True
+        if node is not None:   # an expired entry stored meanwhile (setdefault, fill)
+            self._take(node, _EXPIRED, victims)
+        in_ghost = False
+        if not self._lru:
+            fp = _fingerprint(h)
+            if fp in self._ghost:
+                del self._ghost[fp]
+                in_ghost = True
+        self._evict_to_fit(1, nbytes, now, victims)
+        small = not (self._lru or in_ghost or (not self._has_evicted and self._small_full()))
+        count = len(self._main) + len(self._small)
+        if not self._lru and self._maxsize is None and count >= self._ghost_limit:
+            self._ghost_set_limit(self._ghost_size())
+        self._add([key, value, self._expires(ttl, now), nbytes, self._tokens(), None, h, 0,
+                   small])
+        return True if mode == _S_SET else value
+
+    def _lookup(self, key: Any, default: Any, count: bool) -> Any:
+        """get()/[] (count) and peek(): see CLruCache._lookup."""
+        now = self._clock(False)
+        h = hash(key)
+        victims: list[Any] = []
+        with self._lock:
+            node = self._find(key, h)
+            if node is not None:
+                if not self._expired(node, now):
+                    if count:
+                        self._hits += 1
+                        self._on_hit(node)
+                    return node[VALUE]
+                if count:
+                    self._take(node, _EXPIRED, victims)
+            if count:
+                self._misses += 1
+        if victims:
+            self._release(victims)
+        return default
+
+    # -- mapping interface ----------------------------------------------------------------
 
     def __getitem__(self, key: K) -> V:
-        # Fast path for the common hit on an entry without TTL; anything else
-        # (a miss, a TTL, a race) goes through get().
-        entry = self._od_get(key)  # may run __eq__
-        if entry is not None and entry[EXPIRES] is None:
-            try:
-                self._move_to_end(key)
-            except KeyError:
-                pass
-            self._hit()
-            return entry[VALUE]  # type: ignore[no-any-return]
-        value = self.get(key, _MISSING)
-        if value is _MISSING:
+        value = self._lookup(key, MISSING, True)
+        if value is MISSING:
             raise KeyError(key)
-        return value  # type: ignore[no-any-return]
+        return value  # type: ignore[no-any-return]  # a stored value
 
     @overload
     def get(self, key: K) -> Optional[V]: ...
@@ -263,149 +517,210 @@ class PyLruCache(Generic[K, V]):
     def get(self, key: K, default: Union[V, D]) -> Union[V, D]: ...
 
     def get(self, key: Any, default: Any = None) -> Any:
-        """Return the value for ``key`` (a hit makes it most recently used)."""
-        entry = self._od_get(key)  # may run __eq__ (its errors propagate)
-        if entry is None:
-            self._miss()
-            return default
-        exp = entry[EXPIRES]
-        if exp is not None and self._now() >= exp:
-            self._expired_entry(key, entry)
-            self._miss()
-            return default
-        try:
-            self._move_to_end(key)
-        except KeyError:
-            pass  # removed by another thread since: still a hit on what we read
-        self._hit()
-        return entry[VALUE]
+        """Return the value for ``key``, or ``default`` (counts a hit or a miss)."""
+        return self._lookup(key, default, True)
 
     def __setitem__(self, key: K, value: V) -> None:
-        self._store(key, value, self._ttl)
+        self._store(key, value, self._ttl, _S_SET)
 
     def set(self, key: K, value: V, ttl: Optional[float] = None) -> bool:
         """Insert or replace ``key``; ``ttl`` overrides the default TTL.
 
-        Returns False when the entry alone is larger than ``max_bytes`` (it is
-        refused, counted in ``rejected``, and any older value for the key is
-        dropped).
+        Returns False when the entry is refused: larger than ``max_bytes`` by
+        itself (or 4 GiB and more), or ``maxsize`` is 0. A refusal is counted
+        in ``rejected`` and drops any older value for the key.
         """
-        return self._store(key, value, self._ttl if ttl is None else check_ttl(ttl))
+        return bool(self._store(key, value, self._ttl if ttl is None else check_ttl(ttl),
+                                _S_SET))
 
     def __delitem__(self, key: K) -> None:
         self.pop(key)
 
     def __contains__(self, key: object) -> bool:
-        return self._peek_entry(key) is not None
+        return self._lookup(key, MISSING, False) is not MISSING
 
     def __len__(self) -> int:
-        return len(self._od)
-
-    def _snapshot(self) -> list[tuple[Any, Any]]:
-        now = self._clock()
-        with self._lock:
-            items = list(self._od.items())
-        return [(k, e[VALUE]) for k, e in items if self._live(e, now)]
-
-    def __iter__(self) -> Iterator[K]:
-        """Iterate over a snapshot of the keys, least recently used first."""
-        return iter([k for k, _ in self._snapshot()])
-
-    def keys(self) -> list[K]:  # type: ignore[override]
-        """A snapshot list of the keys, least recently used first."""
-        return [k for k, _ in self._snapshot()]
-
-    def values(self) -> list[V]:  # type: ignore[override]
-        """A snapshot list of the values, least recently used first."""
-        return [v for _, v in self._snapshot()]
-
-    def items(self) -> list[tuple[K, V]]:  # type: ignore[override]
-        """A snapshot list of (key, value) pairs, least recently used first."""
-        return self._snapshot()
+        return len(self._main) + len(self._small)
 
     def peek(self, key: K, default: Any = None) -> Any:
-        """Return the value for ``key`` without counting or touching recency."""
-        entry = self._peek_entry(key)
-        return default if entry is None else entry[VALUE]
+        """Return the value for ``key`` without counting or changing recency."""
+        return self._lookup(key, default, False)
 
-    def pop(self, key: K, default: Any = _MISSING) -> Any:
-        """Remove ``key`` and return its value (no counting, no callback)."""
-        now = self._clock()
-        dropped: list[Any] = []
+    def _remove_key(self, key: Any) -> Any:
+        now = self._clock(False)
+        h = hash(key)
+        victims: list[Any] = []
+        value = MISSING
         with self._lock:
-            entry = self._od.pop(key, None)  # may run __eq__
-            if entry is not None:
-                live = self._live(entry, now)
-                self._forget(key, entry, None if live else "expired", dropped)
-                if not live:
-                    entry = None
-        self._release(dropped)
-        if entry is not None:
-            return entry[VALUE]
-        if default is _MISSING:
+            node = self._find(key, h)
+            self._invalidate_leases(h & _HASH_MASK, False)
+            if node is not None:
+                if self._expired(node, now):
+                    self._take(node, _EXPIRED, victims)
+                else:
+                    value = node[VALUE]
+                    self._take(node, None, victims)
+        self._release(victims)
+        return value
+
+    def pop(self, key: K, default: Any = MISSING) -> Any:
+        """Remove ``key`` and return its value (counts nothing, calls no on_evict)."""
+        value = self._remove_key(key)
+        if value is not MISSING:
+            return value
+        if default is MISSING:
             raise KeyError(key)
         return default
 
+    def invalidate(self, key: K) -> bool:
+        """Remove ``key`` if present and refuse the fills of every lease on it
+        taken before now. True if an entry was removed."""
+        return self._remove_key(key) is not MISSING
+
     def popitem(self) -> tuple[K, V]:
-        """Remove and return the least recently used (key, value) pair."""
-        now = self._clock()
-        dropped: list[Any] = []
+        """Remove and return the entry eviction would take next (LRU: the least
+        recently used)."""
+        now = self._clock(False)
+        victims: list[Any] = []
         item = None
         with self._lock:
-            while self._od:
-                key, entry = self._od.popitem(last=False)
-                live = self._live(entry, now)
-                self._forget(key, entry, None if live else "expired", dropped)
-                if live:
-                    item = (key, entry[VALUE])
-                    break
-        self._release(dropped)
+            while self._main or self._small:
+                node, expired = self._victim(now, False)
+                assert node is not None
+                if expired:
+                    self._take(node, _EXPIRED, victims)
+                    continue
+                item = (node[KEY], node[VALUE])
+                self._invalidate_leases(node[HASH] & _HASH_MASK, False)
+                self._take(node, None, victims)
+                break
+        self._release(victims)
         if item is None:
             raise KeyError("popitem(): cache is empty")
         return item
 
     def setdefault(self, key: K, default: Any = None) -> Any:
-        """Return the value for ``key``, inserting ``default`` on a miss."""
-        value = self.get(key, _MISSING)
-        if value is not _MISSING:
+        """Return the value for ``key``, inserting ``default`` on a miss (never
+        overwrites)."""
+        now = self._clock(False)
+        h = hash(key)
+        value = self._counted_lookup(key, h, now)
+        if value is not MISSING:
             return value
-        self._store(key, default, self._ttl)
-        return default
+        try:
+            return self._store(key, default, self._ttl, _S_KEEP, h)
+        except BaseException:
+            with self._lock:
+                self._misses -= 1   # a failed measurement leaves the statistics as they were
+            raise
+
+    def _counted_lookup(self, key: Any, h: int, now: Optional[float]) -> Any:
+        victims: list[Any] = []
+        with self._lock:
+            node = self._find(key, h)
+            if node is not None:
+                if not self._expired(node, now):
+                    self._hits += 1
+                    self._on_hit(node)
+                    return node[VALUE]
+                self._take(node, _EXPIRED, victims)
+            self._misses += 1
+        self._release(victims)
+        return MISSING
 
     def get_or_set(self, key: K, factory: Callable[[], V], ttl: Optional[float] = None) -> V:
-        """Return the cached value, or store and return ``factory()``.
-
-        The factory runs once per miss, with no lock held. If another caller
-        stored the key meanwhile, that value wins and is returned.
-        """
+        """Return the cached value, or call ``factory()`` (no lock held) and store
+        its result, unless the key was invalidated meanwhile (a lease: see
+        ``invalidate``); the caller gets the value either way. A live value
+        stored meanwhile by another fill wins and is returned."""
         if not callable(factory):
             raise TypeError(f"factory must be callable, not {type(factory).__name__}")
         ttl = self._ttl if ttl is None else check_ttl(ttl)
-        value = self.get(key, _MISSING)
-        if value is not _MISSING:
-            return value  # type: ignore[no-any-return]
-        value = factory()
-        entry = self._od.get(key)  # may run __eq__
-        if entry is not None:
-            if entry[EXPIRES] is None or self._now() < entry[EXPIRES]:
-                return entry[VALUE]  # type: ignore[no-any-return]
-            self._expired_entry(key, entry)
-        self._store(key, value, ttl)
-        return value
+        now = self._clock(False)
+        h = hash(key)
+        value = self._counted_lookup(key, h, now)
+        if value is not MISSING:
+            return value  # type: ignore[no-any-return]  # a stored value
+        lease = self._lease_new(h)
+        try:
+            value = factory()
+        except BaseException:
+            self._lease_end(lease)
+            raise
+        try:
+            return self._store(key, value, ttl, _S_FILL, h, lease)  # type: ignore[no-any-return]
+        except BaseException:
+            with self._lock:
+                self._misses -= 1   # the measurement failed: statistics as they were
+            raise
+
+    def lease(self, key: K) -> int:
+        """Start a fill of ``key`` (after a miss): a token for ``fill()`` or
+        ``drop_lease()``. A write to or removal of the key before the fill
+        refuses it."""
+        i = self._lease_new(hash(key))
+        return self._leases[i][1] << 32 | i
+
+    def fill(self, key: K, value: V, lease: int, ttl: Optional[float] = None) -> V:
+        """End a lease: store ``value`` unless the key was invalidated since
+        ``lease()`` or a live value was stored meanwhile (returned instead).
+        Counts nothing."""
+        i = self._lease_slot(lease)
+        try:
+            t = self._ttl if ttl is None else check_ttl(ttl)
+        except BaseException:
+            self._lease_end(i)
+            raise
+        return self._store(key, value, t, _S_FILL, None, i)  # type: ignore[no-any-return]
+
+    def drop_lease(self, lease: int) -> None:
+        """End a lease without storing (the fill failed)."""
+        self._lease_end(self._lease_slot(lease))
 
     def update(self, other: Any = (), /, **kwargs: V) -> None:
         """Insert every pair of ``other`` (a mapping or pairs) and ``kwargs``."""
         for key, value in iter_pairs(other, kwargs):
-            self._store(key, value, self._ttl)
+            self._store(key, value, self._ttl, _S_SET)
 
     def clear(self) -> None:
         """Remove every entry (no callbacks; statistics are kept)."""
         with self._lock:
-            old = list(self._od.items())
-            self._od.clear()
-            self._nbytes = 0
-            self._n_ttl = 0
-        del old  # released outside the lock
+            victims = self._take_all()
+        self._release(victims)
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    def _snapshot(self, reverse: bool = False, now: Any = MISSING) -> list[list[Any]]:
+        """The live nodes in iteration order (S3-FIFO: the small FIFO, then the
+        main one; each oldest first), or the reverse."""
+        if now is MISSING:
+            now = self._clock(False)
+        with self._lock:
+            orders = (self._main, self._small) if reverse else (self._small, self._main)
+            nodes = [node for order in orders
+                     for node in (reversed(order.values()) if reverse else order.values())
+                     if not self._expired(node, now)]
+        return nodes
+
+    def __iter__(self) -> Iterator[K]:
+        """Iterate over a snapshot of the keys, in eviction order (LRU first)."""
+        return iter([n[KEY] for n in self._snapshot()])
+
+    def __reversed__(self) -> Iterator[K]:
+        """Iterate over a snapshot of the keys, most recently used first."""
+        return iter([n[KEY] for n in self._snapshot(True)])
+
+    def keys(self) -> list[K]:  # type: ignore[override]  # snapshot lists, not views
+        """A snapshot list of the keys, in eviction order (LRU first)."""
+        return [n[KEY] for n in self._snapshot()]
+
+    def values(self) -> list[V]:  # type: ignore[override]  # snapshot lists, not views
+        """A snapshot list of the values, in eviction order (LRU first)."""
+        return [n[VALUE] for n in self._snapshot()]
+
+    def items(self) -> list[tuple[K, V]]:  # type: ignore[override]  # snapshot lists
+        """A snapshot list of (key, value) pairs, in eviction order (LRU first)."""
+        return [(n[KEY], n[VALUE]) for n in self._snapshot()]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Mapping):
@@ -416,7 +731,7 @@ class PyLruCache(Generic[K, V]):
         eq = self.__eq__(other)
         return eq if eq is NotImplemented else not eq
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # mutable, as dict
 
     def __repr__(self) -> str:
         running = _repr_running()
@@ -428,83 +743,95 @@ class PyLruCache(Generic[K, V]):
         finally:
             running.discard(id(self))
 
-    # -- cache-specific ---------------------------------------------------------
+    # -- cache-specific -----------------------------------------------------------------
 
     def expire(self) -> int:
         """Drop every expired entry now; return how many were dropped."""
         if not self._n_ttl:
             return 0
-        now = self._now()
-        dropped: list[Any] = []
+        now = self._timer() if self._timer is not None else _monotonic()
+        victims: list[Any] = []
         with self._lock:
-            od = self._od
-            for key, entry in list(od.items()):
-                if not self._live(entry, now) and od.pop(key, None) is entry:
-                    self._forget(key, entry, "expired", dropped)
-        count = len(dropped)
-        self._release(dropped)
+            for order in (self._main, self._small):
+                for node in list(order.values()):
+                    if node[EXPIRES] is not None and node[EXPIRES] <= now:
+                        self._take(node, _EXPIRED, victims)
+        count = len(victims) // 3
+        self._release(victims)
         return count
 
     def trim(self, fraction: float = 0.5) -> int:
-        """Evict ``fraction`` of the entries, least recently used first."""
+        """Evict ``ceil(len * fraction)`` entries, in eviction order; return how many."""
         fraction = check_fraction(fraction)
-        dropped: list[Any] = []
+        victims: list[Any] = []
         with self._lock:
-            od = self._od
-            for _ in range(trim_count(len(od), fraction)):
-                key, entry = od.popitem(last=False)
-                self._forget(key, entry, "trim", dropped)
-        count = len(dropped)
-        self._release(dropped)
-        return count
+            count = len(self._main) + len(self._small)
+            for _ in range(min(count, math.ceil(count * fraction))):
+                node, _expired = self._victim(None, True)
+                if node is None:
+                    break
+                self._take(node, _TRIM, victims)
+        removed = len(victims) // 3
+        self._release(victims)
+        return removed
 
     def resize(self, maxsize: Any = UNSET, max_bytes: Any = UNSET) -> None:
         """Change the bounds (None removes one), evicting to fit."""
+        new_maxsize, new_max_bytes = self._maxsize, self._max_bytes
         if maxsize is not UNSET:
-            maxsize = check_size("maxsize", maxsize)
+            new_maxsize = check_size("maxsize", maxsize)
         if max_bytes is not UNSET:
-            max_bytes = check_size("max_bytes", max_bytes)
-            if max_bytes is not None and self._max_bytes is None:
-                self._measure_all()
-            elif max_bytes is None:
-                self._set_all_nbytes({})
-            self._max_bytes = max_bytes
-        if maxsize is not UNSET:
-            self._maxsize = maxsize
-        now = self._clock()
-        dropped: list[Any] = []
+            new_max_bytes = check_size("max_bytes", max_bytes)
+            if new_max_bytes is None:
+                with self._lock:
+                    self._set_all_nbytes({})
+            elif self._max_bytes is None:
+                self._measure_all()   # sizeof may raise: nothing has changed yet
+        now = self._clock(False)
+        victims: list[Any] = []
         with self._lock:
-            self._evict_to_fit(now, dropped)
-        self._release(dropped)
+            self._set_bounds(new_maxsize, new_max_bytes)
+            self._evict_to_fit(0, 0, now, victims)
+        self._release(victims)
 
     def _measure_all(self) -> None:
-        """Measure every entry when a byte bound is first set (sizeof runs unlocked)."""
-        with self._lock:
-            items = list(self._od.items())
-        self._set_all_nbytes({id(e): self._sizes(k, e[VALUE]) for k, e in items})
+        """Measure every entry when a byte bound is first set: see CLruCache."""
+        for attempt in range(4):
+            with self._lock:
+                version = self._version
+            nodes = self._snapshot(now=-_INF)   # expired ones too
+            sizes = {id(n): (min(self._size_of(n[KEY]) + self._size_of(n[VALUE]),
+                                 _ENTRY_BYTES_MAX), n[VALUE]) for n in nodes}
+            with self._lock:
+                if self._version != version and attempt < 3:
+                    continue
+                self._set_all_nbytes(sizes)
+                return
 
-    def _set_all_nbytes(self, sizes: dict[int, int]) -> None:
-        with self._lock:
-            total = 0
-            for entry in self._od.values():
-                entry[NBYTES] = sizes.get(id(entry), 0)
-                total += entry[NBYTES]
-            self._nbytes = total
+    def _set_all_nbytes(self, sizes: dict[int, tuple[int, Any]]) -> None:
+        """Sizes by node, for the nodes that still hold the value measured; 0 else."""
+        total = small = 0
+        for order in (self._main, self._small):
+            for node in order.values():
+                size, value = sizes.get(id(node), (0, None))
+                node[NBYTES] = size if value is node[VALUE] else 0
+                total += node[NBYTES]
+                if node[SMALL]:
+                    small += node[NBYTES]
+        self._nbytes, self._small_bytes = total, small
 
-    def stats(self) -> dict[str, Any]:
-        """Counters and sizes; see the README for each key."""
+    def stats(self) -> CacheStats:
+        """Counters and sizes (see the docs for each key)."""
         with self._lock:
-            return stats_dict(len(self._od), self._maxsize, self._nbytes, self._max_bytes,
-                              self._hits.value(), self._misses.value(), self._by_reason,
-                              self._rejected, self._ttl)
+            return stats_dict(len(self), self._maxsize, self._nbytes, self._max_bytes,
+                              self._hits, self._misses, dict(self._by_reason),
+                              self._rejected, self._ttl, self._policy)
 
     def reset_stats(self) -> None:
         """Zero the hit, miss, eviction, expiration and rejection counters."""
         with self._lock:
-            self._new_counters()
-            self._rejected = 0
-            for reason in self._by_reason:
-                self._by_reason[reason] = 0
+            self._hits = self._misses = self._rejected = 0
+            self._by_reason = dict.fromkeys(EVICTION_REASONS, 0)
 
     @property
     def maxsize(self) -> Optional[int]:
@@ -522,45 +849,65 @@ class PyLruCache(Generic[K, V]):
     def nbytes(self) -> int:
         return self._nbytes
 
-    # -- copying and pickling ---------------------------------------------------
+    @property
+    def policy(self) -> str:
+        return self._policy
+
+    # -- copying and pickling -----------------------------------------------------------
 
     def copy(self) -> "PyLruCache[K, V]":
         """A shallow copy with the same settings and entries (fresh statistics)."""
         cls, args, state = self.__reduce__()
         new = cls(*args)
         new.__setstate__(state)
-        return new  # type: ignore[no-any-return]
+        return new  # type: ignore[no-any-return]  # cls is type(self)
 
     __copy__ = copy
 
     def __reduce__(self) -> tuple[Any, ...]:
-        now = self._clock()
-        with self._lock:
-            items = list(self._od.items())
-        entries = [(k, e[VALUE], None if e[EXPIRES] is None else e[EXPIRES] - now, e[NBYTES])
-                   for k, e in items if self._live(e, now)]
-        state = (self._max_bytes, self._sizeof, self._timer, self._on_evict, entries)
+        now: Optional[float] = None
+        if self._n_ttl:
+            now = self._timer() if self._timer is not None else _monotonic()
+        entries = [(n[KEY], n[VALUE], None if n[EXPIRES] is None else n[EXPIRES] - now,
+                    n[NBYTES], n[FREQ] | (4 if n[SMALL] else 0))
+                   for n in self._snapshot(now=now)]
+        state = (self._max_bytes, self._sizeof, self._timer, self._on_evict, self._policy,
+                 entries)
         return (type(self), (self._maxsize, self._ttl), state)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        max_bytes, sizeof, timer, on_evict, entries = state
-        self._max_bytes = check_size("max_bytes", max_bytes)
-        self._sizeof = check_callable("sizeof", sizeof)
-        self._timer = check_callable("timer", timer)
-        self._on_evict = check_callable("on_evict", on_evict)
-        now = self._now() if any(e[2] is not None for e in entries) else 0.0
-        dropped: list[Any] = []
+        max_bytes, sizeof, timer, on_evict, policy, entries = state
+        max_bytes = check_size("max_bytes", max_bytes)
+        sizeof = check_callable("sizeof", sizeof)
+        timer = check_callable("timer", timer)
+        on_evict = check_callable("on_evict", on_evict)
+        policy = check_policy(policy)
         with self._lock:
-            for key, value, remaining, nbytes in entries:
-                old = self._od.pop(key, None)
-                if old is not None:
-                    self._forget(key, old, None, dropped)
-                expires = None if remaining is None else now + remaining
-                self._od[key] = [value, expires, check_nbytes(nbytes)]
-                self._nbytes += nbytes
-                self._n_ttl += expires is not None
-                self._evict_to_fit(now, dropped)
-        self._release(dropped)
+            if len(self) and policy != self._policy:
+                raise ValueError("cannot change the policy of a cache that holds entries")
+            self._sizeof, self._timer, self._on_evict = sizeof, timer, on_evict
+            self._policy, self._lru = policy, policy == "lru"
+            self._set_bounds(self._maxsize, max_bytes)
+        now = (self._timer() if self._timer is not None else _monotonic()) \
+            if any(e[2] is not None for e in entries) else 0.0
+        for key, value, remaining, nbytes, state_bits in entries:
+            self._restore(key, value, check_nbytes(nbytes),
+                          None if remaining is None else now + remaining, state_bits)
+
+    def _restore(self, key: Any, value: Any, nbytes: int, expires: Optional[float],
+                 state_bits: int) -> None:
+        h = hash(key)
+        victims: list[Any] = []
+        with self._lock:
+            node = self._find(key, h)
+            if node is not None:
+                self._take(node, None, victims)
+            nbytes = min(nbytes, _ENTRY_BYTES_MAX)
+            self._evict_to_fit(1, nbytes, None, victims)
+            small = not self._lru and bool(state_bits & 4)
+            self._add([key, value, expires, nbytes, self._tokens(), None, h,
+                       0 if self._lru else state_bits & 3, small])
+        self._release(victims)
 
 
 _repr_local = threading.local()

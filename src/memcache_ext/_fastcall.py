@@ -16,12 +16,12 @@ from ._core import IMPLEMENTATION
 __all__ = ["cached_call", "get_or"]
 
 if IMPLEMENTATION == "c":
-    from ._core_c import CachedCall, CLruCache, GetOr
-    from .keys import FAST_TYPES, KWARGS_MARK
+    from ._core_c import CLruCache
+    from ._fastcall_c import CachedCall, GetOr
 
     def cached_call(cache: Any, miss: Callable[..., Any]) -> Callable[..., Any]:
         if type(cache) is CLruCache:
-            return CachedCall(cache, miss, FAST_TYPES, KWARGS_MARK)  # type: ignore[no-any-return]
+            return CachedCall(cache, miss)  # type: ignore[no-any-return]
         return _fastcall_py.cached_call(cache, miss)
 
     def get_or(cache: Any, fallback: Callable[[Any, Any], Any]) -> Callable[..., Any]:

@@ -30,6 +30,7 @@ class CacheStats(TypedDict):
     expirations: int
     rejected: int
     ttl: Optional[float]
+    policy: str
 
 
 def stats_dict(
@@ -42,6 +43,7 @@ def stats_dict(
     by_reason: dict[str, int],
     rejected: int,
     ttl: Optional[float],
+    policy: str,
 ) -> CacheStats:
     """Build a ``CacheStats`` from a cache's counters."""
     lookups = hits + misses
@@ -59,6 +61,7 @@ def stats_dict(
         "expirations": by_reason["expired"],
         "rejected": rejected,
         "ttl": ttl,
+        "policy": policy,
     }
 
 

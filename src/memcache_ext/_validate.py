@@ -7,8 +7,11 @@ implementation is active.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
+import sys
+import warnings
 from typing import Any, Callable, Optional
 
 #: Raised when a key's ``__eq__`` keeps changing the cache during lookups.
@@ -27,6 +30,8 @@ def check_size(name: str, value: Any) -> Optional[int]:
         raise TypeError(f"{name} must be an int or None, not {_typename(value)}")
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
+    if value > sys.maxsize:
+        raise ValueError(f"{name} must be <= {sys.maxsize}, got {value}")
     return int(value)
 
 
@@ -79,3 +84,67 @@ def iter_pairs(other: Any, kwargs: dict[str, Any]) -> Any:
 def trim_count(size: int, fraction: float) -> int:
     """How many entries ``trim(fraction)`` evicts from ``size`` entries."""
     return min(size, math.ceil(size * fraction))
+
+
+class SizeofWithoutBoundWarning(UserWarning):
+    """A cache got ``sizeof`` but no ``max_bytes``: nothing is measured yet."""
+
+
+#: The eviction policies, by name (the compiled core numbers them in this order).
+POLICIES = ("lru", "s3fifo")
+
+#: The constructor's parameters, in order, with their defaults (both cores).
+CACHE_PARAMS = (
+    ("maxsize", 128), ("ttl", None), ("max_bytes", None), ("sizeof", None),
+    ("timer", None), ("on_evict", None), ("policy", "lru"),
+)
+_POSITIONAL = 2  # maxsize and ttl; the rest are keyword-only
+
+
+def check_policy(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"policy must be a str, not {_typename(value)}")
+    if value not in POLICIES:
+        raise ValueError(f"policy must be one of {', '.join(map(repr, POLICIES))}, "
+                         f"got {value!r}")
+    return value
+
+
+def parse_cache_args(name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                     stacklevel: int = 2) -> tuple[Optional[int], Optional[float], Optional[int],
+                                Optional[Callable[..., Any]], Optional[Callable[..., Any]],
+                                Optional[Callable[..., Any]], str]:
+    """Bind and check ``name(maxsize=128, ttl=None, *, max_bytes=None, sizeof=None,
+    timer=None, on_evict=None, policy="lru")``: the same messages from both cores."""
+    if len(args) > _POSITIONAL:
+        raise TypeError(f"{name}() takes from 0 to {_POSITIONAL} positional arguments "
+                        f"but {len(args)} were given")
+    bound = dict(CACHE_PARAMS)
+    names = [p for p, _ in CACHE_PARAMS]
+    for param, value in zip(names, args):
+        bound[param] = value
+    for param, value in kwargs.items():
+        if param not in bound:
+            raise TypeError(f"{name}() got an unexpected keyword argument {param!r}")
+        if param in names[:len(args)]:
+            raise TypeError(f"{name}() got multiple values for argument {param!r}")
+        bound[param] = value
+    maxsize = check_size("maxsize", bound["maxsize"])
+    max_bytes = check_size("max_bytes", bound["max_bytes"])
+    sizeof = check_callable("sizeof", bound["sizeof"])
+    if sizeof is not None and max_bytes is None:
+        warnings.warn(f"{name}(sizeof=...) without max_bytes measures nothing until "
+                      "resize(max_bytes=...) sets a byte bound", SizeofWithoutBoundWarning,
+                      stacklevel=stacklevel + 1)
+    return (maxsize, check_ttl(bound["ttl"]), max_bytes, sizeof,
+            check_callable("timer", bound["timer"]),
+            check_callable("on_evict", bound["on_evict"]), check_policy(bound["policy"]))
+
+
+def cache_signature() -> inspect.Signature:
+    """The documented constructor signature, for ``inspect.signature()`` of both cores."""
+    P = inspect.Parameter
+    return inspect.Signature([
+        P(param, P.POSITIONAL_OR_KEYWORD if i < _POSITIONAL else P.KEYWORD_ONLY, default=default)
+        for i, (param, default) in enumerate(CACHE_PARAMS)
+    ])

@@ -1,0 +1,180 @@
+/* S3-FIFO's ghost queue: a FIFO set of the fingerprints (hash bits) of keys
+ * recently evicted from the small queue. No reference to any key or value.
+ *
+ * A ring of fingerprints in insertion order (0 marks one removed from the
+ * middle) and an open-addressing table of ring positions + 1 for lookups.
+ * It holds at most `limit` live fingerprints; adding one more drops the
+ * oldest. The ring is repacked (removed positions squeezed out, grown up to
+ * 1.25 x limit) when it fills. Pure C, no Python: safe inside a region.
+ * Every allocation failure leaves the ghost as it was (an add is dropped):
+ * the ghost only steers placement, it never decides correctness.
+ */
+#ifndef MEMCACHE_EXT_GHOST_H
+#define MEMCACHE_EXT_GHOST_H
+
+#include "_entry.h"
+
+typedef struct {
+    uint32_t *ring;    /* fingerprints, oldest at `head`; 0 = removed */
+    Py_ssize_t rcap;   /* ring slots */
+    Py_ssize_t head;   /* slot of the oldest position */
+    Py_ssize_t npos;   /* positions in use, live or removed */
+    Py_ssize_t live;   /* fingerprints present */
+    Py_ssize_t limit;  /* most fingerprints kept; 0 = no ghost */
+    uint32_t *tab;     /* ring slot + 1 of each live fingerprint; 0 = empty */
+    size_t tmask;
+} mc_ghost;
+
+static inline uint32_t mc_fingerprint(uint32_t hbits) { return hbits ? hbits : 1u; }
+
+static inline void mc_ghost_free(mc_ghost *g)
+{
+    PyMem_Free(g->ring);
+    PyMem_Free(g->tab);
+    g->ring = NULL;
+    g->tab = NULL;
+    g->rcap = g->head = g->npos = g->live = 0;
+    g->tmask = 0;
+}
+
+static inline uint32_t mc_ghost_at(const mc_ghost *g, Py_ssize_t pos)
+{
+    return g->ring[(g->head + pos) % g->rcap];
+}
+
+/* The table slot holding fp, or -1. */
+static inline Py_ssize_t mc_ghost_slot(const mc_ghost *g, uint32_t fp)
+{
+    size_t i;
+    if (g->tab == NULL)
+        return -1;
+    i = mc_ideal(fp, g->tmask);
+    while (g->tab[i] != 0) {
+        if (g->ring[g->tab[i] - 1] == fp)
+            return (Py_ssize_t)i;
+        i = (i + 1) & g->tmask;
+    }
+    return -1;
+}
+
+static inline void mc_ghost_tab_delete(mc_ghost *g, size_t i)
+{
+    size_t mask = g->tmask, j = i, k;
+    for (;;) {
+        j = (j + 1) & mask;
+        if (g->tab[j] == 0)
+            break;
+        k = mc_ideal(g->ring[g->tab[j] - 1], mask);
+        if ((i <= j) ? (i < k && k <= j) : (i < k || k <= j))
+            continue;
+        g->tab[i] = g->tab[j];
+        i = j;
+    }
+    g->tab[i] = 0;
+}
+
+static inline void mc_ghost_tab_insert(uint32_t *tab, size_t mask, uint32_t fp, uint32_t slot1)
+{
+    size_t i = mc_ideal(fp, mask);
+    while (tab[i] != 0)
+        i = (i + 1) & mask;
+    tab[i] = slot1;
+}
+
+/* Remove fp if present; 1 if it was. */
+static inline int mc_ghost_remove(mc_ghost *g, uint32_t fp)
+{
+    Py_ssize_t i = mc_ghost_slot(g, fp);
+    if (i < 0)
+        return 0;
+    g->ring[g->tab[i] - 1] = 0;
+    mc_ghost_tab_delete(g, (size_t)i);
+    g->live--;
+    return 1;
+}
+
+/* Drop the oldest live fingerprint (and the removed positions before it). */
+static inline void mc_ghost_pop_oldest(mc_ghost *g)
+{
+    while (g->npos > 0) {
+        uint32_t fp = g->ring[g->head];
+        g->head = (g->head + 1) % g->rcap;
+        g->npos--;
+        if (fp != 0) {
+            mc_ghost_tab_delete(g, (size_t)mc_ghost_slot(g, fp));
+            g->live--;
+            return;
+        }
+    }
+}
+
+/* Copy the live fingerprints, oldest first, into a ring of `cap` slots and
+ * rebuild the table; -1 (nothing changed) when an allocation fails. */
+static inline int mc_ghost_repack(mc_ghost *g, Py_ssize_t cap)
+{
+    /* live <= min(cap, limit): size the table for that, at load <= 1/2 */
+    size_t tsize = mc_table_size(cap < g->limit ? cap : g->limit);
+    uint32_t *ring = (uint32_t *)PyMem_Malloc((size_t)cap * sizeof(uint32_t));
+    uint32_t *tab = (uint32_t *)PyMem_Calloc(tsize, sizeof(uint32_t));
+    Py_ssize_t pos, n = 0;
+    if (ring == NULL || tab == NULL) {
+        PyMem_Free(ring);
+        PyMem_Free(tab);
+        return -1;
+    }
+    for (pos = 0; pos < g->npos; pos++) {
+        uint32_t fp = mc_ghost_at(g, pos);
+        if (fp != 0) {
+            ring[n] = fp;
+            mc_ghost_tab_insert(tab, tsize - 1, fp, (uint32_t)(n + 1));
+            n++;
+        }
+    }
+    PyMem_Free(g->ring);
+    PyMem_Free(g->tab);
+    g->ring = ring;
+    g->tab = tab;
+    g->rcap = cap;
+    g->head = 0;
+    g->npos = n;
+    g->tmask = tsize - 1;
+    return 0;
+}
+
+/* The ring size the ghost grows to: room for limit live fingerprints and a
+ * quarter more of removed positions between repacks. */
+static inline Py_ssize_t mc_ghost_target(Py_ssize_t limit) { return limit + limit / 4 + 8; }
+
+/* Add fp unless it is already there (a FIFO set: it keeps its place). */
+static inline void mc_ghost_add(mc_ghost *g, uint32_t fp)
+{
+    Py_ssize_t target, cap;
+    if (g->limit <= 0 || mc_ghost_slot(g, fp) >= 0)
+        return;
+    while (g->live >= g->limit)
+        mc_ghost_pop_oldest(g);
+    if (g->npos == g->rcap) {
+        target = mc_ghost_target(g->limit);
+        cap = g->rcap;
+        if (cap < target && (g->npos - g->live) * 4 < cap)
+            cap = (cap * 2 < 16) ? 16 : (cap * 2 > target ? target : cap * 2);
+        if (cap <= g->live || mc_ghost_repack(g, cap) < 0)
+            return;
+    }
+    g->ring[(g->head + g->npos) % g->rcap] = fp;
+    mc_ghost_tab_insert(g->tab, g->tmask, fp, (uint32_t)((g->head + g->npos) % g->rcap + 1));
+    g->npos++;
+    g->live++;
+}
+
+/* A new limit: drop the oldest fingerprints beyond it. */
+static inline void mc_ghost_set_limit(mc_ghost *g, Py_ssize_t limit)
+{
+    g->limit = limit < 0 ? 0 : limit;
+    while (g->live > g->limit)
+        mc_ghost_pop_oldest(g);
+    if (g->limit == 0)
+        mc_ghost_free(g);
+}
+
+#endif

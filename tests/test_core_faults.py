@@ -1,0 +1,94 @@
+"""Allocation failure in the compiled core is a MemoryError, never corruption.
+
+Every C allocation path (construction, pool growth, table rebuild, shrink,
+snapshots, leases, the S3-FIFO ghost) runs with the k-th allocation failing
+(``_testcapi.set_nomemory``), for every k along the path; afterwards the
+cache must be consistent and usable. Each sweep runs in a subprocess.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+pytest.importorskip("_testcapi")
+
+SWEEP = """
+import _testcapi, pickle
+
+def consistent(c, want_len=None):
+    _testcapi.remove_mem_hooks()
+    keys = c.keys()
+    assert len(c) == len(keys) == len(set(keys)) == len(c.items()), (len(c), len(keys))
+    assert c.maxsize is None or len(c) <= c.maxsize
+    if c.max_bytes is not None:
+        assert c.nbytes == sum(len(str(k)) + len(str(v)) for k, v in c.items()) <= c.max_bytes
+    for k in keys:
+        assert k in c and c.peek(k) is not None
+    c["after"] = "ok"          # still usable
+    assert c["after"] == "ok"
+    del c["after"]
+
+def sweep(make, op, steps=60):
+    failed = 0
+    for k in range(steps):
+        c = make()
+        _testcapi.set_nomemory(k, k + 1)
+        try:
+            op(c)
+        except MemoryError:
+            failed += 1
+        finally:
+            _testcapi.remove_mem_hooks()
+        consistent(c)
+    return failed
+
+def filled(n, maxsize=None, **kw):
+    def make():
+        c = Cache(maxsize, **kw)
+        for i in range(n):
+            c[f"k{i}"] = f"v{i}"
+        return c
+    return make
+
+def constructed(steps=40):
+    for k in range(steps):
+        _testcapi.set_nomemory(k, k + 1)
+        try:
+            c = Cache(10, policy="s3fifo")
+        except MemoryError:
+            continue
+        finally:
+            _testcapi.remove_mem_hooks()
+        consistent(c)
+
+size = lambda o: len(str(o))
+"""
+
+CASES = {
+    "construction": "constructed()",
+    "pool and table growth": "sweep(filled(7), lambda c: c.update({f'n{i}': i for i in range(40)}))",
+    "growth with a byte bound": "sweep(filled(7, max_bytes=400, sizeof=size), "
+                                "lambda c: [c.set(f'n{i}', i) for i in range(60)])",
+    "shrink after trim": "sweep(filled(300), lambda c: c.trim(0.99))",
+    "shrink after expire and clear": "sweep(filled(300), lambda c: (c.clear(), c.expire()))",
+    "snapshots": "sweep(filled(50), lambda c: (c.keys(), c.items(), list(c), list(reversed(c)), "
+                 "repr(c), c == dict(c.items()), pickle.loads(pickle.dumps(c)), c.copy()))",
+    "leases": "sweep(filled(5), lambda c: [c.get_or_set(f'g{i}', lambda: i) "
+              "for i in range(10)] + [c.fill('x', 1, c.lease('x'))])",
+    "s3fifo ghost": "sweep(filled(20, maxsize=20, policy='s3fifo'), "
+                    "lambda c: [c.set(f'n{i % 60}', i) for i in range(400)])",
+    "resize measuring every entry": "import warnings; warnings.simplefilter('ignore'); "
+                                    "sweep(filled(40, sizeof=size), "
+                                    "lambda c: c.resize(max_bytes=10**6))",
+    "stats and pop": "sweep(filled(20), lambda c: (c.stats(), c.pop('k3'), c.popitem(), "
+                     "c.invalidate('k4')))",
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_allocation_failure_leaves_the_cache_consistent(case: str) -> None:
+    from conftest import run_isolated
+
+    run_isolated(SWEEP + CASES[case] + "\nprint('ok')\n", "c", timeout=240)

@@ -3,6 +3,7 @@
 #
 # Layout and invariants: see the docstring of _core_c.pyx.
 
+cimport cython
 from cpython.object cimport PyObject
 from libc.stdint cimport uint32_t, uint64_t
 
@@ -49,6 +50,7 @@ ctypedef struct Snap:
     uint32_t idx
 
 
+@cython.final
 cdef class CLruCache:
     cdef mc_entry* entries
     cdef uint32_t* table
@@ -90,14 +92,14 @@ cdef class CLruCache:
     cdef int _reserve(self) except -1
     cdef void _maybe_shrink(self) noexcept
     # region helpers: no Python code
-    cdef uint32_t _list_of(self, uint32_t idx) noexcept
+    cdef inline uint32_t _list_of(self, uint32_t idx) noexcept
     cdef uint32_t _add(self, object key, object value, Py_hash_t h, Py_ssize_t nbytes,
                        double expires, uint32_t lst) noexcept
     cdef void _take(self, uint32_t idx, int reason, mc_victims* v) noexcept
-    cdef void _to_main(self, uint32_t idx) noexcept
-    cdef void _on_hit(self, uint32_t idx) noexcept
-    cdef bint _main_over(self) noexcept
-    cdef bint _small_full(self) noexcept
+    cdef inline void _to_main(self, uint32_t idx) noexcept
+    cdef inline void _on_hit(self, uint32_t idx) noexcept
+    cdef inline bint _main_over(self) noexcept
+    cdef inline bint _small_full(self) noexcept
     cdef uint32_t _victim(self, double* now, bint to_ghost, bint* expired) noexcept
     cdef void _evict_to_fit(self, Py_ssize_t more, Py_ssize_t more_bytes, double* now,
                             mc_victims* v) noexcept
@@ -106,13 +108,14 @@ cdef class CLruCache:
     cdef void _take_all(self, mc_victims* v) noexcept
     cdef void _set_nbytes(self, uint32_t idx, Py_ssize_t nbytes) noexcept
     cdef void _set_all_nbytes_zero(self) noexcept
-    cdef uint32_t _first_probe(self, object key, Py_hash_t h) noexcept
-    cdef bint _expired(self, uint32_t idx, double* now) noexcept
-    cdef double _expires(self, double ttl, double* now) noexcept
+    cdef inline uint32_t _first_probe(self, object key, Py_hash_t h) noexcept
+    cdef inline bint _expired(self, uint32_t idx, double* now) noexcept
+    cdef inline void _free_slot(self, uint32_t idx) noexcept
+    cdef inline double _expires(self, double ttl, double* now) noexcept
     cdef void _lease_end(self, Py_ssize_t i) noexcept
-    cdef void _invalidate_leases(self, uint32_t hbits, bint every) noexcept
+    cdef inline void _invalidate_leases(self, uint32_t hbits, bint every) noexcept
     # steps 1, 2 and 4: where Python code may run
-    cdef double _clock(self, bint need) except? -1.0
+    cdef inline double _clock(self, bint need) except? -1.0
     cdef Py_ssize_t _measure(self, object key, object value) except -1
     cdef Py_ssize_t _size_of(self, object obj) except -1
     cdef Py_ssize_t _sizes_uncapped(self, object key, object value) except -1

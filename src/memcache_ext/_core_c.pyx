@@ -76,7 +76,7 @@ from libc.string cimport memset
 from memcache_ext._constants import MAX_LOOKUP_RESTARTS, UNSET
 from memcache_ext._stats import repr_cache, stats_dict
 from memcache_ext._validate import (
-    MUTATED_DURING_LOOKUP, POLICIES, cache_signature, check_callable, check_fraction,
+    MUTATED_DURING_LOOKUP, POLICIES, LazySignature, check_callable, check_fraction,
     check_nbytes, check_policy, check_size, check_ttl, iter_pairs, parse_cache_args,
 )
 
@@ -141,7 +141,6 @@ cdef enum:
 
 cdef tuple REASONS = ("capacity", "bytes", "expired", "trim")
 cdef object _MISSING = object()
-cdef object _SIGNATURE = cache_signature()
 
 
 @cython.final
@@ -155,7 +154,7 @@ cdef class CLruCache:
     contract, which ``PyLruCache`` keeps too.
     """
 
-    __signature__ = _SIGNATURE
+    __signature__ = LazySignature()
 
     def __cinit__(self, *args, **kwargs):
         self.entries = <mc_entry*>PyMem_Malloc(MIN_POOL * sizeof(mc_entry))
@@ -235,8 +234,8 @@ cdef class CLruCache:
                 raise MemoryError()
             self.entries = grown
             self.ecap = newcap
-        size = mc_table_size(self.count + 1)
-        if size > self.mask + 1:
+        if (self.count + 1) * 2 > <Py_ssize_t>(self.mask + 1):   # load <= 1/2
+            size = mc_table_size(self.count + 1)
             t = mc_table_build(self.entries, size)
             if t == NULL:
                 raise MemoryError()
@@ -287,7 +286,7 @@ cdef class CLruCache:
 
     # -- region helpers (no Python code) ----------------------------------------
 
-    cdef uint32_t _list_of(self, uint32_t idx) noexcept:
+    cdef inline uint32_t _list_of(self, uint32_t idx) noexcept:
         return MC_SMALL if self.entries[idx].hm & MC_SMALL_BIT else MC_MAIN
 
     cdef uint32_t _add(self, object key, object value, Py_hash_t h, Py_ssize_t nbytes,
@@ -346,7 +345,7 @@ cdef class CLruCache:
         self.pending += 1
         self.version += 1
 
-    cdef void _to_main(self, uint32_t idx) noexcept:
+    cdef inline void _to_main(self, uint32_t idx) noexcept:
         """S3-FIFO: move a small-FIFO entry to the newest end of the main FIFO."""
         cdef mc_entry* e = &self.entries[idx]
         mc_unlink(self.entries, idx)
@@ -355,7 +354,7 @@ cdef class CLruCache:
         e.hm &= ~MC_SMALL_BIT
         mc_link_newest(self.entries, MC_MAIN, idx)
 
-    cdef void _on_hit(self, uint32_t idx) noexcept:
+    cdef inline void _on_hit(self, uint32_t idx) noexcept:
         """A hit: LRU makes the entry the most recently used; S3-FIFO only
         bumps its 2-bit frequency (it moves nothing)."""
         cdef mc_entry* e
@@ -368,13 +367,13 @@ cdef class CLruCache:
             if mc_freq(e) < 3:
                 mc_set_freq(e, mc_freq(e) + 1)
 
-    cdef bint _main_over(self) noexcept:
+    cdef inline bint _main_over(self) noexcept:
         return ((self._maxsize >= 0
                  and self.count - self.small_count > self._maxsize - self.small_cap)
                 or (self._max_bytes >= 0
                     and self.total_bytes - self.small_bytes > self._max_bytes - self.small_cap_bytes))
 
-    cdef bint _small_full(self) noexcept:
+    cdef inline bint _small_full(self) noexcept:
         return ((self._maxsize >= 0 and self.small_count >= self.small_cap)
                 or (self._max_bytes >= 0 and self.small_bytes >= self.small_cap_bytes))
 
@@ -467,7 +466,7 @@ cdef class CLruCache:
 
     # -- time -----------------------------------------------------------------
 
-    cdef double _clock(self, bint need) except? -1.0:
+    cdef inline double _clock(self, bint need) except? -1.0:
         """The time for this operation, read before any lookup (step 1).
 
         A custom timer is Python code, so it is called here, up front, and only
@@ -478,7 +477,7 @@ cdef class CLruCache:
             return <double>self._timer()
         return NAN
 
-    cdef bint _expired(self, uint32_t idx, double* now) noexcept:
+    cdef inline bint _expired(self, uint32_t idx, double* now) noexcept:
         cdef double exp = self.entries[idx].expires
         if exp == INFINITY:
             return False
@@ -488,7 +487,7 @@ cdef class CLruCache:
             now[0] = mc_monotonic()
         return now[0] >= exp
 
-    cdef double _expires(self, double ttl, double* now) noexcept:
+    cdef inline double _expires(self, double ttl, double* now) noexcept:
         if ttl == INFINITY:
             return INFINITY
         if isnan(now[0]):
@@ -545,17 +544,24 @@ cdef class CLruCache:
         cdef object on_evict = self._on_evict
         cdef object error = None
         Py_XDECREF_p(replaced)
+        if on_evict is None:
+            while v.head:
+                idx = v.head
+                v.head = self.entries[idx].next
+                k = self.entries[idx].key
+                val = self.entries[idx].value
+                self._free_slot(idx)
+                Py_DECREF_p(k)
+                Py_DECREF_p(val)
+            v.tail = 0
+            return 0
         while v.head:
             idx = v.head
             v.head = self.entries[idx].next
             k = self.entries[idx].key
             val = self.entries[idx].value
             reason = <int>self.entries[idx].nbytes - 1
-            self.entries[idx].key = NULL
-            self.entries[idx].value = NULL
-            self.entries[idx].next = self.free_head
-            self.free_head = idx
-            self.pending -= 1
+            self._free_slot(idx)
             try:
                 if on_evict is not None and reason >= 0:
                     on_evict(<object>k, <object>val, REASONS[reason])
@@ -569,6 +575,14 @@ cdef class CLruCache:
         if error is not None:
             raise error
         return 0
+
+    cdef inline void _free_slot(self, uint32_t idx) noexcept:
+        """A released victim's slot goes back to the free list."""
+        self.entries[idx].key = NULL
+        self.entries[idx].value = NULL
+        self.entries[idx].next = self.free_head
+        self.free_head = idx
+        self.pending -= 1
 
     # -- measuring (step 1) ---------------------------------------------------
 
@@ -614,7 +628,7 @@ cdef class CLruCache:
             self.leases[i].state = L_FREE
             self.n_leases -= 1
 
-    cdef void _invalidate_leases(self, uint32_t hbits, bint every) noexcept:
+    cdef inline void _invalidate_leases(self, uint32_t hbits, bint every) noexcept:
         """A write to (or the removal of) a key with these hash bits: the
         outstanding fills of every key with those bits may not store (region;
         a fill refused by a collision only costs one more miss). ``every``:
@@ -720,7 +734,7 @@ cdef class CLruCache:
         finally:
             self._release(&v, old)
 
-    cdef uint32_t _first_probe(self, object key, Py_hash_t h) noexcept:
+    cdef inline uint32_t _first_probe(self, object key, Py_hash_t h) noexcept:
         """The entry of key if it sits, identical and without TTL, in its home
         slot (the common hit); 0 otherwise. Runs no Python code."""
         cdef uint32_t idx = self.table[mc_ideal(mc_hash_bits(h), self.mask)]

@@ -35,8 +35,7 @@ from ._constants import MAX_LOOKUP_RESTARTS, MISSING, UNSET
 from ._stats import EVICTION_REASONS, CacheStats, repr_cache, stats_dict
 from ._validate import (
     MUTATED_DURING_LOOKUP,
-    POLICIES,
-    cache_signature,
+    LazySignature,
     check_callable,
     check_fraction,
     check_nbytes,
@@ -81,7 +80,7 @@ class PyLruCache(Generic[K, V]):
         "_misses", "_rejected", "_by_reason", "__weakref__",
     )
 
-    __signature__ = cache_signature()
+    __signature__ = LazySignature()
     __class_getitem__ = classmethod(types.GenericAlias)
 
     if TYPE_CHECKING:
@@ -236,6 +235,20 @@ class PyLruCache(Generic[K, V]):
 
     def _evict_to_fit(self, more: int, more_bytes: int, now: Optional[float],
                       victims: list[Any]) -> None:
+        maxsize, max_bytes, main = self._maxsize, self._max_bytes, self._main
+        if self._lru:   # _victim's LRU case, written out: this runs on every insert
+            while main:
+                if maxsize is not None and len(main) + more > maxsize:
+                    reason = _CAPACITY
+                elif max_bytes is not None and self._nbytes + more_bytes > max_bytes:
+                    reason = _BYTES
+                else:
+                    return
+                node = next(iter(main.values()))
+                if node[EXPIRES] is not None and self._expired(node, now):
+                    reason = _EXPIRED
+                self._take(node, reason, victims)
+            return
         while self._main or self._small:
             count = len(self._main) + len(self._small)
             if self._maxsize is not None and count + more > self._maxsize:
@@ -341,6 +354,9 @@ class PyLruCache(Generic[K, V]):
         its callback; every entry is released even if a callback raises, and
         the first exception is raised at the end."""
         on_evict = self._on_evict
+        if on_evict is None:
+            victims.clear()
+            return
         error: Optional[BaseException] = None
         for i in range(0, len(victims), 3):
             key, value, reason = victims[i], victims[i + 1], victims[i + 2]
@@ -416,12 +432,14 @@ class PyLruCache(Generic[K, V]):
         try:
             while True:
                 settings = self._settings_version
-                nbytes = self._measure(key, value)
-                now = self._clock(ttl is not None and ttl != _INF)
+                nbytes = 0 if self._max_bytes is None else self._measure(key, value)
+                now = None if self._timer is None else self._clock(ttl is not None and ttl != _INF)
                 if h is None:
                     h = hash(key)
                 with self._lock:
-                    node = self._find(key, h)
+                    node = self._buckets.get(h)
+                    if node is not None and node[KEY] is not key:
+                        node = self._find(key, h)
                     if self._settings_version != settings:
                         continue   # resize() or __init__ ran meanwhile: measure again
                     result = self._put(key, value, h, nbytes, node, ttl, now, mode, lease,
@@ -430,7 +448,8 @@ class PyLruCache(Generic[K, V]):
         finally:
             if mode == _S_FILL:
                 self._lease_end(lease)
-        self._release(victims)
+        if victims:
+            self._release(victims)
         return result
 
     def _put(self, key: Any, value: Any, h: int, nbytes: int, node: Optional[list[Any]],
@@ -485,7 +504,10 @@ class PyLruCache(Generic[K, V]):
     def _lookup(self, key: Any, default: Any, count: bool) -> Any:
         """get()/[] (count) and peek(): see CLruCache._lookup."""
         now = self._clock(False)
-        h = hash(key)
+        return self._lookup_hashed(key, hash(key), now, default, count)
+
+    def _lookup_hashed(self, key: Any, h: int, now: Optional[float], default: Any,
+                       count: bool) -> Any:
         victims: list[Any] = []
         with self._lock:
             node = self._find(key, h)
@@ -506,7 +528,20 @@ class PyLruCache(Generic[K, V]):
     # -- mapping interface ----------------------------------------------------------------
 
     def __getitem__(self, key: K) -> V:
-        value = self._lookup(key, MISSING, True)
+        if self._timer is None:
+            h = hash(key)
+            with self._lock:   # get()'s common hit, written out again: this is the hot path
+                node = self._buckets.get(h)
+                if node is not None and node[KEY] is key and node[EXPIRES] is None:
+                    self._hits += 1
+                    if self._lru:
+                        self._main.move_to_end(node[TOKEN])
+                    elif node[FREQ] < 3:
+                        node[FREQ] += 1
+                    return node[VALUE]  # type: ignore[no-any-return]  # a stored value
+            value = self._lookup_hashed(key, h, None, MISSING, True)
+        else:
+            value = self._lookup(key, MISSING, True)
         if value is MISSING:
             raise KeyError(key)
         return value  # type: ignore[no-any-return]  # a stored value
@@ -518,7 +553,20 @@ class PyLruCache(Generic[K, V]):
 
     def get(self, key: Any, default: Any = None) -> Any:
         """Return the value for ``key``, or ``default`` (counts a hit or a miss)."""
-        return self._lookup(key, default, True)
+        if self._timer is not None:
+            return self._lookup(key, default, True)   # the timer runs before hashing
+        h = hash(key)
+        with self._lock:
+            # The common hit written out: the key itself, first in its chain, no TTL.
+            node = self._buckets.get(h)
+            if node is not None and node[KEY] is key and node[EXPIRES] is None:
+                self._hits += 1
+                if self._lru:
+                    self._main.move_to_end(node[TOKEN])
+                elif node[FREQ] < 3:
+                    node[FREQ] += 1
+                return node[VALUE]
+        return self._lookup_hashed(key, h, None, default, True)
 
     def __setitem__(self, key: K, value: V) -> None:
         self._store(key, value, self._ttl, _S_SET)

@@ -7,7 +7,6 @@ implementation is active.
 
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 import sys
@@ -141,10 +140,20 @@ def parse_cache_args(name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
             check_callable("on_evict", bound["on_evict"]), check_policy(bound["policy"]))
 
 
-def cache_signature() -> inspect.Signature:
-    """The documented constructor signature, for ``inspect.signature()`` of both cores."""
-    P = inspect.Parameter
-    return inspect.Signature([
-        P(param, P.POSITIONAL_OR_KEYWORD if i < _POSITIONAL else P.KEYWORD_ONLY, default=default)
-        for i, (param, default) in enumerate(CACHE_PARAMS)
-    ])
+class LazySignature:
+    """``__signature__`` of both cache classes: the documented constructor
+    signature, built on first use (importing inspect costs more than the cache)."""
+
+    _signature: Any = None
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        if LazySignature._signature is None:
+            import inspect
+
+            P = inspect.Parameter
+            LazySignature._signature = inspect.Signature([
+                P(name, P.POSITIONAL_OR_KEYWORD if i < _POSITIONAL else P.KEYWORD_ONLY,
+                  default=default)
+                for i, (name, default) in enumerate(CACHE_PARAMS)
+            ])
+        return LazySignature._signature

@@ -44,6 +44,32 @@ def test_missing_extension_gives_a_helpful_import_error():
     assert run(code).splitlines() == ["python PyLruCache", "ImportError True"]
 
 
+def test_names_that_cannot_be_had_are_absent_not_broken():
+    """Without the compiled core (PyPy, no compiler), CLruCache is left out of
+    __all__: star-imports, hasattr() and pydoc work; getattr() raises
+    AttributeError; `from memcache_ext import CLruCache` raises ImportError
+    with the reason (as propcache's facade does)."""
+    code = (
+        "import sys; sys.modules['memcache_ext._core_c'] = None\n"
+        "import memcache_ext as m, pydoc\n"
+        "print('CLruCache' in m.__all__, hasattr(m, 'CLruCache'))\n"
+        "ns = {}; exec('from memcache_ext import *', ns); print('LruCache' in ns)\n"
+        "print('LruCache' in pydoc.render_doc(m))\n"
+        "try:\n"
+        "    m.CLruCache\n"
+        "except AttributeError as e:\n"
+        "    print('AttributeError', 'wheel' in str(e))\n"
+        "def f():\n"
+        "    from memcache_ext import CLruCache\n"
+        "try:\n"
+        "    f()\n"
+        "except ImportError as e:\n"
+        "    print('ImportError', 'wheel' in str(e), e.name)\n"
+    )
+    assert run(code).splitlines() == ["False False", "True", "True", "AttributeError True",
+                                      "ImportError True memcache_ext"]
+
+
 def test_public_names():
     assert memcache_ext.PyLruCache is PyLruCache
     assert memcache_ext.IMPLEMENTATION in ("c", "python")

@@ -1,4 +1,4 @@
-"""memcache_ext: fast LRU/TTL caches bounded by entries and by real bytes.
+"""memcache_ext: fast caches bounded by entries and by real bytes.
 
 ``LruCache`` is the best implementation available here (``IMPLEMENTATION``
 says which: "c" or "python"); ``CLruCache`` is the compiled one and
@@ -8,13 +8,26 @@ on first use, so importing the cache imports nothing else.
 
 from __future__ import annotations
 
+import dis
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
+from . import _core
 from ._core import IMPLEMENTATION, LruCache, PyLruCache
 from ._sizeof import deep_sizeof
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("memcache-ext")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()
 
 _LAZY = {
     "CacheManager": "manager",
@@ -26,20 +39,31 @@ _LAZY = {
     "gc_stats": "gcstats",
 }
 
+# Names that cannot be had here (no compiled core) are left out, as propcache
+# does: `from memcache_ext import *`, `hasattr()` and pydoc keep working.
 __all__ = [
-    "CLruCache", "PyLruCache", "LruCache", "IMPLEMENTATION", "deep_sizeof",
-    "__version__", *_LAZY,
+    *(["CLruCache"] if _core.IMPORT_ERROR is None else []),
+    "PyLruCache", "LruCache", "IMPLEMENTATION", "deep_sizeof", "__version__", *_LAZY,
 ]
 
 if TYPE_CHECKING:
     from ._core_c import CLruCache
 
+_IMPORT_FROM = dis.opmap["IMPORT_FROM"]
+
 
 def __getattr__(name: str) -> Any:
     if name == "CLruCache":
-        from ._core import compiled_class
-
-        return compiled_class()
+        if _core.IMPORT_ERROR is None:
+            return _core.CLruCache
+        # getattr()/hasattr() get AttributeError; `from memcache_ext import
+        # CLruCache` gets the ImportError that says how to get the wheel
+        # (Python turns an AttributeError there into a message without it).
+        caller = sys._getframe(1)
+        message = _core.NO_WHEEL_HINT.format(why=_core.IMPORT_ERROR)
+        if caller.f_code.co_code[caller.f_lasti] == _IMPORT_FROM:
+            raise ImportError(message, name=__name__)
+        raise AttributeError(message)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'memcache_ext' has no attribute {name!r}")

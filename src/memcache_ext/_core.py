@@ -38,9 +38,3 @@ else:
     LruCache = CLruCache  # noqa: F811
     IMPLEMENTATION = "c"
 
-
-def compiled_class() -> type:
-    """CLruCache, or ImportError saying how to get it."""
-    if IMPORT_ERROR is not None:
-        raise ImportError(NO_WHEEL_HINT.format(why=IMPORT_ERROR))
-    return CLruCache

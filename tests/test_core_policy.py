@@ -97,14 +97,16 @@ def test_get_or_set_factory_error_stores_nothing(cache_cls):
     assert "k" not in c and len(c) == 0
 
 
-def test_get_or_set_keeps_a_value_stored_meanwhile(cache_cls):
+def test_get_or_set_never_overwrites_a_write_made_meanwhile(cache_cls):
+    """A set during the factory wins in the cache (the lease is refused); the
+    caller gets the value its factory computed."""
     c = cache_cls(4)
 
     def factory():
-        c["k"] = "first"  # another caller got there first
+        c["k"] = "first"  # a writer got there first
         return "second"
 
-    assert c.get_or_set("k", factory) == "first" and c["k"] == "first"
+    assert c.get_or_set("k", factory) == "second" and c["k"] == "first"
 
 
 def test_trim(cache_cls):

@@ -689,11 +689,11 @@ cdef class CLruCache:
             self._reserve()   # first: raising MemoryError allocates, so before any change
         try:
             expired = idx != 0 and self._expired(<uint32_t>idx, now)
+            if mode == S_FILL and self.leases[lease].state != L_VALID:
+                return value   # written or removed since the lease: not stored
             if mode != S_SET:
                 if idx and not expired:
-                    return <object>self.entries[idx].value   # stored meanwhile: it wins
-                if mode == S_FILL and self.leases[lease].state != L_VALID:
-                    return value   # invalidated since the factory started: not stored
+                    return <object>self.entries[idx].value   # another fill's value wins
             else:
                 self._invalidate_leases(mc_hash_bits(h), False)
             if (self._maxsize == 0 or nbytes > MC_ENTRY_BYTES_MAX
@@ -938,7 +938,8 @@ cdef class CLruCache:
 
     def fill(self, key, value, lease, ttl=None):
         """End a lease: store value unless key was invalidated since lease()
-        or a live value was stored meanwhile (returned instead). Counts nothing."""
+        or a live value was stored meanwhile by another fill (returned
+        instead). Counts nothing."""
         cdef Py_ssize_t i = self._lease_slot(lease)
         cdef double t
         try:

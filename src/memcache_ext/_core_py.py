@@ -457,11 +457,11 @@ class PyLruCache(Generic[K, V]):
              victims: list[Any]) -> Any:
         """_store's region (lock held)."""
         expired = node is not None and self._expired(node, now)
+        if mode == _S_FILL and self._leases[lease][2] != _L_VALID:
+            return value   # written or removed since the lease: not stored
         if mode != _S_SET:
             if node is not None and not expired:
-                return node[VALUE]   # stored meanwhile: it wins
-            if mode == _S_FILL and self._leases[lease][2] != _L_VALID:
-                return value   # invalidated since the factory started: not stored
+                return node[VALUE]   # another fill's value wins
         else:
             self._invalidate_leases(h & _HASH_MASK, False)
         if (self._maxsize == 0 or nbytes > _ENTRY_BYTES_MAX
@@ -711,7 +711,8 @@ class PyLruCache(Generic[K, V]):
 
     def fill(self, key: K, value: V, lease: int, ttl: Optional[float] = None) -> V:
         """End a lease: store ``value`` unless the key was invalidated since
-        ``lease()`` or a live value was stored meanwhile (returned instead).
+        ``lease()`` or a live value was stored meanwhile by another fill
+        (returned instead).
         Counts nothing."""
         i = self._lease_slot(lease)
         try:

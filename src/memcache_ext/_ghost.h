@@ -154,9 +154,11 @@ static inline void mc_ghost_add(mc_ghost *g, uint32_t fp)
     while (g->live >= g->limit)
         mc_ghost_pop_oldest(g);
     if (g->npos == g->rcap) {
+        /* Full: grow while mostly live, else repack in place (squeezing out
+         * the removed positions). */
         target = mc_ghost_target(g->limit);
         cap = g->rcap;
-        if (cap < target && (g->npos - g->live) * 4 < cap)
+        if (cap < target && (g->npos - g->live) * 4 <= cap)
             cap = (cap * 2 < 16) ? 16 : (cap * 2 > target ? target : cap * 2);
         if (cap <= g->live || mc_ghost_repack(g, cap) < 0)
             return;

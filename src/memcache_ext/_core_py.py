@@ -61,8 +61,8 @@ _monotonic = time.monotonic
 
 
 def _fingerprint(h: int) -> int:
-    """The ghost's record of a key: its hash bits, never 0 (as in _ghost.h)."""
-    return (h & _HASH_MASK) or 1
+    """The ghost's record of a key: its hash bits with the top bit set (as in _ghost.h)."""
+    return (h & _HASH_MASK) | 0x80000000
 
 
 class PyLruCache(Generic[K, V]):

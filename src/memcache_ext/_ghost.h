@@ -25,7 +25,9 @@ typedef struct {
     size_t tmask;
 } mc_ghost;
 
-static inline uint32_t mc_fingerprint(uint32_t hbits) { return hbits ? hbits : 1u; }
+/* A key's record in the ghost: its hash bits with the top bit set, so that no
+ * record is 0 (the mark of a removed one) and hash bits map one to one. */
+static inline uint32_t mc_fingerprint(uint32_t hbits) { return hbits | 0x80000000u; }
 
 static inline void mc_ghost_free(mc_ghost *g)
 {

@@ -1,0 +1,176 @@
+"""The S3-FIFO policy: the twins agree hit for hit, the contract's recency rules
+have their S3-FIFO form, and the ghost holds no references."""
+
+from __future__ import annotations
+
+import bisect
+import gc
+import pickle
+import random
+import sys
+import weakref
+from typing import Any
+
+import pytest
+
+from conftest import CLruCache
+from memcache_ext._core_py import PyLruCache
+
+
+def zipf_trace(n_obj: int, n_req: int, alpha: float, seed: int) -> list[int]:
+    rnd = random.Random(seed)
+    cum, total = [], 0.0
+    for i in range(1, n_obj + 1):
+        total += 1.0 / i ** alpha
+        cum.append(total)
+    perm = list(range(n_obj))
+    rnd.shuffle(perm)
+    return [perm[bisect.bisect_left(cum, rnd.random() * total)] for _ in range(n_req)]
+
+
+def hit_sequence(cache: Any, trace: list[Any]) -> list[bool]:
+    hits = []
+    for k in trace:
+        before = cache.stats()["hits"]
+        cache.get_or_set(k, lambda: k)
+        hits.append(cache.stats()["hits"] > before)
+    return hits
+
+
+@pytest.mark.parametrize("policy", ["lru", "s3fifo"])
+@pytest.mark.parametrize("bound", ["entries", "bytes", "both"])
+def test_twins_give_the_same_hits(policy: str, bound: str) -> None:
+    if CLruCache is None:
+        pytest.skip("no compiled core")
+    trace = zipf_trace(2000, 20000, 0.9, 3)
+    kw: dict[str, Any] = {"policy": policy}
+    if bound != "entries":
+        kw.update(max_bytes=3000, sizeof=lambda o: 1 + o % 13 if isinstance(o, int) else 8)
+    maxsize = None if bound == "bytes" else 150
+    a, b = CLruCache(maxsize, **kw), PyLruCache(maxsize, **kw)
+    assert hit_sequence(a, trace) == hit_sequence(b, trace)
+    assert a.items() == b.items() and a.stats() == b.stats()
+
+
+def test_libcachesim_agrees() -> None:
+    """LRU and S3-FIFO match the reference simulator hit for hit (when installed:
+    benchmarks/bench_hitratio.py runs the full table)."""
+    lcs = pytest.importorskip("libcachesim")
+    trace = zipf_trace(5000, 50000, 0.8, 11)
+    for policy, ref in (("lru", lcs.LRU), ("s3fifo", lcs.S3FIFO)):
+        ours = PyLruCache(250, policy=policy)
+        theirs = ref(cache_size=250)
+        want = [bool(theirs.get(lcs.Request(obj_size=1, obj_id=k + 1))) for k in trace]
+        assert hit_sequence(ours, trace) == want, policy
+
+
+def test_a_hit_moves_nothing(cache_cls: type) -> None:
+    c = cache_cls(10, policy="s3fifo")
+    for k in "abcde":
+        c[k] = k
+    order = c.keys()
+    for k in "edcba":
+        assert c[k] == k
+    assert c.keys() == order   # LRU would have reversed it
+
+
+def test_iteration_order_is_small_fifo_then_main_fifo(cache_cls: type) -> None:
+    c = cache_cls(10, policy="s3fifo")
+    for k in range(10):
+        c[k] = k
+    # the small FIFO (1 entry) filled first, later entries went to main until
+    # the first eviction
+    assert c.keys() == list(range(10))
+    for k in (1, 2):
+        c.get(k)
+        c.get(k)   # hit twice: moves to main when its turn comes
+    c[10] = 10     # evicts from the small FIFO: 0, never hit, goes (to the ghost)
+    assert 0 not in c and list(reversed(c)) == c.keys()[::-1]
+
+
+def test_popitem_takes_what_eviction_would(cache_cls: type) -> None:
+    c = cache_cls(4, policy="s3fifo")
+    d = cache_cls(4, policy="s3fifo")
+    for k in range(6):
+        c[k] = k
+        d[k] = k
+    victim = c.popitem()
+    d[99] = 99   # an eviction
+    assert victim[0] not in d and victim[0] not in c
+
+
+def test_scan_resistance(cache_cls: type) -> None:
+    """A one-time scan of 5x the capacity: the hot set survives under s3fifo."""
+    hot = list(range(50))
+    results = {}
+    for policy in ("lru", "s3fifo"):
+        c = cache_cls(100, policy=policy)
+        for _ in range(5):
+            for k in hot:
+                c.get_or_set(k, lambda: 0)
+        for k in range(1000, 1500):
+            c.get_or_set(k, lambda: 0)
+        results[policy] = sum(k in c for k in hot)
+    assert results["s3fifo"] == 50 and results["lru"] == 0
+
+
+def test_trim_resize_pickle_copy(cache_cls: type) -> None:
+    c = cache_cls(20, policy="s3fifo")
+    for k in range(40):
+        c.get_or_set(k % 25, lambda: 1)
+    for clone in (pickle.loads(pickle.dumps(c)), c.copy()):
+        assert clone.policy == "s3fifo" and clone.items() == c.items()
+        assert hit_sequence(clone, list(range(30))) == hit_sequence(c.copy(), list(range(30)))
+    assert c.trim(0.5) == 10 and len(c) == 10
+    c.resize(maxsize=5)
+    assert len(c) == 5 and c.stats()["policy"] == "s3fifo"
+    c.resize(maxsize=50)
+    for k in range(100):
+        c[k] = k
+    assert len(c) == 50
+
+
+def test_bytes_bound_and_small_share_in_bytes(cache_cls: type) -> None:
+    c = cache_cls(None, max_bytes=1000, sizeof=lambda o: 10 if isinstance(o, int) else len(o),
+                  policy="s3fifo")
+    for k in range(200):
+        c[k] = "x" * (k % 30)
+        assert c.nbytes <= 1000
+    assert len(c) > 10
+
+
+def test_bad_policy(cache_cls: type) -> None:
+    with pytest.raises(ValueError, match="'lru', 's3fifo'"):
+        cache_cls(10, policy="arc")
+    with pytest.raises(TypeError, match="policy must be a str"):
+        cache_cls(10, policy=1)
+    c = cache_cls(10)
+    c["a"] = 1
+    state = c.__reduce__()[2]
+    with pytest.raises(ValueError, match="cannot change the policy"):
+        c.__setstate__((*state[:4], "s3fifo", state[5]))
+    assert c.policy == "lru" and c["a"] == 1
+
+
+def test_ghost_holds_no_references(cache_cls: type) -> None:
+    class Key:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def __hash__(self) -> int:
+            return self.n
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, Key) and other.n == self.n
+
+    c = cache_cls(10, policy="s3fifo")
+    refs = []
+    for n in range(100):
+        k = Key(n)
+        refs.append(weakref.ref(k))
+        c[k] = [n]
+        del k
+    gc.collect()
+    alive = [r for r in refs if r() is not None]
+    assert len(alive) == len(c) == 10
+    assert sys.getrefcount(c) < 5

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import pytest
 
-from memcache_ext.bench import ClassicLruCache, _factories
+from memcache_ext.tools.bench import ClassicLruCache, _factories
 
 N = 10_000
 FACTORIES: dict[str, Callable[[int], Any]] = _factories()

@@ -9,9 +9,7 @@ Starts its own redis-server on a free loopback port (needs the binary and redis-
 from __future__ import annotations
 
 import shutil
-import socket
 import statistics
-import subprocess
 import time
 import timeit
 from typing import Any, Iterator
@@ -27,6 +25,7 @@ from redis.retry import Retry
 
 from memcache_ext import LruCache
 from memcache_ext.redis import TieredCache
+from memcache_ext.tools.procs import RedisServer
 
 try:
     from memcache_ext import CLruCache
@@ -34,26 +33,12 @@ except ImportError:  # pragma: no cover - pure-Python install
     CLruCache = LruCache  # type: ignore[misc,assignment]
 
 
-class Server:
+class Server(RedisServer):
+    """The tools' throwaway redis-server, started at once, with the clients these benchmarks use."""
+
     def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server not found (apt-get install -y redis-server)")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        end = time.monotonic() + 15
-        while True:
-            try:
-                if self.client().ping():
-                    break
-            except redis.exceptions.RedisError:
-                if time.monotonic() > end:
-                    raise
-                time.sleep(0.01)
+        super().__init__()
+        self.start()
 
     def client(self) -> "redis.Redis":
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1,
@@ -63,10 +48,6 @@ class Server:
         t = TieredCache(LruCache(maxsize=100_000), self.client(), ns, poll_interval=0.05)
         assert t.wait_ready(15)
         return t
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 def propagation(writer: TieredCache, reader: TieredCache, n: int = 200) -> list[float]:

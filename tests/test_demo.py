@@ -22,9 +22,9 @@ httpx = pytest.importorskip("httpx")
 from support import RedisServer, eventually, free_port, require_redis  # noqa: E402
 
 from memcache_ext import CacheManager  # noqa: E402
-from memcache_ext.demo import main  # noqa: E402
-from memcache_ext.demo.app import HealthService, create_app, reset_singletons  # noqa: E402
-from memcache_ext.demo.db import DatabaseError, check_database, create_database  # noqa: E402
+from memcache_ext.tools.demo import main  # noqa: E402
+from memcache_ext.tools.demo.app import HealthService, create_app, reset_singletons  # noqa: E402
+from memcache_ext.tools.demo.db import DatabaseError, check_database, create_database  # noqa: E402
 
 USERS, DAYS = 30, 3
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -187,7 +187,7 @@ def test_demo_under_real_uvicorn(tmp_path: Path) -> None:
     db = str(tmp_path / "live.sqlite3")
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "memcache_ext.demo", "--db", db, "--users", "20", "--days", "2",
+        [sys.executable, "-m", "memcache_ext", "demo", "--db", db, "--users", "20", "--days", "2",
          "--port", str(port), "--log-level", "info"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

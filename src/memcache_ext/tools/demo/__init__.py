@@ -21,16 +21,17 @@ dies, and exits non-zero when one fails to start.
 from __future__ import annotations
 
 import argparse
-import http.client
+import functools
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from typing import Any, Optional
+
+from ..procs import http_ok, port_free, send_signal, stop_process
 
 __all__ = ["main", "build_parser"]
 
@@ -112,7 +113,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         format=f"%(asctime)s %(levelname)s{where} %(name)s: %(message)s")
     from .app import create_app
     from .db import DatabaseError, check_database, create_database
-    from ..manager import CacheManager
+    from ...manager import CacheManager
 
     try:
         if not os.path.exists(args.db):
@@ -172,21 +173,10 @@ def _watch_supervisor(pid: int, interval: float = 0.5) -> None:
     threading.Thread(target=watch, daemon=True, name="memcache_ext.demo-supervisor-watch").start()
 
 
-def _port_free(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 class Supervisor:
     """``--replicas N``: N child processes running the same app on consecutive ports.
 
-    Each child is ``python -m memcache_ext.demo`` with ``--port PORT+i`` and
+    Each child is ``python -m memcache_ext demo`` with ``--port PORT+i`` and
     ``--replicas 1``, in its own process group (so a terminal's Ctrl-C reaches
     the supervisor only, which forwards it once) and watching the supervisor
     (it stops itself if the supervisor dies). The supervisor waits until every
@@ -209,7 +199,7 @@ class Supervisor:
 
     def child_argv(self, port: int) -> list[str]:
         a = self.args
-        argv = [sys.executable, "-m", "memcache_ext.demo", "--host", a.host, "--port", str(port),
+        argv = [sys.executable, "-m", "memcache_ext", "demo", "--host", a.host, "--port", str(port),
                 "--db", a.db, "--users", str(a.users), "--days", str(a.days), "--no-create",
                 "--high-memory-mb", str(a.high_memory_mb),
                 "--cleanup-interval", str(a.cleanup_interval), "--log-level", a.log_level,
@@ -230,18 +220,10 @@ class Supervisor:
         return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
     def _answers(self, port: int) -> bool:
-        try:
-            conn = http.client.HTTPConnection(self._probe_host(), port, timeout=2)
-            try:
-                conn.request("GET", "/health")
-                return conn.getresponse().status == 200
-            finally:
-                conn.close()
-        except (OSError, http.client.HTTPException):
-            return False
+        return http_ok(port, self._probe_host())
 
     def run(self) -> int:
-        busy = [p for p in self.ports if not _port_free(self.args.host, p)]
+        busy = [p for p in self.ports if not port_free(self.args.host, p)]
         if busy:
             self._say(f"error: port(s) {', '.join(map(str, busy))} on {self.args.host} busy: "
                       f"--replicas {self.args.replicas} needs ports {self.ports[0]}.."
@@ -303,19 +285,9 @@ class Supervisor:
         """Send ``sig`` to every replica still running, wait, then SIGKILL leftovers."""
         running = [p for p in self.procs if p.poll() is None]
         for proc in running:
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
+            send_signal(proc, sig)
         deadline = time.monotonic() + self.stop_timeout
         for proc in running:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self._say(f"demo: replica pid {proc.pid} did not stop in "
-                          f"{self.stop_timeout:g} s: killing it")
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait(timeout=10)
+            say = functools.partial(self._say, f"demo: replica pid {proc.pid} did not stop in "
+                                               f"{self.stop_timeout:g} s: killing it")
+            stop_process(proc, deadline - time.monotonic(), sig=None, on_kill=say)

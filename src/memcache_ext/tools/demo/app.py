@@ -39,10 +39,10 @@ from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..fastapi import (MemoryCleanupService, MemoryMonitorMiddleware, RequestMemoryMonitor,
+from ...fastapi import (MemoryCleanupService, MemoryMonitorMiddleware, RequestMemoryMonitor,
                        cleanup_lifespan, memory_router)
-from ..manager import CacheManager, cache_manager
-from ..singleton import SingletonMeta
+from ...manager import CacheManager, cache_manager
+from ...singleton import SingletonMeta
 from .db import Database
 
 __all__ = ["create_app", "UserRepository", "HealthService", "CACHE_SETTINGS", "ProfileUpdate",
@@ -183,7 +183,7 @@ class HealthService(metaclass=SingletonMeta):
         self.redis = redis_client
         self.tiers: dict[str, Any] = {}
         if redis_client is not None:
-            from ..redis import TieredCache
+            from ...redis import TieredCache
 
             for name, settings in CACHE_SETTINGS.items():
                 tier = TieredCache(self.caches[name], redis_client, f"{redis_prefix}:{name}",
@@ -418,7 +418,7 @@ def create_app(db_path: str, *, unbounded: bool = False, manager: Optional[Cache
     if metrics:
         from prometheus_client import CollectorRegistry, ProcessCollector
 
-        from ..prometheus import MemcacheCollector, metrics_router
+        from ...prometheus import MemcacheCollector, metrics_router
 
         registry = CollectorRegistry()
         registry.register(MemcacheCollector(manager, monitor=monitor))

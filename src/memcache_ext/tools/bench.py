@@ -21,6 +21,8 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable, Optional
 
+from .._core import PyLruCache, compiled_class
+
 
 class ClassicLruCache:
     """The "before" baseline: an OrderedDict behind an RLock, as services write it."""
@@ -56,15 +58,12 @@ class ClassicLruCache:
 def _factories() -> dict[str, Callable[[int], Any]]:
     out: dict[str, Callable[[int], Any]] = {}
     try:
-        from memcache_ext._core_c import CLruCache
-
+        CLruCache = compiled_class()
         out["CLruCache"] = lambda n: CLruCache(n)
         out["CLruCache ttl"] = lambda n: CLruCache(n, ttl=3600)
         out["CLruCache max_bytes"] = lambda n: CLruCache(n, max_bytes=1 << 40)
     except ImportError:
         pass
-    from memcache_ext._core_py import PyLruCache
-
     out["PyLruCache"] = lambda n: PyLruCache(n)
     out["classic OrderedDict+RLock"] = ClassicLruCache
     out["dict (unbounded)"] = lambda n: {}  # no bound, no lock: the floor

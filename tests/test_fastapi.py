@@ -189,7 +189,7 @@ def test_high_memory_logging_is_rate_limited(caplog: pytest.LogCaptureFixture) -
     clock = FakeClock()
     mon = monitor_of(memory_limit_mb=400, log_interval=60, clock=clock)
     app = make_app(monitor=mon, rss=FakeRss(500))
-    with caplog.at_level(logging.WARNING, logger="memcache_ext.fastapi"):
+    with caplog.at_level(logging.WARNING, logger="memcache_ext.asgi"):
         get(app, *["/users/1"] * 5)
         lines = [r.getMessage() for r in caplog.records]
         assert len(lines) == 1 and "/users/{user_id}" in lines[0] and "500.0 MB" in lines[0]
@@ -489,7 +489,7 @@ def test_cleanup_service_survives_failing_cleanup(caplog: pytest.LogCaptureFixtu
         async with service:
             await _until(lambda: service.runs >= 3)
 
-    with caplog.at_level(logging.ERROR, logger="memcache_ext.fastapi"):
+    with caplog.at_level(logging.ERROR, logger="memcache_ext.cleanup"):
         asyncio.run(go())
     assert service.errors >= 3 and "disk on fire" in service.last_error
     assert any("memory cleanup failed" in r.getMessage() for r in caplog.records)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from memcache_ext import CacheManager, LruCache, cache_manager
-from memcache_ext.manager import MB
+from memcache_ext._constants import MIB as MB
 
 GB = 2**30
 

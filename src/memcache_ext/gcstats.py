@@ -17,11 +17,38 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Optional, TypedDict
 
-__all__ = ["GCStats", "gc_stats"]
+__all__ = ["GCStats", "GCSnapshot", "gc_stats"]
 
 _GENERATIONS = 3
+
+
+class GCTotals(TypedDict):
+    """The generations summed."""
+
+    collections: int
+    collected: int
+    uncollectable: int
+    pause_total_s: float
+    pause_max_s: float
+
+
+class GCGeneration(GCTotals):
+    """One generation's counters."""
+
+    pause_mean_s: float
+
+
+class GCSnapshot(TypedDict):
+    """Garbage-collector statistics (since ``gc_stats.install()``): ``GCStats.snapshot()``."""
+
+    installed: bool
+    generations: list[GCGeneration]
+    total: GCTotals
+    last_pause_s: float
+    gc_counts: list[int]
+    gc_enabled: bool
 
 
 class GCStats:
@@ -96,7 +123,7 @@ class GCStats:
 
     # -- reading --------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> GCSnapshot:
         """The counters as a dict (JSON-ready).
 
         ``generations`` is a list of three dicts (collections, collected,
@@ -112,7 +139,7 @@ class GCStats:
             last = self._last_pause
             if version == self._version:
                 break
-        generations = []
+        generations: list[GCGeneration] = []
         for n, collected, uncollectable, total, longest in rows:
             generations.append({
                 "collections": n,

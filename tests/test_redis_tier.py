@@ -572,9 +572,16 @@ def test_stats_and_prometheus_shape(make_tier: Any) -> None:
     a.get("k")
     c = a.counters()
     assert list(c) == list(COUNTERS) and all(type(v) is int for v in c.values())
-    text = a.prometheus_text()
-    assert f'memcache_ext_tier_loads_total{{namespace="{a.namespace}"}} 1' in text
-    assert "memcache_ext_tier_connected" in text
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from memcache_ext import CacheManager
+    from memcache_ext.prometheus import register
+
+    registry = CollectorRegistry()
+    register(CacheManager(memory_limit_mb=100), registry, tiers=[a])
+    text = generate_latest(registry).decode()
+    assert f'memcache_ext_tier_loads_total{{namespace="{a.namespace}"}} 1.0' in text
+    assert f'memcache_ext_tier_connected{{namespace="{a.namespace}"}} 1.0' in text
     st = a.stats()
     assert st["local"]["size"] == 1 and st["connected"] is True
 

@@ -38,13 +38,17 @@ http_requests_total                                 counter  route
 http_high_memory_requests_total                     counter  route
 http_request_duration_seconds_total                 counter  route
 http_request_max_memory_delta_bytes                 gauge    route
+tier_<counter>_total (every name in redis.COUNTERS)  counter  namespace
+tier_connected / tier_pending_invalidations         gauge    namespace
 ==================================================  =======  ======================
 
 ``cache_max_*`` are only exported for caches that have that bound; the GC
 families only when ``gc_stats`` is installed; the ``http_*`` families only
 with a ``monitor`` (``MemoryMonitorMiddleware(...).monitor`` or a shared
 ``RequestMemoryMonitor``; label values are route templates, so their number is
-bounded by the app's routes).
+bounded by the app's routes); the ``tier_*`` families only with ``tiers``
+(Redis tiers, ``TieredCache``/``AsyncTieredCache``, read at each scrape, so a
+live view such as ``dict.values()`` follows tiers created later).
 
 The cleanup byte counters are accumulated by the collector from the manager's
 event history as it sees new events; events pushed out of the bounded history
@@ -60,20 +64,17 @@ from typing import Any, Iterable, Optional, Sequence
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
+from ._constants import MIB
+from ._stats import EVICTION_REASONS
+from .asgi import RequestMemoryMonitor
 from .gcstats import GCStats, gc_stats
+from .manager import CacheManager, manager_or_default
 
 __all__ = ["MemcacheCollector", "register", "metrics_app", "metrics_router"]
 
 PREFIX = "memcache_ext"
-_EVICTION_REASONS = ("capacity", "bytes", "trim")
-
-
-def _manager(manager: Any) -> Any:
-    if manager is None:
-        from .manager import cache_manager
-
-        return cache_manager
-    return manager
+#: The reasons an eviction is counted under (expiry has its own family).
+_EVICTED = tuple(r for r in EVICTION_REASONS if r != "expired")
 
 
 class MemcacheCollector(Collector):
@@ -81,13 +82,16 @@ class MemcacheCollector(Collector):
 
     ``gc``: the GCStats to export (default ``gc_stats``; exported only while
     installed). ``monitor``: a RequestMemoryMonitor for per-route figures.
+    ``tiers``: Redis tiers whose ``stats()`` to export, iterated at each scrape.
     """
 
-    def __init__(self, manager: Any = None, *, gc: Optional[GCStats] = None,
-                 monitor: Any = None, prefix: str = PREFIX) -> None:
-        self.manager = _manager(manager)
+    def __init__(self, manager: Optional[CacheManager] = None, *, gc: Optional[GCStats] = None,
+                 monitor: Optional[RequestMemoryMonitor] = None, tiers: Iterable[Any] = (),
+                 prefix: str = PREFIX) -> None:
+        self.manager = manager_or_default(manager)
         self.gc = gc if gc is not None else gc_stats
         self.monitor = monitor
+        self.tiers = tiers
         self.prefix = prefix
         self._lock = threading.Lock()
         self._seen_cleanups = 0
@@ -156,6 +160,18 @@ class MemcacheCollector(Collector):
                 "http_delta": g(n("http_request_max_memory_delta_bytes"),
                                 "Largest RSS growth during one request", labels=["route"]),
             })
+        if self.tiers:
+            from .redis import COUNTERS
+
+            for name in COUNTERS:
+                fams[f"tier_{name}"] = c(n(f"tier_{name}"), f"Redis tier: {name.replace('_', ' ')}",
+                                         labels=["namespace"])
+            fams["tier_connected"] = g(n("tier_connected"),
+                                       "Redis tier: 1 while its invalidation listener is subscribed",
+                                       labels=["namespace"])
+            fams["tier_pending"] = g(n("tier_pending_invalidations"),
+                                     "Redis tier: keys to delete in Redis once it answers again",
+                                     labels=["namespace"])
         return fams
 
     def describe(self) -> Iterable[Metric]:
@@ -171,7 +187,7 @@ class MemcacheCollector(Collector):
             fams["hits"].add_metric([name], cs.get("hits", 0))
             fams["misses"].add_metric([name], cs.get("misses", 0))
             by_reason = cs.get("evictions_by_reason") or {}
-            for reason in _EVICTION_REASONS:
+            for reason in _EVICTED:
                 fams["evictions"].add_metric([name, reason], by_reason.get(reason, 0))
             fams["expirations"].add_metric([name], cs.get("expirations", 0))
             fams["rejected"].add_metric([name], cs.get("rejected", 0))
@@ -205,8 +221,21 @@ class MemcacheCollector(Collector):
                 fams["http_requests"].add_metric(label, row["requests"])
                 fams["http_high"].add_metric(label, row["high_memory"])
                 fams["http_duration"].add_metric(label, row["total_duration_s"])
-                fams["http_delta"].add_metric(label, row["max_delta_mb"] * 2**20)
+                fams["http_delta"].add_metric(label, row["max_delta_mb"] * MIB)
+        if "tier_connected" in fams:
+            self._collect_tiers(fams)
         return list(fams.values())
+
+    def _collect_tiers(self, fams: dict[str, Metric]) -> None:
+        from .redis import COUNTERS
+
+        for tier in list(self.tiers):
+            st = tier.stats()
+            label = [st["namespace"]]
+            for name in COUNTERS:
+                fams[f"tier_{name}"].add_metric(label, st[name])
+            fams["tier_connected"].add_metric(label, 1 if st["connected"] else 0)
+            fams["tier_pending"].add_metric(label, st["pending_invalidations"])
 
     def _account_cleanups(self, st: dict[str, Any]) -> None:
         """Add the bytes of cleanup events not seen by an earlier scrape."""

@@ -421,7 +421,8 @@ def create_app(db_path: str, *, unbounded: bool = False, manager: Optional[Cache
         from ...prometheus import MemcacheCollector, metrics_router
 
         registry = CollectorRegistry()
-        registry.register(MemcacheCollector(manager, monitor=monitor))
+        registry.register(MemcacheCollector(manager, monitor=monitor,
+                                            tiers=service.tiers.values()))
         ProcessCollector(registry=registry)
         app.state.registry = registry
         app.include_router(metrics_router(registry))

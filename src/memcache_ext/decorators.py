@@ -56,14 +56,12 @@ import weakref
 from typing import Any, Callable, Optional, TypeVar
 
 from . import _fastcall, _fastcall_py
-from .keys import FAST_TYPES, KWARGS_MARK, make_key
+from ._constants import MISSING
+from .keys import KWARGS_MARK, make_key
 
 __all__ = ["cached", "make_key"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-_MISSING: Any = object()
-
 
 class _Token:
     """Stands for one live instance in method keys (identity hash/eq)."""
@@ -218,8 +216,8 @@ def _sync_wrapper(func: Callable[..., Any], cache: Any, key: Optional[Callable[.
                 return func(*args, **kwargs)
             return flight.future.result()
         try:
-            value = peek(k, _MISSING)  # someone may have stored it since our miss
-            if value is _MISSING:
+            value = peek(k, MISSING)  # someone may have stored it since our miss
+            if value is MISSING:
                 value = func(*args, **kwargs)
                 store(k, value)
         except BaseException as exc:
@@ -250,22 +248,22 @@ def _sync_wrapper(func: Callable[..., Any], cache: Any, key: Optional[Callable[.
                 k: Any = (token, *args[1:], mark, *sorted(kwargs.items()))
             else:
                 k = (token, *args[1:])
-            value = get(k, _MISSING)
-            if value is _MISSING:
+            value = get(k, MISSING)
+            if value is MISSING:
                 return miss(k, args, kwargs)
             return value
     elif is_method:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             k = build(args, kwargs)
-            value = get(k, _MISSING)
-            if value is _MISSING:
+            value = get(k, MISSING)
+            if value is MISSING:
                 return miss(k, args, kwargs)
             return value
     elif key is not None:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             k = key(*args, **kwargs)
-            value = get(k, _MISSING)
-            if value is _MISSING:
+            value = get(k, MISSING)
+            if value is MISSING:
                 return miss(k, args, kwargs)
             return value
     else:
@@ -294,8 +292,8 @@ def _async_wrapper(func: Callable[..., Any], cache: Any, key: Optional[Callable[
     async def compute(k: Any, flight: _Flight, args: tuple[Any, ...],
                       kwargs: dict[str, Any]) -> Any:
         try:
-            value = peek(k, _MISSING)
-            if value is _MISSING:
+            value = peek(k, MISSING)
+            if value is MISSING:
                 value = await func(*args, **kwargs)
                 store(k, value)
         except asyncio.CancelledError:
@@ -335,8 +333,8 @@ def _async_wrapper(func: Callable[..., Any], cache: Any, key: Optional[Callable[
 
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         k = make(args, kwargs)
-        value = get(k, _MISSING)
-        if value is _MISSING:
+        value = get(k, MISSING)
+        if value is MISSING:
             return await miss(k, args, kwargs)
         return value
 

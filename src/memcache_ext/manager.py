@@ -302,11 +302,6 @@ class CacheManager:
     def memory_limit_mb(self) -> float:
         return self.limit.nbytes / MIB
 
-    def redetect_limit(self) -> _procmem.MemoryLimit:
-        """Forget the cached limit and detect it again."""
-        self._limit = None
-        return self.limit
-
     def total_nbytes(self) -> int:
         """Sum of every cache's accounted bytes."""
         with self._lock:
@@ -362,11 +357,6 @@ class CacheManager:
         return need <= 0
 
     # -- cleanup --------------------------------------------------------------
-
-    def should_cleanup(self, rss: Optional[int] = None) -> bool:
-        """Whether RSS is above ``high_water`` of the limit."""
-        rss = self.rss_bytes() if rss is None else rss
-        return rss > self.high_water * self.limit.nbytes
 
     def cleanup_if_needed(self) -> Optional[CleanupEvent]:
         """Run a cleanup when RSS is above the high-water mark (see the module doc).

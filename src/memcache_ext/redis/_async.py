@@ -7,7 +7,8 @@ import inspect
 import time
 from typing import Any, Awaitable, Callable, Optional, Union
 
-from ._driver import MISS, TierDriver
+from .._constants import MISSING
+from ._driver import TierDriver
 from ._flow import Flow, advance
 
 __all__ = ["AsyncTieredCache"]
@@ -58,8 +59,8 @@ class AsyncTieredCache(TierDriver):
     async def get(self, key: Any, default: Any = None) -> Any:
         enc = self.key_encoder
         k = key if enc is None else self._key(key)
-        value = self._lget(k, MISS)
-        if value is not MISS:
+        value = self._lget(k, MISSING)
+        if value is not MISSING:
             return value
         return await self._run(self._get_flow(self._key(k) if enc is None else k, default))
 
@@ -67,7 +68,7 @@ class AsyncTieredCache(TierDriver):
                          ttl: Optional[float] = None) -> Any:
         """As ``TieredCache.get_or_set``; ``loader`` may be sync or return an awaitable."""
         value, k = self._local_first(key)
-        if value is not MISS:
+        if value is not MISSING:
             return value
         task = self._flights.get(k)
         if task is None:

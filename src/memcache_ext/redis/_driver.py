@@ -17,12 +17,13 @@ from typing import Annotated, Any, Callable, Optional, TypedDict, Union
 
 import redis.exceptions as _redis_exc
 
+from .._constants import MISSING
 from ._counters import COUNTERS, Counters, TierCounters
 from ._flow import Flow
 from ._listener import Listener
 from .serializers import Codec, Serializer, make_serializer
 
-__all__ = ["TierDriver", "TierCounters", "TierStats", "COUNTERS", "REDIS_ERRORS", "MISS"]
+__all__ = ["TierDriver", "TierCounters", "TierStats", "COUNTERS", "REDIS_ERRORS"]
 
 logger = logging.getLogger("memcache_ext.redis")
 
@@ -48,8 +49,6 @@ class TierStats(TierCounters):
     max_value_bytes: Optional[int]
     local: Annotated[dict[str, Any], "The local tier's own stats()"]
 
-
-MISS: Any = object()  # "no value" inside the tier; never a user's value
 
 
 
@@ -122,7 +121,7 @@ class TierDriver(Listener):
         self.local_ttl = _opt_seconds("local_ttl", local_ttl)
         self.counts = Counters()
         self.codec = Codec(make_serializer(serializer), max_value_bytes, self.counts.add,
-                           f"redis tier {namespace!r}", MISS)
+                           f"redis tier {namespace!r}", MISSING)
         self.key_encoder = key_encoder
         self.retry_interval = float(_opt_seconds("retry_interval", retry_interval) or 0)
         self.poll_interval = float(_opt_seconds("poll_interval", poll_interval) or 0.2)
@@ -152,12 +151,12 @@ class TierDriver(Listener):
     # -- small helpers -------------------------------------------------------------
 
     def _local_first(self, key: Any) -> tuple[Any, Any]:
-        """(the local tier's value or MISS, the key to use from here on: the
+        """(the local tier's value or MISSING, the key to use from here on: the
         Redis key after a miss)."""
         enc = self.key_encoder
         k = key if enc is None else self._key(key)
-        value = self._lget(k, MISS)
-        if value is MISS and enc is None:
+        value = self._lget(k, MISSING)
+        if value is MISSING and enc is None:
             k = self._key(k)
         return value, k
 
@@ -226,34 +225,34 @@ class TierDriver(Listener):
     # -- the operations, as flows ---------------------------------------------------
 
     def _read_flow(self, key: str, since: int, ttl: Optional[float]) -> Flow:
-        """Redis after a local miss: returns (value or MISS, found_bad_value)."""
+        """Redis after a local miss: returns (value or MISSING, found_bad_value)."""
         if not self._remote_available():
             self.counts.add("remote_skipped")
-            return MISS, False
+            return MISSING, False
         try:
             raw = yield functools.partial(self.redis.get, self._prefix + key)
         except REDIS_ERRORS as exc:
             self._failed(exc, "GET")
-            return MISS, False
+            return MISSING, False
         self._redis_ok()
         if raw is None:
             self.counts.add("remote_misses")
-            return MISS, False
+            return MISSING, False
         value = self.codec.decode(key, raw)
-        if value is MISS:
-            return MISS, True
+        if value is MISSING:
+            return MISSING, True
         self.counts.add("remote_hits")
         self._store_if_fresh(key, value, since, self._local_ttl(ttl))
         return value, False
 
     def _get_flow(self, key: str, default: Any) -> Flow:
         value, _ = yield from self._read_flow(key, self._gen, None)
-        return default if value is MISS else value
+        return default if value is MISSING else value
 
     def _load_flow(self, key: str, ttl: Optional[float], loader: Callable[[], Any]) -> Flow:
         since = self._gen
         value, bad = yield from self._read_flow(key, since, ttl)
-        if value is not MISS:
+        if value is not MISSING:
             return value
         try:
             value = yield loader

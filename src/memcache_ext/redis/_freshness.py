@@ -13,12 +13,13 @@ import logging
 import threading
 from typing import Any, Optional
 
+from .._constants import MISSING
+
 __all__ = ["Freshness"]
 
 logger = logging.getLogger("memcache_ext.redis")
 
 _MAX_KEY_GENS = 65_536  # per-key generations kept; past it, everything in flight is stale
-_GONE: Any = object()
 
 
 class Freshness:
@@ -56,7 +57,7 @@ class Freshness:
         """Drop ``key`` locally (reads of it in flight are stale); whether it was there."""
         with self._lock:
             self._bump(key)
-            return self.local.pop(key, _GONE) is not _GONE
+            return self.local.pop(key, MISSING) is not MISSING
 
     def _store_if_fresh(self, key: str, value: Any, since: int, ttl: Optional[float]) -> None:
         with self._lock:

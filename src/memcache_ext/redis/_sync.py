@@ -6,7 +6,8 @@ import threading
 from typing import Any, Callable, Optional
 
 from .. import _fastcall
-from ._driver import MISS, TierDriver
+from .._constants import MISSING
+from ._driver import TierDriver
 from ._flow import Flow, advance
 
 __all__ = ["TieredCache"]
@@ -78,8 +79,8 @@ class TieredCache(TierDriver):
     def get(self, key: Any, default: Any = None) -> Any:
         """The value from the local tier, else from Redis (then kept locally), else ``default``."""
         # The hit path is one C call; with a key_encoder, __init__ installs _get_encoded.
-        value = self._lget(key, MISS)
-        if value is not MISS:
+        value = self._lget(key, MISSING)
+        if value is not MISSING:
             return value
         return self._run(self._get_flow(self._key(key), default))
 
@@ -89,8 +90,8 @@ class TieredCache(TierDriver):
 
     def _get_encoded(self, key: Any, default: Any = None) -> Any:
         k = self._key(key)
-        value = self._lget(k, MISS)
-        if value is not MISS:
+        value = self._lget(k, MISSING)
+        if value is not MISSING:
             return value
         return self._run(self._get_flow(k, default))
 
@@ -102,7 +103,7 @@ class TieredCache(TierDriver):
         reach every waiting caller and nothing is cached.
         """
         value, k = self._local_first(key)
-        if value is not MISS:
+        if value is not MISSING:
             return value
         with self._flights_lock:
             flight = self._flights.get(k)

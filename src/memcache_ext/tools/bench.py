@@ -22,6 +22,7 @@ from collections import OrderedDict
 from typing import Any, Callable, Optional
 
 from .._core import PyLruCache, compiled_class
+from .._version import __version__
 
 
 class ClassicLruCache:
@@ -228,7 +229,7 @@ def environment() -> dict[str, Any]:
     return {
         "python": sys.version.split()[0],
         "implementation": memcache_ext.IMPLEMENTATION,
-        "memcache_ext": memcache_ext.__version__,
+        "memcache_ext": __version__,
         "platform": platform.platform(),
         "cpu": cpu,
         "cpus": os.cpu_count(),

@@ -12,12 +12,13 @@ import shutil
 import statistics
 import time
 import timeit
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 try:
     import pytest
 except ImportError:  # pragma: no cover - standalone use without pytest
-    pytest = None  # type: ignore[assignment]
+    pytest = None  # type: ignore[assignment]  # standalone use without pytest
 
 import redis
 from redis.backoff import NoBackoff
@@ -30,7 +31,7 @@ from memcache_ext.tools.procs import RedisServer
 try:
     from memcache_ext import CLruCache
 except ImportError:  # pragma: no cover - pure-Python install
-    CLruCache = LruCache  # type: ignore[misc,assignment]
+    CLruCache = LruCache  # type: ignore[misc,assignment]  # pure-Python install
 
 
 class Server(RedisServer):
@@ -40,9 +41,14 @@ class Server(RedisServer):
         super().__init__()
         self.start()
 
-    def client(self) -> "redis.Redis":
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1,
-                           socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+    def client(self) -> redis.Redis:
+        return redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            socket_timeout=1,
+            socket_connect_timeout=1,
+            retry=Retry(NoBackoff(), 0),
+        )
 
     def tier(self, ns: str = "bench") -> TieredCache:
         t = TieredCache(LruCache(maxsize=100_000), self.client(), ns, poll_interval=0.05)
@@ -82,6 +88,7 @@ def p99(xs: list[float]) -> float:
 
 
 if pytest is not None:
+
     @pytest.fixture(scope="module")
     def server() -> Iterator[Server]:
         if shutil.which("redis-server") is None:

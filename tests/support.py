@@ -11,15 +11,24 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import pytest
 
 from memcache_ext.tools import procs
 from memcache_ext.tools.procs import RedisServer, free_port
 
-__all__ = ["DEADLINE", "RedisServer", "eventually", "free_port", "linux_only", "posix_only",
-           "redis_missing", "require_redis"]
+__all__ = [
+    "DEADLINE",
+    "RedisServer",
+    "eventually",
+    "free_port",
+    "linux_only",
+    "posix_only",
+    "redis_missing",
+    "require_redis",
+]
 
 REQUIRE_REDIS = os.environ.get("MEMCACHE_EXT_REQUIRE_REDIS", "") not in ("", "0")
 DEADLINE = 15.0  # seconds for anything "eventually"
@@ -30,8 +39,9 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Li
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX process groups and signals")
 
 
-def eventually(check: Callable[[], Any], timeout: float = DEADLINE, what: str = "",
-               pause: float = 0.002) -> Any:
+def eventually(
+    check: Callable[[], Any], timeout: float = DEADLINE, what: str = "", pause: float = 0.002
+) -> Any:
     """Poll ``check`` until it returns something true; fail the test after ``timeout``."""
     try:
         return procs.poll(check, timeout, what=what, pause=pause)

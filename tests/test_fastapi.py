@@ -15,13 +15,20 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from fastapi import Depends, FastAPI, HTTPException, WebSocket  # noqa: E402
-from fastapi.responses import StreamingResponse  # noqa: E402
+from fastapi import Depends, FastAPI, HTTPException, WebSocket  # noqa: E402 - after importorskip
+from fastapi.responses import StreamingResponse  # noqa: E402 - after importorskip
 
-from memcache_ext import CacheManager, PyLruCache  # noqa: E402
-from memcache_ext.fastapi import (  # noqa: E402
-    SCOPE_KEY, UNMATCHED, MemoryCleanupService, MemoryMonitorMiddleware, MemoryStats,
-    RequestMemoryMonitor, cleanup_lifespan, memory_router)
+from memcache_ext import CacheManager, PyLruCache  # noqa: E402 - after importorskip
+from memcache_ext.fastapi import (  # noqa: E402 - after importorskip
+    SCOPE_KEY,
+    UNMATCHED,
+    MemoryCleanupService,
+    MemoryMonitorMiddleware,
+    MemoryStats,
+    RequestMemoryMonitor,
+    cleanup_lifespan,
+    memory_router,
+)
 
 MB = 2**20
 
@@ -78,8 +85,7 @@ async def run_lifespan(app: Any, body: Any = None) -> dict[str, Any]:
     inbox: asyncio.Queue[Any] = asyncio.Queue()
     outbox: asyncio.Queue[Any] = asyncio.Queue()
     state: dict[str, Any] = {}
-    scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"},
-             "state": state}
+    scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": state}
     task = asyncio.create_task(app(scope, inbox.get, outbox.put))
     await inbox.put({"type": "lifespan.startup"})
     assert (await outbox.get())["type"] == "lifespan.startup.complete"
@@ -99,9 +105,11 @@ def monitor_of(**kw: Any) -> RequestMemoryMonitor:
 
 
 def test_core_import_does_not_import_fastapi() -> None:
-    code = ("import sys, memcache_ext; memcache_ext.CacheManager; memcache_ext.gc_stats; "
-            "bad = [m for m in ('fastapi', 'starlette', 'prometheus_client') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, memcache_ext; memcache_ext.CacheManager; memcache_ext.gc_stats; "
+        "bad = [m for m in ('fastapi', 'starlette', 'prometheus_client') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
@@ -167,8 +175,9 @@ def test_headers_only_with_expose_headers() -> None:
 
 def test_high_memory_history_and_window() -> None:
     clock = FakeClock()
-    mon = monitor_of(memory_limit_mb=400, history_size=3, window_seconds=60, clock=clock,
-                     log_interval=0)
+    mon = monitor_of(
+        memory_limit_mb=400, history_size=3, window_seconds=60, clock=clock, log_interval=0
+    )
     rss = FakeRss(100)
     app = make_app(monitor=mon, rss=rss)
     get(app, "/users/1")
@@ -237,8 +246,9 @@ def test_streaming_body_passes_through_unbuffered() -> None:
             return {"type": "http.request", "body": b"", "more_body": False}
 
         mon = monitor_of()
-        task = asyncio.create_task(MemoryMonitorMiddleware(streaming_app, monitor=mon)(
-            _raw_scope(), receive, send))
+        task = asyncio.create_task(
+            MemoryMonitorMiddleware(streaming_app, monitor=mon)(_raw_scope(), receive, send)
+        )
         while len(sent) < 2:
             await asyncio.sleep(0)
         seen_before_release.extend(m.get("body", b"") for m in sent)
@@ -261,6 +271,7 @@ def test_streaming_response_through_fastapi() -> None:
         async def gen() -> Any:
             for i in range(3):
                 yield f"chunk{i}\n".encode()
+
         return StreamingResponse(gen(), media_type="text/plain")
 
     mon = monitor_of()
@@ -313,13 +324,25 @@ def test_websocket_and_lifespan_through_a_real_app() -> None:
         async def send(message: Any) -> None:
             sent.append(message)
 
-        for m in ({"type": "websocket.connect"},
-                  {"type": "websocket.receive", "text": "there"},
-                  {"type": "websocket.disconnect", "code": 1000}):
+        for m in (
+            {"type": "websocket.connect"},
+            {"type": "websocket.receive", "text": "there"},
+            {"type": "websocket.disconnect", "code": 1000},
+        ):
             inbox.put_nowait(m)
-        scope = {"type": "websocket", "asgi": {"version": "3.0"}, "path": "/ws",
-                 "raw_path": b"/ws", "root_path": "", "query_string": b"", "headers": [],
-                 "scheme": "ws", "subprotocols": [], "server": ("t", 80), "client": ("c", 1)}
+        scope = {
+            "type": "websocket",
+            "asgi": {"version": "3.0"},
+            "path": "/ws",
+            "raw_path": b"/ws",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [],
+            "scheme": "ws",
+            "subprotocols": [],
+            "server": ("t", 80),
+            "client": ("c", 1),
+        }
         await app(scope, inbox.get, send)
         return sent
 
@@ -375,7 +398,9 @@ def test_stats_endpoint_content() -> None:
     routes = {x["route"]: x for x in body["requests"]["routes"]}
     assert routes["/users/{user_id}"]["high_memory"] == 1 and routes[UNMATCHED]["requests"] == 1
     assert [h["route"] for h in body["requests"]["high_memory_requests"]] == [
-        "/users/{user_id}", UNMATCHED]
+        "/users/{user_id}",
+        UNMATCHED,
+    ]
     assert body["gc"]["installed"] is True and len(body["gc"]["generations"]) == 3
 
 
@@ -392,8 +417,14 @@ def test_stats_schema_in_openapi() -> None:
     ref = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
     assert ref.endswith("/MemoryStats")
     schemas = spec["components"]["schemas"]
-    for name in ("MemoryStats", "CacheStats", "CleanupEventModel", "HighMemoryRequest",
-                 "RouteStats", "GCStatsModel"):
+    for name in (
+        "MemoryStats",
+        "CacheStats",
+        "CleanupEventModel",
+        "HighMemoryRequest",
+        "RouteStats",
+        "GCStatsModel",
+    ):
         assert name in schemas
     assert "memory" in op["tags"]
     assert schemas["HighMemoryRequest"]["properties"]["route"]["description"]
@@ -582,7 +613,7 @@ def test_cleanup_service_bad_arguments() -> None:
     with pytest.raises(ValueError):
         MemoryCleanupService(CacheManager(memory_limit_mb=10), interval=0)
     with pytest.raises(TypeError):
-        MemoryCleanupService(CacheManager(memory_limit_mb=10), interval="1")  # type: ignore[arg-type]
+        MemoryCleanupService(CacheManager(memory_limit_mb=10), interval="1")  # type: ignore[arg-type]  # deliberately wrong
     with pytest.raises(ValueError):
         MemoryCleanupService(CacheManager(memory_limit_mb=10), threshold_mb=-1)
     with pytest.raises(ValueError):

@@ -16,8 +16,9 @@ import ast
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import pytest
 
@@ -28,19 +29,48 @@ LAYERS = ("core", "memory", "integrations", "tools")
 
 #: The first component below memcache_ext -> its layer. A new module must be placed here.
 LAYER_OF = {
-    **dict.fromkeys(("__init__", "_constants", "_version", "_validate", "_stats", "keys",
-                     "_core", "_core_c", "_core_py", "_sizeof", "_sizeof_c", "_sizeof_py",
-                     "_fastcall", "_fastcall_py"), "core"),
-    **dict.fromkeys(("_procmem", "gcstats", "deque", "singleton", "decorators", "manager",
-                     "_budget", "_cleanup_pass", "_manager_stats"), "memory"),
+    **dict.fromkeys(
+        (
+            "__init__",
+            "_constants",
+            "_version",
+            "_validate",
+            "_stats",
+            "keys",
+            "_core",
+            "_core_c",
+            "_core_py",
+            "_sizeof",
+            "_sizeof_c",
+            "_sizeof_py",
+            "_fastcall",
+            "_fastcall_py",
+        ),
+        "core",
+    ),
+    **dict.fromkeys(
+        (
+            "_procmem",
+            "gcstats",
+            "deque",
+            "singleton",
+            "decorators",
+            "manager",
+            "_budget",
+            "_cleanup_pass",
+            "_manager_stats",
+        ),
+        "memory",
+    ),
     **dict.fromkeys(("asgi", "cleanup", "fastapi", "prometheus", "redis"), "integrations"),
     **dict.fromkeys(("tools", "__main__"), "tools"),
 }
 #: The only modules that may import a compiled *_c module at run time.
 SELECTORS = {"_core", "_sizeof", "_fastcall"}
 
-_PYX_IMPORT = re.compile(r"^\s*(?:from\s+(\S+)\s+import\s+([\w, ()]+)|import\s+(\S+))",
-                         re.MULTILINE)
+_PYX_IMPORT = re.compile(
+    r"^\s*(?:from\s+(\S+)\s+import\s+([\w, ()]+)|import\s+(\S+))", re.MULTILINE
+)
 
 
 def module_name(path: Path) -> str:
@@ -51,8 +81,11 @@ def module_name(path: Path) -> str:
 
 
 def package_files() -> list[Path]:
-    return sorted(p for p in PACKAGE.rglob("*") if p.suffix in (".py", ".pyx")
-                  and "__pycache__" not in p.parts)
+    return sorted(
+        p
+        for p in PACKAGE.rglob("*")
+        if p.suffix in (".py", ".pyx") and "__pycache__" not in p.parts
+    )
 
 
 def _type_checking_lines(tree: ast.AST) -> set[int]:
@@ -64,8 +97,9 @@ def _type_checking_lines(tree: ast.AST) -> set[int]:
     return lines
 
 
-def imports_of(source: str, module: str, is_package: bool, pyx: bool = False
-               ) -> Iterator[tuple[str, int, bool]]:
+def imports_of(
+    source: str, module: str, is_package: bool, pyx: bool = False
+) -> Iterator[tuple[str, int, bool]]:
     """(absolute module imported, line, only under TYPE_CHECKING) for each import."""
     package = module if is_package else module.rpartition(".")[0]
     if pyx:  # Cython: Python-level imports only (cimports are compile-time links)
@@ -75,8 +109,11 @@ def imports_of(source: str, module: str, is_package: bool, pyx: bool = False
             if plain:
                 yield plain, line, False
             elif base:
-                yield from ((f"{base}.{n.strip()}", line, False) for n in
-                            names.strip("() ").split(",") if n.strip())
+                yield from (
+                    (f"{base}.{n.strip()}", line, False)
+                    for n in names.strip("() ").split(",")
+                    if n.strip()
+                )
                 yield base, line, False
         return
     tree = ast.parse(source)
@@ -88,7 +125,7 @@ def imports_of(source: str, module: str, is_package: bool, pyx: bool = False
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - node.level + 1]
+                base = base[: len(base) - node.level + 1]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
@@ -115,19 +152,24 @@ def violations(module: str, source: str, is_package: bool, pyx: bool = False) ->
         if key is None or key not in LAYER_OF:
             continue  # another package, or an attribute such as ``from . import LruCache``
         if LAYERS.index(LAYER_OF[key]) > LAYERS.index(LAYER_OF[own]):
-            found.append(f"{module}:{line} ({LAYER_OF[own]}) imports {target} "
-                         f"({LAYER_OF[key]})")
+            found.append(f"{module}:{line} ({LAYER_OF[own]}) imports {target} ({LAYER_OF[key]})")
         if key.endswith("_c") and own not in SELECTORS and not typing_only and key != own:
-            found.append(f"{module}:{line} imports the compiled {target}; only the "
-                         f"selectors {sorted(SELECTORS)} may")
+            found.append(
+                f"{module}:{line} imports the compiled {target}; only the "
+                f"selectors {sorted(SELECTORS)} may"
+            )
     return found
 
 
 def test_every_module_imports_only_downward() -> None:
     found = []
     for path in package_files():
-        found += violations(module_name(path), path.read_text(), path.name == "__init__.py",
-                            pyx=path.suffix == ".pyx")
+        found += violations(
+            module_name(path),
+            path.read_text(),
+            path.name == "__init__.py",
+            pyx=path.suffix == ".pyx",
+        )
     assert not found, "imports against the layers:\n" + "\n".join(found)
 
 
@@ -137,19 +179,26 @@ def test_library_never_imports_the_tools() -> None:
         module = module_name(path)
         if LAYER_OF[layer_key(module) or "__init__"] == "tools":
             continue
-        users += [f"{module}:{line}" for target, line, _ in imports_of(
-            path.read_text(), module, path.name == "__init__.py", path.suffix == ".pyx")
-            if layer_key(target) == "tools"]
+        users += [
+            f"{module}:{line}"
+            for target, line, _ in imports_of(
+                path.read_text(), module, path.name == "__init__.py", path.suffix == ".pyx"
+            )
+            if layer_key(target) == "tools"
+        ]
     assert not users, users
 
 
-@pytest.mark.parametrize("source, expected", [
-    ("from .tools import procs\n", "memory) imports memcache_ext.tools"),
-    ("from . import fastapi\n", "memory) imports memcache_ext.fastapi"),
-    ("def f():\n    from .redis import TieredCache\n", "memory) imports memcache_ext.redis"),
-    ("import memcache_ext.tools.cli\n", "memory) imports memcache_ext.tools"),
-    ("from ._core_c import CLruCache\n", "only the selectors"),
-])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("from .tools import procs\n", "memory) imports memcache_ext.tools"),
+        ("from . import fastapi\n", "memory) imports memcache_ext.fastapi"),
+        ("def f():\n    from .redis import TieredCache\n", "memory) imports memcache_ext.redis"),
+        ("import memcache_ext.tools.cli\n", "memory) imports memcache_ext.tools"),
+        ("from ._core_c import CLruCache\n", "only the selectors"),
+    ],
+)
 def test_the_check_sees_an_upward_import(source: str, expected: str) -> None:
     """The checker itself: a memory module importing upward (or a compiled core) is caught."""
     found = violations("memcache_ext.deque", source, is_package=False)
@@ -174,5 +223,6 @@ def test_module_imports_alone(module: str) -> None:
     """No import cycle, no hidden order: ``import module`` works in a fresh interpreter."""
     if module.endswith("_c"):
         pytest.importorskip(module, reason="compiled module not built")
-    subprocess.run([sys.executable, "-W", "error", "-c", f"import {module}"], check=True,
-                   timeout=60)
+    subprocess.run(
+        [sys.executable, "-W", "error", "-c", f"import {module}"], check=True, timeout=60
+    )

@@ -35,8 +35,9 @@ def assert_shape(value: Any, hint: Any, where: str = "value") -> None:
         keys = set(value)
         missing = hint.__required_keys__ - keys
         extra = keys - hint.__required_keys__ - hint.__optional_keys__
-        assert not missing and not extra, f"{where} ({hint.__name__}): missing {missing}, " \
-                                          f"not in the TypedDict {extra}"
+        assert not missing and not extra, (
+            f"{where} ({hint.__name__}): missing {missing}, not in the TypedDict {extra}"
+        )
         for key, sub in typing.get_type_hints(hint, include_extras=True).items():
             if key in value:
                 assert_shape(value[key], sub, f"{where}[{key!r}]")

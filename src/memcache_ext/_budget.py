@@ -28,7 +28,8 @@ from __future__ import annotations
 import math
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
     from .manager import CacheManager
@@ -43,14 +44,17 @@ class BudgetSizeof:
 
     __slots__ = ("manager_ref", "name", "cache_ref", "inner", "local")
 
-    def __init__(self, manager: CacheManager, name: str,
-                 inner: Optional[Callable[[Any], int]]) -> None:
+    def __init__(
+        self, manager: CacheManager, name: str, inner: Optional[Callable[[Any], int]]
+    ) -> None:
         self.manager_ref = weakref.ref(manager)
         self.name = name
         self.cache_ref: Callable[[], Any] = lambda: None
         if inner is None:
-            from ._sizeof import deep_sizeof as inner
-        self.inner = inner
+            from ._sizeof import deep_sizeof
+
+            inner = deep_sizeof
+        self.inner: Callable[[Any], int] = inner
         self.local = threading.local()  # pending key size of this thread's insert
 
     def __call__(self, obj: Any) -> int:
@@ -66,10 +70,10 @@ class BudgetSizeof:
             raise
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             return size  # the core rejects it
-        is_key = pending is None
-        if not is_key and pending is _REJECTED:
+        if pending is _REJECTED:
             return size
-        total = size if is_key else pending + size
+        is_key = pending is None
+        total = size if pending is None else pending + size
         manager = self.manager_ref()
         cache = self.cache_ref()
         fits = True

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Annotated, Any, Callable, Optional, Sequence, TypedDict
+from typing import Annotated, Any, Optional, TypedDict
 
 from . import _procmem
 from ._constants import MIB
@@ -102,8 +103,12 @@ def _failed(event: CleanupEvent, what: str, exc: BaseException) -> None:
     event.errors.append(f"{what}: {type(exc).__name__}: {exc}")
 
 
-def sweep(event: CleanupEvent, caches: Sequence[tuple[str, Any, Callable[[], bool]]],
-          fraction: float, collect: bool) -> None:
+def sweep(
+    event: CleanupEvent,
+    caches: Sequence[tuple[str, Any, Callable[[], bool]]],
+    fraction: float,
+    collect: bool,
+) -> None:
     """Steps 1-4 of a pass over ``(name, cache, still_registered)``, LRU cache first.
 
     Fills ``event`` in; its ``rss_before`` and ``target_bytes`` say when to stop.
@@ -142,8 +147,9 @@ def sweep(event: CleanupEvent, caches: Sequence[tuple[str, Any, Callable[[], boo
             _failed(event, f"{name}: stats", exc)
             continue
         event.caches_trimmed.append(name)
-        event.entries_evicted += max(0, after["evictions_by_reason"]["trim"]
-                                     - before["evictions_by_reason"]["trim"])
+        event.entries_evicted += max(
+            0, after["evictions_by_reason"]["trim"] - before["evictions_by_reason"]["trim"]
+        )
         event.accounted_bytes_released += max(0, before["nbytes"] - after["nbytes"])
     if collect:  # 3. collect
         t0 = time.perf_counter()

@@ -5,14 +5,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional, Sequence, TypedDict, Union
+from collections.abc import Sequence
+from typing import Annotated, Any, Optional, TypedDict, Union
 
 from ._cleanup_pass import CleanupEventDict
 from ._constants import MIB
 from ._stats import CacheStats
 
-__all__ = ["ManagedCacheStats", "CacheError", "ProcessMemory", "MemoryLimitInfo", "CacheTotals",
-           "ManagerStats", "cache_stats"]
+__all__ = [
+    "ManagedCacheStats",
+    "CacheError",
+    "ProcessMemory",
+    "MemoryLimitInfo",
+    "CacheTotals",
+    "ManagerStats",
+    "cache_stats",
+]
 
 
 class ManagedCacheStats(CacheStats, total=False):
@@ -41,8 +49,10 @@ class MemoryLimitInfo(TypedDict):
 
     bytes: int
     mb: float
-    source: Annotated[str, 'e.g. "configured", "cgroup v2 /sys/fs/cgroup/.../memory.max" '
-                           'or "physical memory (...)"']
+    source: Annotated[
+        str,
+        'e.g. "configured", "cgroup v2 /sys/fs/cgroup/.../memory.max" or "physical memory (...)"',
+    ]
     high_water: Annotated[float, "Fraction of the limit where a cleanup starts"]
     low_water: Annotated[float, "Fraction of the limit a cleanup aims at"]
     high_water_bytes: int
@@ -84,8 +94,9 @@ class ManagerStats(TypedDict):
 _SUMMED = ("nbytes", "hits", "misses", "evictions", "expirations", "rejected")
 
 
-def cache_stats(caches: Sequence[tuple[str, Any, float]]
-                ) -> tuple[dict[str, Union[ManagedCacheStats, CacheError]], CacheTotals]:
+def cache_stats(
+    caches: Sequence[tuple[str, Any, float]],
+) -> tuple[dict[str, Union[ManagedCacheStats, CacheError]], CacheTotals]:
     """Every cache's stats and their totals, from ``(name, cache, idle_seconds)``.
 
     A cache whose ``stats()`` raises is reported as ``{"error": ...}`` and
@@ -95,21 +106,28 @@ def cache_stats(caches: Sequence[tuple[str, Any, float]]
     sums = dict.fromkeys(("caches", "entries", *_SUMMED), 0)
     for name, cache, idle in caches:
         try:
-            st: ManagedCacheStats = {**cache.stats()}
+            st: ManagedCacheStats = dict(cache.stats())  # type: ignore[assignment]  # any cache
         except Exception as exc:  # noqa: BLE001 - reported in place of its stats
             out[name] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
         st["idle_seconds"] = max(0.0, idle)
         out[name] = st
         sums["caches"] += 1
-        sums["entries"] += st.get("size", 0)
+        counts: dict[str, Any] = dict(st)  # a cache class may report fewer fields
+        sums["entries"] += counts.get("size", 0)
         for k in _SUMMED:
-            sums[k] += st.get(k, 0)  # type: ignore[misc]  # the int fields of CacheStats
+            sums[k] += counts.get(k, 0)
     lookups = sums["hits"] + sums["misses"]
     totals: CacheTotals = {
-        "caches": sums["caches"], "entries": sums["entries"], "nbytes": sums["nbytes"],
-        "mb": sums["nbytes"] / MIB, "hits": sums["hits"], "misses": sums["misses"],
+        "caches": sums["caches"],
+        "entries": sums["entries"],
+        "nbytes": sums["nbytes"],
+        "mb": sums["nbytes"] / MIB,
+        "hits": sums["hits"],
+        "misses": sums["misses"],
         "hit_rate": sums["hits"] / lookups if lookups else 0.0,
-        "evictions": sums["evictions"], "expirations": sums["expirations"],
-        "rejected": sums["rejected"]}
+        "evictions": sums["evictions"],
+        "expirations": sums["expirations"],
+        "rejected": sums["rejected"],
+    }
     return out, totals

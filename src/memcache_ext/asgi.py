@@ -32,15 +32,22 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Annotated, Any, Awaitable, Callable, Optional, TypedDict
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Optional, TypedDict
 
 from . import _procmem
 from ._constants import MIB as MB
 from .deque import BoundedDeque
 
 __all__ = [
-    "MemoryMonitorMiddleware", "RequestMemoryMonitor", "RequestMonitorStats",
-    "HighMemoryRequest", "RouteStats", "SCOPE_KEY", "UNMATCHED", "OTHER",
+    "MemoryMonitorMiddleware",
+    "RequestMemoryMonitor",
+    "RequestMonitorStats",
+    "HighMemoryRequest",
+    "RouteStats",
+    "SCOPE_KEY",
+    "UNMATCHED",
+    "OTHER",
 ]
 
 #: The scope key under which the middleware publishes its monitor.
@@ -98,8 +105,9 @@ class RequestMonitorStats(TypedDict):
     high_memory_total: int
     high_memory_dropped: Annotated[int, "Pushed out of the bounded history"]
     log_suppressed_total: Annotated[int, "High-memory requests not logged (rate limit)"]
-    high_memory_requests: Annotated[list[HighMemoryRequest],
-                                    "Within the last window_seconds, oldest first"]
+    high_memory_requests: Annotated[
+        list[HighMemoryRequest], "Within the last window_seconds, oldest first"
+    ]
     routes: list[RouteStats]
 
 
@@ -116,11 +124,18 @@ class RequestMemoryMonitor:
     route buckets (a safety net; normal apps never reach it).
     """
 
-    def __init__(self, memory_limit_mb: float = 400, *, history_size: int = 256,
-                 window_seconds: float = 3600.0, log_interval: float = 60.0,
-                 max_routes: int = 1000, logger: Optional[logging.Logger] = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        memory_limit_mb: float = 400,
+        *,
+        history_size: int = 256,
+        window_seconds: float = 3600.0,
+        log_interval: float = 60.0,
+        max_routes: int = 1000,
+        logger: Optional[logging.Logger] = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         if isinstance(memory_limit_mb, bool) or not isinstance(memory_limit_mb, (int, float)):
             raise TypeError("memory_limit_mb must be a number")
         if not memory_limit_mb > 0:
@@ -178,8 +193,15 @@ class RequestMemoryMonitor:
         path = getattr(route, "path", None)
         return path if isinstance(path, str) and path else UNMATCHED
 
-    def record(self, scope: Scope, before: int, after: int, duration: float,
-               status: int, error: bool = False) -> None:
+    def record(
+        self,
+        scope: Scope,
+        before: int,
+        after: int,
+        duration: float,
+        status: int,
+        error: bool = False,
+    ) -> None:
         """Account one finished request (called by the middleware)."""
         key = self.route_key(scope)
         routes = self._routes
@@ -193,8 +215,7 @@ class RequestMemoryMonitor:
         self._requests += 1
         bucket[0] += 1
         delta = after - before
-        if delta > bucket[3]:
-            bucket[3] = delta
+        bucket[3] = max(bucket[3], delta)
         bucket[4] += duration
         if error:
             bucket[2] += 1
@@ -202,22 +223,32 @@ class RequestMemoryMonitor:
             bucket[1] += 1
             self._high_memory(key, scope, before, after, duration, status)
 
-    def _high_memory(self, key: str, scope: Scope, before: int, after: int,
-                     duration: float, status: int) -> None:
+    def _high_memory(
+        self, key: str, scope: Scope, before: int, after: int, duration: float, status: int
+    ) -> None:
         self._high += 1
         method = scope.get("method", "")
-        self._history.append((self._wall(), self._clock(), method, key, status,
-                              before, after, duration))
+        self._history.append(
+            (self._wall(), self._clock(), method, key, status, before, after, duration)
+        )
         now = self._clock()
         if now - self._last_log >= self.log_interval:
             suppressed, self._suppressed = self._suppressed, 0
             self._last_log = now
             self.logger.warning(
                 "high memory after %s %s (status %s): RSS %.1f MB > limit %.0f MB, "
-                "delta %+.1f MB, %.1f ms%s", method, key, status, after / MB,
-                self.memory_limit_mb, (after - before) / MB, duration * 1e3,
+                "delta %+.1f MB, %.1f ms%s",
+                method,
+                key,
+                status,
+                after / MB,
+                self.memory_limit_mb,
+                (after - before) / MB,
+                duration * 1e3,
                 f"; {suppressed} more high-memory requests not logged since the last line"
-                if suppressed else "")
+                if suppressed
+                else "",
+            )
         else:
             self._suppressed += 1
             self._suppressed_total += 1
@@ -226,21 +257,46 @@ class RequestMemoryMonitor:
         """High-memory requests within the window, oldest first."""
         horizon = self._clock() - self.window_seconds
         return [
-            {"time": wall, "method": method, "route": route, "status": status,
-             "rss_before_mb": before / MB, "rss_after_mb": after / MB,
-             "delta_mb": (after - before) / MB, "duration_ms": duration * 1e3}
-            for wall, mono, method, route, status, before, after, duration
-            in self._history.snapshot() if mono >= horizon
+            {
+                "time": wall,
+                "method": method,
+                "route": route,
+                "status": status,
+                "rss_before_mb": before / MB,
+                "rss_after_mb": after / MB,
+                "delta_mb": (after - before) / MB,
+                "duration_ms": duration * 1e3,
+            }
+            for (
+                wall,
+                mono,
+                method,
+                route,
+                status,
+                before,
+                after,
+                duration,
+            ) in self._history.snapshot()
+            if mono >= horizon
         ]
 
     def routes(self) -> list[RouteStats]:
         """Per-route figures, sorted by route."""
-        out = []
+        out: list[RouteStats] = []
         for route, (n, high, errors, max_delta, total) in sorted(
-                (k, list(v)) for k, v in list(self._routes.items())):
-            out.append({"route": route, "requests": n, "high_memory": high, "errors": errors,
-                        "max_delta_mb": max_delta / MB, "total_duration_s": total,
-                        "mean_duration_ms": total / n * 1e3 if n else 0.0})
+            (k, list(v)) for k, v in list(self._routes.items())
+        ):
+            out.append(
+                {
+                    "route": route,
+                    "requests": n,
+                    "high_memory": high,
+                    "errors": errors,
+                    "max_delta_mb": max_delta / MB,
+                    "total_duration_s": total,
+                    "mean_duration_ms": total / n * 1e3 if n else 0.0,
+                }
+            )
         return out
 
     def stats(self) -> RequestMonitorStats:
@@ -285,16 +341,29 @@ class MemoryMonitorMiddleware:
     started) and re-raised.
     """
 
-    def __init__(self, app: ASGIApp, memory_limit_mb: float = 400,
-                 expose_headers: bool = False, history_size: int = 256,
-                 window_seconds: float = 3600.0, log_interval: float = 60.0,
-                 manager: Any = None, *, monitor: Optional[RequestMemoryMonitor] = None,
-                 rss: Optional[Callable[[], int]] = None, max_routes: int = 1000) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        memory_limit_mb: float = 400,
+        expose_headers: bool = False,
+        history_size: int = 256,
+        window_seconds: float = 3600.0,
+        log_interval: float = 60.0,
+        manager: Any = None,
+        *,
+        monitor: Optional[RequestMemoryMonitor] = None,
+        rss: Optional[Callable[[], int]] = None,
+        max_routes: int = 1000,
+    ) -> None:
         self.app = app
         if monitor is None:
-            monitor = RequestMemoryMonitor(memory_limit_mb, history_size=history_size,
-                                           window_seconds=window_seconds,
-                                           log_interval=log_interval, max_routes=max_routes)
+            monitor = RequestMemoryMonitor(
+                memory_limit_mb,
+                history_size=history_size,
+                window_seconds=window_seconds,
+                log_interval=log_interval,
+                max_routes=max_routes,
+            )
         self.monitor = monitor
         self.expose_headers = bool(expose_headers)
         self.manager = manager
@@ -333,8 +402,6 @@ class MemoryMonitorMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         except BaseException:
-            monitor.record(scope, before, rss(), time.perf_counter() - t0,
-                           status or 500, True)
+            monitor.record(scope, before, rss(), time.perf_counter() - t0, status or 500, True)
             raise
         monitor.record(scope, before, rss(), time.perf_counter() - t0, status)
-

@@ -1,8 +1,8 @@
 """The background cleanup service and its lifespan helper (asyncio only, no web framework).
 
-    service = MemoryCleanupService(cache_manager, interval=30)
-    async with service: ...                                   # any asyncio program
-    app = FastAPI(lifespan=cleanup_lifespan(service))         # or an ASGI lifespan
+service = MemoryCleanupService(cache_manager, interval=30)
+async with service: ...                                   # any asyncio program
+app = FastAPI(lifespan=cleanup_lifespan(service))         # or an ASGI lifespan
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import contextlib
 import logging
 import math
 import time
-from typing import (Annotated, Any, AsyncIterator, Callable, Mapping, Optional, TypedDict)
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Annotated, Any, Optional, TypedDict
 
 from .manager import CacheManager, manager_or_default
 
@@ -50,9 +51,14 @@ class MemoryCleanupService:
     after it returns. A run that raises is logged and the loop goes on.
     """
 
-    def __init__(self, manager: Optional[CacheManager] = None, interval: float = 30.0,
-                 threshold_mb: Optional[float] = None, *,
-                 logger: Optional[logging.Logger] = None) -> None:
+    def __init__(
+        self,
+        manager: Optional[CacheManager] = None,
+        interval: float = 30.0,
+        threshold_mb: Optional[float] = None,
+        *,
+        logger: Optional[logging.Logger] = None,
+    ) -> None:
         if isinstance(interval, bool) or not isinstance(interval, (int, float)):
             raise TypeError("interval must be a number")
         if not (interval > 0 and math.isfinite(interval)):
@@ -86,7 +92,7 @@ class MemoryCleanupService:
         for name, cache in self.manager.caches().items():
             try:
                 expired += cache.expire()
-            except Exception as exc:  # noqa: BLE001 - one cache must not stop the rest
+            except Exception as exc:
                 errors.append(f"{name}: {type(exc).__name__}: {exc}")
                 self.logger.exception("memory cleanup: expire() of cache %r failed", name)
         event = None
@@ -95,7 +101,7 @@ class MemoryCleanupService:
                 event = self.manager.cleanup_if_needed()
             elif self.manager.memory_usage_mb() > self.threshold_mb:
                 event = self.manager.cleanup("threshold")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors.append(f"cleanup: {type(exc).__name__}: {exc}")
             self.logger.exception("memory cleanup failed")
         self.runs += 1
@@ -118,7 +124,7 @@ class MemoryCleanupService:
                 return
             try:
                 self.run_once()
-            except Exception:  # noqa: BLE001 - run_once logs its own; belt and braces
+            except Exception:
                 self.errors += 1
                 self.logger.exception("memory cleanup pass failed")
 
@@ -128,7 +134,8 @@ class MemoryCleanupService:
             return
         self._stop = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(
-            self._loop(self._stop), name="memcache_ext-cleanup")
+            self._loop(self._stop), name="memcache_ext-cleanup"
+        )
 
     async def stop(self) -> None:
         """Stop the task and wait for it (no-op when it is not running)."""
@@ -146,7 +153,7 @@ class MemoryCleanupService:
         if not task.cancelled() and task.exception() is not None:  # pragma: no cover
             self.logger.error("memory cleanup task ended with %r", task.exception())
 
-    async def __aenter__(self) -> "MemoryCleanupService":
+    async def __aenter__(self) -> MemoryCleanupService:
         await self.start()
         return self
 
@@ -154,15 +161,22 @@ class MemoryCleanupService:
         await self.stop()
 
     def stats(self) -> CleanupServiceStats:
-        return {"running": self.running, "interval": self.interval,
-                "threshold_mb": self.threshold_mb, "runs": self.runs,
-                "expired": self.expired, "cleanups": self.cleanups, "errors": self.errors,
-                "last_error": self.last_error, "last_run": self.last_run}
+        return {
+            "running": self.running,
+            "interval": self.interval,
+            "threshold_mb": self.threshold_mb,
+            "runs": self.runs,
+            "expired": self.expired,
+            "cleanups": self.cleanups,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "last_run": self.last_run,
+        }
 
 
-def cleanup_lifespan(service: MemoryCleanupService,
-                     lifespan: Optional[Callable[[Any], Any]] = None
-                     ) -> Callable[[Any], contextlib.AbstractAsyncContextManager[Any]]:
+def cleanup_lifespan(
+    service: MemoryCleanupService, lifespan: Optional[Callable[[Any], Any]] = None
+) -> Callable[[Any], contextlib.AbstractAsyncContextManager[Any]]:
     """A FastAPI ``lifespan`` that runs ``service`` inside the app's own ``lifespan``.
 
     ``FastAPI(lifespan=cleanup_lifespan(service, my_lifespan))``: ``my_lifespan``
@@ -181,4 +195,3 @@ def cleanup_lifespan(service: MemoryCleanupService,
                 yield state
 
     return _lifespan
-

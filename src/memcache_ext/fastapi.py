@@ -21,30 +21,46 @@ from __future__ import annotations
 
 import types
 import typing
-from typing import Any, Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional, Union
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from .asgi import (OTHER, SCOPE_KEY, UNMATCHED, MemoryMonitorMiddleware, RequestMemoryMonitor,
-                   RequestMonitorStats)
 from ._cleanup_pass import CleanupEventDict
+from .asgi import (
+    OTHER,
+    SCOPE_KEY,
+    UNMATCHED,
+    MemoryMonitorMiddleware,
+    RequestMemoryMonitor,
+    RequestMonitorStats,
+)
 from .cleanup import CleanupServiceStats, MemoryCleanupService, cleanup_lifespan
 from .gcstats import GCSnapshot, GCStats, gc_stats
 from .manager import CacheManager, ManagedCacheStats, ManagerStats, manager_or_default
 
 __all__ = [
-    "MemoryMonitorMiddleware", "RequestMemoryMonitor", "memory_router",
-    "MemoryCleanupService", "cleanup_lifespan", "MemoryStats", "MemoryStatsDict",
-    "model_of", "SCOPE_KEY", "UNMATCHED", "OTHER",
+    "MemoryMonitorMiddleware",
+    "RequestMemoryMonitor",
+    "memory_router",
+    "MemoryCleanupService",
+    "cleanup_lifespan",
+    "MemoryStats",
+    "MemoryStatsDict",
+    "model_of",
+    "SCOPE_KEY",
+    "UNMATCHED",
+    "OTHER",
 ]
 
 
 class MemoryStatsDict(ManagerStats):
     """``GET /memory/stats``: process memory, limit, caches, cleanups, requests, GC."""
 
-    requests: typing.Annotated[Optional[RequestMonitorStats],
-                               "null when no MemoryMonitorMiddleware wraps the app"]
+    requests: typing.Annotated[
+        Optional[RequestMonitorStats], "null when no MemoryMonitorMiddleware wraps the app"
+    ]
     cleanup_service: Optional[CleanupServiceStats]
     gc: GCSnapshot
 
@@ -52,12 +68,18 @@ class MemoryStatsDict(ManagerStats):
 # -- pydantic models from the TypedDicts --------------------------------------------
 
 #: Schema names kept from the hand-written models these replace (clients may know them).
-_NAMES = {ManagedCacheStats: "CacheStats", GCSnapshot: "GCStatsModel",
-          CleanupEventDict: "CleanupEventModel", MemoryStatsDict: "MemoryStats"}
+_NAMES = {
+    ManagedCacheStats: "CacheStats",
+    GCSnapshot: "GCStatsModel",
+    CleanupEventDict: "CleanupEventModel",
+    MemoryStatsDict: "MemoryStats",
+}
 #: Descriptions of fields whose TypedDict lives in the core (``_stats.CacheStats``).
 _CORE_DESCRIPTIONS = {
-    "size": "Entries", "maxsize": "Entry bound (null: none)",
-    "nbytes": "Accounted bytes (0 without max_bytes)", "max_bytes": "Byte bound (null: none)",
+    "size": "Entries",
+    "maxsize": "Entry bound (null: none)",
+    "nbytes": "Accounted bytes (0 without max_bytes)",
+    "max_bytes": "Byte bound (null: none)",
     "evictions": "capacity + bytes + trim evictions",
     "rejected": "Entries refused as larger than max_bytes",
 }
@@ -75,15 +97,17 @@ def model_of(td: Any) -> type[BaseModel]:
         return model
     name = _NAMES.get(td, td.__name__)
     fields: dict[str, Any] = {}
-    for key, hint in typing.get_type_hints(td, include_extras=True).items():
-        description = _CORE_DESCRIPTIONS.get(key) if td is ManagedCacheStats else None
-        if typing.get_origin(hint) is typing.Annotated:
-            hint, *meta = typing.get_args(hint)
+    for key, annotated in typing.get_type_hints(td, include_extras=True).items():
+        hint, description = (
+            annotated,
+            _CORE_DESCRIPTIONS.get(key) if td is ManagedCacheStats else None,
+        )
+        if typing.get_origin(annotated) is typing.Annotated:
+            hint, *meta = typing.get_args(annotated)
             description = next((m for m in meta if isinstance(m, str)), description)
         default = ... if key in td.__required_keys__ else None
         fields[key] = (_modelled(hint), Field(default, description=description))
-    model = create_model(name, __config__=ConfigDict(extra="allow"), __doc__=td.__doc__,
-                         **fields)
+    model = create_model(name, __config__=ConfigDict(extra="allow"), __doc__=td.__doc__, **fields)
     _MODELS[td] = model
     return model
 
@@ -97,7 +121,7 @@ def _modelled(hint: Any) -> Any:
         return hint
     new = tuple(_modelled(a) for a in args)
     if origin in (Union, types.UnionType):
-        return Union[new]  # noqa: UP007 - a runtime union of computed members
+        return Union[new]
     if origin is typing.Annotated:
         return hint
     return origin[new] if len(new) > 1 else origin[new[0]]
@@ -109,13 +133,17 @@ MemoryStats = model_of(MemoryStatsDict)
 # -- the router ------------------------------------------------------------------------
 
 
-def memory_router(manager: Optional[CacheManager] = None, *, prefix: str = "/memory",
-                  dependencies: Optional[Sequence[Any]] = None,
-                  tags: Optional[Sequence[str]] = ("memory",),
-                  monitor: Optional[RequestMemoryMonitor] = None,
-                  cleanup_service: Optional[MemoryCleanupService] = None,
-                  gc: Optional[GCStats] = None,
-                  include_in_schema: bool = True) -> APIRouter:
+def memory_router(
+    manager: Optional[CacheManager] = None,
+    *,
+    prefix: str = "/memory",
+    dependencies: Optional[Sequence[Any]] = None,
+    tags: Optional[Sequence[str]] = ("memory",),
+    monitor: Optional[RequestMemoryMonitor] = None,
+    cleanup_service: Optional[MemoryCleanupService] = None,
+    gc: Optional[GCStats] = None,
+    include_in_schema: bool = True,
+) -> APIRouter:
     """An APIRouter with ``GET {prefix}/stats`` (response model ``MemoryStats``).
 
     ``manager``: the CacheManager to report (default ``cache_manager``).
@@ -128,11 +156,14 @@ def memory_router(manager: Optional[CacheManager] = None, *, prefix: str = "/mem
     mgr = manager_or_default(manager)
     gcs = gc if gc is not None else gc_stats
     gcs.install()
-    router = APIRouter(prefix=prefix, dependencies=list(dependencies or ()),
-                       tags=list(tags or ()))
+    router = APIRouter(prefix=prefix, dependencies=list(dependencies or ()), tags=list(tags or ()))
 
-    @router.get("/stats", response_model=MemoryStats, include_in_schema=include_in_schema,
-                summary="Process memory, caches, cleanups, high-memory requests, GC")
+    @router.get(
+        "/stats",
+        response_model=MemoryStats,
+        include_in_schema=include_in_schema,
+        summary="Process memory, caches, cleanups, high-memory requests, GC",
+    )
     async def memory_stats(request: Request) -> Mapping[str, Any]:
         mon = monitor if monitor is not None else request.scope.get(SCOPE_KEY)
         st: MemoryStatsDict = {
@@ -144,4 +175,3 @@ def memory_router(manager: Optional[CacheManager] = None, *, prefix: str = "/mem
         return st
 
     return router
-

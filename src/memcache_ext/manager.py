@@ -47,17 +47,24 @@ import math
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Any, Optional
 
 from . import _procmem
 from ._budget import BudgetSizeof, free_bytes
-from ._constants import MIB, MISSING
 from ._cleanup_pass import CleanupEvent, sweep
+from ._constants import MIB, MISSING
 from ._manager_stats import ManagedCacheStats, ManagerStats, cache_stats
 from .deque import BoundedDeque
 
-__all__ = ["CacheManager", "CleanupEvent", "ManagerStats", "ManagedCacheStats",
-           "cache_manager", "manager_or_default"]
+__all__ = [
+    "CacheManager",
+    "CleanupEvent",
+    "ManagerStats",
+    "ManagedCacheStats",
+    "cache_manager",
+    "manager_or_default",
+]
 
 
 def manager_or_default(manager: Optional[CacheManager]) -> CacheManager:
@@ -66,9 +73,9 @@ def manager_or_default(manager: Optional[CacheManager]) -> CacheManager:
 
 
 def _default_cache_class() -> Callable[..., Any]:
-    from . import LruCache
+    from ._core import LruCache
 
-    return LruCache  # type: ignore[no-any-return]
+    return LruCache
 
 
 def _check_fraction(name: str, value: Any) -> float:
@@ -84,8 +91,10 @@ def _check_positive(name: str, value: Any, *, integer: bool = False) -> Any:
         return None
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
-        raise TypeError(f"{name} must be {'an int' if integer else 'a number'} or None, "
-                        f"not {type(value).__name__}")
+        raise TypeError(
+            f"{name} must be {'an int' if integer else 'a number'} or None, "
+            f"not {type(value).__name__}"
+        )
     if not value > 0 or (not integer and math.isinf(value)):
         raise ValueError(f"{name} must be > 0 and finite, got {value!r}")
     return value
@@ -148,8 +157,7 @@ class CacheManager:
         if not min_interval >= 0:
             raise ValueError(f"min_interval must be >= 0, got {min_interval!r}")
         self.min_interval = float(min_interval)
-        self.max_total_bytes = _check_positive("max_total_bytes", max_total_bytes,
-                                               integer=True)
+        self.max_total_bytes = _check_positive("max_total_bytes", max_total_bytes, integer=True)
         if isinstance(history, bool) or not isinstance(history, int):
             raise TypeError("history must be an int")
         if history < 1:
@@ -177,9 +185,14 @@ class CacheManager:
 
     # -- registry -------------------------------------------------------------
 
-    def create_cache(self, name: str, maxsize: Optional[int] = 128,
-                     ttl: Optional[float] = None, max_bytes: Optional[int] = None,
-                     **kwargs: Any) -> Any:
+    def create_cache(
+        self,
+        name: str,
+        maxsize: Optional[int] = 128,
+        ttl: Optional[float] = None,
+        max_bytes: Optional[int] = None,
+        **kwargs: Any,
+    ) -> Any:
         """The cache called ``name``, created with these settings if new.
 
         Calling again with the same settings returns the same cache; with
@@ -218,11 +231,16 @@ class CacheManager:
 
     def _same(self, name: str, entry: _Entry, settings: dict[str, Any]) -> Any:
         if entry.settings != settings:
-            diff = sorted(k for k in set(entry.settings) | set(settings)
-                          if entry.settings.get(k, MISSING) != settings.get(k, MISSING))
-            raise ValueError(f"cache {name!r} already exists with different settings "
-                             f"({', '.join(diff)}): "
-                             f"{ {k: entry.settings.get(k) for k in diff} }")
+            diff = sorted(
+                k
+                for k in set(entry.settings) | set(settings)
+                if entry.settings.get(k, MISSING) != settings.get(k, MISSING)
+            )
+            raise ValueError(
+                f"cache {name!r} already exists with different settings "
+                f"({', '.join(diff)}): "
+                f"{ {k: entry.settings.get(k) for k in diff} }"
+            )
         entry.last_used = self._clock()
         return entry.cache
 
@@ -271,8 +289,10 @@ class CacheManager:
             return {name: e.cache for name, e in self._caches.items()}
 
     def __repr__(self) -> str:
-        return (f"<{type(self).__name__} caches={len(self)} "
-                f"high_water={self.high_water} low_water={self.low_water}>")
+        return (
+            f"<{type(self).__name__} caches={len(self)} "
+            f"high_water={self.high_water} low_water={self.low_water}>"
+        )
 
     # -- memory ---------------------------------------------------------------
 
@@ -341,12 +361,18 @@ class CacheManager:
             entry = self._caches.get(name)
             if entry is not None and entry.cache is cache:
                 entry.last_used = self._clock()
-            others = sorted(((e.last_used, e.seq, e.cache) for n, e in self._caches.items()
-                             if e.cache is not cache), key=lambda t: (t[0], t[1]))
+            others = sorted(
+                (
+                    (e.last_used, e.seq, e.cache)
+                    for n, e in self._caches.items()
+                    if e.cache is not cache
+                ),
+                key=lambda t: (t[0], t[1]),
+            )
             caches = [e.cache for e in self._caches.values()]
         if not any(c is cache for c in caches):
             caches.append(cache)
-        need = sum(c.nbytes for c in caches) + incoming - budget
+        need: int = sum(c.nbytes for c in caches) + incoming - budget
         if need <= 0:
             return True
         for _, _, other in others:
@@ -374,8 +400,9 @@ class CacheManager:
             return None
         return self._run("high_water", rss, int(self.low_water * limit), blocking=False)
 
-    def cleanup(self, reason: str = "forced", *, fraction: Optional[float] = None,
-                collect: bool = True) -> Optional[CleanupEvent]:
+    def cleanup(
+        self, reason: str = "forced", *, fraction: Optional[float] = None, collect: bool = True
+    ) -> Optional[CleanupEvent]:
         """Run one cleanup now, trimming every cache; returns its event.
 
         ``fraction`` overrides ``cleanup_fraction`` for this run, ``collect=False``
@@ -384,20 +411,29 @@ class CacheManager:
         """
         if fraction is not None:
             fraction = _check_fraction("fraction", fraction)
-        return self._run(reason, self.rss_bytes(), None, blocking=True,
-                         fraction=fraction, collect=collect)
+        return self._run(
+            reason, self.rss_bytes(), None, blocking=True, fraction=fraction, collect=collect
+        )
 
-    def _run(self, reason: str, rss_before: int, target: Optional[int], *,
-             blocking: bool, fraction: Optional[float] = None,
-             collect: bool = True) -> Optional[CleanupEvent]:
+    def _run(
+        self,
+        reason: str,
+        rss_before: int,
+        target: Optional[int],
+        *,
+        blocking: bool,
+        fraction: Optional[float] = None,
+        collect: bool = True,
+    ) -> Optional[CleanupEvent]:
         if self._cleanup_thread == threading.get_ident():
             return None  # re-entered from a callback of the running cleanup
         if not self._cleanup_lock.acquire(blocking=blocking):
             return None
         self._cleanup_thread = threading.get_ident()
         try:
-            return self._cleanup(reason, rss_before, target,
-                                 fraction or self.cleanup_fraction, collect)
+            return self._cleanup(
+                reason, rss_before, target, fraction or self.cleanup_fraction, collect
+            )
         finally:
             self._cleanup_thread = None
             self._last_cleanup_end = self._clock()
@@ -407,15 +443,28 @@ class CacheManager:
         with self._lock:
             return self._caches.get(name) is entry
 
-    def _cleanup(self, reason: str, rss_before: int, target: Optional[int],
-                 fraction: float, collect: bool) -> CleanupEvent:
+    def _cleanup(
+        self, reason: str, rss_before: int, target: Optional[int], fraction: float, collect: bool
+    ) -> CleanupEvent:
         started = time.perf_counter()
         limit = self.limit.nbytes
-        event = CleanupEvent(time=time.time(), reason=reason, rss_before=rss_before,
-                             limit_bytes=limit, target_bytes=target)
+        event = CleanupEvent(
+            time=time.time(),
+            reason=reason,
+            rss_before=rss_before,
+            limit_bytes=limit,
+            target_bytes=target,
+        )
         entries = self._observe()
-        sweep(event, [(name, entry.cache, functools.partial(self._registered, name, entry))
-                      for name, entry in entries], fraction, collect)
+        sweep(
+            event,
+            [
+                (name, entry.cache, functools.partial(self._registered, name, entry))
+                for name, entry in entries
+            ],
+            fraction,
+            collect,
+        )
         event.rss_after = self.rss_bytes()
         event.duration = time.perf_counter() - started
         self._history.append(event)
@@ -458,15 +507,25 @@ class CacheManager:
         limit = self.limit
         entries = self._observe()
         now = self._clock()
-        caches, totals = cache_stats([(name, entry.cache, now - entry.last_used)
-                                      for name, entry in sorted(entries)])
+        caches, totals = cache_stats(
+            [(name, entry.cache, now - entry.last_used) for name, entry in sorted(entries)]
+        )
         return {
-            "process": {"rss_bytes": rss, "rss_mb": rss / MIB, "rss_source": self.rss_source,
-                        "limit_fraction": rss / limit.nbytes if limit.nbytes else None},
-            "limit": {"bytes": limit.nbytes, "mb": limit.mb, "source": limit.source,
-                      "high_water": self.high_water, "low_water": self.low_water,
-                      "high_water_bytes": int(self.high_water * limit.nbytes),
-                      "low_water_bytes": int(self.low_water * limit.nbytes)},
+            "process": {
+                "rss_bytes": rss,
+                "rss_mb": rss / MIB,
+                "rss_source": self.rss_source,
+                "limit_fraction": rss / limit.nbytes if limit.nbytes else None,
+            },
+            "limit": {
+                "bytes": limit.nbytes,
+                "mb": limit.mb,
+                "source": limit.source,
+                "high_water": self.high_water,
+                "low_water": self.low_water,
+                "high_water_bytes": int(self.high_water * limit.nbytes),
+                "low_water_bytes": int(self.low_water * limit.nbytes),
+            },
             "max_total_bytes": self.max_total_bytes,
             "cleanup_fraction": self.cleanup_fraction,
             "min_interval": self.min_interval,

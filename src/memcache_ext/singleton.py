@@ -75,7 +75,7 @@ class SingletonMeta(type):
 
     _registry_lock = threading.Lock()
     #: Classes that currently hold an instance (weakly: a class may go away).
-    _classes: "weakref.WeakSet[type]" = weakref.WeakSet()
+    _classes: weakref.WeakSet[type] = weakref.WeakSet()
 
     def __init__(cls, name: str, bases: tuple[type, ...], ns: dict[str, Any], **kw: Any) -> None:
         super().__init__(name, bases, ns, **kw)
@@ -94,8 +94,9 @@ class SingletonMeta(type):
                 return inst
             me = threading.get_ident()
             if cls.__dict__.get(_BUILDER) == me:
-                raise RuntimeError(f"{cls.__qualname__}() called again while it is "
-                                   f"being constructed")
+                raise RuntimeError(
+                    f"{cls.__qualname__}() called again while it is being constructed"
+                )
             type.__setattr__(cls, _BUILDER, me)
             try:
                 inst = super().__call__(*args, **kwargs)
@@ -111,15 +112,18 @@ class SingletonMeta(type):
         first = cls.__dict__.get(_ARGS, ((), {}))
         try:
             same = bool(first == (args, kwargs))
-        except Exception as exc:  # noqa: BLE001 - incomparable arguments
-            raise TypeError(f"{cls.__qualname__} is a singleton and its arguments "
-                            f"cannot be compared with the first call's") from exc
+        except Exception as exc:
+            raise TypeError(
+                f"{cls.__qualname__} is a singleton and its arguments "
+                f"cannot be compared with the first call's"
+            ) from exc
         if not same:
             raise TypeError(
                 f"{cls.__qualname__} is a singleton already created with different "
-                f"arguments; call it without arguments, or SingletonMeta.reset() first")
+                f"arguments; call it without arguments, or SingletonMeta.reset() first"
+            )
 
-    def reset(cls: Optional[type] = None) -> None:  # noqa: N805 - also called on the metaclass
+    def reset(cls: Optional[type] = None) -> None:
         """``SingletonMeta.reset()``: forget every instance; ``SingletonMeta.reset(C)`` or
         ``C.reset()``: forget class C's (not its subclasses'). A class that defines its
         own ``reset`` keeps it."""

@@ -55,7 +55,8 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "memcache_ext.redis needs redis-py: pip install 'memcache-ext[redis]' "
-        f"(or pip install 'redis>=5') ({exc})") from exc
+        f"(or pip install 'redis>=5') ({exc})"
+    ) from exc
 
 from ._async import AsyncTieredCache
 from ._counters import COUNTERS, TierCounters
@@ -64,7 +65,14 @@ from ._sync import TieredCache
 from .serializers import JsonSerializer, MsgpackSerializer, PickleSerializer, Serializer
 
 __all__ = [
-    "TieredCache", "AsyncTieredCache", "Serializer", "PickleSerializer",
-    "JsonSerializer", "MsgpackSerializer", "COUNTERS", "REDIS_ERRORS", "TierCounters",
+    "TieredCache",
+    "AsyncTieredCache",
+    "Serializer",
+    "PickleSerializer",
+    "JsonSerializer",
+    "MsgpackSerializer",
+    "COUNTERS",
+    "REDIS_ERRORS",
+    "TierCounters",
     "TierStats",
 ]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from typing import Any, Awaitable, Callable, Optional, Union
+from collections.abc import Awaitable, Callable
+from typing import Any, Optional, Union
 
 from .._constants import MISSING
 from ._driver import TierDriver
@@ -64,8 +65,12 @@ class AsyncTieredCache(TierDriver):
             return value
         return await self._run(self._get_flow(self._key(k) if enc is None else k, default))
 
-    async def get_or_set(self, key: Any, loader: Callable[[], Union[Any, Awaitable[Any]]],
-                         ttl: Optional[float] = None) -> Any:
+    async def get_or_set(
+        self,
+        key: Any,
+        loader: Callable[[], Union[Any, Awaitable[Any]]],
+        ttl: Optional[float] = None,
+    ) -> Any:
         """As ``TieredCache.get_or_set``; ``loader`` may be sync or return an awaitable."""
         value, k = self._local_first(key)
         if value is not MISSING:
@@ -103,7 +108,8 @@ class AsyncTieredCache(TierDriver):
             return
         self._stop.clear()
         self._task = asyncio.get_running_loop().create_task(
-            self._run(self._listen_flow()), name=f"memcache_ext.redis[{self.namespace}]")
+            self._run(self._listen_flow()), name=f"memcache_ext.redis[{self.namespace}]"
+        )
 
     async def wait_ready(self, timeout: Optional[float] = None) -> bool:
         """Wait until the listener has subscribed once; False on timeout."""

@@ -54,5 +54,5 @@ class Counters:
     def snapshot(self, local_hits: int, local_misses: int) -> TierCounters:
         with self._lock:
             own = dict(self._counts)
-        return {"local_hits": local_hits, "local_misses": local_misses,  # type: ignore[typeddict-item]
-                **own}  # the rest are exactly _OWN, in order
+        counts = {"local_hits": local_hits, "local_misses": local_misses, **own}
+        return counts  # type: ignore[return-value]  # keys: exactly COUNTERS, in order

@@ -9,11 +9,10 @@ import functools
 import itertools
 import json
 import logging
-import random
-import threading
 import time
 import uuid
-from typing import Annotated, Any, Callable, Optional, TypedDict, Union
+from collections.abc import Callable
+from typing import Annotated, Any, Optional, Union
 
 import redis.exceptions as _redis_exc
 
@@ -30,7 +29,10 @@ logger = logging.getLogger("memcache_ext.redis")
 #: Errors that mean "Redis did not answer properly": counted, never raised.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (_redis_exc.RedisError, OSError)
 _DOWN_ERRORS: tuple[type[BaseException], ...] = (
-    _redis_exc.ConnectionError, _redis_exc.TimeoutError, OSError)
+    _redis_exc.ConnectionError,
+    _redis_exc.TimeoutError,
+    OSError,
+)
 
 
 class TierStats(TierCounters):
@@ -48,8 +50,6 @@ class TierStats(TierCounters):
     pending_dropped: int
     max_value_bytes: Optional[int]
     local: Annotated[dict[str, Any], "The local tier's own stats()"]
-
-
 
 
 def _opt_seconds(name: str, value: Any) -> Optional[float]:
@@ -99,8 +99,10 @@ class TierDriver(Listener):
             raise TypeError("redis_client is required")
         kwargs_of = getattr(redis_client, "get_connection_kwargs", None)
         if callable(kwargs_of) and kwargs_of().get("decode_responses"):
-            raise ValueError("the Redis client must not decode responses "
-                             "(decode_responses=False): values are bytes")
+            raise ValueError(
+                "the Redis client must not decode responses "
+                "(decode_responses=False): values are bytes"
+            )
         if key_encoder is not None and not callable(key_encoder):
             raise TypeError("key_encoder must be callable")
         if max_value_bytes is not None:
@@ -120,8 +122,13 @@ class TierDriver(Listener):
         self.ttl = _opt_seconds("ttl", ttl)
         self.local_ttl = _opt_seconds("local_ttl", local_ttl)
         self.counts = Counters()
-        self.codec = Codec(make_serializer(serializer), max_value_bytes, self.counts.add,
-                           f"redis tier {namespace!r}", MISSING)
+        self.codec = Codec(
+            make_serializer(serializer),
+            max_value_bytes,
+            self.counts.add,
+            f"redis tier {namespace!r}",
+            MISSING,
+        )
         self.key_encoder = key_encoder
         self.retry_interval = float(_opt_seconds("retry_interval", retry_interval) or 0)
         self.poll_interval = float(_opt_seconds("poll_interval", poll_interval) or 0.2)
@@ -132,13 +139,12 @@ class TierDriver(Listener):
         self._lget = local.get  # the hit path: one bound C call
         self._pending: dict[str, None] = {}  # keys written/deleted while Redis was away
         self._pending_dropped = 0
-        self._down_until = 0.0           # circuit breaker
+        self._down_until = 0.0  # circuit breaker
 
     # -- what the adapters provide -------------------------------------------------
 
     def _pipeline(self, queue: Callable[[Any], None]) -> Any:
         raise NotImplementedError
-
 
     @property
     def serializer(self) -> Serializer:
@@ -168,8 +174,10 @@ class TierDriver(Listener):
             if not isinstance(key, str):
                 raise TypeError(f"key_encoder must return a str, not {type(key).__name__}")
         elif not isinstance(key, str):
-            raise TypeError(f"TieredCache keys must be str, not {type(key).__name__} "
-                            "(pass key_encoder= to map other keys to str)")
+            raise TypeError(
+                f"TieredCache keys must be str, not {type(key).__name__} "
+                "(pass key_encoder= to map other keys to str)"
+            )
         return key
 
     def _local_ttl(self, ttl: Optional[float]) -> Optional[float]:
@@ -177,8 +185,9 @@ class TierDriver(Listener):
         return min(ttls) if ttls else None
 
     def _message(self, op: str, key: str = "") -> bytes:
-        return json.dumps([self.instance_id, op, key], separators=(",", ":"),
-                          ensure_ascii=False).encode()
+        return json.dumps(
+            [self.instance_id, op, key], separators=(",", ":"), ensure_ascii=False
+        ).encode()
 
     def _remote_available(self) -> bool:
         return self._down_until == 0.0 or time.monotonic() >= self._down_until
@@ -189,12 +198,17 @@ class TierDriver(Listener):
             first = self._down_until == 0.0
             self._down_until = time.monotonic() + self.retry_interval
             if first:
-                logger.warning("redis tier %r: %s failed (%s: %s); serving from the local "
-                               "tier and the loader", self.namespace, what,
-                               type(exc).__name__, exc)
+                logger.warning(
+                    "redis tier %r: %s failed (%s: %s); serving from the local tier and the loader",
+                    self.namespace,
+                    what,
+                    type(exc).__name__,
+                    exc,
+                )
         else:
-            logger.warning("redis tier %r: %s failed: %s: %s", self.namespace, what,
-                           type(exc).__name__, exc)
+            logger.warning(
+                "redis tier %r: %s failed: %s: %s", self.namespace, what, type(exc).__name__, exc
+            )
 
     def _redis_ok(self) -> None:
         if self._down_until != 0.0:
@@ -210,8 +224,9 @@ class TierDriver(Listener):
                 return
             self._pending[key] = None
 
-    def _with_messages(self, command: str, args: tuple[Any, ...], kwargs: dict[str, Any],
-                       keys: list[str]) -> Callable[[], Any]:
+    def _with_messages(
+        self, command: str, args: tuple[Any, ...], kwargs: dict[str, Any], keys: list[str]
+    ) -> Callable[[], Any]:
         """``command(*args, **kwargs)`` and an invalidation of each key, in one pipeline."""
         msgs = [self._message("k", k) for k in keys]
 
@@ -268,8 +283,7 @@ class TierDriver(Listener):
     def _set_flow(self, key: str, value: Any, ttl: Optional[float]) -> Flow:
         return (yield from self._write_flow(key, value, ttl, self._gen, nx=False))
 
-    def _write_flow(self, key: str, value: Any, ttl: Optional[float], since: int,
-                    nx: bool) -> Flow:
+    def _write_flow(self, key: str, value: Any, ttl: Optional[float], since: int, nx: bool) -> Flow:
         if ttl is None:
             ttl = self.ttl
         data = self.codec.encode(key, value)
@@ -282,8 +296,9 @@ class TierDriver(Listener):
             return self._skip_write(key, value, since, local_ttl, pending=not nx)
         px = None if ttl is None else max(1, int(ttl * 1000))
         try:
-            res = yield self._with_messages("set", (self._prefix + key, data),
-                                            {"px": px, "nx": nx}, [key])
+            res = yield self._with_messages(
+                "set", (self._prefix + key, data), {"px": px, "nx": nx}, [key]
+            )
         except REDIS_ERRORS as exc:
             self._failed(exc, "SET")
             return self._skip_write(key, value, since, local_ttl, pending=not nx)
@@ -295,8 +310,9 @@ class TierDriver(Listener):
         self._own_change(key, value, since, local_ttl, store=stored)
         return stored
 
-    def _skip_write(self, key: str, value: Any, since: int, ttl: Optional[float],
-                    pending: bool) -> bool:
+    def _skip_write(
+        self, key: str, value: Any, since: int, ttl: Optional[float], pending: bool
+    ) -> bool:
         self.counts.add("skipped_writes")
         if pending:
             self._add_pending(key)
@@ -346,8 +362,9 @@ class TierDriver(Listener):
         match, cursor, batch = _glob_escape(self._prefix) + "*", 0, []
         try:
             while True:
-                cursor, keys = yield functools.partial(self.redis.scan, cursor, match=match,
-                                                       count=1000)
+                cursor, keys = yield functools.partial(
+                    self.redis.scan, cursor, match=match, count=1000
+                )
                 batch += keys
                 while len(batch) >= 500 or (batch and not cursor):
                     yield functools.partial(self.redis.unlink, *batch[:500])
@@ -410,5 +427,7 @@ class TierDriver(Listener):
         hook(name or f"redis:{self.namespace}", self.stats)
 
     def __repr__(self) -> str:
-        return (f"<{type(self).__name__} namespace={self.namespace!r} "
-                f"connected={self._connected} local={type(self.local).__name__}>")
+        return (
+            f"<{type(self).__name__} namespace={self.namespace!r} "
+            f"connected={self._connected} local={type(self.local).__name__}>"
+        )

@@ -14,7 +14,8 @@ So the adapters differ only in how they call, never in what the tier does.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generator, Optional
+from collections.abc import Callable, Generator
+from typing import Any, Optional
 
 __all__ = ["Flow", "advance"]
 

@@ -30,8 +30,8 @@ class Freshness:
     def __init__(self, local: Any) -> None:
         self.local = local
         self._lock = threading.RLock()  # generations + local stores; never held over I/O
-        self._gen = 0                    # bumped by every invalidation
-        self._floor_gen = 0              # reads started before this are stale
+        self._gen = 0  # bumped by every invalidation
+        self._floor_gen = 0  # reads started before this are stale
         self._key_gen: dict[str, int] = {}
 
     def _bump(self, key: str) -> None:
@@ -71,11 +71,17 @@ class Freshness:
             else:
                 self.local.set(key, value, ttl=ttl)
         except Exception as exc:  # noqa: BLE001 - e.g. a sizeof that raises: not cached
-            logger.warning("redis tier %r: local store of %r failed: %s: %s",
-                           self.namespace, key, type(exc).__name__, exc)
+            logger.warning(
+                "redis tier %r: local store of %r failed: %s: %s",
+                self.namespace,
+                key,
+                type(exc).__name__,
+                exc,
+            )
 
-    def _own_change(self, key: str, value: Any, since: int, ttl: Optional[float],
-                    store: bool) -> None:
+    def _own_change(
+        self, key: str, value: Any, since: int, ttl: Optional[float], store: bool
+    ) -> None:
         """After this instance's write (``store``: keep ``value``) or delete of ``key``."""
         with self._lock:
             fresh = not self._stale(key, since)

@@ -38,9 +38,9 @@ class Listener(Freshness):
 
     def __init__(self, local: Any) -> None:
         super().__init__(local)
-        self._stop = threading.Event()   # set when the listener must end
+        self._stop = threading.Event()  # set when the listener must end
         self._ready = threading.Event()  # set once the listener has subscribed
-        self._connected = False          # listener subscribed now
+        self._connected = False  # listener subscribed now
         self._ever_subscribed = False
         self._listener_error_logged = False
 
@@ -69,8 +69,9 @@ class Listener(Freshness):
                     pubsub = self.redis.pubsub()
                     yield functools.partial(pubsub.subscribe, self.channel)
                     while not self._stop.is_set():
-                        msg = yield functools.partial(pubsub.get_message,
-                                                      timeout=self.poll_interval)
+                        msg = yield functools.partial(
+                            pubsub.get_message, timeout=self.poll_interval
+                        )
                         if msg is not None and self._on_pubsub(msg):
                             delay = self.backoff[0]
                         if self._pending and self._connected:
@@ -97,8 +98,12 @@ class Listener(Freshness):
         self.counts.add("redis_errors")
         if not self._listener_error_logged:
             self._listener_error_logged = True
-            logger.warning("redis tier %r: invalidation listener lost Redis (%s: %s); "
-                           "retrying with backoff", self.namespace, type(exc).__name__, exc)
+            logger.warning(
+                "redis tier %r: invalidation listener lost Redis (%s: %s); retrying with backoff",
+                self.namespace,
+                type(exc).__name__,
+                exc,
+            )
 
     # -- invalidations received ----------------------------------------------------
 
@@ -145,7 +150,6 @@ class Listener(Freshness):
         self._ready.set()
         if again:
             self.counts.add("reconnects")
-            logger.info("redis tier %r: listener resubscribed; local tier cleared",
-                        self.namespace)
+            logger.info("redis tier %r: listener resubscribed; local tier cleared", self.namespace)
         if clear:
             self.counts.add("local_clears")

@@ -1,9 +1,10 @@
-"""``TieredCache``: the tier for a sync ``redis.Redis`` client (calls made in the caller's thread)."""
+"""``TieredCache``: the tier for a sync ``redis.Redis`` client, called in the caller's thread."""
 
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 from .. import _fastcall
 from .._constants import MISSING
@@ -37,8 +38,9 @@ class TieredCache(TierDriver):
     at construction (``start=False``: call ``start()``); ``close()`` stops it.
     """
 
-    def __init__(self, local: Any, redis_client: Any, namespace: str, *,
-                 start: bool = True, **options: Any) -> None:
+    def __init__(
+        self, local: Any, redis_client: Any, namespace: str, *, start: bool = True, **options: Any
+    ) -> None:
         super().__init__(local, redis_client, namespace, **options)
         self._flights: dict[str, _Flight] = {}
         self._flights_lock = threading.Lock()
@@ -47,7 +49,7 @@ class TieredCache(TierDriver):
             self.get = self._get_encoded  # type: ignore[method-assign]  # chosen per instance
         else:
             # The local hit in C over a CLruCache; Python runs only on a local miss.
-            self.get = _fastcall.get_or(local, self._get_remote)  # type: ignore[method-assign]
+            self.get = _fastcall.get_or(local, self._get_remote)  # type: ignore[method-assign]  # the compiled hit path
         if start:
             self.start()
 
@@ -139,7 +141,10 @@ class TieredCache(TierDriver):
         return bool(self._run(self._set_flow(self._key(key), value, ttl)))
 
     def delete(self, key: Any) -> bool:
-        """Delete everywhere and invalidate; True if Redis (or, while it is away, the local tier) had it."""
+        """Delete everywhere and invalidate.
+
+        True if Redis (or, while it is away, the local tier) had the key.
+        """
         return bool(self._run(self._delete_flow(self._key(key))))
 
     def clear(self, remote: bool = True) -> None:
@@ -154,8 +159,12 @@ class TieredCache(TierDriver):
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, args=(self._listen_flow(),),
-                                        daemon=True, name=f"memcache_ext.redis[{self.namespace}]")
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(self._listen_flow(),),
+            daemon=True,
+            name=f"memcache_ext.redis[{self.namespace}]",
+        )
         self._thread.start()
 
     def wait_ready(self, timeout: Optional[float] = None) -> bool:

@@ -11,12 +11,20 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any, Optional, Union
 
-__all__ = ["Serializer", "PickleSerializer", "JsonSerializer", "MsgpackSerializer",
-           "make_serializer", "Codec"]
+__all__ = [
+    "Serializer",
+    "PickleSerializer",
+    "JsonSerializer",
+    "MsgpackSerializer",
+    "make_serializer",
+    "Codec",
+]
 
 logger = logging.getLogger("memcache_ext.redis")
+
 
 class Serializer:
     """What a tier needs from a serializer: ``dumps(value) -> bytes``, ``loads(bytes)``."""
@@ -57,8 +65,9 @@ class JsonSerializer(Serializer):
         self.default = default
 
     def dumps(self, value: Any) -> bytes:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False, default=self.default).encode()
+        return json.dumps(
+            value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=self.default
+        ).encode()
 
     def loads(self, data: bytes) -> Any:
         return json.loads(data)
@@ -77,14 +86,16 @@ class MsgpackSerializer(Serializer):
         self._msgpack = msgpack
 
     def dumps(self, value: Any) -> bytes:
-        return self._msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+        return bytes(self._msgpack.packb(value, use_bin_type=True))
 
     def loads(self, data: bytes) -> Any:
         return self._msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
 _SERIALIZERS: dict[str, Callable[[], Serializer]] = {
-    "pickle": PickleSerializer, "json": JsonSerializer, "msgpack": MsgpackSerializer,
+    "pickle": PickleSerializer,
+    "json": JsonSerializer,
+    "msgpack": MsgpackSerializer,
 }
 
 
@@ -96,10 +107,13 @@ def make_serializer(serializer: Union[str, Serializer, None]) -> Serializer:
         try:
             return _SERIALIZERS[serializer]()
         except KeyError:
-            raise ValueError(f"unknown serializer {serializer!r}; "
-                             f"expected one of {sorted(_SERIALIZERS)}") from None
-    if not (callable(getattr(serializer, "dumps", None))
-            and callable(getattr(serializer, "loads", None))):
+            raise ValueError(
+                f"unknown serializer {serializer!r}; expected one of {sorted(_SERIALIZERS)}"
+            ) from None
+    if not (
+        callable(getattr(serializer, "dumps", None))
+        and callable(getattr(serializer, "loads", None))
+    ):
         raise TypeError("serializer must have dumps(value) -> bytes and loads(bytes)")
     return serializer
 
@@ -113,8 +127,14 @@ class Codec:
     garbage). ``count(name)`` is told which.
     """
 
-    def __init__(self, serializer: Serializer, max_bytes: Optional[int],
-                 count: Callable[[str], None], what: str, missing: Any = None) -> None:
+    def __init__(
+        self,
+        serializer: Serializer,
+        max_bytes: Optional[int],
+        count: Callable[[str], None],
+        what: str,
+        missing: Any = None,
+    ) -> None:
         self.serializer = serializer
         self.max_bytes = max_bytes
         self._count = count
@@ -128,26 +148,46 @@ class Codec:
                 raise TypeError(f"dumps() returned {type(data).__name__}, not bytes")
         except Exception as exc:  # noqa: BLE001 - a bad value is refused, not raised
             self._count("serialization_failures")
-            logger.warning("%s: cannot serialize the value of %r: %s: %s",
-                           self._what, key, type(exc).__name__, exc)
+            logger.warning(
+                "%s: cannot serialize the value of %r: %s: %s",
+                self._what,
+                key,
+                type(exc).__name__,
+                exc,
+            )
             return None
         if self.max_bytes is not None and len(data) > self.max_bytes:
             self._count("oversized_writes")
-            logger.warning("%s: value of %r refused: %d bytes > max_value_bytes=%d",
-                           self._what, key, len(data), self.max_bytes)
+            logger.warning(
+                "%s: value of %r refused: %d bytes > max_value_bytes=%d",
+                self._what,
+                key,
+                len(data),
+                self.max_bytes,
+            )
             return None
         return bytes(data)
 
     def decode(self, key: str, raw: bytes) -> Any:
         if self.max_bytes is not None and len(raw) > self.max_bytes:
             self._count("oversized_reads")
-            logger.warning("%s: value of %r in Redis ignored: %d bytes > max_value_bytes=%d",
-                           self._what, key, len(raw), self.max_bytes)
+            logger.warning(
+                "%s: value of %r in Redis ignored: %d bytes > max_value_bytes=%d",
+                self._what,
+                key,
+                len(raw),
+                self.max_bytes,
+            )
             return self.missing
         try:
             return self.serializer.loads(raw)
         except Exception as exc:  # noqa: BLE001 - a bad value is a miss
             self._count("deserialization_failures")
-            logger.warning("%s: value of %r in Redis does not deserialize (%s: %s); treated "
-                           "as a miss", self._what, key, type(exc).__name__, exc)
+            logger.warning(
+                "%s: value of %r in Redis does not deserialize (%s: %s); treated as a miss",
+                self._what,
+                key,
+                type(exc).__name__,
+                exc,
+            )
             return self.missing

@@ -54,23 +54,48 @@ class Run:
             "p95_ms": pct(95),
             "p99_ms": pct(99),
             "hit_rate": self.hit_rate,
-            **({"writes": self.writes, "replicas": [_replica_summary(r) for r in self.replicas],
-                "tier": tier_totals(self.replicas)} if self.replicas else {}),
+            **(
+                {
+                    "writes": self.writes,
+                    "replicas": [_replica_summary(r) for r in self.replicas],
+                    "tier": tier_totals(self.replicas),
+                }
+                if self.replicas
+                else {}
+            ),
         }
 
 
 #: Tier counters read from each replica's /memory/stats (``sources``), summed over caches.
-TIER_COUNTERS = ("local_hits", "local_misses", "remote_hits", "remote_misses", "remote_skipped",
-                 "loads", "shared_loads", "writes", "deletes", "invalidations_sent",
-                 "invalidations_received", "redis_errors", "skipped_writes", "reconnects")
+TIER_COUNTERS = (
+    "local_hits",
+    "local_misses",
+    "remote_hits",
+    "remote_misses",
+    "remote_skipped",
+    "loads",
+    "shared_loads",
+    "writes",
+    "deletes",
+    "invalidations_sent",
+    "invalidations_received",
+    "redis_errors",
+    "skipped_writes",
+    "reconnects",
+)
 
 
 def _replica_summary(rep: dict[str, Any]) -> dict[str, Any]:
     values = [v for _, v in rep["rss"]] or [0]
     out = {k: rep[k] for k in ("port", "pid", "requests", "writes", "errors")}
-    out.update(rss_start_mb=values[0] / MB, rss_peak_mb=max(values) / MB,
-               rss_end_mb=values[-1] / MB, growth_mb=(max(values) - values[0]) / MB,
-               tier=_with_rates(rep.get("tier") or {}), caches=rep.get("tier_caches") or {})
+    out.update(
+        rss_start_mb=values[0] / MB,
+        rss_peak_mb=max(values) / MB,
+        rss_end_mb=values[-1] / MB,
+        growth_mb=(max(values) - values[0]) / MB,
+        tier=_with_rates(rep.get("tier") or {}),
+        caches=rep.get("tier_caches") or {},
+    )
     return out
 
 
@@ -120,15 +145,25 @@ def hit_rate(data: Optional[dict[str, Any]]) -> Optional[float]:
 
 def render(runs: list[Run], args: argparse.Namespace) -> str:
     rows = [r.summary() for r in runs]
-    labels = [("requests", "requests", "{:,}"), ("errors", "errors", "{:,}"),
-              ("req_per_s", "requests/s", "{:,.0f}"), ("rss_start_mb", "RSS start (MB)", "{:.1f}"),
-              ("rss_peak_mb", "RSS peak (MB)", "{:.1f}"), ("rss_end_mb", "RSS end (MB)", "{:.1f}"),
-              ("growth_mb", "growth (MB)", "{:.1f}"), ("p50_ms", "latency p50 (ms)", "{:.2f}"),
-              ("p95_ms", "latency p95 (ms)", "{:.2f}"), ("p99_ms", "latency p99 (ms)", "{:.2f}"),
-              ("hit_rate", "cache hit rate", "{:.3f}")]
-    out = [f"memcache_ext loadtest: demo service on 127.0.0.1, {args.users:,} users x "
-           f"{args.days} days, {args.concurrency} keep-alive clients, {args.duration:.0f} s per "
-           f"service", ""]
+    labels = [
+        ("requests", "requests", "{:,}"),
+        ("errors", "errors", "{:,}"),
+        ("req_per_s", "requests/s", "{:,.0f}"),
+        ("rss_start_mb", "RSS start (MB)", "{:.1f}"),
+        ("rss_peak_mb", "RSS peak (MB)", "{:.1f}"),
+        ("rss_end_mb", "RSS end (MB)", "{:.1f}"),
+        ("growth_mb", "growth (MB)", "{:.1f}"),
+        ("p50_ms", "latency p50 (ms)", "{:.2f}"),
+        ("p95_ms", "latency p95 (ms)", "{:.2f}"),
+        ("p99_ms", "latency p99 (ms)", "{:.2f}"),
+        ("hit_rate", "cache hit rate", "{:.3f}"),
+    ]
+    out = [
+        f"memcache_ext loadtest: demo service on 127.0.0.1, {args.users:,} users x "
+        f"{args.days} days, {args.concurrency} keep-alive clients, {args.duration:.0f} s per "
+        f"service",
+        "",
+    ]
     out.append(f"{'':20s}" + "".join(f"{r['mode']:>16s}" for r in rows))
     for key, label, fmt in labels:
         cells = ["-" if r[key] is None else fmt.format(r[key]) for r in rows]
@@ -157,9 +192,12 @@ def render_tier(run: Run, args: argparse.Namespace) -> list[str]:
     reps, total = s["replicas"], s["tier"]
     cols = [f":{r['port']}" for r in reps] + ["all"]
     width = max(12, *(len(c) + 2 for c in cols))
-    out = [f"Redis tier: {len(reps)} replicas of the {run.mode} service, "
-           f"{args.writes:.1%} of requests are profile writes (PUT /users/{{id}}/profile)",
-           "", f"{'':26s}" + "".join(f"{c:>{width}s}" for c in cols)]
+    out = [
+        f"Redis tier: {len(reps)} replicas of the {run.mode} service, "
+        f"{args.writes:.1%} of requests are profile writes (PUT /users/{{id}}/profile)",
+        "",
+        f"{'':26s}" + "".join(f"{c:>{width}s}" for c in cols),
+    ]
 
     def row(label: str, per: list[Any], all_: Any, fmt: str) -> None:
         cells = [_fmt(v, fmt) for v in per] + [_fmt(all_, fmt)]
@@ -173,30 +211,39 @@ def render_tier(run: Run, args: argparse.Namespace) -> list[str]:
     row("RSS end (MB)", [r["rss_end_mb"] for r in reps], s["rss_end_mb"], "{:.1f}")
     tiers = [r["tier"] for r in reps]
     for key, label, fmt in (
-            ("lookups", "cache lookups", "{:,}"),
-            ("local_hits", "local hits", "{:,}"),
-            ("remote_hits", "remote hits (Redis)", "{:,}"),
-            ("loads", "loads (database)", "{:,}"),
-            ("shared_loads", "shared loads", "{:,}"),
-            ("local_hit_rate", "local hit rate", "{:.3f}"),
-            ("remote_hit_rate", "Redis hit rate (of misses)", "{:.3f}"),
-            ("load_rate", "database loads / lookups", "{:.3f}"),
-            ("invalidations_sent", "invalidations sent", "{:,}"),
-            ("invalidations_received", "invalidations received", "{:,}"),
-            ("redis_errors", "redis errors", "{:,}")):
+        ("lookups", "cache lookups", "{:,}"),
+        ("local_hits", "local hits", "{:,}"),
+        ("remote_hits", "remote hits (Redis)", "{:,}"),
+        ("loads", "loads (database)", "{:,}"),
+        ("shared_loads", "shared loads", "{:,}"),
+        ("local_hit_rate", "local hit rate", "{:.3f}"),
+        ("remote_hit_rate", "Redis hit rate (of misses)", "{:.3f}"),
+        ("load_rate", "database loads / lookups", "{:.3f}"),
+        ("invalidations_sent", "invalidations sent", "{:,}"),
+        ("invalidations_received", "invalidations received", "{:,}"),
+        ("redis_errors", "redis errors", "{:,}"),
+    ):
         row(label, [t.get(key) for t in tiers], total.get(key), fmt)
     names = sorted({c for r in reps for c in r["caches"]})
     if names:
-        out += ["", "per cache, all replicas" + " " * 3 + "".join(
-            f"{h:>{width}s}" for h in ("local hits", "Redis hits", "loads", "inv. recv"))]
+        out += [
+            "",
+            "per cache, all replicas"
+            + " " * 3
+            + "".join(f"{h:>{width}s}" for h in ("local hits", "Redis hits", "loads", "inv. recv")),
+        ]
         for name in names:
-            agg = {k: sum(r["caches"].get(name, {}).get(k, 0) for r in reps)
-                   for k in ("local_hits", "remote_hits", "loads", "invalidations_received")}
-            out.append(f"{'  ' + name:26s}" + "".join(
-                f"{v:>{width},}" for v in agg.values()))
-    out += ["", "RSS: per replica process, 'all' is their sum (the supervisor is not counted); "
-                "lookups = local hits + local misses; a local miss is answered by Redis, "
-                "by another caller's load (shared), or by a database load"]
+            agg = {
+                k: sum(r["caches"].get(name, {}).get(k, 0) for r in reps)
+                for k in ("local_hits", "remote_hits", "loads", "invalidations_received")
+            }
+            out.append(f"{'  ' + name:26s}" + "".join(f"{v:>{width},}" for v in agg.values()))
+    out += [
+        "",
+        "RSS: per replica process, 'all' is their sum (the supervisor is not counted); "
+        "lookups = local hits + local misses; a local miss is answered by Redis, "
+        "by another caller's load (shared), or by a database load",
+    ]
     return out
 
 
@@ -217,8 +264,11 @@ def check(runs: list[Run]) -> list[str]:
     b = by.get("bounded")
     if b is not None:
         # With --replicas, the promises hold for each replica (each is one service).
-        for where, fig in ([(f"bounded replica :{r['port']}", r) for r in b["replicas"]]
-                           if b.get("replicas") else [("bounded service", b)]):
+        for where, fig in (
+            [(f"bounded replica :{r['port']}", r) for r in b["replicas"]]
+            if b.get("replicas")
+            else [("bounded service", b)]
+        ):
             if fig["growth_mb"] >= 100:
                 failures.append(f"{where} grew {fig['growth_mb']:.1f} MB (limit 100)")
             if fig["rss_peak_mb"] >= 400:
@@ -229,8 +279,10 @@ def check(runs: list[Run]) -> list[str]:
             failures.append("bounded service answered no requests")
     u = by.get("unbounded")
     if b is not None and u is not None and u["rss_peak_mb"] <= b["rss_peak_mb"]:
-        failures.append(f"unbounded service peaked at {u['rss_peak_mb']:.1f} MB, not above the "
-                        f"bounded one's {b['rss_peak_mb']:.1f} MB: the workload is too small")
+        failures.append(
+            f"unbounded service peaked at {u['rss_peak_mb']:.1f} MB, not above the "
+            f"bounded one's {b['rss_peak_mb']:.1f} MB: the workload is too small"
+        )
     return failures
 
 
@@ -246,8 +298,11 @@ def plot(runs: list[Run], path: str) -> None:
     for r in runs:
         if r.replicas:
             for rep in r.replicas:
-                ax.plot([t for t, _ in rep["rss"]], [v / MB for _, v in rep["rss"]],
-                        label=f"{r.mode} caches, replica :{rep['port']}")
+                ax.plot(
+                    [t for t, _ in rep["rss"]],
+                    [v / MB for _, v in rep["rss"]],
+                    label=f"{r.mode} caches, replica :{rep['port']}",
+                )
             continue
         ax.plot([t for t, _, _ in r.rss], [v / MB for _, v, _ in r.rss], label=f"{r.mode} caches")
     ax.axhline(400, color="grey", linestyle="--", linewidth=0.8, label="400 MB")
@@ -257,5 +312,3 @@ def plot(runs: list[Run], path: str) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-
-

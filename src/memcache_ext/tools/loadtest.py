@@ -37,41 +37,76 @@ import uuid
 from typing import Any, Optional
 
 from ._loadreport import LoadTestError, Run, check, hit_rate, plot, render, tier_counters
-from .procs import (ProcessError, RedisServer, free_port, free_ports, http_ok, poll,
-                    port_in_use, stop_process)
+from .procs import (
+    ProcessError,
+    RedisServer,
+    free_port,
+    free_ports,
+    http_ok,
+    poll,
+    port_in_use,
+    stop_process,
+)
 
 
 class Server:
     """The demo service in its own process group; stopped on exit, always."""
 
-    def __init__(self, port: int, db: str, users: int, days: int, unbounded: bool,
-                 extra: list[str], replicas: int = 1) -> None:
+    def __init__(
+        self,
+        port: int,
+        db: str,
+        users: int,
+        days: int,
+        unbounded: bool,
+        extra: list[str],
+        replicas: int = 1,
+    ) -> None:
         self.port = port
         self.ports = [port + i for i in range(replicas)]
         self.replica_pids: list[int] = []
-        cmd = [sys.executable, "-m", "memcache_ext", "demo", "--port", str(port), "--db", db,
-               "--users", str(users), "--days", str(days), "--log-level", "warning", *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "memcache_ext",
+            "demo",
+            "--port",
+            str(port),
+            "--db",
+            db,
+            "--users",
+            str(users),
+            "--days",
+            str(days),
+            "--log-level",
+            "warning",
+            *extra,
+        ]
         if unbounded:
             cmd.append("--unbounded")
         self.log = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def wait_ready(self, timeout: float) -> None:
         waiting = list(self.ports)
 
         def answered() -> bool:
             if self.proc.poll() is not None:
-                raise LoadTestError(f"the demo service exited with code {self.proc.returncode} "
-                                    f"before answering:\n{self.output()}")
+                raise LoadTestError(
+                    f"the demo service exited with code {self.proc.returncode} "
+                    f"before answering:\n{self.output()}"
+                )
             waiting[:] = [port for port in waiting if not http_ok(port)]
             return not waiting
 
         try:
             poll(answered, timeout, pause=0.2)
         except TimeoutError:
-            raise LoadTestError(f"the demo service did not answer within {timeout:.0f} s:\n"
-                                f"{self.output()}") from None
+            raise LoadTestError(
+                f"the demo service did not answer within {timeout:.0f} s:\n{self.output()}"
+            ) from None
         if len(self.ports) > 1:
             self.replica_pids = self._find_replicas()
 
@@ -89,8 +124,7 @@ class Server:
                 by_port[int(cmd[cmd.index("--port") + 1])] = child.pid
         missing = [p for p in self.ports if p not in by_port]
         if missing:
-            raise LoadTestError(f"no replica process found for port(s) {missing}:\n"
-                                f"{self.output()}")
+            raise LoadTestError(f"no replica process found for port(s) {missing}:\n{self.output()}")
         return [by_port[p] for p in self.ports]
 
     def output(self) -> str:
@@ -120,17 +154,26 @@ class Server:
                 pass
         psutil.wait_procs(left, timeout=10)
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-def _client(port: int, users: int, days: int, stop: threading.Event, run: Run,
-            lock: threading.Lock, seed: int, progress: list[int],
-            ports: Optional[list[int]] = None, write_fraction: float = 0.0,
-            per_port: Optional[dict[int, list[int]]] = None) -> None:
+def _client(
+    port: int,
+    users: int,
+    days: int,
+    stop: threading.Event,
+    run: Run,
+    lock: threading.Lock,
+    seed: int,
+    progress: list[int],
+    ports: Optional[list[int]] = None,
+    write_fraction: float = 0.0,
+    per_port: Optional[dict[int, list[int]]] = None,
+) -> None:
     """One keep-alive client; with ``ports``, requests go round-robin over them
     (one connection each) and ``write_fraction`` of them are profile writes."""
     rnd = random.Random(seed)
@@ -161,8 +204,7 @@ def _client(port: int, users: int, days: int, stop: threading.Event, run: Run,
             if body is None:
                 conn.request(method, path)
             else:
-                conn.request(method, path, body=body,
-                             headers={"Content-Type": "application/json"})
+                conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
             resp = conn.getresponse()
             resp.read()
             ok = resp.status == 200
@@ -218,29 +260,38 @@ def drive(mode: str, args: argparse.Namespace, db: str, redis_url: Optional[str]
     run = Run(mode)
     extra = ["--cleanup-interval", "2"]
     if redis_url is not None:
-        extra += ["--redis", redis_url, "--redis-prefix", args.redis_prefix,
-                  "--replicas", str(n)]
-    with Server(port, db, args.users, args.days, mode == "unbounded", extra,
-                replicas=n if redis_url is not None else 1) as server:
+        extra += ["--redis", redis_url, "--redis-prefix", args.redis_prefix, "--replicas", str(n)]
+    with Server(
+        port,
+        db,
+        args.users,
+        args.days,
+        mode == "unbounded",
+        extra,
+        replicas=n if redis_url is not None else 1,
+    ) as server:
         server.wait_ready(args.start_timeout)
         ports = server.ports
         if server.replica_pids:
             procs = [psutil.Process(pid) for pid in server.replica_pids]
         else:
             procs = [psutil.Process(server.proc.pid)]
-        reps = [{"port": p, "pid": pr.pid, "requests": 0, "writes": 0, "errors": 0, "rss": []}
-                for p, pr in zip(ports, procs)]
+        reps: list[dict[str, Any]] = [
+            {"port": p, "pid": pr.pid, "requests": 0, "writes": 0, "errors": 0, "rss": []}
+            for p, pr in zip(ports, procs, strict=True)
+        ]
         tiered = redis_url is not None
 
         def sample(t: float, done: int) -> None:
             try:
                 values = [pr.memory_info().rss for pr in procs]
             except psutil.Error as exc:
-                raise LoadTestError(f"a {mode} server process is gone ({exc}):\n"
-                                    f"{server.output()}") from exc
+                raise LoadTestError(
+                    f"a {mode} server process is gone ({exc}):\n{server.output()}"
+                ) from exc
             run.rss.append((t, sum(values), done))
             if tiered:
-                for rep, v in zip(reps, values):
+                for rep, v in zip(reps, values, strict=True):
                     rep["rss"].append((t, v))
 
         stop = threading.Event()
@@ -249,21 +300,29 @@ def drive(mode: str, args: argparse.Namespace, db: str, redis_url: Optional[str]
         per_port: dict[int, list[int]] = {}
         t0 = time.monotonic()
         sample(0.0, 0)
-        clients = [threading.Thread(target=_client, daemon=True,
-                                    args=(port, args.users, args.days, stop, run, lock, i,
-                                          progress),
-                                    kwargs=dict(ports=ports if tiered else None,
-                                                write_fraction=args.writes if tiered else 0.0,
-                                                per_port=per_port))
-                   for i in range(args.concurrency)]
+        clients = [
+            threading.Thread(
+                target=_client,
+                daemon=True,
+                args=(port, args.users, args.days, stop, run, lock, i, progress),
+                kwargs=dict(
+                    ports=ports if tiered else None,
+                    write_fraction=args.writes if tiered else 0.0,
+                    per_port=per_port,
+                ),
+            )
+            for i in range(args.concurrency)
+        ]
         for c in clients:
             c.start()
         try:
             while time.monotonic() - t0 < args.duration:
                 time.sleep(args.sample_interval)
                 if server.proc.poll() is not None:
-                    raise LoadTestError(f"the {mode} service died under load "
-                                        f"(exit {server.proc.returncode}):\n{server.output()}")
+                    raise LoadTestError(
+                        f"the {mode} service died under load "
+                        f"(exit {server.proc.returncode}):\n{server.output()}"
+                    )
                 sample(time.monotonic() - t0, sum(progress))
         finally:
             stop.set()
@@ -277,9 +336,10 @@ def drive(mode: str, args: argparse.Namespace, db: str, redis_url: Optional[str]
                 run.hit_rate = hit_rate(stats[0])
             else:
                 hits = misses = 0
-                for rep, data in zip(reps, stats):
-                    rep["requests"], rep["writes"], rep["errors"] = per_port.get(rep["port"],
-                                                                                 [0, 0, 0])
+                for rep, data in zip(reps, stats, strict=True):
+                    rep["requests"], rep["writes"], rep["errors"] = per_port.get(
+                        rep["port"], [0, 0, 0]
+                    )
                     rep["tier"], rep["tier_caches"] = tier_counters(data)
                     for c in ((data or {}).get("caches") or {}).values():
                         hits += c.get("hits", 0)
@@ -287,7 +347,6 @@ def drive(mode: str, args: argparse.Namespace, db: str, redis_url: Optional[str]
                 run.hit_rate = hits / (hits + misses) if hits + misses else None
                 run.replicas = reps
     return run
-
 
 
 def _drop_keys(url: str, prefix: str) -> None:
@@ -299,23 +358,36 @@ def _drop_keys(url: str, prefix: str) -> None:
         try:
             batch = list(client.scan_iter(match=f"{prefix}:*", count=1000))
             for i in range(0, len(batch), 500):
-                client.unlink(*batch[i:i + 500])
+                client.unlink(*batch[i : i + 500])
         finally:
             client.close()
-    except Exception:  # noqa: BLE001 - the keys expire anyway (ttl <= 300 s)
+    except Exception:  # noqa: BLE001, S110 - best effort: the keys expire anyway (ttl <= 300 s)
         pass
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m memcache_ext loadtest",
-                                description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--quick", action="store_true",
-                   help="under a minute; checks the bounded/unbounded promises (exit 1 on failure)")
-    p.add_argument("--duration", type=float, default=None,
-                   help="seconds of load per service (default 90; --quick 20). A long "
-                        "--duration is the soak form")
-    p.add_argument("--users", type=int, default=None,
-                   help="distinct users in the database (default 5000; --quick 3000)")
+    p = argparse.ArgumentParser(
+        prog="python -m memcache_ext loadtest",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="under a minute; checks the bounded/unbounded promises (exit 1 on failure)",
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds of load per service (default 90; --quick 20). A long "
+        "--duration is the soak form",
+    )
+    p.add_argument(
+        "--users",
+        type=int,
+        default=None,
+        help="distinct users in the database (default 5000; --quick 3000)",
+    )
     p.add_argument("--days", type=int, default=14, help="days of readings per user")
     p.add_argument("--concurrency", type=int, default=8, help="concurrent clients (default 8)")
     p.add_argument("--only", choices=["bounded", "unbounded"], help="run one service only")
@@ -323,15 +395,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="SQLite database to use or create (default: a temporary one)")
     p.add_argument("--plot", metavar="FILE.png", help="draw RSS over time (needs matplotlib)")
     p.add_argument("--json", metavar="FILE", help="write the figures and RSS samples as JSON")
-    p.add_argument("--replicas", type=int, default=1,
-                   help="run the bounded service as N replicas with the Redis tier and report "
-                        "the tier's hits (default 1: no tier)")
-    p.add_argument("--redis", metavar="URL",
-                   help="with --replicas: use this Redis (default: start a redis-server on a "
-                        "free loopback port, stopped at the end)")
-    p.add_argument("--writes", type=float, default=0.02,
-                   help="with --replicas: fraction of requests that are profile writes "
-                        "(default 0.02)")
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="run the bounded service as N replicas with the Redis tier and report "
+        "the tier's hits (default 1: no tier)",
+    )
+    p.add_argument(
+        "--redis",
+        metavar="URL",
+        help="with --replicas: use this Redis (default: start a redis-server on a "
+        "free loopback port, stopped at the end)",
+    )
+    p.add_argument(
+        "--writes",
+        type=float,
+        default=0.02,
+        help="with --replicas: fraction of requests that are profile writes (default 0.02)",
+    )
     p.add_argument("--sample-interval", type=float, default=0.25, help=argparse.SUPPRESS)
     p.add_argument("--start-timeout", type=float, default=180.0, help=argparse.SUPPRESS)
     return p
@@ -342,8 +424,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args.duration = args.duration or (20.0 if args.quick else 90.0)
     args.users = args.users or (3000 if args.quick else 5000)
     if args.duration <= 0 or args.users < 1 or args.concurrency < 1 or args.days < 1:
-        print("error: --duration, --users, --concurrency and --days must be positive",
-              file=sys.stderr)
+        print(
+            "error: --duration, --users, --concurrency and --days must be positive", file=sys.stderr
+        )
         return 2
     if args.port and not 0 < args.port < 65536:
         print("error: --port must be in 1..65535", file=sys.stderr)
@@ -356,8 +439,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     tiered = args.replicas > 1 or args.redis is not None
     if tiered and args.only == "unbounded":
-        print("error: --replicas/--redis run the bounded service only (the tier needs bounded "
-              "caches): drop --only unbounded", file=sys.stderr)
+        print(
+            "error: --replicas/--redis run the bounded service only (the tier needs bounded "
+            "caches): drop --only unbounded",
+            file=sys.stderr,
+        )
         return 2
     if args.port and args.port + args.replicas - 1 > 65535:
         print("error: --port + --replicas goes past 65535", file=sys.stderr)
@@ -376,17 +462,25 @@ def main(argv: Optional[list[str]] = None) -> int:
                     redis_url = args.redis
                 else:
                     if shutil.which("redis-server") is None:
-                        raise LoadTestError("--replicas needs Redis: redis-server is not on PATH "
-                                            "(apt-get install redis-server), or pass --redis URL")
+                        raise LoadTestError(
+                            "--replicas needs Redis: redis-server is not on PATH "
+                            "(apt-get install redis-server), or pass --redis URL"
+                        )
                     redis_server = RedisServer()
                     redis_server.start()
                     redis_url = redis_server.url
-                    print(f"  started redis-server on 127.0.0.1:{redis_server.port} "
-                          f"(pid {redis_server.proc.pid})", file=sys.stderr)
+                    print(
+                        f"  started redis-server on 127.0.0.1:{redis_server.port} "
+                        f"(pid {redis_server.proc.pid if redis_server.proc else '?'})",
+                        file=sys.stderr,
+                    )
                 args.redis_used = redis_url
             for mode in modes:
-                what = (f"{args.replicas} replicas of the {mode} service" if tiered
-                        else f"the {mode} service")
+                what = (
+                    f"{args.replicas} replicas of the {mode} service"
+                    if tiered
+                    else f"the {mode} service"
+                )
                 print(f"  loading {what} for {args.duration:.0f} s ...", file=sys.stderr)
                 runs.append(drive(mode, args, db, redis_url))
         except ProcessError as exc:
@@ -400,8 +494,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(render(runs, args))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"settings": {k: v for k, v in vars(args).items()},
-                       "runs": [dict(r.summary(), rss=r.rss) for r in runs]}, f, indent=1)
+            json.dump(
+                {
+                    "settings": {k: v for k, v in vars(args).items()},
+                    "runs": [dict(r.summary(), rss=r.rss) for r in runs],
+                },
+                f,
+                indent=1,
+            )
     if args.plot:
         try:
             plot(runs, args.plot)

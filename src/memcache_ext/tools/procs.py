@@ -16,11 +16,20 @@ import socket
 import subprocess
 import tempfile
 import time
-from typing import IO, Any, Callable, Optional
+from collections.abc import Callable
+from typing import IO, Any, Optional
 
 __all__ = [
-    "ProcessError", "free_port", "free_ports", "port_in_use", "port_free", "poll",
-    "http_ok", "send_signal", "stop_process", "RedisServer",
+    "ProcessError",
+    "free_port",
+    "free_ports",
+    "port_in_use",
+    "port_free",
+    "poll",
+    "http_ok",
+    "send_signal",
+    "stop_process",
+    "RedisServer",
 ]
 
 LOOPBACK = "127.0.0.1"
@@ -121,9 +130,13 @@ def send_signal(proc: subprocess.Popen[Any], sig: int, group: bool = True) -> No
         pass
 
 
-def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0,
-                 sig: Optional[int] = signal.SIGTERM, group: bool = True,
-                 on_kill: Optional[Callable[[], None]] = None) -> Optional[int]:
+def stop_process(
+    proc: subprocess.Popen[Any],
+    timeout: float = 10.0,
+    sig: Optional[int] = signal.SIGTERM,
+    group: bool = True,
+    on_kill: Optional[Callable[[], None]] = None,
+) -> Optional[int]:
     """Stop ``proc``: ``sig`` (None: already sent), wait ``timeout`` s, then kill it.
 
     ``on_kill`` is called before the kill (to say so). Returns the exit code.
@@ -170,23 +183,37 @@ class RedisServer:
         self._close_log()
         self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [self.exe, "--port", str(self.port), "--bind", LOOPBACK, "--save", "",
-             "--appendonly", "no", "--protected-mode", "yes"],
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                self.exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                LOOPBACK,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             poll(self._answers, timeout, what="redis-server answers PING", pause=0.01)
         except BaseException as exc:
             self.kill()
             if isinstance(exc, TimeoutError):
                 raise ProcessError(
-                    f"redis-server did not answer PING within {timeout:g} s") from None
+                    f"redis-server did not answer PING within {timeout:g} s"
+                ) from None
             raise
 
     def _answers(self) -> bool:
         proc = self.proc
         if proc is not None and proc.poll() is not None:
-            raise ProcessError(f"redis-server exited with code {proc.returncode}:\n"
-                               f"{self.output()}")
+            raise ProcessError(f"redis-server exited with code {proc.returncode}:\n{self.output()}")
         try:
             with socket.create_connection((LOOPBACK, self.port), timeout=1) as s:
                 s.sendall(b"PING\r\n")

@@ -33,22 +33,36 @@ import logging
 import sqlite3
 import threading
 import time
-from typing import Annotated, Any, AsyncIterator, Callable, Optional
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, Optional, TypeVar
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ...fastapi import (MemoryCleanupService, MemoryMonitorMiddleware, RequestMemoryMonitor,
-                       cleanup_lifespan, memory_router)
+from ...fastapi import (
+    MemoryCleanupService,
+    MemoryMonitorMiddleware,
+    RequestMemoryMonitor,
+    cleanup_lifespan,
+    memory_router,
+)
 from ...manager import CacheManager, cache_manager
 from ...singleton import SingletonMeta
 from .db import Database
 
-__all__ = ["create_app", "UserRepository", "HealthService", "CACHE_SETTINGS", "ProfileUpdate",
-           "reset_singletons", "connect_redis"]
+__all__ = [
+    "create_app",
+    "UserRepository",
+    "HealthService",
+    "CACHE_SETTINGS",
+    "ProfileUpdate",
+    "reset_singletons",
+    "connect_redis",
+]
 
 log = logging.getLogger("memcache_ext.demo")
+_T = TypeVar("_T")
 
 MiB = 2**20
 #: name -> create_cache settings of the bounded caches.
@@ -72,12 +86,13 @@ class ProfileUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     name: Optional[str] = Field(None, strict=True, min_length=1, max_length=100)
-    email: Optional[str] = Field(None, strict=True, min_length=3, max_length=254,
-                                 pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    email: Optional[str] = Field(
+        None, strict=True, min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+    )
     birth_year: Optional[int] = Field(None, strict=True, ge=1900, le=2100)
 
     @model_validator(mode="after")
-    def _something_to_change(self) -> "ProfileUpdate":
+    def _something_to_change(self) -> ProfileUpdate:
         if all(getattr(self, f) is None for f in _PROFILE_COLUMNS):
             raise ValueError("give at least one of name, email, birth_year")
         return self
@@ -99,14 +114,19 @@ class UserRepository(metaclass=SingletonMeta):
             # Persistent in the file; read-only connections work on it as before.
             self._writer_connection().execute("PRAGMA journal_mode=WAL")
         except sqlite3.Error as exc:
-            log.warning("database %s: cannot switch to WAL (%s); profile updates may wait "
-                        "for readers or fail", db_path, exc)
+            log.warning(
+                "database %s: cannot switch to WAL (%s); profile updates may wait "
+                "for readers or fail",
+                db_path,
+                exc,
+            )
 
     def _writer_connection(self) -> sqlite3.Connection:
         """The one read-write connection (lazily; use under ``_write_lock`` after init)."""
         if self._writer is None:
-            conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+            )
             conn.row_factory = sqlite3.Row
             self._writer = conn
         return self._writer
@@ -116,13 +136,16 @@ class UserRepository(metaclass=SingletonMeta):
         return self.db.end
 
     def profile(self, user_id: int) -> Optional[dict[str, Any]]:
-        rows = self.db.query("SELECT id, name, email, birth_year, created_at FROM users "
-                             "WHERE id = ?", (user_id,))
+        rows = self.db.query(
+            "SELECT id, name, email, birth_year, created_at FROM users WHERE id = ?", (user_id,)
+        )
         return dict(rows[0]) if rows else None
 
     def readings(self, user_id: int, since: int) -> list[dict[str, Any]]:
-        rows = self.db.query("SELECT ts, heart_rate, steps FROM readings "
-                             "WHERE user_id = ? AND ts >= ? ORDER BY ts", (user_id, since))
+        rows = self.db.query(
+            "SELECT ts, heart_rate, steps FROM readings WHERE user_id = ? AND ts >= ? ORDER BY ts",
+            (user_id, since),
+        )
         return [{"ts": ts, "heart_rate": hr, "steps": steps} for ts, hr, steps in rows]
 
     def update_profile(self, user_id: int, changes: dict[str, Any]) -> Optional[dict[str, Any]]:
@@ -135,12 +158,15 @@ class UserRepository(metaclass=SingletonMeta):
             conn = self._writer_connection()
             conn.execute("BEGIN IMMEDIATE")
             try:
-                cur = conn.execute(f"UPDATE users SET {assignments} WHERE id = ?",
-                                   (*changes.values(), user_id))
+                cur = conn.execute(
+                    f"UPDATE users SET {assignments} WHERE id = ?", (*changes.values(), user_id)
+                )
                 row = None
                 if cur.rowcount:
-                    row = conn.execute("SELECT id, name, email, birth_year, created_at "
-                                       "FROM users WHERE id = ?", (user_id,)).fetchone()
+                    row = conn.execute(
+                        "SELECT id, name, email, birth_year, created_at FROM users WHERE id = ?",
+                        (user_id,),
+                    ).fetchone()
                 conn.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
@@ -165,9 +191,14 @@ class HealthService(metaclass=SingletonMeta):
     registered with the manager as the stats source ``redis:{namespace}``.
     """
 
-    def __init__(self, db_path: str, unbounded: bool = False,
-                 manager: Optional[CacheManager] = None, redis_client: Any = None,
-                 redis_prefix: str = "demo") -> None:
+    def __init__(
+        self,
+        db_path: str,
+        unbounded: bool = False,
+        manager: Optional[CacheManager] = None,
+        redis_client: Any = None,
+        redis_prefix: str = "demo",
+    ) -> None:
         if redis_client is not None and unbounded:
             raise ValueError("the Redis tier needs the bounded caches (drop --unbounded)")
         self.repo = UserRepository(db_path)
@@ -186,8 +217,9 @@ class HealthService(metaclass=SingletonMeta):
             from ...redis import TieredCache
 
             for name, settings in CACHE_SETTINGS.items():
-                tier = TieredCache(self.caches[name], redis_client, f"{redis_prefix}:{name}",
-                                   ttl=settings["ttl"])
+                tier = TieredCache(
+                    self.caches[name], redis_client, f"{redis_prefix}:{name}", ttl=settings["ttl"]
+                )
                 tier.register(self.manager)
                 self.tiers[name] = tier
 
@@ -199,14 +231,14 @@ class HealthService(metaclass=SingletonMeta):
             return ":".join(str(p) for p in parts)
         return parts[0] if len(parts) == 1 else parts
 
-    def _cached(self, name: str, key: Any, loader: Callable[[], Any]) -> Any:
+    def _cached(self, name: str, key: Any, loader: Callable[[], _T]) -> _T:
         tier = self.tiers.get(name)
         if tier is not None:
             # local, then Redis, then the database; one load per key per process.
             # An unknown user's None is cached too (for the cache's ttl).
-            return tier.get_or_set(key, loader)
+            return tier.get_or_set(key, loader)  # type: ignore[no-any-return]  # loader's value
         cache = self.caches[name]
-        value = cache.get(key)
+        value: _T = cache.get(key)
         if value is None:
             value = loader()
             if value is not None:
@@ -234,8 +266,11 @@ class HealthService(metaclass=SingletonMeta):
     def readings(self, user_id: int, days: int) -> Optional[list[dict[str, Any]]]:
         if self.profile(user_id) is None:
             return None
-        return self._cached("readings", self._key(user_id, days),  # type: ignore[no-any-return]
-                            lambda: self.repo.readings(user_id, self.repo.end - days * 86400))
+        return self._cached(
+            "readings",
+            self._key(user_id, days),
+            lambda: self.repo.readings(user_id, self.repo.end - days * 86400),
+        )
 
     def update_profile(self, user_id: int, changes: dict[str, Any]) -> Optional[dict[str, Any]]:
         """Write to the database, then replace the cached profile and drop the summary
@@ -248,8 +283,11 @@ class HealthService(metaclass=SingletonMeta):
         return profile
 
     def summary(self, user_id: int) -> Optional[dict[str, Any]]:
-        return self._cached("summaries", self._key(user_id),  # type: ignore[no-any-return]
-                            lambda: self._compute_summary(user_id))
+        return self._cached(
+            "summaries",
+            self._key(user_id),
+            lambda: self._compute_summary(user_id),
+        )
 
     def _compute_summary(self, user_id: int) -> Optional[dict[str, Any]]:
         profile = self.profile(user_id)
@@ -261,9 +299,14 @@ class HealthService(metaclass=SingletonMeta):
             day = time.strftime("%Y-%m-%d", time.gmtime(r["ts"]))
             d = days.get(day)
             if d is None:
-                d = days[day] = {"date": day, "readings": 0, "heart_rate_sum": 0.0,
-                                 "heart_rate_min": r["heart_rate"],
-                                 "heart_rate_max": r["heart_rate"], "steps": 0}
+                d = days[day] = {
+                    "date": day,
+                    "readings": 0,
+                    "heart_rate_sum": 0.0,
+                    "heart_rate_min": r["heart_rate"],
+                    "heart_rate_max": r["heart_rate"],
+                    "steps": 0,
+                }
             d["readings"] += 1
             d["heart_rate_sum"] += r["heart_rate"]
             d["heart_rate_min"] = min(d["heart_rate_min"], r["heart_rate"])
@@ -275,12 +318,15 @@ class HealthService(metaclass=SingletonMeta):
             daily.append(d)
         total_steps = sum(d["steps"] for d in daily)
         summary = {
-            "user_id": user_id, "name": profile["name"], "days": len(daily),
+            "user_id": user_id,
+            "name": profile["name"],
+            "days": len(daily),
             "readings": len(rows),
             "steps_total": total_steps,
             "steps_daily_mean": round(total_steps / len(daily), 1) if daily else 0.0,
-            "heart_rate_mean": (round(sum(r["heart_rate"] for r in rows) / len(rows), 2)
-                                if rows else None),
+            "heart_rate_mean": (
+                round(sum(r["heart_rate"] for r in rows) / len(rows), 2) if rows else None
+            ),
             "daily": daily,
         }
         return summary
@@ -291,8 +337,10 @@ class HealthService(metaclass=SingletonMeta):
     def tier_state(self) -> Optional[dict[str, Any]]:
         if not self.tiers:
             return None
-        return {"connected": all(t.connected for t in self.tiers.values()),
-                "namespaces": [t.namespace for t in self.tiers.values()]}
+        return {
+            "connected": all(t.connected for t in self.tiers.values()),
+            "namespaces": [t.namespace for t in self.tiers.values()],
+        }
 
     def close_tiers(self) -> None:
         """Stop the tiers' listeners (idempotent); the Redis client is its creator's."""
@@ -306,7 +354,7 @@ def reset_singletons() -> None:
     """Forget the service and repository instances (tests, or a second app)."""
     for cls in (HealthService, UserRepository):
         if cls.has_instance():
-            inst = cls()
+            inst = cls()  # type: ignore[call-arg]  # the existing instance: no arguments needed
             if isinstance(inst, UserRepository):
                 inst.close()
             elif isinstance(inst, HealthService):
@@ -342,22 +390,41 @@ def connect_redis(url: str, timeout: float = 0.5) -> Any:
         from redis.backoff import NoBackoff
         from redis.retry import Retry
     except ImportError as exc:
-        raise ValueError(f"--redis needs redis-py: pip install 'memcache-ext[redis]' "
-                         f"({exc})") from exc
-    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                  retry=Retry(NoBackoff(), 1), decode_responses=False)
+        raise ValueError(
+            f"--redis needs redis-py: pip install 'memcache-ext[redis]' ({exc})"
+        ) from exc
+    client = redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1),
+        decode_responses=False,
+    )
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:
-        log.warning("Redis at %s does not answer (%s: %s): serving from the local caches and "
-                    "the database until it does", safe_url(url), type(exc).__name__, exc)
+        log.warning(
+            "Redis at %s does not answer (%s: %s): serving from the local caches and "
+            "the database until it does",
+            safe_url(url),
+            type(exc).__name__,
+            exc,
+        )
     return client
 
 
-def create_app(db_path: str, *, unbounded: bool = False, manager: Optional[CacheManager] = None,
-               memory_limit_mb: float = 400, cleanup_interval: float = 30.0,
-               metrics: bool = True, redis_url: Optional[str] = None,
-               redis_client: Any = None, redis_prefix: str = "demo") -> FastAPI:
+def create_app(
+    db_path: str,
+    *,
+    unbounded: bool = False,
+    manager: Optional[CacheManager] = None,
+    memory_limit_mb: float = 400,
+    cleanup_interval: float = 30.0,
+    metrics: bool = True,
+    redis_url: Optional[str] = None,
+    redis_client: Any = None,
+    redis_prefix: str = "demo",
+) -> FastAPI:
     """The demo FastAPI app over the database at ``db_path`` (which must exist).
 
     Raises ``memcache_ext.demo.db.DatabaseError`` when the database is missing,
@@ -390,12 +457,16 @@ def create_app(db_path: str, *, unbounded: bool = False, manager: Optional[Cache
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        log.info("demo service up: %s users, %s days of data, %s caches",
-                 service.repo.db.meta.get("users"), service.repo.db.meta.get("days"),
-                 "unbounded dict" if unbounded else "bounded")
+        log.info(
+            "demo service up: %s users, %s days of data, %s caches",
+            service.repo.db.meta.get("users"),
+            service.repo.db.meta.get("days"),
+            "unbounded dict" if unbounded else "bounded",
+        )
         if service.tiers:
-            log.info("Redis tier on: %s", ", ".join(service.tiers[n].namespace
-                                                    for n in service.tiers))
+            log.info(
+                "Redis tier on: %s", ", ".join(service.tiers[n].namespace for n in service.tiers)
+            )
         try:
             yield
         finally:
@@ -405,9 +476,11 @@ def create_app(db_path: str, *, unbounded: bool = False, manager: Optional[Cache
                     own_client.close()
             service.repo.close()
 
-    app = FastAPI(title="memcache-ext demo: user health data",
-                  description="Profiles, readings and daily summaries from SQLite, cached.",
-                  lifespan=cleanup_lifespan(cleanup, lifespan))
+    app = FastAPI(
+        title="memcache-ext demo: user health data",
+        description="Profiles, readings and daily summaries from SQLite, cached.",
+        lifespan=cleanup_lifespan(cleanup, lifespan),
+    )
     app.state.service = service
     app.state.manager = manager
     app.state.cleanup = cleanup
@@ -421,8 +494,7 @@ def create_app(db_path: str, *, unbounded: bool = False, manager: Optional[Cache
         from ...prometheus import MemcacheCollector, metrics_router
 
         registry = CollectorRegistry()
-        registry.register(MemcacheCollector(manager, monitor=monitor,
-                                            tiers=service.tiers.values()))
+        registry.register(MemcacheCollector(manager, monitor=monitor, tiers=service.tiers.values()))
         ProcessCollector(registry=registry)
         app.state.registry = registry
         app.include_router(metrics_router(registry))
@@ -443,8 +515,7 @@ def create_app(db_path: str, *, unbounded: bool = False, manager: Optional[Cache
         return profile
 
     @app.get("/users/{user_id}/readings", summary="A user's hourly readings")
-    def get_readings(user_id: UserId,
-                     days: Days = 7) -> dict[str, Any]:
+    def get_readings(user_id: UserId, days: Days = 7) -> dict[str, Any]:
         readings = service.readings(user_id, days)
         if readings is None:
             raise _missing(user_id)
@@ -466,11 +537,14 @@ def create_app(db_path: str, *, unbounded: bool = False, manager: Optional[Cache
 
     @app.get("/health", summary="Liveness and cache sizes")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "cache_mode": "unbounded" if unbounded else "bounded",
-                "users": int(service.repo.db.meta["users"]),
-                "days": int(service.repo.db.meta["days"]),
-                "caches": service.cache_sizes(),
-                "redis": service.tier_state(),
-                "rss_mb": round(manager.memory_usage_mb(), 1)}
+        return {
+            "status": "ok",
+            "cache_mode": "unbounded" if unbounded else "bounded",
+            "users": int(service.repo.db.meta["users"]),
+            "days": int(service.repo.db.meta["days"]),
+            "caches": service.cache_sizes(),
+            "redis": service.tier_state(),
+            "rss_mb": round(manager.memory_usage_mb(), 1),
+        }
 
     return app

@@ -39,6 +39,20 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Li
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX process groups and signals")
 
 
+def sample_manager(rss_mb: float = 200) -> Any:
+    """A CacheManager with two caches, a hit, a miss and one cleanup: stats to look at."""
+    from memcache_ext import CacheManager
+
+    manager = CacheManager(memory_limit_mb=1000, rss=lambda: int(rss_mb * 2**20), min_interval=0)
+    users = manager.create_cache("users", maxsize=10, ttl=60, max_bytes=10_000)
+    users["a"] = "x" * 100
+    users.get("a")
+    users.get("missing")
+    manager.create_cache("pages", maxsize=5)
+    manager.cleanup(collect=False)
+    return manager
+
+
 def eventually(
     check: Callable[[], Any], timeout: float = DEADLINE, what: str = "", pause: float = 0.002
 ) -> Any:

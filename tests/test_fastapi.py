@@ -29,6 +29,7 @@ from memcache_ext.fastapi import (  # noqa: E402 - after importorskip
     cleanup_lifespan,
     memory_router,
 )
+from support import sample_manager  # noqa: E402 - after importorskip
 
 MB = 2**20
 
@@ -374,14 +375,7 @@ def _stats_app(manager: CacheManager, **router_kw: Any) -> FastAPI:
 
 
 def _manager() -> CacheManager:
-    manager = CacheManager(memory_limit_mb=1000, rss=FakeRss(200), min_interval=0)
-    users = manager.create_cache("users", maxsize=10, ttl=60, max_bytes=10_000)
-    users["a"] = "x" * 100
-    users.get("a")
-    users.get("missing")
-    manager.create_cache("pages", maxsize=5)
-    manager.cleanup(collect=False)
-    return manager
+    return sample_manager(rss_mb=200)  # type: ignore[no-any-return]  # support is untyped
 
 
 def test_stats_endpoint_content() -> None:

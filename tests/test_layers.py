@@ -44,6 +44,7 @@ LAYER_OF = {
             "_sizeof_c",
             "_sizeof_py",
             "_fastcall",
+            "_fastcall_c",
             "_fastcall_py",
         ),
         "core",

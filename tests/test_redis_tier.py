@@ -52,27 +52,22 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 class RedisServer(_BaseServer):
     """The shared test server plus clients configured for these tests."""
 
+    def options(self, **kw: Any) -> dict[str, Any]:
+        """Client options for these tests: short timeouts, no hidden retries; ``kw`` wins."""
+        return {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "socket_timeout": 1.0,
+            "socket_connect_timeout": 1.0,
+            "retry": Retry(NoBackoff(), 0),
+            **kw,
+        }
+
     def client(self, **kw: Any) -> redis.Redis:
-        opts: dict[str, Any] = dict(
-            host="127.0.0.1",
-            port=self.port,
-            socket_timeout=1.0,
-            socket_connect_timeout=1.0,
-            retry=Retry(NoBackoff(), 0),
-        )
-        opts.update(kw)
-        return redis.Redis(**opts)
+        return redis.Redis(**self.options(**kw))
 
     def async_client(self, **kw: Any) -> aredis.Redis:
-        opts: dict[str, Any] = dict(
-            host="127.0.0.1",
-            port=self.port,
-            socket_timeout=1.0,
-            socket_connect_timeout=1.0,
-            retry=Retry(NoBackoff(), 0),
-        )
-        opts.update(kw)
-        return aredis.Redis(**opts)
+        return aredis.Redis(**self.options(**kw))
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from memcache_ext._version import __version__
 from memcache_ext.asgi import RequestMemoryMonitor, RequestMonitorStats
 from memcache_ext.cleanup import CleanupServiceStats, MemoryCleanupService
 from memcache_ext.gcstats import GCSnapshot
+from support import sample_manager
 
 
 def assert_shape(value: Any, hint: Any, where: str = "value") -> None:
@@ -61,14 +62,7 @@ def assert_shape(value: Any, hint: Any, where: str = "value") -> None:
 
 
 def _manager() -> CacheManager:
-    manager = CacheManager(memory_limit_mb=1000, rss=lambda: 300 * 2**20, min_interval=0)
-    users = manager.create_cache("users", maxsize=10, ttl=60, max_bytes=10_000)
-    users["a"] = "x" * 100
-    users.get("a")
-    users.get("b")
-    manager.create_cache("pages", maxsize=5)
-    manager.cleanup(collect=False)
-    return manager
+    return sample_manager(rss_mb=300)  # type: ignore[no-any-return]  # support is untyped
 
 
 def test_manager_stats() -> None:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Optional
 if TYPE_CHECKING:
     from .manager import CacheManager
 
-__all__ = ["BudgetSizeof", "free_bytes"]
+__all__ = ["BudgetSizeof", "fit", "free_bytes"]
 
 _REJECTED: Any = object()
 
@@ -107,3 +107,22 @@ def free_bytes(cache: Any, need: int) -> int:
         if freed >= need:
             break
     return freed
+
+
+def fit(incoming: int, budget: int, cache: Any, others: list[Any], caches: list[Any]) -> bool:
+    """Make ``incoming`` more bytes for ``cache`` fit ``budget`` over all ``caches``.
+
+    Trims ``others`` (least recently used first), then ``cache`` itself;
+    False if the bytes still do not fit.
+    """
+    if not any(c is cache for c in caches):
+        caches = [*caches, cache]
+    need: int = sum(c.nbytes for c in caches) + incoming - budget
+    if need <= 0:
+        return True
+    for other in others:
+        need -= free_bytes(other, need)
+        if need <= 0:
+            return True
+    need -= free_bytes(cache, need)
+    return need <= 0

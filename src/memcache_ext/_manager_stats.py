@@ -5,7 +5,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Optional, TypedDict, Union
 
 from ._cleanup_pass import CleanupEventDict
@@ -13,6 +14,7 @@ from ._constants import MIB
 from ._stats import CacheStats
 
 __all__ = [
+    "StatsSources",
     "ManagedCacheStats",
     "CacheError",
     "ProcessMemory",
@@ -131,3 +133,33 @@ def cache_stats(
         "rejected": sums["rejected"],
     }
     return out, totals
+
+
+class StatsSources:
+    """Named callables whose results ``CacheManager.stats()`` reports under ``sources``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sources: dict[str, Callable[[], Any]] = {}
+
+    def register(self, name: str, source: Callable[[], Any]) -> None:
+        if not callable(source):
+            raise TypeError(f"source must be callable, not {type(source).__name__}")
+        with self._lock:
+            self._sources[name] = source
+
+    def unregister(self, name: str) -> bool:
+        with self._lock:
+            return self._sources.pop(name, None) is not None
+
+    def collect(self) -> dict[str, Any]:
+        """Every source's answer; one that raises is reported as ``{"error": ...}``."""
+        with self._lock:
+            sources = list(self._sources.items())
+        out: dict[str, Any] = {}
+        for name, source in sources:
+            try:
+                out[name] = source()
+            except Exception as exc:  # noqa: BLE001 - one broken source never hides the rest
+                out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        return out

@@ -19,13 +19,7 @@ Policy, precisely:
   ``high_water`` when that is 0.1 or less).
 * One cleanup expires, trims least recently used caches first, collects,
   trims the heap and records the event: see ``_cleanup_pass``.
-* "Last used" for a cache is the last time the manager saw it used:
-  ``create_cache``/``get_cache``/``touch`` calls, an insert measured by the
-  manager's ``sizeof`` (caches under a total byte budget), or a change in its
-  counters (hits, misses, size, bytes) between two observations (each
-  cleanup, budget check and ``stats()`` observes every cache). Reads made
-  straight on a cache object are therefore seen at the next observation,
-  with that observation's time. Ties go to the older cache by creation.
+* "Last used" for a cache: see ``_observe``.
 * Errors: a cache removed while a cleanup runs is skipped (listed under
   ``skipped``); a cache whose ``on_evict`` (or anything else) raises during
   ``expire``/``trim`` is recorded under ``errors`` and the cleanup goes on
@@ -51,10 +45,10 @@ from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
 from . import _procmem
-from ._budget import BudgetSizeof, free_bytes
+from ._budget import BudgetSizeof, fit
 from ._cleanup_pass import CleanupEvent, sweep
 from ._constants import MIB, MISSING
-from ._manager_stats import ManagedCacheStats, ManagerStats, cache_stats
+from ._manager_stats import ManagedCacheStats, ManagerStats, StatsSources, cache_stats
 from .deque import BoundedDeque
 
 __all__ = [
@@ -181,7 +175,7 @@ class CacheManager:
         self._last_cleanup_end: Optional[float] = None
         self._cleanups = 0
         self._skipped_interval = 0
-        self._sources: dict[str, Callable[[], Any]] = {}
+        self._sources = StatsSources()
 
     # -- registry -------------------------------------------------------------
 
@@ -331,7 +325,16 @@ class CacheManager:
     # -- usage tracking -------------------------------------------------------
 
     def _observe(self) -> list[tuple[str, _Entry]]:
-        """Update last-used times from counter changes; entries LRU-first."""
+        """Update last-used times from counter changes; entries LRU-first.
+
+        "Last used" for a cache is the last time the manager saw it used:
+        ``create_cache``/``get_cache``/``touch`` calls, an insert measured by the
+        manager's ``sizeof`` (caches under a total byte budget), or a change in its
+        counters (hits, misses, size, bytes) between two observations (each
+        cleanup, budget check and ``stats()`` observes every cache). Reads made
+        straight on a cache object are therefore seen at the next observation,
+        with that observation's time. Ties go to the older cache by creation.
+        """
         now = self._clock()
         with self._lock:
             entries = list(self._caches.items())
@@ -370,17 +373,7 @@ class CacheManager:
                 key=lambda t: (t[0], t[1]),
             )
             caches = [e.cache for e in self._caches.values()]
-        if not any(c is cache for c in caches):
-            caches.append(cache)
-        need: int = sum(c.nbytes for c in caches) + incoming - budget
-        if need <= 0:
-            return True
-        for _, _, other in others:
-            need -= free_bytes(other, need)
-            if need <= 0:
-                return True
-        need -= free_bytes(cache, need)
-        return need <= 0
+        return fit(incoming, budget, cache, [c for _, _, c in others], caches)
 
     # -- cleanup --------------------------------------------------------------
 
@@ -481,25 +474,10 @@ class CacheManager:
 
     def register_stats_source(self, name: str, source: Callable[[], Any]) -> None:
         """Add ``source()`` to ``stats()["sources"][name]`` (e.g. a Redis tier's stats)."""
-        if not callable(source):
-            raise TypeError(f"source must be callable, not {type(source).__name__}")
-        with self._lock:
-            self._sources[name] = source
+        self._sources.register(name, source)
 
     def unregister_stats_source(self, name: str) -> bool:
-        with self._lock:
-            return self._sources.pop(name, None) is not None
-
-    def _source_stats(self) -> dict[str, Any]:
-        with self._lock:
-            sources = list(self._sources.items())
-        out: dict[str, Any] = {}
-        for name, source in sources:
-            try:
-                out[name] = source()
-            except Exception as exc:  # noqa: BLE001 - one broken source never hides the rest
-                out[name] = {"error": f"{type(exc).__name__}: {exc}"}
-        return out
+        return self._sources.unregister(name)
 
     def stats(self) -> ManagerStats:
         """Process memory, the limit, every cache, totals and recent cleanups."""
@@ -531,7 +509,7 @@ class CacheManager:
             "min_interval": self.min_interval,
             "caches": caches,
             "totals": totals,
-            "sources": self._source_stats(),
+            "sources": self._sources.collect(),
             "cleanups": [e.as_dict() for e in self._history.snapshot()],
             "cleanup_count": self._cleanups,
             "cleanups_dropped": self._history.dropped,

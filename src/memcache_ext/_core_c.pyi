@@ -1,7 +1,6 @@
 """Types of the compiled core: the same API as the pure-Python twin."""
 
-from collections.abc import Callable, Iterator
-from typing import Any, Generic, Optional, TypeVar, Union, overload
+from typing import Any, Callable, Generic, Iterator, Optional, TypeVar, Union, overload
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -60,13 +59,8 @@ class CLruCache(Generic[K, V]):
     def nbytes(self) -> int: ...
 
 class CachedCall:
-    def __init__(
-        self,
-        cache: CLruCache[Any, Any],
-        miss: Callable[[Any, tuple[Any, ...], dict[str, Any]], Any],
-        fast: frozenset[type],
-        mark: object,
-    ) -> None: ...
+    def __init__(self, cache: CLruCache[Any, Any], miss: Callable[[Any, tuple[Any, ...], dict[str, Any]], Any],
+                 fast: frozenset[type], mark: object) -> None: ...
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
 class GetOr:

@@ -13,13 +13,13 @@ import logging
 import threading
 from typing import Any, Optional
 
-from .._constants import MISSING
-
 __all__ = ["Freshness"]
 
 logger = logging.getLogger("memcache_ext.redis")
 
 _MAX_KEY_GENS = 65_536  # per-key generations kept; past it, everything in flight is stale
+# pop()'s default here: not _constants.MISSING, which the cores take as "no default given".
+_ABSENT: Any = object()
 
 
 class Freshness:
@@ -57,7 +57,7 @@ class Freshness:
         """Drop ``key`` locally (reads of it in flight are stale); whether it was there."""
         with self._lock:
             self._bump(key)
-            return self.local.pop(key, MISSING) is not MISSING
+            return self.local.pop(key, _ABSENT) is not _ABSENT
 
     def _store_if_fresh(self, key: str, value: Any, since: int, ttl: Optional[float]) -> None:
         with self._lock:

@@ -9,11 +9,12 @@ table, each cache in its own process.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from memcache_ext.bench import ClassicLruCache, _factories
+from memcache_ext.tools.bench import ClassicLruCache, _factories
 
 N = 10_000
 FACTORIES: dict[str, Callable[[int], Any]] = _factories()
@@ -68,8 +69,11 @@ def test_set_evict(benchmark: Any, name: str) -> None:
 
 
 @pytest.mark.benchmark(group="set small values with max_bytes")
-@pytest.mark.parametrize("value", [12345678, "a twenty-char string", {"a": 1, "b": 2.5, "c": "x", "d": None, "e": [1]}],
-                         ids=["int", "str20", "dict5"])
+@pytest.mark.parametrize(
+    "value",
+    [12345678, "a twenty-char string", {"a": 1, "b": 2.5, "c": "x", "d": None, "e": [1]}],
+    ids=["int", "str20", "dict5"],
+)
 @pytest.mark.parametrize("bounded", [False, True], ids=["plain", "max_bytes"])
 def test_set_max_bytes(benchmark: Any, value: Any, bounded: bool) -> None:
     from memcache_ext._core_c import CLruCache

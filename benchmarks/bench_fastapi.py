@@ -24,12 +24,12 @@ import asyncio
 import statistics
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 try:
     import pytest
 except ImportError:  # pragma: no cover - standalone use without pytest
-    pytest = None  # type: ignore[assignment]
+    pytest = None  # type: ignore[assignment]  # standalone use without pytest
 
 from fastapi import FastAPI
 from starlette.middleware.base import BaseHTTPMiddleware
@@ -40,9 +40,14 @@ from memcache_ext.fastapi import MemoryMonitorMiddleware, memory_router
 N_CACHES, N_ENTRIES, HISTORY = 20, 1_000, 256
 
 _BODY = b'{"ok":true}'
-_START = {"type": "http.response.start", "status": 200,
-          "headers": [(b"content-type", b"application/json"),
-                      (b"content-length", str(len(_BODY)).encode())]}
+_START = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(_BODY)).encode()),
+    ],
+}
 _BODY_MSG = {"type": "http.response.body", "body": _BODY, "more_body": False}
 _REQUEST = {"type": "http.request", "body": b"", "more_body": False}
 
@@ -70,10 +75,20 @@ async def _passthrough(request: Any, call_next: Any) -> Any:
 
 
 def _scope(path: str = "/users/42") -> dict[str, Any]:
-    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-            "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(),
-            "root_path": "", "query_string": b"", "headers": [(b"host", b"bench")],
-            "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"bench")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
 
 
 async def _receive() -> dict[str, Any]:
@@ -100,13 +115,17 @@ def apps() -> dict[str, Any]:
         "raw: bare app": bare_app,
         "raw: anchor (2 RSS reads)": AnchorMiddleware(bare_app),
         "raw: MemoryMonitorMiddleware": MemoryMonitorMiddleware(bare_app),
-        "raw: MemoryMonitorMiddleware(expose_headers)":
-            MemoryMonitorMiddleware(bare_app, expose_headers=True),
+        "raw: MemoryMonitorMiddleware(expose_headers)": MemoryMonitorMiddleware(
+            bare_app, expose_headers=True
+        ),
         "raw: BaseHTTPMiddleware": BaseHTTPMiddleware(bare_app, dispatch=_passthrough),
     }
-    for name, mw in (("bare", None), ("anchor (2 RSS reads)", AnchorMiddleware),
-                     ("MemoryMonitorMiddleware", MemoryMonitorMiddleware),
-                     ("BaseHTTPMiddleware", BaseHTTPMiddleware)):
+    for name, mw in (
+        ("bare", None),
+        ("anchor (2 RSS reads)", AnchorMiddleware),
+        ("MemoryMonitorMiddleware", MemoryMonitorMiddleware),
+        ("BaseHTTPMiddleware", BaseHTTPMiddleware),
+    ):
         app = _fastapi_app()
         if mw is BaseHTTPMiddleware:
             app.add_middleware(BaseHTTPMiddleware, dispatch=_passthrough)
@@ -125,8 +144,9 @@ async def _drive(app: Any, n: int, path: str = "/users/42") -> float:
     return (time.perf_counter() - t0) / n
 
 
-def per_request(variants: dict[str, Any], n: int = 5_000, repeats: int = 7
-                ) -> dict[str, list[float]]:
+def per_request(
+    variants: dict[str, Any], n: int = 5_000, repeats: int = 7
+) -> dict[str, list[float]]:
     """Seconds per request for each app, one figure per repeat.
 
     The apps are measured round-robin (each repeat runs every app once), so a
@@ -149,8 +169,7 @@ def stats_app() -> tuple[FastAPI, MemoryMonitorMiddleware]:
     """An app with 20 filled caches, full cleanup and request histories."""
     manager = CacheManager(memory_limit_mb=4096, history=100, min_interval=0)
     for c in range(N_CACHES):
-        cache = manager.create_cache(f"cache{c:02d}", maxsize=10_000, ttl=300,
-                                     max_bytes=64 * 2**20)
+        cache = manager.create_cache(f"cache{c:02d}", maxsize=10_000, ttl=300, max_bytes=64 * 2**20)
         for i in range(N_ENTRIES):
             cache[i] = {"id": i, "name": f"user {i}"}
         for i in range(100):
@@ -161,8 +180,9 @@ def stats_app() -> tuple[FastAPI, MemoryMonitorMiddleware]:
     app = _fastapi_app()
     app.state.memcache_manager = manager
     app.include_router(memory_router(manager))
-    app.add_middleware(MemoryMonitorMiddleware, memory_limit_mb=1, history_size=HISTORY,
-                       log_interval=3600)
+    app.add_middleware(
+        MemoryMonitorMiddleware, memory_limit_mb=1, history_size=HISTORY, log_interval=3600
+    )
     loop = asyncio.new_event_loop()
     try:  # fill the high-memory history (limit 1 MB: every request is "high")
         loop.run_until_complete(_drive(app, HISTORY + 10))
@@ -217,7 +237,7 @@ if pytest is not None:
         app, _ = stats_app()
         loop = asyncio.new_event_loop()
         try:
-            elapsed, size = benchmark(lambda: loop.run_until_complete(_stats_once(app)))
+            _elapsed, size = benchmark(lambda: loop.run_until_complete(_stats_once(app)))
         finally:
             loop.close()
         assert size > 10_000
@@ -227,8 +247,10 @@ def main() -> int:
     print(f"Python {sys.version.split()[0]}, RSS source: {_procmem.rss_source()}")
     print("\nper request, in-process ASGI (median of 7 x 5,000 requests; min in brackets)\n")
     results = per_request(apps())
-    base = {"raw": statistics.median(results["raw: bare app"]),
-            "FastAPI": statistics.median(results["FastAPI: bare"])}
+    base = {
+        "raw": statistics.median(results["raw: bare app"]),
+        "FastAPI": statistics.median(results["FastAPI: bare"]),
+    }
     print(f"{'app':48s} {'us/request':>12s} {'over bare':>10s}")
     for name, runs in results.items():
         med = statistics.median(runs)
@@ -242,10 +264,14 @@ def main() -> int:
     for _ in range(50):
         manager.stats()
     manager_ms = (time.perf_counter() - t0) / 50 * 1e3
-    print(f"\nGET /memory/stats with {N_CACHES} caches, 100 cleanup events, "
-          f"{HISTORY} high-memory requests ({size:,} bytes of JSON), 200 calls:")
-    print(f"  median {statistics.median(times) * 1e3:.2f} ms, "
-          f"p95 {times[int(len(times) * 0.95)] * 1e3:.2f} ms, max {times[-1] * 1e3:.2f} ms")
+    print(
+        f"\nGET /memory/stats with {N_CACHES} caches, 100 cleanup events, "
+        f"{HISTORY} high-memory requests ({size:,} bytes of JSON), 200 calls:"
+    )
+    print(
+        f"  median {statistics.median(times) * 1e3:.2f} ms, "
+        f"p95 {times[int(len(times) * 0.95)] * 1e3:.2f} ms, max {times[-1] * 1e3:.2f} ms"
+    )
     print(f"  of which CacheManager.stats() alone: {manager_ms:.2f} ms")
     return 0
 

@@ -1,7 +1,7 @@
 """Benchmarks: RSS reads, a manager cleanup, and the cached() hit path.
 
-    PYTHONPATH=src python -m pytest benchmarks/bench_manager.py --benchmark-only
-    PYTHONPATH=src python benchmarks/bench_manager.py        # a small table
+PYTHONPATH=src python -m pytest benchmarks/bench_manager.py --benchmark-only
+PYTHONPATH=src python benchmarks/bench_manager.py        # a small table
 """
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ import gc
 import sys
 import time
 import timeit
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 try:
     import pytest
 except ImportError:  # pragma: no cover - standalone use without pytest
-    pytest = None  # type: ignore[assignment]
+    pytest = None  # type: ignore[assignment]  # standalone use without pytest
 
-from memcache_ext import CacheManager, LruCache, PyLruCache, cached
-from memcache_ext import _procmem
+from memcache_ext import CacheManager, LruCache, PyLruCache, _procmem, cached
 
 N_CACHES, N_ENTRIES = 10, 10_000
 
@@ -46,6 +46,7 @@ def _cached_pair(cls: Any) -> tuple[Callable[[int], int], Callable[..., Any]]:
 IMPLS = [("LruCache", LruCache), ("PyLruCache", PyLruCache)]
 
 if pytest is not None:
+
     @pytest.mark.benchmark(group="rss")
     def test_rss_statm(benchmark: Any) -> None:
         assert benchmark(_procmem.read_rss_statm) > 0
@@ -60,8 +61,7 @@ if pytest is not None:
         def setup() -> tuple[tuple[CacheManager], dict[str, Any]]:
             return (_filled_manager(cls),), {}
 
-        event = benchmark.pedantic(lambda m: m.cleanup(collect=False), setup=setup,
-                                   rounds=10)
+        event = benchmark.pedantic(lambda m: m.cleanup(collect=False), setup=setup, rounds=10)
         assert event.entries_evicted == N_CACHES * N_ENTRIES // 2
 
     @pytest.mark.parametrize("name,cls", IMPLS)
@@ -84,9 +84,14 @@ def _ns(fn: Callable[[], Any], number: int) -> float:
 
 def main() -> None:
     import memcache_ext
+
     rows: list[tuple[str, str]] = []
-    rows.append(("RSS /proc/self/statm (pread)", f"{_ns(_procmem.read_rss_statm, 100_000):,.0f} ns"))
-    rows.append(("RSS psutil.Process().memory_info()", f"{_ns(_procmem.read_rss_psutil, 5_000):,.0f} ns"))
+    rows.append(
+        ("RSS /proc/self/statm (pread)", f"{_ns(_procmem.read_rss_statm, 100_000):,.0f} ns")
+    )
+    rows.append(
+        ("RSS psutil.Process().memory_info()", f"{_ns(_procmem.read_rss_psutil, 5_000):,.0f} ns")
+    )
     for name, cls in IMPLS:
         times, gcs = [], []
         for _ in range(5):
@@ -101,14 +106,16 @@ def main() -> None:
         rows.append((f"  gc.collect() inside a cleanup ({name})", f"{min(gcs) * 1e3:.2f} ms"))
     for name, cls in IMPLS:
         f, get = _cached_pair(cls)
-        hit = _ns(lambda: f(5), 200_000)
-        bare = _ns(lambda: get(5), 200_000)
+        hit = _ns(lambda f=f: f(5), 200_000)
+        bare = _ns(lambda get=get: get(5), 200_000)
         rows.append((f"cached hit ({name})", f"{hit:,.0f} ns"))
         rows.append((f"bare cache.get ({name})", f"{bare:,.0f} ns"))
         rows.append((f"  ratio cached/get ({name})", f"{hit / bare:.2f}x"))
     width = max(len(r[0]) for r in rows)
-    print(f"Python {sys.version.split()[0]}, {sys.platform}, LruCache = "
-          f"{memcache_ext.IMPLEMENTATION}, gc enabled={gc.isenabled()}")
+    print(
+        f"Python {sys.version.split()[0]}, {sys.platform}, LruCache = "
+        f"{memcache_ext.IMPLEMENTATION}, gc enabled={gc.isenabled()}"
+    )
     for label, value in rows:
         print(f"{label:<{width}}  {value:>12}")
 

@@ -9,17 +9,16 @@ Starts its own redis-server on a free loopback port (needs the binary and redis-
 from __future__ import annotations
 
 import shutil
-import socket
 import statistics
-import subprocess
 import time
 import timeit
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 try:
     import pytest
 except ImportError:  # pragma: no cover - standalone use without pytest
-    pytest = None  # type: ignore[assignment]
+    pytest = None  # type: ignore[assignment]  # standalone use without pytest
 
 import redis
 from redis.backoff import NoBackoff
@@ -27,46 +26,34 @@ from redis.retry import Retry
 
 from memcache_ext import LruCache
 from memcache_ext.redis import TieredCache
+from memcache_ext.tools.procs import RedisServer
 
 try:
     from memcache_ext import CLruCache
 except ImportError:  # pragma: no cover - pure-Python install
-    CLruCache = LruCache  # type: ignore[misc,assignment]
+    CLruCache = LruCache  # type: ignore[misc,assignment]  # pure-Python install
 
 
-class Server:
+class Server(RedisServer):
+    """The tools' throwaway redis-server, started at once, with the clients these benchmarks use."""
+
     def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server not found (apt-get install -y redis-server)")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        end = time.monotonic() + 15
-        while True:
-            try:
-                if self.client().ping():
-                    break
-            except redis.exceptions.RedisError:
-                if time.monotonic() > end:
-                    raise
-                time.sleep(0.01)
+        super().__init__()
+        self.start()
 
-    def client(self) -> "redis.Redis":
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1,
-                           socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+    def client(self) -> redis.Redis:
+        return redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            socket_timeout=1,
+            socket_connect_timeout=1,
+            retry=Retry(NoBackoff(), 0),
+        )
 
     def tier(self, ns: str = "bench") -> TieredCache:
         t = TieredCache(LruCache(maxsize=100_000), self.client(), ns, poll_interval=0.05)
         assert t.wait_ready(15)
         return t
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 def propagation(writer: TieredCache, reader: TieredCache, n: int = 200) -> list[float]:
@@ -101,6 +88,7 @@ def p99(xs: list[float]) -> float:
 
 
 if pytest is not None:
+
     @pytest.fixture(scope="module")
     def server() -> Iterator[Server]:
         if shutil.which("redis-server") is None:

@@ -1,43 +1,71 @@
-"""Helpers shared by test modules: polling, free ports, a real redis-server."""
+"""Helpers shared by test modules: polling, free ports, a real redis-server, platform marks.
+
+The process helpers themselves live once, in ``memcache_ext.tools.procs``
+(the load test and the demo use them too); this module adds what only tests
+need: assertion-style polling, skipping or failing when Redis is missing, and
+the platform marks.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import time
-from typing import Any, Callable, Optional
+import sys
+from collections.abc import Callable
+from typing import Any, Optional
 
 import pytest
 
+from memcache_ext.tools import procs
+from memcache_ext.tools.procs import RedisServer, free_port
+
+__all__ = [
+    "DEADLINE",
+    "RedisServer",
+    "eventually",
+    "free_port",
+    "linux_only",
+    "posix_only",
+    "redis_missing",
+    "require_redis",
+]
+
 REQUIRE_REDIS = os.environ.get("MEMCACHE_EXT_REQUIRE_REDIS", "") not in ("", "0")
-REDIS_SERVER = shutil.which("redis-server")
 DEADLINE = 15.0  # seconds for anything "eventually"
 
-
-def eventually(check: Callable[[], Any], timeout: float = DEADLINE, what: str = "",
-               pause: float = 0.002) -> Any:
-    """Poll ``check`` until it returns something true; fail after ``timeout``."""
-    end = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > end:
-            raise AssertionError(f"not true after {timeout}s: {what or check}")
-        time.sleep(pause)
+#: Reads /proc (RSS from statm, cgroup files as the kernel lays them out).
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
+#: Process groups and signals (os.killpg, SIGSTOP): the demo's replicas, the load test.
+posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX process groups and signals")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def sample_manager(rss_mb: float = 200) -> Any:
+    """A CacheManager with two caches, a hit, a miss and one cleanup: stats to look at."""
+    from memcache_ext import CacheManager
+
+    manager = CacheManager(memory_limit_mb=1000, rss=lambda: int(rss_mb * 2**20), min_interval=0)
+    users = manager.create_cache("users", maxsize=10, ttl=60, max_bytes=10_000)
+    users["a"] = "x" * 100
+    users.get("a")
+    users.get("missing")
+    manager.create_cache("pages", maxsize=5)
+    manager.cleanup(collect=False)
+    return manager
+
+
+def eventually(
+    check: Callable[[], Any], timeout: float = DEADLINE, what: str = "", pause: float = 0.002
+) -> Any:
+    """Poll ``check`` until it returns something true; fail the test after ``timeout``."""
+    try:
+        return procs.poll(check, timeout, what=what, pause=pause)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 def redis_missing() -> Optional[str]:
     """Why the Redis tests cannot run here, or None."""
-    if REDIS_SERVER is None:
+    if shutil.which("redis-server") is None:
         return "redis-server not found on PATH (apt-get install -y redis-server)"
     try:
         import redis  # noqa: F401  (only whether it imports)
@@ -54,59 +82,3 @@ def require_redis(module_level: bool = False) -> None:
     if REQUIRE_REDIS:
         pytest.fail(f"MEMCACHE_EXT_REQUIRE_REDIS is set but {why}", pytrace=False)
     pytest.skip(why, allow_module_level=module_level)
-
-
-class RedisServer:
-    """A redis-server subprocess on 127.0.0.1 that tests may kill and restart."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: Optional[subprocess.Popen[bytes]] = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        import redis
-
-        assert self.proc is None or self.proc.poll() is not None
-        assert REDIS_SERVER is not None
-        self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--protected-mode", "yes"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
-        try:
-            def up() -> bool:
-                if self.proc is not None and self.proc.poll() is not None:
-                    raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
-                try:
-                    return bool(client.ping())
-                except redis.exceptions.RedisError:
-                    return False
-            eventually(up, what="redis-server answers PING")
-        finally:
-            client.close()
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
-
-    def ensure_up(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            self.start()

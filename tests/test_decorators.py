@@ -113,7 +113,7 @@ def test_validation(cache_cls: type) -> None:
     with pytest.raises(TypeError):
         cached({})  # a dict has no peek
     with pytest.raises(TypeError):
-        cached(cache_cls(), key=5)  # type: ignore[arg-type]
+        cached(cache_cls(), key=5)  # type: ignore[arg-type]  # deliberately wrong
 
 
 def test_rejected_value_still_returned(cache_cls: type) -> None:
@@ -126,6 +126,7 @@ def test_rejected_value_still_returned(cache_cls: type) -> None:
 
 
 # -- methods ---------------------------------------------------------------------
+
 
 def test_method_does_not_keep_self_alive(cache_cls: type) -> None:
     cache = cache_cls(maxsize=100)
@@ -227,8 +228,10 @@ def test_classmethod(cache_cls: type) -> None:
 
 # -- threads (in a subprocess: a deadlock fails on the timeout) ---------------------
 
+
 def test_threads_share_one_computation(isolated: Any) -> None:
-    isolated("""
+    isolated(
+        """
         import time
         from memcache_ext import cached
         calls = []
@@ -250,11 +253,14 @@ def test_threads_share_one_computation(isolated: Any) -> None:
         assert calls == [7], calls
         assert results == [70] * T
         assert slow._inflight == {}
-    """, timeout=60)
+    """,
+        timeout=60,
+    )
 
 
 def test_threads_all_get_the_exception(isolated: Any) -> None:
-    isolated("""
+    isolated(
+        """
         import time
         from memcache_ext import cached
         calls = []
@@ -277,11 +283,14 @@ def test_threads_all_get_the_exception(isolated: Any) -> None:
         assert len(calls) == 1, calls
         assert len(errors) == T
         assert len(bad.cache) == 0
-    """, timeout=60)
+    """,
+        timeout=60,
+    )
 
 
 def test_threads_many_keys_hammer(isolated: Any) -> None:
-    isolated("""
+    isolated(
+        """
         sys.setswitchinterval(1e-6)
         from memcache_ext import cached
         import collections
@@ -300,10 +309,13 @@ def test_threads_many_keys_hammer(isolated: Any) -> None:
         [t.start() for t in ts]; [t.join() for t in ts]
         assert f._inflight == {}
         assert len(f.cache) <= 50
-    """, timeout=120)
+    """,
+        timeout=120,
+    )
 
 
 # -- asyncio ---------------------------------------------------------------------
+
 
 def test_async_basic_and_shared(cache_cls: type) -> None:
     calls = []
@@ -334,8 +346,7 @@ def test_async_exception_reaches_every_waiter(cache_cls: type) -> None:
         raise RuntimeError("no")
 
     async def main() -> list[Any]:
-        return list(await asyncio.gather(*(bad(1) for _ in range(5)),
-                                         return_exceptions=True))
+        return list(await asyncio.gather(*(bad(1) for _ in range(5)), return_exceptions=True))
 
     res = asyncio.run(main())
     assert all(isinstance(r, RuntimeError) for r in res)
@@ -353,7 +364,7 @@ def test_async_cancelling_one_waiter_keeps_the_others(cache_cls: type) -> None:
         return x * 2
 
     async def main() -> tuple[Any, Any, Any]:
-        first = asyncio.ensure_future(slow(4))   # the leader
+        first = asyncio.ensure_future(slow(4))  # the leader
         second = asyncio.ensure_future(slow(4))
         await asyncio.sleep(0.01)
         first.cancel()
@@ -411,7 +422,8 @@ def test_async_method_weakref(cache_cls: type) -> None:
 
 
 def test_async_waiters_on_two_event_loops(isolated: Any) -> None:
-    isolated("""
+    isolated(
+        """
         import asyncio, time
         from memcache_ext import cached
         calls = []
@@ -431,12 +443,25 @@ def test_async_waiters_on_two_event_loops(isolated: Any) -> None:
         [t.start() for t in ts]; [t.join() for t in ts]
         assert results == [10] * 4, results
         assert calls == [2], calls
-    """, timeout=60)
+    """,
+        timeout=60,
+    )
 
 
-@pytest.mark.parametrize("call", [((1,), {}), (("a",), {}), ((1.5,), {}), ((None,), {}),
-                                  ((1, 2), {}), (((1, 2),), {}), ((), {}), ((1,), {"y": 2}),
-                                  ((), {"b": 1, "a": 2})])
+@pytest.mark.parametrize(
+    "call",
+    [
+        ((1,), {}),
+        (("a",), {}),
+        ((1.5,), {}),
+        ((None,), {}),
+        ((1, 2), {}),
+        (((1, 2),), {}),
+        ((), {}),
+        ((1,), {"y": 2}),
+        ((), {"b": 1, "a": 2}),
+    ],
+)
 def test_keys_follow_make_key_on_both_paths(cache_cls: type, call: Any) -> None:
     """A plain function over CLruCache takes the compiled hit path (CachedCall);
     both paths must store under make_key's key."""
@@ -447,8 +472,9 @@ def test_keys_follow_make_key_on_both_paths(cache_cls: type, call: Any) -> None:
         return "v"
 
     wrapped = cached(cache)(f)
-    assert type(wrapped).__name__ == ("CachedCall" if cache_cls.__name__ == "CLruCache"
-                                      else "function")
+    assert type(wrapped).__name__ == (
+        "CachedCall" if cache_cls.__name__ == "CLruCache" else "function"
+    )
     assert wrapped(*args, **kwargs) == "v" and wrapped(*args, **kwargs) == "v"
     assert cache.keys() == [make_key(args, kwargs)]
     assert cache.stats()["hits"] == 1 and cache.stats()["misses"] == 1

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -19,12 +19,15 @@ pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
 httpx = pytest.importorskip("httpx")
 
-from support import RedisServer, eventually, free_port, require_redis  # noqa: E402
+from memcache_ext import CacheManager  # noqa: E402 - after importorskip
+from memcache_ext.tools.demo import main  # noqa: E402 - after importorskip
+from memcache_ext.tools.demo.app import HealthService, create_app, reset_singletons  # noqa: E402 - after importorskip
+from memcache_ext.tools.demo.db import DatabaseError, check_database, create_database  # noqa: E402 - after importorskip
+from memcache_ext.tools.procs import port_in_use  # noqa: E402 - after importorskip
+from support import RedisServer, eventually, free_port, posix_only, require_redis  # noqa: E402 - after importorskip
 
-from memcache_ext import CacheManager  # noqa: E402
-from memcache_ext.demo import main  # noqa: E402
-from memcache_ext.demo.app import HealthService, create_app, reset_singletons  # noqa: E402
-from memcache_ext.demo.db import DatabaseError, check_database, create_database  # noqa: E402
+#: Starts the demo under uvicorn, or a redis-server: a service in another process.
+service = pytest.mark.integration
 
 USERS, DAYS = 30, 3
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -73,16 +76,22 @@ def test_database_contents(db_path: str) -> None:
 def test_endpoints(db_path: str, fresh: None) -> None:
     app, manager = _app(db_path)
     profile, readings, week, summary, again = get_all(
-        app, "/users/3", "/users/3/readings?days=1", "/users/3/readings",
-        "/users/3/summary", "/users/3")
+        app,
+        "/users/3",
+        "/users/3/readings?days=1",
+        "/users/3/readings",
+        "/users/3/summary",
+        "/users/3",
+    )
     assert profile.status_code == 200 and profile.json()["id"] == 3
     assert profile.json()["email"] == "user3@example.org"
     assert readings.json()["count"] == 24 and len(readings.json()["readings"]) == 24
     assert week.json()["days"] == 7 and week.json()["count"] == DAYS * 24  # all there is
     s = summary.json()
     assert s["readings"] == DAYS * 24 and sum(d["readings"] for d in s["daily"]) == DAYS * 24
-    assert all(d["heart_rate_min"] <= d["heart_rate_mean"] <= d["heart_rate_max"]
-               for d in s["daily"])
+    assert all(
+        d["heart_rate_min"] <= d["heart_rate_mean"] <= d["heart_rate_max"] for d in s["daily"]
+    )
     assert again.json() == profile.json()
     st = manager.stats()["caches"]
     assert set(st) == {"profiles", "readings", "summaries"}
@@ -92,11 +101,19 @@ def test_endpoints(db_path: str, fresh: None) -> None:
 
 def test_unknown_user_and_bad_input(db_path: str, fresh: None) -> None:
     app, _ = _app(db_path)
-    responses = get_all(app, f"/users/{USERS + 1}", f"/users/{USERS + 1}/readings",
-                        f"/users/{USERS + 1}/summary", "/users/0", "/users/abc",
-                        "/users/99999999999999999999999", "/users/1/readings?days=0",
-                        "/users/1/readings?days=366", "/users/1/readings?days=x",
-                        "/users/1/readings?days=" + "9" * 5000)
+    responses = get_all(
+        app,
+        f"/users/{USERS + 1}",
+        f"/users/{USERS + 1}/readings",
+        f"/users/{USERS + 1}/summary",
+        "/users/0",
+        "/users/abc",
+        "/users/99999999999999999999999",
+        "/users/1/readings?days=0",
+        "/users/1/readings?days=366",
+        "/users/1/readings?days=x",
+        "/users/1/readings?days=" + "9" * 5000,
+    )
     codes = [r.status_code for r in responses]
     assert codes == [404, 404, 404] + [422] * 7
     assert responses[0].json() == {"detail": f"user {USERS + 1} not found"}
@@ -149,7 +166,7 @@ def test_missing_and_broken_database(tmp_path: Path, fresh: None) -> None:
         create_app(str(tmp_path / "nope.sqlite3"))
     junk = tmp_path / "junk.sqlite3"
     junk.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(DatabaseError, match="not a usable SQLite database|not a memcache-ext"):
+    with pytest.raises(DatabaseError, match=r"not a usable SQLite database|not a memcache-ext"):
         check_database(str(junk))
     empty = tmp_path / "empty.sqlite3"
     sqlite3.connect(empty).close()
@@ -172,8 +189,9 @@ def test_locked_database_is_a_clear_error(tmp_path: Path) -> None:
     assert check_database(path)["users"] == "2"
 
 
-def test_main_reports_start_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                   fresh: None) -> None:
+def test_main_reports_start_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fresh: None
+) -> None:
     rc = main(["--db", str(tmp_path / "missing.sqlite3"), "--no-create"])
     err = capsys.readouterr().err
     assert rc == 2 and "does not exist" in err and "Traceback" not in err
@@ -182,14 +200,34 @@ def test_main_reports_start_errors(tmp_path: Path, capsys: pytest.CaptureFixture
         main(["--port", "notaport"])
 
 
+@service
+@posix_only
 def test_demo_under_real_uvicorn(tmp_path: Path) -> None:
     port = free_port()
     db = str(tmp_path / "live.sqlite3")
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "memcache_ext.demo", "--db", db, "--users", "20", "--days", "2",
-         "--port", str(port), "--log-level", "info"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "memcache_ext",
+            "demo",
+            "--db",
+            db,
+            "--users",
+            "20",
+            "--days",
+            "2",
+            "--port",
+            str(port),
+            "--log-level",
+            "info",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -224,6 +262,7 @@ def test_demo_under_real_uvicorn(tmp_path: Path) -> None:
 
 # -- the write path and the Redis tier ---------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
     """A real redis-server on a free loopback port for this module."""
@@ -246,14 +285,18 @@ def small_db(tmp_path: Path) -> str:
 
 def request_all(app: Any, *calls: tuple[str, str, Any]) -> list[Any]:
     """(method, path, json body or raw bytes or None) -> responses, in order."""
+
     async def go() -> list[Any]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
             out = []
             for method, path, body in calls:
                 if isinstance(body, bytes):
-                    out.append(await c.request(method, path, content=body,
-                                               headers={"content-type": "application/json"}))
+                    out.append(
+                        await c.request(
+                            method, path, content=body, headers={"content-type": "application/json"}
+                        )
+                    )
                 else:
                     out.append(await c.request(method, path, json=body))
             return out
@@ -267,17 +310,22 @@ def _db_name(path: str, user_id: int) -> str:
 
 
 @pytest.mark.parametrize("unbounded", [False, True], ids=["bounded", "unbounded"])
-def test_profile_update_writes_and_refreshes_the_caches(small_db: str, fresh: None,
-                                                        unbounded: bool) -> None:
+def test_profile_update_writes_and_refreshes_the_caches(
+    small_db: str, fresh: None, unbounded: bool
+) -> None:
     app, _ = _app(small_db, unbounded=unbounded)
     before, summary, put, after, summary2, other = request_all(
-        app, ("GET", "/users/2", None), ("GET", "/users/2/summary", None),
+        app,
+        ("GET", "/users/2", None),
+        ("GET", "/users/2/summary", None),
         ("PUT", "/users/2/profile", {"name": "  Grace Hopper ", "birth_year": 1906}),
-        ("GET", "/users/2", None), ("GET", "/users/2/summary", None),
-        ("GET", "/users/3", None))
+        ("GET", "/users/2", None),
+        ("GET", "/users/2/summary", None),
+        ("GET", "/users/3", None),
+    )
     assert put.status_code == 200, put.text
     assert put.json() == dict(before.json(), name="Grace Hopper", birth_year=1906)
-    assert after.json() == put.json()              # the cached profile was replaced
+    assert after.json() == put.json()  # the cached profile was replaced
     assert summary.json()["name"] == before.json()["name"]
     assert summary2.json()["name"] == "Grace Hopper"  # the cached summary was dropped
     assert _db_name(small_db, 2) == "Grace Hopper"
@@ -291,24 +339,44 @@ def test_profile_update_writes_and_refreshes_the_caches(small_db: str, fresh: No
 def test_profile_update_bad_bodies_are_422(small_db: str, fresh: None) -> None:
     app, _ = _app(small_db)
     bodies: list[Any] = [
-        {}, {"name": None}, {"name": ""}, {"name": "   "}, {"name": "x" * 101}, {"name": 5},
-        {"email": "not-an-email"}, {"email": "a@b"}, {"birth_year": "1990"},
-        {"birth_year": 1800}, {"birth_year": 2101}, {"birth_year": 1990.5},
-        {"birth_year": True}, {"nickname": "x"}, {"name": "ok", "id": 7}, [], "name",
-        b"{not json", b"",
+        {},
+        {"name": None},
+        {"name": ""},
+        {"name": "   "},
+        {"name": "x" * 101},
+        {"name": 5},
+        {"email": "not-an-email"},
+        {"email": "a@b"},
+        {"birth_year": "1990"},
+        {"birth_year": 1800},
+        {"birth_year": 2101},
+        {"birth_year": 1990.5},
+        {"birth_year": True},
+        {"nickname": "x"},
+        {"name": "ok", "id": 7},
+        [],
+        "name",
+        b"{not json",
+        b"",
     ]
-    responses = request_all(app, *[("PUT", "/users/2/profile", b) for b in bodies],
-                            ("PUT", "/users/0/profile", {"name": "x"}),
-                            ("PUT", "/users/abc/profile", {"name": "x"}))
-    assert [r.status_code for r in responses] == [422] * (len(bodies) + 2), \
-        [(b, r.status_code) for b, r in zip(bodies, responses)]
+    responses = request_all(
+        app,
+        *[("PUT", "/users/2/profile", b) for b in bodies],
+        ("PUT", "/users/0/profile", {"name": "x"}),
+        ("PUT", "/users/abc/profile", {"name": "x"}),
+    )
+    assert [r.status_code for r in responses] == [422] * (len(bodies) + 2), [
+        (b, r.status_code) for b, r in zip(bodies, responses, strict=True)
+    ]
     with sqlite3.connect(small_db) as conn:
         row = conn.execute("SELECT name, email FROM users WHERE id = 2").fetchone()
     assert row[0] != "ok" and row[1] == "user2@example.org"  # nothing was written
 
 
-def test_tier_serves_and_invalidates_across_instances(small_db: str, redis_url: str,
-                                                      fresh: None) -> None:
+@service
+def test_tier_serves_and_invalidates_across_instances(
+    small_db: str, redis_url: str, fresh: None
+) -> None:
     import redis
 
     from memcache_ext import LruCache
@@ -324,30 +392,38 @@ def test_tier_serves_and_invalidates_across_instances(small_db: str, redis_url: 
     other = TieredCache(LruCache(maxsize=100), client, f"{prefix}:profiles", ttl=300)
     try:
         assert other.wait_ready(10)
-        first, readings = request_all(app, ("GET", "/users/2", None),
-                                      ("GET", "/users/2/readings?days=1", None))
+        first, readings = request_all(
+            app, ("GET", "/users/2", None), ("GET", "/users/2/readings?days=1", None)
+        )
         assert first.status_code == 200 and readings.json()["count"] == 24
-        assert other.get("2") == first.json()                # the other found it in Redis
+        assert other.get("2") == first.json()  # the other found it in Redis
         assert other.stats()["remote_hits"] == 1
         (put,) = request_all(app, ("PUT", "/users/2/profile", {"name": "Ada Lovelace"}))
         assert put.status_code == 200 and put.json()["name"] == "Ada Lovelace"
         # the other instance's local copy is dropped; it reads the new value from Redis
-        eventually(lambda: (other.get("2") or {}).get("name") == "Ada Lovelace",
-                    what="the other instance sees the write")
+        eventually(
+            lambda: (other.get("2") or {}).get("name") == "Ada Lovelace",
+            what="the other instance sees the write",
+        )
         assert other.stats()["invalidations_received"] >= 1
         # and the other way round: a write there invalidates the app's local copy
         other.set("2", dict(put.json(), name="Written Elsewhere"))
-        eventually(lambda: request_all(app, ("GET", "/users/2", None))[0].json()["name"]
-                    == "Written Elsewhere", what="the app sees the other instance's write")
+        eventually(
+            lambda: (
+                request_all(app, ("GET", "/users/2", None))[0].json()["name"] == "Written Elsewhere"
+            ),
+            what="the app sees the other instance's write",
+        )
         (stats,) = request_all(app, ("GET", "/memory/stats", None))
         sources = stats.json()["sources"]
-        assert set(sources) == {f"redis:{prefix}:{n}" for n in ("profiles", "readings",
-                                                                "summaries")}
+        assert set(sources) == {
+            f"redis:{prefix}:{n}" for n in ("profiles", "readings", "summaries")
+        }
         prof = sources[f"redis:{prefix}:profiles"]
         assert prof["loads"] >= 1 and prof["writes"] >= 2 and prof["redis_errors"] == 0
         assert prof["invalidations_received"] >= 1 and prof["connected"] is True
         assert sources[f"redis:{prefix}:readings"]["loads"] == 1
-        assert client.exists(f"{prefix}:readings:2:1") == 1   # str keys, one per (user, days)
+        assert client.exists(f"{prefix}:readings:2:1") == 1  # str keys, one per (user, days)
         (health,) = request_all(app, ("GET", "/health", None))
         assert health.json()["redis"]["connected"] is True
     finally:
@@ -364,50 +440,77 @@ def uuid_hex() -> str:
     return uuid.uuid4().hex[:8]
 
 
-def test_redis_down_at_start_is_a_warning(small_db: str, fresh: None,
-                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_redis_down_at_start_is_a_warning(
+    small_db: str, fresh: None, caplog: pytest.LogCaptureFixture
+) -> None:
     pytest.importorskip("redis")
     dead = f"redis://127.0.0.1:{free_port()}/0"
     with caplog.at_level("WARNING", logger="memcache_ext.demo"):
         app, _ = _app(small_db, redis_url=dead)
     assert "does not answer" in caplog.text
-    profile, again, put = request_all(app, ("GET", "/users/4", None), ("GET", "/users/4", None),
-                                      ("PUT", "/users/4/profile", {"name": "Still Works"}))
+    profile, again, put = request_all(
+        app,
+        ("GET", "/users/4", None),
+        ("GET", "/users/4", None),
+        ("PUT", "/users/4/profile", {"name": "Still Works"}),
+    )
     assert profile.status_code == again.status_code == put.status_code == 200
     tier = app.state.service.tiers["profiles"].stats()
     assert tier["redis_errors"] >= 1 and tier["loads"] == 1 and tier["local_hits"] >= 1
     assert _db_name(small_db, 4) == "Still Works"
 
 
-def test_replica_and_redis_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                             fresh: None) -> None:
+def test_replica_and_redis_flags_are_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fresh: None
+) -> None:
     db = str(tmp_path / "x.sqlite3")
     assert main(["--db", db, "--replicas", "2"]) == 2
     assert "--replicas needs the Redis tier" in capsys.readouterr().err
     assert main(["--db", db, "--replicas", "0"]) == 2
     assert main(["--db", db, "--redis", "redis://127.0.0.1:1/0", "--unbounded"]) == 2
     assert "--redis needs the bounded caches" in capsys.readouterr().err
-    assert main(["--db", db, "--port", "65535", "--replicas", "2",
-                 "--redis", "redis://127.0.0.1:1/0"]) == 2
+    assert (
+        main(["--db", db, "--port", "65535", "--replicas", "2", "--redis", "redis://127.0.0.1:1/0"])
+        == 2
+    )
     assert not os.path.exists(db)
 
 
 def _start_replicas(tmp_path: Path, redis_url: str, *extra: str) -> tuple[Any, int]:
     port = free_port()
-    while _port_busy(port + 1):
+    while port_in_use(port + 1):
         port = free_port()
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "memcache_ext", "demo", "--db", str(tmp_path / "r.sqlite3"),
-         "--users", "20", "--days", "1", "--port", str(port), "--replicas", "2",
-         "--redis", redis_url, "--redis-prefix", f"r{uuid_hex()}", "--log-level", "warning",
-         *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "memcache_ext",
+            "demo",
+            "--db",
+            str(tmp_path / "r.sqlite3"),
+            "--users",
+            "20",
+            "--days",
+            "1",
+            "--port",
+            str(port),
+            "--replicas",
+            "2",
+            "--redis",
+            redis_url,
+            "--redis-prefix",
+            f"r{uuid_hex()}",
+            "--log-level",
+            "warning",
+            *extra,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     return proc, port
-
-
-def _port_busy(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _children_of(pid: int) -> list[Any]:
@@ -418,31 +521,39 @@ def _children_of(pid: int) -> list[Any]:
         return []
 
 
+@service
+@posix_only
 def test_replicas_under_real_uvicorn(tmp_path: Path, redis_url: str) -> None:
     import threading
 
     psutil = pytest.importorskip("psutil")
     proc, port = _start_replicas(tmp_path, redis_url)
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")),
-                              daemon=True)
+    reader = threading.Thread(
+        target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True
+    )
     reader.start()
     replicas: list[Any] = []
     try:
         # the supervisor announces the replicas once every one answers /health
-        eventually(lambda: any("2 replicas" in line for line in lines) or proc.poll() is not None,
-                   timeout=90, what="the supervisor reports 2 replicas up")
+        eventually(
+            lambda: any("2 replicas" in line for line in lines) or proc.poll() is not None,
+            timeout=90,
+            what="the supervisor reports 2 replicas up",
+        )
         assert proc.poll() is None, "".join(lines)
         replicas = _children_of(proc.pid)
         assert len(replicas) == 2
         with httpx.Client(timeout=5) as client:
             a, b = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"
-            assert client.get(f"{a}/users/5").json()["id"] == 5           # loaded by A
-            assert client.get(f"{b}/users/5").json()["id"] == 5           # Redis hit in B
+            assert client.get(f"{a}/users/5").json()["id"] == 5  # loaded by A
+            assert client.get(f"{b}/users/5").json()["id"] == 5  # Redis hit in B
             put = client.put(f"{a}/users/5/profile", json={"name": "Barbara Liskov"})
             assert put.status_code == 200
-            eventually(lambda: client.get(f"{b}/users/5").json()["name"] == "Barbara Liskov",
-                       what="replica B sees replica A's write")
+            eventually(
+                lambda: client.get(f"{b}/users/5").json()["name"] == "Barbara Liskov",
+                what="replica B sees replica A's write",
+            )
             st = client.get(f"{b}/memory/stats").json()["sources"]
             prof = next(v for k, v in st.items() if k.endswith(":profiles"))
             assert prof["remote_hits"] >= 1 and prof["invalidations_received"] >= 1
@@ -461,14 +572,16 @@ def test_replicas_under_real_uvicorn(tmp_path: Path, redis_url: str) -> None:
     err = "".join(lines)
     assert proc.returncode == 0, err
     assert "stopping 2 replicas" in err and "Traceback" not in err
-    gone, alive = psutil.wait_procs(replicas, timeout=10)
+    _gone, alive = psutil.wait_procs(replicas, timeout=10)
     assert not alive
 
 
+@service
+@posix_only
 def test_replica_that_fails_to_start_stops_the_others(tmp_path: Path, redis_url: str) -> None:
     # The supervisor does not build a CacheManager; each replica does and refuses the limit.
     proc, port = _start_replicas(tmp_path, redis_url, "--memory-limit-mb", "-1")
     _, err = proc.communicate(timeout=90)
     assert proc.returncode == 1, err
     assert "failed to start" in err and "stopping the others" in err
-    assert not _port_busy(port) and not _port_busy(port + 1)
+    assert not port_in_use(port) and not port_in_use(port + 1)

@@ -36,7 +36,7 @@ def test_recent() -> None:
     with pytest.raises(ValueError):
         d.recent(-1)
     with pytest.raises(TypeError):
-        d.recent(1.5)  # type: ignore[arg-type]
+        d.recent(1.5)  # type: ignore[arg-type]  # deliberately wrong
 
 
 def test_clear_keeps_dropped() -> None:
@@ -47,11 +47,13 @@ def test_clear_keeps_dropped() -> None:
     assert d.snapshot() == []
 
 
-@pytest.mark.parametrize("bad,exc", [(0, ValueError), (-1, ValueError),
-                                     (1.0, TypeError), (True, TypeError), (None, TypeError)])
+@pytest.mark.parametrize(
+    "bad,exc",
+    [(0, ValueError), (-1, ValueError), (1.0, TypeError), (True, TypeError), (None, TypeError)],
+)
 def test_maxlen_validation(bad: object, exc: type) -> None:
     with pytest.raises(exc):
-        BoundedDeque(bad)  # type: ignore[arg-type]
+        BoundedDeque(bad)  # type: ignore[arg-type]  # deliberately wrong
 
 
 def test_iteration_is_over_a_snapshot() -> None:
@@ -70,6 +72,7 @@ def test_threads_append_consistently() -> None:
     import subprocess
     import sys
     import textwrap
+
     code = textwrap.dedent("""
         import sys, threading
         sys.setswitchinterval(1e-6)
@@ -104,7 +107,6 @@ def test_threads_append_consistently() -> None:
             assert mine == sorted(mine)
         print("ok")
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"

@@ -15,13 +15,21 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from fastapi import Depends, FastAPI, HTTPException, WebSocket  # noqa: E402
-from fastapi.responses import StreamingResponse  # noqa: E402
+from fastapi import Depends, FastAPI, HTTPException, WebSocket  # noqa: E402 - after importorskip
+from fastapi.responses import StreamingResponse  # noqa: E402 - after importorskip
 
-from memcache_ext import CacheManager, PyLruCache  # noqa: E402
-from memcache_ext.fastapi import (  # noqa: E402
-    SCOPE_KEY, UNMATCHED, MemoryCleanupService, MemoryMonitorMiddleware, MemoryStats,
-    RequestMemoryMonitor, cleanup_lifespan, memory_router)
+from memcache_ext import CacheManager, PyLruCache  # noqa: E402 - after importorskip
+from memcache_ext.fastapi import (  # noqa: E402 - after importorskip
+    SCOPE_KEY,
+    UNMATCHED,
+    MemoryCleanupService,
+    MemoryMonitorMiddleware,
+    MemoryStats,
+    RequestMemoryMonitor,
+    cleanup_lifespan,
+    memory_router,
+)
+from support import sample_manager  # noqa: E402 - after importorskip
 
 MB = 2**20
 
@@ -78,8 +86,7 @@ async def run_lifespan(app: Any, body: Any = None) -> dict[str, Any]:
     inbox: asyncio.Queue[Any] = asyncio.Queue()
     outbox: asyncio.Queue[Any] = asyncio.Queue()
     state: dict[str, Any] = {}
-    scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"},
-             "state": state}
+    scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": state}
     task = asyncio.create_task(app(scope, inbox.get, outbox.put))
     await inbox.put({"type": "lifespan.startup"})
     assert (await outbox.get())["type"] == "lifespan.startup.complete"
@@ -99,9 +106,11 @@ def monitor_of(**kw: Any) -> RequestMemoryMonitor:
 
 
 def test_core_import_does_not_import_fastapi() -> None:
-    code = ("import sys, memcache_ext; memcache_ext.CacheManager; memcache_ext.gc_stats; "
-            "bad = [m for m in ('fastapi', 'starlette', 'prometheus_client') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, memcache_ext; memcache_ext.CacheManager; memcache_ext.gc_stats; "
+        "bad = [m for m in ('fastapi', 'starlette', 'prometheus_client') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
@@ -167,8 +176,9 @@ def test_headers_only_with_expose_headers() -> None:
 
 def test_high_memory_history_and_window() -> None:
     clock = FakeClock()
-    mon = monitor_of(memory_limit_mb=400, history_size=3, window_seconds=60, clock=clock,
-                     log_interval=0)
+    mon = monitor_of(
+        memory_limit_mb=400, history_size=3, window_seconds=60, clock=clock, log_interval=0
+    )
     rss = FakeRss(100)
     app = make_app(monitor=mon, rss=rss)
     get(app, "/users/1")
@@ -189,7 +199,7 @@ def test_high_memory_logging_is_rate_limited(caplog: pytest.LogCaptureFixture) -
     clock = FakeClock()
     mon = monitor_of(memory_limit_mb=400, log_interval=60, clock=clock)
     app = make_app(monitor=mon, rss=FakeRss(500))
-    with caplog.at_level(logging.WARNING, logger="memcache_ext.fastapi"):
+    with caplog.at_level(logging.WARNING, logger="memcache_ext.asgi"):
         get(app, *["/users/1"] * 5)
         lines = [r.getMessage() for r in caplog.records]
         assert len(lines) == 1 and "/users/{user_id}" in lines[0] and "500.0 MB" in lines[0]
@@ -237,8 +247,9 @@ def test_streaming_body_passes_through_unbuffered() -> None:
             return {"type": "http.request", "body": b"", "more_body": False}
 
         mon = monitor_of()
-        task = asyncio.create_task(MemoryMonitorMiddleware(streaming_app, monitor=mon)(
-            _raw_scope(), receive, send))
+        task = asyncio.create_task(
+            MemoryMonitorMiddleware(streaming_app, monitor=mon)(_raw_scope(), receive, send)
+        )
         while len(sent) < 2:
             await asyncio.sleep(0)
         seen_before_release.extend(m.get("body", b"") for m in sent)
@@ -261,6 +272,7 @@ def test_streaming_response_through_fastapi() -> None:
         async def gen() -> Any:
             for i in range(3):
                 yield f"chunk{i}\n".encode()
+
         return StreamingResponse(gen(), media_type="text/plain")
 
     mon = monitor_of()
@@ -313,13 +325,25 @@ def test_websocket_and_lifespan_through_a_real_app() -> None:
         async def send(message: Any) -> None:
             sent.append(message)
 
-        for m in ({"type": "websocket.connect"},
-                  {"type": "websocket.receive", "text": "there"},
-                  {"type": "websocket.disconnect", "code": 1000}):
+        for m in (
+            {"type": "websocket.connect"},
+            {"type": "websocket.receive", "text": "there"},
+            {"type": "websocket.disconnect", "code": 1000},
+        ):
             inbox.put_nowait(m)
-        scope = {"type": "websocket", "asgi": {"version": "3.0"}, "path": "/ws",
-                 "raw_path": b"/ws", "root_path": "", "query_string": b"", "headers": [],
-                 "scheme": "ws", "subprotocols": [], "server": ("t", 80), "client": ("c", 1)}
+        scope = {
+            "type": "websocket",
+            "asgi": {"version": "3.0"},
+            "path": "/ws",
+            "raw_path": b"/ws",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [],
+            "scheme": "ws",
+            "subprotocols": [],
+            "server": ("t", 80),
+            "client": ("c", 1),
+        }
         await app(scope, inbox.get, send)
         return sent
 
@@ -351,14 +375,7 @@ def _stats_app(manager: CacheManager, **router_kw: Any) -> FastAPI:
 
 
 def _manager() -> CacheManager:
-    manager = CacheManager(memory_limit_mb=1000, rss=FakeRss(200), min_interval=0)
-    users = manager.create_cache("users", maxsize=10, ttl=60, max_bytes=10_000)
-    users["a"] = "x" * 100
-    users.get("a")
-    users.get("missing")
-    manager.create_cache("pages", maxsize=5)
-    manager.cleanup(collect=False)
-    return manager
+    return sample_manager(rss_mb=200)  # type: ignore[no-any-return]  # support is untyped
 
 
 def test_stats_endpoint_content() -> None:
@@ -375,7 +392,9 @@ def test_stats_endpoint_content() -> None:
     routes = {x["route"]: x for x in body["requests"]["routes"]}
     assert routes["/users/{user_id}"]["high_memory"] == 1 and routes[UNMATCHED]["requests"] == 1
     assert [h["route"] for h in body["requests"]["high_memory_requests"]] == [
-        "/users/{user_id}", UNMATCHED]
+        "/users/{user_id}",
+        UNMATCHED,
+    ]
     assert body["gc"]["installed"] is True and len(body["gc"]["generations"]) == 3
 
 
@@ -392,8 +411,14 @@ def test_stats_schema_in_openapi() -> None:
     ref = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
     assert ref.endswith("/MemoryStats")
     schemas = spec["components"]["schemas"]
-    for name in ("MemoryStats", "CacheStats", "CleanupEventModel", "HighMemoryRequest",
-                 "RouteStats", "GCStatsModel"):
+    for name in (
+        "MemoryStats",
+        "CacheStats",
+        "CleanupEventModel",
+        "HighMemoryRequest",
+        "RouteStats",
+        "GCStatsModel",
+    ):
         assert name in schemas
     assert "memory" in op["tags"]
     assert schemas["HighMemoryRequest"]["properties"]["route"]["description"]
@@ -489,7 +514,7 @@ def test_cleanup_service_survives_failing_cleanup(caplog: pytest.LogCaptureFixtu
         async with service:
             await _until(lambda: service.runs >= 3)
 
-    with caplog.at_level(logging.ERROR, logger="memcache_ext.fastapi"):
+    with caplog.at_level(logging.ERROR, logger="memcache_ext.cleanup"):
         asyncio.run(go())
     assert service.errors >= 3 and "disk on fire" in service.last_error
     assert any("memory cleanup failed" in r.getMessage() for r in caplog.records)
@@ -582,7 +607,7 @@ def test_cleanup_service_bad_arguments() -> None:
     with pytest.raises(ValueError):
         MemoryCleanupService(CacheManager(memory_limit_mb=10), interval=0)
     with pytest.raises(TypeError):
-        MemoryCleanupService(CacheManager(memory_limit_mb=10), interval="1")  # type: ignore[arg-type]
+        MemoryCleanupService(CacheManager(memory_limit_mb=10), interval="1")  # type: ignore[arg-type]  # deliberately wrong
     with pytest.raises(ValueError):
         MemoryCleanupService(CacheManager(memory_limit_mb=10), threshold_mb=-1)
     with pytest.raises(ValueError):

@@ -12,13 +12,22 @@ from pathlib import Path
 import psutil
 import pytest
 
+from support import posix_only, require_redis
+
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+#: The load test starts the demo service (and redis-server) in their own process groups.
+pytestmark = [pytest.mark.integration, posix_only]
+
 
 def loadtest(*args: str, timeout: float = 170) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "memcache_ext", "loadtest", *args],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "memcache_ext", "loadtest", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def demo_servers(marker: str) -> list[psutil.Process]:
@@ -32,6 +41,7 @@ def demo_servers(marker: str) -> list[psutil.Process]:
     return found
 
 
+@pytest.mark.slow
 def test_quick_load_test_keeps_the_bounded_service_bounded(tmp_path: Path) -> None:
     out, db = tmp_path / "lt.json", str(tmp_path / "demo.sqlite3")
     start = time.monotonic()
@@ -82,14 +92,24 @@ def redis_servers(port: int) -> list[psutil.Process]:
     return found
 
 
+@pytest.mark.slow
 def test_replicas_share_the_redis_tier(tmp_path: Path) -> None:
-    from support import require_redis
-
     require_redis()
     out, db = tmp_path / "replicas.json", str(tmp_path / "replicas.sqlite3")
     start = time.monotonic()
-    proc = loadtest("--replicas", "2", "--duration", "8", "--users", "500",
-                    "--json", str(out), "--db", db, timeout=120)
+    proc = loadtest(
+        "--replicas",
+        "2",
+        "--duration",
+        "8",
+        "--users",
+        "500",
+        "--json",
+        str(out),
+        "--db",
+        db,
+        timeout=120,
+    )
     elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Redis tier: 2 replicas" in proc.stdout and "remote hits (Redis)" in proc.stdout
@@ -100,14 +120,15 @@ def test_replicas_share_the_redis_tier(tmp_path: Path) -> None:
     assert len(reps) == 2 and all(r["requests"] > 100 and r["errors"] == 0 for r in reps)
     assert all(r["writes"] > 0 and r["rss_peak_mb"] > 0 for r in reps)
     assert sum(r["requests"] for r in reps) == run["requests"]
-    assert tier["remote_hits"] > 0            # a replica found what the other loaded
+    assert tier["remote_hits"] > 0  # a replica found what the other loaded
     assert tier["invalidations_received"] > 0 and tier["redis_errors"] == 0
     assert all(r["tier"]["remote_hits"] > 0 and r["tier"]["loads"] > 0 for r in reps)
     assert tier["local_hits"] + tier["local_misses"] == tier["lookups"] > 0
     redis_port = int(data["settings"]["redis_used"].rsplit(":", 1)[1].split("/")[0])
     assert not demo_servers(db), "the load test left a demo process running"
-    assert not [p for p in redis_servers(redis_port) if p.status() != psutil.STATUS_ZOMBIE], \
+    assert not [p for p in redis_servers(redis_port) if p.status() != psutil.STATUS_ZOMBIE], (
         "the load test left its redis-server running"
+    )
     print(f"replicas load test took {elapsed:.0f} s")
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from memcache_ext import CacheManager, LruCache, cache_manager
-from memcache_ext.manager import MB
+from memcache_ext._constants import MIB as MB
 
 GB = 2**30
 
@@ -39,20 +39,33 @@ def make(cache_cls: type, **kw: Any) -> CacheManager:
 
 # -- construction ------------------------------------------------------------------
 
-@pytest.mark.parametrize("kw", [
-    {"memory_limit_mb": 0}, {"memory_limit_mb": -5}, {"memory_limit_mb": float("inf")},
-    {"high_water": 0}, {"high_water": 1.5}, {"cleanup_fraction": 0},
-    {"cleanup_fraction": 2}, {"low_water": 0}, {"high_water": 0.5, "low_water": 0.6},
-    {"min_interval": -1}, {"max_total_bytes": 0}, {"history": 0},
-    {"high_water": float("nan")},
-])
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"memory_limit_mb": 0},
+        {"memory_limit_mb": -5},
+        {"memory_limit_mb": float("inf")},
+        {"high_water": 0},
+        {"high_water": 1.5},
+        {"cleanup_fraction": 0},
+        {"cleanup_fraction": 2},
+        {"low_water": 0},
+        {"high_water": 0.5, "low_water": 0.6},
+        {"min_interval": -1},
+        {"max_total_bytes": 0},
+        {"history": 0},
+        {"high_water": float("nan")},
+    ],
+)
 def test_bad_values(kw: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         CacheManager(**kw)
 
 
-@pytest.mark.parametrize("kw", [{"memory_limit_mb": "1"}, {"high_water": True},
-                                {"max_total_bytes": 1.5}, {"rss": 5}])
+@pytest.mark.parametrize(
+    "kw", [{"memory_limit_mb": "1"}, {"high_water": True}, {"max_total_bytes": 1.5}, {"rss": 5}]
+)
 def test_bad_types(kw: dict[str, Any]) -> None:
     with pytest.raises(TypeError):
         CacheManager(**kw)
@@ -73,6 +86,7 @@ def test_module_level_manager_uses_best_cache() -> None:
 
 
 # -- registry ------------------------------------------------------------------------
+
 
 def test_registry(cache_cls: type) -> None:
     m = make(cache_cls)
@@ -97,7 +111,7 @@ def test_registry(cache_cls: type) -> None:
     assert m.remove_cache("a") is False
     assert "a" not in m
     with pytest.raises(TypeError):
-        m.create_cache(5)  # type: ignore[arg-type]
+        m.create_cache(5)  # type: ignore[arg-type]  # deliberately wrong
     with pytest.raises(ValueError):
         m.create_cache("")
 
@@ -133,6 +147,7 @@ def test_concurrent_create_returns_one_cache(isolated: Any) -> None:
 
 # -- limit -----------------------------------------------------------------------------
 
+
 def test_limit_from_fake_cgroup(tmp_path: Path) -> None:
     (tmp_path / "proc/self").mkdir(parents=True)
     (tmp_path / "proc/self/cgroup").write_text("0::/svc\n")
@@ -151,6 +166,7 @@ def test_limit_configured() -> None:
 
 
 # -- cleanup ---------------------------------------------------------------------------
+
 
 def fill(cache: Any, n: int, prefix: str = "k") -> None:
     for i in range(n):
@@ -212,7 +228,7 @@ def test_hysteresis_trims_lru_cache_first_and_stops(cache_cls: type) -> None:
     clock = Clock()
     m = make(cache_cls, rss=FakeRss(810 * MB), min_interval=0, clock=clock)
     big = 60 * MB
-    sizeof = lambda o: big if isinstance(o, str) and o.startswith("v") else 0  # noqa: E731
+    sizeof = lambda o: big if isinstance(o, str) and o.startswith("v") else 0  # noqa: E731 - a one-line sizeof
     old = m.create_cache("old", maxsize=None, max_bytes=10 * GB, sizeof=sizeof)
     mid = m.create_cache("mid", maxsize=None, max_bytes=10 * GB, sizeof=sizeof)
     new = m.create_cache("new", maxsize=None, max_bytes=10 * GB, sizeof=sizeof)
@@ -284,8 +300,7 @@ def test_on_evict_error_recorded_and_rest_cleaned(cache_cls: type) -> None:
 def test_cache_removed_during_cleanup(cache_cls: type) -> None:
     m = make(cache_cls)
     # "a" is trimmed first (older); its on_evict removes "b" from the manager.
-    a = m.create_cache("a", maxsize=None,
-                       on_evict=lambda k, v, r: m.remove_cache("b", clear=False))
+    a = m.create_cache("a", maxsize=None, on_evict=lambda k, v, r: m.remove_cache("b", clear=False))
     b = m.create_cache("b", maxsize=None)
     fill(a, 4)
     fill(b, 4)
@@ -297,7 +312,8 @@ def test_cache_removed_during_cleanup(cache_cls: type) -> None:
 
 
 def test_reentrant_cleanup_from_on_evict(isolated: Any) -> None:
-    isolated("""
+    isolated(
+        """
         from memcache_ext import CacheManager
         m = CacheManager(memory_limit_mb=100, cache_class=Cache)
         inner = []
@@ -308,11 +324,14 @@ def test_reentrant_cleanup_from_on_evict(isolated: Any) -> None:
         assert ev is not None and ev.entries_evicted == 5
         assert inner == [None] * 5
         assert len(m.history) == 1
-    """, timeout=30)
+    """,
+        timeout=30,
+    )
 
 
 def test_concurrent_cleanups_and_inserts(isolated: Any) -> None:
-    isolated("""
+    isolated(
+        """
         sys.setswitchinterval(1e-5)
         from memcache_ext import CacheManager
         m = CacheManager(memory_limit_mb=100, cache_class=Cache, rss=lambda: 99 * 2**20,
@@ -333,7 +352,9 @@ def test_concurrent_cleanups_and_inserts(isolated: Any) -> None:
         assert all(len(c) <= 500 for c in caches)
         assert 90 <= len(m.history) <= 100  # bounded (forced ones always run)
         assert m.stats()["cleanup_count"] >= 90
-    """, timeout=120)
+    """,
+        timeout=120,
+    )
 
 
 def test_history_bounded_oldest_first(cache_cls: type) -> None:
@@ -347,6 +368,7 @@ def test_history_bounded_oldest_first(cache_cls: type) -> None:
 
 
 # -- total byte budget -------------------------------------------------------------------
+
 
 def test_budget_trims_other_caches_lru_first(cache_cls: type) -> None:
     clock = Clock()
@@ -363,7 +385,7 @@ def test_budget_trims_other_caches_lru_first(cache_cls: type) -> None:
     assert m.total_nbytes() <= 1000
     assert b.nbytes == 600 and len(b) == 30
     assert a.nbytes == 400
-    assert list(a.keys())[0] == 10  # a lost its least recently used entries
+    assert next(iter(a.keys())) == 10  # a lost its least recently used entries
     assert a.stats()["evictions_by_reason"]["trim"] == 10
 
 
@@ -378,8 +400,7 @@ def test_budget_own_cache_when_alone(cache_cls: type) -> None:
 
 def test_budget_own_cache_pays_last(cache_cls: type) -> None:
     m = make(cache_cls, max_total_bytes=90)
-    c = m.create_cache("a", maxsize=None, max_bytes=1000,
-                       sizeof=lambda o: 80 if o == "big" else 5)
+    c = m.create_cache("a", maxsize=None, max_bytes=1000, sizeof=lambda o: 80 if o == "big" else 5)
     c["x"] = 1  # 10 bytes
     assert c.set("k", "big") is True  # 85 more: "x" must go to make room
     assert "x" not in c and c.nbytes == 85
@@ -398,7 +419,8 @@ def test_budget_entry_larger_than_budget_refused(cache_cls: type) -> None:
 
 
 def test_budget_concurrent_two_caches_no_deadlock(isolated: Any) -> None:
-    isolated("""
+    isolated(
+        """
         sys.setswitchinterval(1e-6)
         from memcache_ext import CacheManager
         m = CacheManager(memory_limit_mb=100, cache_class=Cache, max_total_bytes=5000)
@@ -415,10 +437,13 @@ def test_budget_concurrent_two_caches_no_deadlock(isolated: Any) -> None:
         assert total <= 5000 + 4 * 20, total
         for c in cs:
             assert c.nbytes == 20 * len(c)
-    """, timeout=120)
+    """,
+        timeout=120,
+    )
 
 
 # -- stats ---------------------------------------------------------------------------------
+
 
 def test_stats_shape(cache_cls: type) -> None:
     m = make(cache_cls, rss=FakeRss(300 * MB))
@@ -433,10 +458,15 @@ def test_stats_shape(cache_cls: type) -> None:
     assert st["process"]["rss_bytes"] == 300 * MB
     assert st["process"]["rss_mb"] == 300
     assert st["process"]["rss_source"] == "injected"
-    assert st["limit"] == {"bytes": 1000 * MB, "mb": 1000, "source": "configured",
-                           "high_water": 0.8, "low_water": pytest.approx(0.7),
-                           "high_water_bytes": 800 * MB,
-                           "low_water_bytes": int(0.7 * 1000 * MB)}
+    assert st["limit"] == {
+        "bytes": 1000 * MB,
+        "mb": 1000,
+        "source": "configured",
+        "high_water": 0.8,
+        "low_water": pytest.approx(0.7),
+        "high_water_bytes": 800 * MB,
+        "low_water_bytes": int(0.7 * 1000 * MB),
+    }
     assert set(st["caches"]) == {"a", "b"}
     assert st["caches"]["a"]["hits"] == 1 and st["caches"]["a"]["misses"] == 1
     assert st["totals"]["caches"] == 2 and st["totals"]["hits"] == 1
@@ -455,7 +485,7 @@ def test_stats_sources_are_reported_and_isolated(cache_cls) -> None:
     m.register_stats_source("tier", lambda: {"remote_hits": 3})
     m.register_stats_source("broken", lambda: 1 / 0)
     with pytest.raises(TypeError):
-        m.register_stats_source("bad", 42)  # type: ignore[arg-type]
+        m.register_stats_source("bad", 42)  # type: ignore[arg-type]  # deliberately wrong
     sources = m.stats()["sources"]
     assert sources["tier"] == {"remote_hits": 3}
     assert sources["broken"] == {"error": "ZeroDivisionError: division by zero"}

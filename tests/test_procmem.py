@@ -27,6 +27,7 @@ def write(root: Path, rel: str, text: str) -> None:
 
 # -- RSS ----------------------------------------------------------------------
 
+
 @linux_only
 def test_statm_and_psutil_agree() -> None:
     statm = _procmem.read_rss_statm()
@@ -105,13 +106,13 @@ def test_forked_child_reads_its_own_rss() -> None:
         assert _procmem.rss_bytes() - parent < 100 * 2**20
         print("ok")
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
 
 
 # -- cgroup limit ---------------------------------------------------------------
+
 
 def test_v2_limit(tmp_path: Path) -> None:
     write(tmp_path, "proc/self/cgroup", "0::/system.slice/app.service\n")
@@ -154,8 +155,7 @@ def test_v2_root_namespace(tmp_path: Path) -> None:
 
 
 def test_v1_limit(tmp_path: Path) -> None:
-    write(tmp_path, "proc/self/cgroup",
-          "5:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n0::/\n")
+    write(tmp_path, "proc/self/cgroup", "5:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n0::/\n")
     write(tmp_path, "sys/fs/cgroup/memory/docker/abc/memory.limit_in_bytes", str(GB))
     limit = memory_limit(root=str(tmp_path), physical=PHYS)
     assert limit.nbytes == GB
@@ -253,6 +253,7 @@ def test_physical_memory() -> None:
 
 
 # -- malloc_trim ----------------------------------------------------------------
+
 
 def test_malloc_trim_matches_platform() -> None:
     ran = _procmem.malloc_trim(0)

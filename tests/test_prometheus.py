@@ -9,11 +9,11 @@ import pytest
 
 pytest.importorskip("prometheus_client")
 
-from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
-from memcache_ext import CacheManager, GCStats  # noqa: E402
-from memcache_ext.prometheus import metrics_app, register  # noqa: E402
+from memcache_ext import CacheManager, GCStats
+from memcache_ext.prometheus import metrics_app, register
 
 MB = 2**20
 
@@ -37,8 +37,7 @@ def scrape(registry: CollectorRegistry) -> dict[str, Any]:
 
 
 def samples(fam: Any, **labels: str) -> list[float]:
-    return [s.value for s in fam.samples
-            if all(s.labels.get(k) == v for k, v in labels.items())]
+    return [s.value for s in fam.samples if all(s.labels.get(k) == v for k, v in labels.items())]
 
 
 def test_metric_names_types_and_values() -> None:
@@ -49,15 +48,27 @@ def test_metric_names_types_and_values() -> None:
         fams = scrape(reg)
     finally:
         gcs.uninstall()
-    counters = {"memcache_ext_cache_hits", "memcache_ext_cache_misses",
-                "memcache_ext_cache_evictions", "memcache_ext_cache_expirations",
-                "memcache_ext_cache_rejected", "memcache_ext_cleanups",
-                "memcache_ext_cleanup_accounted_freed_bytes", "memcache_ext_cleanup_rss_freed_bytes",
-                "memcache_ext_gc_collections", "memcache_ext_gc_pause_seconds"}
-    gauges = {"memcache_ext_cache_entries", "memcache_ext_cache_bytes",
-              "memcache_ext_cache_max_bytes", "memcache_ext_cache_max_entries",
-              "memcache_ext_process_resident_memory_bytes", "memcache_ext_memory_limit_bytes",
-              "memcache_ext_gc_pause_max_seconds"}
+    counters = {
+        "memcache_ext_cache_hits",
+        "memcache_ext_cache_misses",
+        "memcache_ext_cache_evictions",
+        "memcache_ext_cache_expirations",
+        "memcache_ext_cache_rejected",
+        "memcache_ext_cleanups",
+        "memcache_ext_cleanup_accounted_freed_bytes",
+        "memcache_ext_cleanup_rss_freed_bytes",
+        "memcache_ext_gc_collections",
+        "memcache_ext_gc_pause_seconds",
+    }
+    gauges = {
+        "memcache_ext_cache_entries",
+        "memcache_ext_cache_bytes",
+        "memcache_ext_cache_max_bytes",
+        "memcache_ext_cache_max_entries",
+        "memcache_ext_process_resident_memory_bytes",
+        "memcache_ext_memory_limit_bytes",
+        "memcache_ext_gc_pause_max_seconds",
+    }
     for name in counters:
         assert fams[name].type == "counter", name
         assert all(s.name == name + "_total" for s in fams[name].samples), name

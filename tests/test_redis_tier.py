@@ -18,23 +18,33 @@ import textwrap
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
-from support import DEADLINE, RedisServer as _BaseServer, eventually, require_redis
+from support import DEADLINE, eventually, posix_only, require_redis
+from support import RedisServer as _BaseServer
 
 require_redis(module_level=True)
 
-import redis  # noqa: E402
-import redis.asyncio as aredis  # noqa: E402
-from redis.backoff import NoBackoff  # noqa: E402
-from redis.retry import Retry  # noqa: E402
+#: Every test here talks to a real redis-server started for this module.
+pytestmark = pytest.mark.integration
 
-from memcache_ext import LruCache
-from memcache_ext.redis import (COUNTERS, AsyncTieredCache, JsonSerializer, PickleSerializer,
-                                TieredCache)
+import redis  # noqa: E402 - after require_redis
+import redis.asyncio as aredis  # noqa: E402 - after require_redis
+from redis.backoff import NoBackoff  # noqa: E402 - after require_redis
+from redis.retry import Retry  # noqa: E402 - after require_redis
+
+from memcache_ext import LruCache  # noqa: E402 - after require_redis
+from memcache_ext.redis import (  # noqa: E402 - after require_redis
+    COUNTERS,
+    AsyncTieredCache,
+    JsonSerializer,
+    PickleSerializer,
+    TieredCache,
+)
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -42,17 +52,22 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 class RedisServer(_BaseServer):
     """The shared test server plus clients configured for these tests."""
 
-    def client(self, **kw: Any) -> "redis.Redis":
-        opts: dict[str, Any] = dict(host="127.0.0.1", port=self.port, socket_timeout=1.0,
-                                    socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0))
-        opts.update(kw)
-        return redis.Redis(**opts)
+    def options(self, **kw: Any) -> dict[str, Any]:
+        """Client options for these tests: short timeouts, no hidden retries; ``kw`` wins."""
+        return {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "socket_timeout": 1.0,
+            "socket_connect_timeout": 1.0,
+            "retry": Retry(NoBackoff(), 0),
+            **kw,
+        }
 
-    def async_client(self, **kw: Any) -> "aredis.Redis":
-        opts: dict[str, Any] = dict(host="127.0.0.1", port=self.port, socket_timeout=1.0,
-                                    socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0))
-        opts.update(kw)
-        return aredis.Redis(**opts)
+    def client(self, **kw: Any) -> redis.Redis:
+        return redis.Redis(**self.options(**kw))
+
+    def async_client(self, **kw: Any) -> aredis.Redis:
+        return aredis.Redis(**self.options(**kw))
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +100,9 @@ def make_tier(redis_server: RedisServer, ns: str) -> Iterator[Callable[..., Tier
         kw.setdefault("backoff", (0.02, 0.5))
         kw.setdefault("retry_interval", 0.2)
         kw.setdefault("poll_interval", 0.05)
-        tier = TieredCache(local if local is not None else LruCache(maxsize=10_000),
-                           client, namespace, **kw)
+        tier = TieredCache(
+            local if local is not None else LruCache(maxsize=10_000), client, namespace, **kw
+        )
         made.append((tier, client))
         assert tier.wait_ready(DEADLINE), "listener did not subscribe"
         return tier
@@ -97,7 +113,7 @@ def make_tier(redis_server: RedisServer, ns: str) -> Iterator[Callable[..., Tier
         client.close()
 
 
-def raw_client(srv: RedisServer) -> "redis.Redis":
+def raw_client(srv: RedisServer) -> redis.Redis:
     return srv.client()
 
 
@@ -105,14 +121,18 @@ def raw_client(srv: RedisServer) -> "redis.Redis":
 
 
 def test_importing_the_package_does_not_import_redis() -> None:
-    code = ("import sys, memcache_ext; from memcache_ext import LruCache, cache_manager; "
-            "LruCache(4); assert 'redis' not in sys.modules, 'redis imported'")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60,
-                   env={**os.environ, "PYTHONPATH": SRC})
+    code = (
+        "import sys, memcache_ext; from memcache_ext import LruCache, cache_manager; "
+        "LruCache(4); assert 'redis' not in sys.modules, 'redis imported'"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, timeout=60, env={**os.environ, "PYTHONPATH": SRC}
+    )
 
 
-def test_read_through_write_through_and_namespacing(make_tier: Any, redis_server: RedisServer,
-                                                    ns: str) -> None:
+def test_read_through_write_through_and_namespacing(
+    make_tier: Any, redis_server: RedisServer, ns: str
+) -> None:
     a = make_tier()
     b = make_tier()
     assert a.set("user:1", {"name": "Ada"}) is True
@@ -120,9 +140,9 @@ def test_read_through_write_through_and_namespacing(make_tier: Any, redis_server
     raw = raw_client(redis_server)
     assert raw.exists(f"{ns}:user:1") == 1
     assert 0 < raw.pttl(f"{ns}:user:1") <= 300_000
-    assert b.get("user:1") == {"name": "Ada"}           # remote hit, now local
+    assert b.get("user:1") == {"name": "Ada"}  # remote hit, now local
     assert b.local.peek("user:1") == {"name": "Ada"}
-    assert b.get("user:1") == {"name": "Ada"}           # local hit
+    assert b.get("user:1") == {"name": "Ada"}  # local hit
     assert b.get("missing", "dflt") == "dflt"
     st = b.stats()
     assert st["remote_hits"] == 1 and st["local_hits"] == 1 and st["remote_misses"] == 1
@@ -155,7 +175,7 @@ def test_delete_invalidates_other_instances(make_tier: Any) -> None:
     assert b.get("k") is None
     assert a.delete("k") is False
     assert b.stats()["invalidations_received"] >= 1
-    assert a.stats()["invalidations_ignored_own"] >= 1   # its own messages come back
+    assert a.stats()["invalidations_ignored_own"] >= 1  # its own messages come back
 
 
 def test_clear_remote(make_tier: Any, redis_server: RedisServer, ns: str) -> None:
@@ -191,8 +211,10 @@ def test_invalidation_propagation_two_threads_instances(make_tier: Any) -> None:
     delays.sort()
     med = statistics.median(delays) * 1e6
     p99 = delays[int(len(delays) * 0.99) - 1] * 1e6
-    print(f"\ninvalidation propagation over {len(delays)} writes: "
-          f"median {med:.0f} us, p99 {p99:.0f} us")
+    print(
+        f"\ninvalidation propagation over {len(delays)} writes: "
+        f"median {med:.0f} us, p99 {p99:.0f} us"
+    )
     st = b.stats()
     assert st["invalidations_received"] >= 200
     assert st["bad_messages"] == 0
@@ -230,8 +252,12 @@ CHILD = textwrap.dedent("""
 class Child:
     def __init__(self, port: int, ns: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(port), ns], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": SRC})
+            [sys.executable, "-c", CHILD, str(port), ns],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": SRC},
+        )
         self._lines: list[str] = []
         self._cv = threading.Condition()
         threading.Thread(target=self._reader, daemon=True).start()
@@ -247,8 +273,9 @@ class Child:
     def _next(self, timeout: float = 30) -> str:
         with self._cv:
             if not self._cv.wait_for(lambda: self._lines, timeout):
-                raise AssertionError(f"child did not answer in {timeout}s "
-                                     f"(exit code {self.proc.poll()})")
+                raise AssertionError(
+                    f"child did not answer in {timeout}s (exit code {self.proc.poll()})"
+                )
             return self._lines.pop(0)
 
     def call(self, *cmd: Any) -> Any:
@@ -267,24 +294,25 @@ class Child:
             self.proc.wait()
 
 
-def test_invalidation_across_processes(make_tier: Any, redis_server: RedisServer,
-                                       ns: str) -> None:
+def test_invalidation_across_processes(make_tier: Any, redis_server: RedisServer, ns: str) -> None:
     a = make_tier(serializer=JsonSerializer())
     child = Child(redis_server.port, ns)
     try:
         delays = []
         # parent writes, child (separate process) must never keep serving the old value
         for i in range(200):
-            child.call("get", "shared")               # child holds the previous value
+            child.call("get", "shared")  # child holds the previous value
             a.set("shared", i)
             t0 = time.perf_counter()
             eventually(lambda i=i: child.call("get", "shared") == i, what=f"child sees {i}")
             delays.append(time.perf_counter() - t0)
             assert child.call("get", "shared") == i
         delays.sort()
-        print(f"\ncross-process propagation (incl. a stdin/stdout round trip per poll): "
-              f"median {statistics.median(delays) * 1e6:.0f} us, "
-              f"p99 {delays[int(len(delays) * 0.99) - 1] * 1e6:.0f} us")
+        print(
+            f"\ncross-process propagation (incl. a stdin/stdout round trip per poll): "
+            f"median {statistics.median(delays) * 1e6:.0f} us, "
+            f"p99 {delays[int(len(delays) * 0.99) - 1] * 1e6:.0f} us"
+        )
         # the other way round: child writes, parent's local copy is dropped
         assert a.get("shared") == 199
         assert child.call("set", "shared", "from-child") is True
@@ -307,6 +335,7 @@ def test_redis_killed_and_restarted(make_tier: Any, redis_server: RedisServer) -
         def load() -> str:
             loads["n"] += 1
             return f"loaded:{key}"
+
         return load
 
     a.set("warm", "w")
@@ -318,26 +347,28 @@ def test_redis_killed_and_restarted(make_tier: Any, redis_server: RedisServer) -
     # The outage: every request still answers (local tier, then loader).
     for i in range(300):
         try:
-            assert a.get("warm") == "w" and b.get("warm") == "w"       # local copies
+            assert a.get("warm") == "w" and b.get("warm") == "w"  # local copies
             assert a.get_or_set(f"cold{i % 10}", loader(f"cold{i % 10}")) == f"loaded:cold{i % 10}"
-            a.set("written", i)                                          # skipped, counted
-            assert a.get("written") == i                                 # read-your-writes
+            a.set("written", i)  # skipped, counted
+            assert a.get("written") == i  # read-your-writes
             b.get("nothing")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any failure is reported
             failures.append(exc)
     assert not failures, f"{len(failures)} failed requests, first: {failures[0]!r}"
     st = a.stats()
     assert st["skipped_writes"] >= 1 and st["redis_errors"] >= 1
-    assert st["loads"] == 10                 # the outage loads were cached locally
+    assert st["loads"] == 10  # the outage loads were cached locally
     assert st["pending_invalidations"] == 1  # "written": deleted from Redis on return
     eventually(lambda: not a.connected and not b.connected, what="listeners noticed")
     clears_before = b.stats()["local_clears"]
-    redis_server.start()                     # same port, empty data set
-    eventually(lambda: a.stats()["reconnects"] >= 1 and b.stats()["reconnects"] >= 1,
-               what="both listeners resubscribed")
+    redis_server.start()  # same port, empty data set
+    eventually(
+        lambda: a.stats()["reconnects"] >= 1 and b.stats()["reconnects"] >= 1,
+        what="both listeners resubscribed",
+    )
     assert b.stats()["local_clears"] > clears_before
     eventually(lambda: a.stats()["pending_invalidations"] == 0, what="pending flushed")
-    assert b.local.peek("warm") is None      # local tier cleared on reconnect
+    assert b.local.peek("warm") is None  # local tier cleared on reconnect
     # back to normal: writes land and invalidate again
     eventually(lambda: a.set("after", 1), what="writes land again")
     assert b.get("after") == 1
@@ -345,8 +376,10 @@ def test_redis_killed_and_restarted(make_tier: Any, redis_server: RedisServer) -
     eventually(lambda: b.get("after") == 2, what="invalidation after restart")
 
 
-def test_slow_redis_times_out_and_is_counted(make_tier: Any, redis_server: RedisServer,
-                                             ns: str) -> None:
+@posix_only  # SIGSTOP
+def test_slow_redis_times_out_and_is_counted(
+    make_tier: Any, redis_server: RedisServer, ns: str
+) -> None:
     """A server that stops answering (SIGSTOP): the socket timeout bounds the wait."""
     import signal
 
@@ -358,9 +391,9 @@ def test_slow_redis_times_out_and_is_counted(make_tier: Any, redis_server: Redis
         assert redis_server.proc is not None
         os.kill(redis_server.proc.pid, signal.SIGSTOP)
         try:
-            assert tier.get_or_set("x", lambda: "fallback") == "fallback"   # one timeout
+            assert tier.get_or_set("x", lambda: "fallback") == "fallback"  # one timeout
             t0 = time.monotonic()
-            for _ in range(50):        # breaker open: no further waits on Redis
+            for _ in range(50):  # breaker open: no further waits on Redis
                 assert tier.get_or_set("y", lambda: "fb") == "fb"
                 tier.get("nope")
             fast = time.monotonic() - t0
@@ -377,14 +410,15 @@ def test_slow_redis_times_out_and_is_counted(make_tier: Any, redis_server: Redis
 # -- size bound and bad values ----------------------------------------------------------
 
 
-def test_oversized_value_refused_on_write(make_tier: Any, redis_server: RedisServer,
-                                          ns: str) -> None:
+def test_oversized_value_refused_on_write(
+    make_tier: Any, redis_server: RedisServer, ns: str
+) -> None:
     a, b = make_tier(max_value_bytes=1000), make_tier(max_value_bytes=1000)
     assert a.set("big", "small") is True
     assert b.get("big") == "small"
-    assert a.set("big", "x" * 5000) is False      # refused ...
+    assert a.set("big", "x" * 5000) is False  # refused ...
     raw = raw_client(redis_server)
-    assert raw.exists(f"{ns}:big") == 0           # ... and the older value is gone
+    assert raw.exists(f"{ns}:big") == 0  # ... and the older value is gone
     assert a.local.peek("big") is None
     eventually(lambda: b.get("big") is None, what="b dropped the older value")
     assert a.stats()["oversized_writes"] == 1 and a.stats()["oversized_refusals"] == 1
@@ -394,11 +428,12 @@ def test_oversized_value_refused_on_write(make_tier: Any, redis_server: RedisSer
     raw.close()
 
 
-def test_poisoned_oversized_value_in_redis_is_a_miss(make_tier: Any, redis_server: RedisServer,
-                                                     ns: str) -> None:
+def test_poisoned_oversized_value_in_redis_is_a_miss(
+    make_tier: Any, redis_server: RedisServer, ns: str
+) -> None:
     a = make_tier(max_value_bytes=1000)
     raw = raw_client(redis_server)
-    raw.set(f"{ns}:poison", b"\x80" + b"A" * 100_000)   # written behind the tier's back
+    raw.set(f"{ns}:poison", b"\x80" + b"A" * 100_000)  # written behind the tier's back
     assert a.get("poison", "dflt") == "dflt"
     assert a.local.peek("poison") is None
     st = a.stats()
@@ -410,8 +445,9 @@ def test_poisoned_oversized_value_in_redis_is_a_miss(make_tier: Any, redis_serve
 
 
 @pytest.mark.parametrize("serializer", ["pickle", "json", "msgpack"])
-def test_value_that_fails_to_deserialize_is_a_miss(make_tier: Any, redis_server: RedisServer,
-                                                   ns: str, serializer: str) -> None:
+def test_value_that_fails_to_deserialize_is_a_miss(
+    make_tier: Any, redis_server: RedisServer, ns: str, serializer: str
+) -> None:
     if serializer == "msgpack":
         pytest.importorskip("msgpack")
     a = make_tier(serializer=serializer)
@@ -431,8 +467,9 @@ def test_unserializable_value_is_refused_not_raised(make_tier: Any) -> None:
     assert a.get("s") is None
 
 
-def test_bad_messages_on_the_channel_are_ignored(make_tier: Any, redis_server: RedisServer,
-                                                 ns: str) -> None:
+def test_bad_messages_on_the_channel_are_ignored(
+    make_tier: Any, redis_server: RedisServer, ns: str
+) -> None:
     a = make_tier()
     a.set("k", 1)
     raw = raw_client(redis_server)
@@ -458,8 +495,10 @@ def test_single_flight_threads(make_tier: Any) -> None:
         return "v"
 
     results: list[Any] = []
-    threads = [threading.Thread(target=lambda: results.append(a.get_or_set("sf", loader)))
-               for _ in range(n)]
+    threads = [
+        threading.Thread(target=lambda: results.append(a.get_or_set("sf", loader)))
+        for _ in range(n)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -499,8 +538,10 @@ def test_single_flight_exception_reaches_every_waiter(make_tier: Any) -> None:
 def test_async_tier(redis_server: RedisServer, ns: str) -> None:
     async def main() -> None:
         ca, cb = redis_server.async_client(), redis_server.async_client()
-        async with AsyncTieredCache(LruCache(1000), ca, ns, poll_interval=0.05) as a, \
-                AsyncTieredCache(LruCache(1000), cb, ns, poll_interval=0.05) as b:
+        async with (
+            AsyncTieredCache(LruCache(1000), ca, ns, poll_interval=0.05) as a,
+            AsyncTieredCache(LruCache(1000), cb, ns, poll_interval=0.05) as b,
+        ):
             assert await a.wait_ready(DEADLINE) and await b.wait_ready(DEADLINE)
             assert await a.set("k", {"v": 1}) is True
             assert await b.get("k") == {"v": 1}
@@ -524,7 +565,7 @@ def test_async_tier(redis_server: RedisServer, ns: str) -> None:
             results = await asyncio.gather(*tasks[1:])
             assert results == ["loaded"] * 19 and len(calls) == 1
             assert b.stats()["shared_loads"] == 19
-            assert await a.get("sf") == "loaded"              # written through to Redis
+            assert await a.get("sf") == "loaded"  # written through to Redis
             assert await a.delete("sf") is True
             end = time.monotonic() + DEADLINE
             while b.local.peek("sf") is not None:
@@ -541,8 +582,9 @@ def test_async_tier(redis_server: RedisServer, ns: str) -> None:
 def test_async_tier_survives_outage(redis_server: RedisServer, ns: str) -> None:
     async def main() -> None:
         client = redis_server.async_client()
-        async with AsyncTieredCache(LruCache(1000), client, ns, poll_interval=0.05,
-                                    backoff=(0.02, 0.5), retry_interval=0.2) as a:
+        async with AsyncTieredCache(
+            LruCache(1000), client, ns, poll_interval=0.05, backoff=(0.02, 0.5), retry_interval=0.2
+        ) as a:
             assert await a.wait_ready(DEADLINE)
             await a.set("k", 1)
             redis_server.kill()
@@ -550,7 +592,7 @@ def test_async_tier_survives_outage(redis_server: RedisServer, ns: str) -> None:
                 assert await a.get("k") == 1
                 assert await a.get_or_set(f"x{i % 5}", lambda: "fb") == "fb"
                 assert await a.set("w", i) is False
-            assert a.stats()["skipped_writes"] == 55   # 50 sets + 5 fills
+            assert a.stats()["skipped_writes"] == 55  # 50 sets + 5 fills
             redis_server.start()
             end = time.monotonic() + DEADLINE
             while a.stats()["reconnects"] < 1 or a.stats()["pending_invalidations"]:
@@ -572,9 +614,16 @@ def test_stats_and_prometheus_shape(make_tier: Any) -> None:
     a.get("k")
     c = a.counters()
     assert list(c) == list(COUNTERS) and all(type(v) is int for v in c.values())
-    text = a.prometheus_text()
-    assert f'memcache_ext_tier_loads_total{{namespace="{a.namespace}"}} 1' in text
-    assert "memcache_ext_tier_connected" in text
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from memcache_ext import CacheManager
+    from memcache_ext.prometheus import register
+
+    registry = CollectorRegistry()
+    register(CacheManager(memory_limit_mb=100), registry, tiers=[a])
+    text = generate_latest(registry).decode()
+    assert f'memcache_ext_tier_loads_total{{namespace="{a.namespace}"}} 1.0' in text
+    assert f'memcache_ext_tier_connected{{namespace="{a.namespace}"}} 1.0' in text
     st = a.stats()
     assert st["local"]["size"] == 1 and st["connected"] is True
 
@@ -617,8 +666,8 @@ def test_tier_over_both_local_cores(make_tier: Any, cache_cls: type) -> None:
     # the writer's invalidation of "b" must arrive before "b" is read, or it
     # would drop the copy read and make a second remote hit
     eventually(lambda: tier.counters()["invalidations_received"] >= 1, what="invalidation of b")
-    assert tier.get("a") == 1 and tier.get("a", 9) == 1           # local hits
-    assert tier.get("b") == 2 and tier.get("b") == 2              # remote hit, then local
+    assert tier.get("a") == 1 and tier.get("a", 9) == 1  # local hits
+    assert tier.get("b") == 2 and tier.get("b") == 2  # remote hit, then local
     assert tier.get("nope", 5) == 5 and tier.get("nope") is None  # miss everywhere
     assert tier.get(key="a") == 1 and tier.get("nope", default=7) == 7
     c = tier.counters()

@@ -19,9 +19,12 @@ def _reset():
 
 def run(code: str, timeout: float = 60) -> str:
     try:
-        proc = subprocess.run([sys.executable, "-X", "faulthandler", "-c",
-                               textwrap.dedent(code)],
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, "-X", "faulthandler", "-c", textwrap.dedent(code)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"timed out (deadlock?): {exc.stderr}")
     assert proc.returncode == 0, proc.stderr
@@ -177,7 +180,8 @@ def test_race_constructs_once() -> None:
 def test_different_classes_do_not_serialize() -> None:
     # A's constructor waits until B has been constructed on another thread:
     # with one global lock this would deadlock (and time out).
-    out = run("""
+    out = run(
+        """
         import threading
         from memcache_ext import SingletonMeta
         b_done = threading.Event()
@@ -193,12 +197,15 @@ def test_different_classes_do_not_serialize() -> None:
         t.join()
         assert A.has_instance() and B.has_instance()
         print("ok")
-    """, timeout=30)
+    """,
+        timeout=30,
+    )
     assert out.strip() == "ok"
 
 
 def test_nested_singletons_across_threads() -> None:
-    out = run("""
+    out = run(
+        """
         import sys, threading
         sys.setswitchinterval(1e-6)
         from memcache_ext import SingletonMeta
@@ -218,5 +225,7 @@ def test_nested_singletons_across_threads() -> None:
         assert Top().mid is Mid() and Mid().leaf is Leaf()
         assert len({id(r) for r in res}) == 3
         print("ok")
-    """, timeout=30)
+    """,
+        timeout=30,
+    )
     assert out.strip() == "ok"

@@ -23,12 +23,22 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple, Optional
 
 __all__ = [
-    "MemoryLimit", "RssReader", "rss", "rss_bytes", "rss_source",
-    "read_rss_statm", "read_rss_psutil", "physical_memory", "memory_limit",
-    "cgroup_limit", "malloc_trim", "glibc_version",
+    "MemoryLimit",
+    "RssReader",
+    "rss",
+    "rss_bytes",
+    "rss_source",
+    "read_rss_statm",
+    "read_rss_psutil",
+    "physical_memory",
+    "memory_limit",
+    "cgroup_limit",
+    "malloc_trim",
+    "glibc_version",
 ]
 
 #: Limits at or above this are the kernel's way of writing "unlimited"
@@ -43,7 +53,8 @@ except (AttributeError, ValueError, OSError):  # pragma: no cover - non-POSIX
 
 # -- RSS ----------------------------------------------------------------------
 
-_pread = getattr(os, "pread", None)
+_pread: Optional[Callable[[int, int, int], bytes]] = getattr(os, "pread", None)
+
 
 def read_rss_psutil() -> int:
     """RSS in bytes through psutil (a fresh ``Process`` each call: slow, portable)."""
@@ -101,7 +112,7 @@ class RssReader:
     def read(self) -> int:
         """Current RSS in bytes."""
         fd = self._fd
-        if fd is not None:
+        if fd is not None and _pread is not None:
             try:
                 # statm is "size resident shared ...", in pages; 64 bytes hold
                 # the first two fields of any realistic process.
@@ -117,11 +128,11 @@ class RssReader:
 
                             self._process = psutil.Process()
                             self.source = "psutil"
-                        except Exception:  # noqa: BLE001
+                        except Exception:  # noqa: BLE001 - psutil missing or broken
                             self.source = "unavailable"
         process = self._process
         if process is not None:
-            return int(process.memory_info().rss)  # type: ignore[attr-defined]
+            return int(process.memory_info().rss)  # type: ignore[attr-defined]  # a psutil.Process
         return 0
 
     __call__ = read
@@ -175,6 +186,7 @@ def rss() -> tuple[int, str]:
 
 # -- memory limit -------------------------------------------------------------
 
+
 class MemoryLimit(NamedTuple):
     """A memory limit in bytes and a description of where it came from."""
 
@@ -192,7 +204,7 @@ def physical_memory() -> int:
         import psutil
 
         return int(psutil.virtual_memory().total)
-    except Exception:  # noqa: BLE001 - psutil missing or broken
+    except Exception:  # noqa: BLE001, S110 - psutil missing or broken: sysconf below
         pass
     try:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
@@ -226,8 +238,7 @@ def _candidate_dirs(base: str, cgpath: str) -> list[str]:
     return [os.path.join(base, *parts[:i]) for i in range(len(parts), -1, -1)]
 
 
-def cgroup_limit(root: str = "/", physical: Optional[int] = None
-                 ) -> tuple[Optional[int], str]:
+def cgroup_limit(root: str = "/", physical: Optional[int] = None) -> tuple[Optional[int], str]:
     """The cgroup memory limit in bytes, or None, and a description.
 
     The description names the file the limit came from, or why there is none
@@ -240,11 +251,14 @@ def cgroup_limit(root: str = "/", physical: Optional[int] = None
         return None, f"{proc} unreadable ({type(exc).__name__})"
     v2, v1 = _parse_proc_cgroup(text)
     if v1 is not None:
-        version, base, fname, cgpath = "v1", os.path.join(root, "sys/fs/cgroup/memory"), \
-            "memory.limit_in_bytes", v1
+        version, base, fname, cgpath = (
+            "v1",
+            os.path.join(root, "sys/fs/cgroup/memory"),
+            "memory.limit_in_bytes",
+            v1,
+        )
     elif v2 is not None:
-        version, base, fname, cgpath = "v2", os.path.join(root, "sys/fs/cgroup"), \
-            "memory.max", v2
+        version, base, fname, cgpath = "v2", os.path.join(root, "sys/fs/cgroup"), "memory.max", v2
     else:
         return None, f"{proc} names no memory cgroup"
     if physical is None:
@@ -286,8 +300,9 @@ def cgroup_limit(root: str = "/", physical: Optional[int] = None
     return None, f"cgroup {version}: no limit"
 
 
-def memory_limit(limit_bytes: Optional[int] = None, root: str = "/",
-                 physical: Optional[int] = None) -> MemoryLimit:
+def memory_limit(
+    limit_bytes: Optional[int] = None, root: str = "/", physical: Optional[int] = None
+) -> MemoryLimit:
     """The memory limit this process lives under.
 
     ``limit_bytes`` when given ("configured"); else the cgroup limit; else
@@ -306,8 +321,9 @@ def memory_limit(limit_bytes: Optional[int] = None, root: str = "/",
 
 # -- malloc_trim ----------------------------------------------------------------
 
+
 def glibc_version() -> Optional[str]:
-    """"2.36" on glibc, else None."""
+    """ "2.36" on glibc, else None."""
     try:
         value = os.confstr("CS_GNU_LIBC_VERSION")
     except (AttributeError, ValueError, OSError):

@@ -53,16 +53,16 @@ import functools
 import inspect
 import threading
 import weakref
-from typing import Any, Callable, Optional, TypeVar
+from collections.abc import Callable
+from typing import Any, Optional, TypeVar
 
 from . import _fastcall, _fastcall_py
-from .keys import FAST_TYPES, KWARGS_MARK, make_key
+from ._constants import MISSING
+from .keys import KWARGS_MARK, make_key
 
 __all__ = ["cached", "make_key"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-_MISSING: Any = object()
 
 
 class _Token:
@@ -80,7 +80,7 @@ class _InstanceTokens:
     __slots__ = ("_tokens", "_lock")
 
     def __init__(self) -> None:
-        self._tokens: dict[int, tuple[_Token, "weakref.ref[Any]"]] = {}
+        self._tokens: dict[int, tuple[_Token, weakref.ref[Any]]] = {}
         self._lock = threading.Lock()
 
     def __call__(self, obj: Any) -> Any:
@@ -93,7 +93,7 @@ class _InstanceTokens:
         tokens = self._tokens
         ident = id(obj)
 
-        def forget(ref: "weakref.ref[Any]") -> None:
+        def forget(ref: weakref.ref[Any]) -> None:
             cur = tokens.get(ident)
             if cur is not None and cur[1] is ref:
                 del tokens[ident]
@@ -141,12 +141,12 @@ def _looks_like_method(func: Callable[..., Any]) -> bool:
     if _plain_function(func):
         return False
     code = getattr(func, "__code__", None)
-    return (code is not None and code.co_argcount >= 1
-            and code.co_varnames[0] in ("self", "cls"))
+    return code is not None and code.co_argcount >= 1 and code.co_varnames[0] in ("self", "cls")
 
 
-def cached(cache: Any, key: Optional[Callable[..., Any]] = None, *,
-           method: Optional[bool] = None) -> Callable[[F], F]:
+def cached(
+    cache: Any, key: Optional[Callable[..., Any]] = None, *, method: Optional[bool] = None
+) -> Callable[[F], F]:
     """Decorate a sync or async function or method to memoize it in ``cache``.
 
     ``cache`` is any cache of this package (or any object with ``get``,
@@ -156,8 +156,7 @@ def cached(cache: Any, key: Optional[Callable[..., Any]] = None, *,
     """
     for name in ("get", "peek", "set", "clear"):
         if not callable(getattr(cache, name, None)):
-            raise TypeError(f"cache must have a {name}() method, "
-                            f"not {type(cache).__name__}")
+            raise TypeError(f"cache must have a {name}() method, not {type(cache).__name__}")
     if key is not None and not callable(key):
         raise TypeError(f"key must be callable or None, not {type(key).__name__}")
 
@@ -170,15 +169,16 @@ def cached(cache: Any, key: Optional[Callable[..., Any]] = None, *,
         else:
             wrapper = _sync_wrapper(func, cache, key, is_method)
         functools.update_wrapper(wrapper, func)
-        wrapper.cache = cache  # type: ignore[attr-defined]
-        wrapper.cache_clear = cache.clear  # type: ignore[attr-defined]
-        return wrapper  # type: ignore[return-value]
+        wrapper.cache = cache  # type: ignore[attr-defined]  # attributes of the wrapper
+        wrapper.cache_clear = cache.clear  # type: ignore[attr-defined]  # attributes of the wrapper
+        return wrapper  # type: ignore[return-value]  # same signature as func
 
     return decorator
 
 
-def _key_builders(key: Optional[Callable[..., Any]], is_method: bool
-                  ) -> tuple[Callable[..., Any], Optional[_InstanceTokens]]:
+def _key_builders(
+    key: Optional[Callable[..., Any]], is_method: bool
+) -> tuple[Callable[..., Any], Optional[_InstanceTokens]]:
     """(build(args, kwargs) -> key, instance tokens or None) for the miss path."""
     tokens = _InstanceTokens() if is_method else None
     if not is_method:
@@ -187,18 +187,22 @@ def _key_builders(key: Optional[Callable[..., Any]], is_method: bool
         return (lambda args, kwargs: key(*args, **kwargs)), None
     assert tokens is not None
     if key is None:
+
         def build(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             if kwargs:
                 return (tokens(args[0]), *args[1:], KWARGS_MARK, *sorted(kwargs.items()))
             return (tokens(args[0]), *args[1:])
     else:
+
         def build(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             return (tokens(args[0]), key(*args[1:], **kwargs))
+
     return build, tokens
 
 
-def _sync_wrapper(func: Callable[..., Any], cache: Any, key: Optional[Callable[..., Any]],
-                  is_method: bool) -> Callable[..., Any]:
+def _sync_wrapper(
+    func: Callable[..., Any], cache: Any, key: Optional[Callable[..., Any]], is_method: bool
+) -> Callable[..., Any]:
     get, peek, store = cache.get, cache.peek, cache.set
     lock = threading.RLock()  # RLock: a key's __eq__ may call the function again
     inflight: dict[Any, _Flight] = {}
@@ -218,8 +222,8 @@ def _sync_wrapper(func: Callable[..., Any], cache: Any, key: Optional[Callable[.
                 return func(*args, **kwargs)
             return flight.future.result()
         try:
-            value = peek(k, _MISSING)  # someone may have stored it since our miss
-            if value is _MISSING:
+            value = peek(k, MISSING)  # someone may have stored it since our miss
+            if value is MISSING:
                 value = func(*args, **kwargs)
                 store(k, value)
         except BaseException as exc:
@@ -250,22 +254,24 @@ def _sync_wrapper(func: Callable[..., Any], cache: Any, key: Optional[Callable[.
                 k: Any = (token, *args[1:], mark, *sorted(kwargs.items()))
             else:
                 k = (token, *args[1:])
-            value = get(k, _MISSING)
-            if value is _MISSING:
+            value = get(k, MISSING)
+            if value is MISSING:
                 return miss(k, args, kwargs)
             return value
     elif is_method:
+
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             k = build(args, kwargs)
-            value = get(k, _MISSING)
-            if value is _MISSING:
+            value = get(k, MISSING)
+            if value is MISSING:
                 return miss(k, args, kwargs)
             return value
     elif key is not None:
+
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             k = key(*args, **kwargs)
-            value = get(k, _MISSING)
-            if value is _MISSING:
+            value = get(k, MISSING)
+            if value is MISSING:
                 return miss(k, args, kwargs)
             return value
     else:
@@ -274,13 +280,14 @@ def _sync_wrapper(func: Callable[..., Any], cache: Any, key: Optional[Callable[.
         build_call = _fastcall.cached_call if _plain_function(func) else _fastcall_py.cached_call
         wrapper = build_call(cache, miss)
 
-    wrapper._inflight = inflight  # type: ignore[attr-defined]
-    wrapper._instance_tokens = tokens  # type: ignore[attr-defined]
+    wrapper._inflight = inflight  # type: ignore[attr-defined]  # for tests
+    wrapper._instance_tokens = tokens  # type: ignore[attr-defined]  # for tests
     return wrapper
 
 
-def _async_wrapper(func: Callable[..., Any], cache: Any, key: Optional[Callable[..., Any]],
-                   is_method: bool) -> Callable[..., Any]:
+def _async_wrapper(
+    func: Callable[..., Any], cache: Any, key: Optional[Callable[..., Any]], is_method: bool
+) -> Callable[..., Any]:
     get, peek, store = cache.get, cache.peek, cache.set
     lock = threading.RLock()
     inflight: dict[Any, _Flight] = {}
@@ -291,11 +298,12 @@ def _async_wrapper(func: Callable[..., Any], cache: Any, key: Optional[Callable[
             if inflight.get(k) is flight:
                 del inflight[k]
 
-    async def compute(k: Any, flight: _Flight, args: tuple[Any, ...],
-                      kwargs: dict[str, Any]) -> Any:
+    async def compute(
+        k: Any, flight: _Flight, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         try:
-            value = peek(k, _MISSING)
-            if value is _MISSING:
+            value = peek(k, MISSING)
+            if value is MISSING:
                 value = await func(*args, **kwargs)
                 store(k, value)
         except asyncio.CancelledError:
@@ -335,11 +343,11 @@ def _async_wrapper(func: Callable[..., Any], cache: Any, key: Optional[Callable[
 
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         k = make(args, kwargs)
-        value = get(k, _MISSING)
-        if value is _MISSING:
+        value = get(k, MISSING)
+        if value is MISSING:
             return await miss(k, args, kwargs)
         return value
 
-    wrapper._inflight = inflight  # type: ignore[attr-defined]
-    wrapper._instance_tokens = tokens  # type: ignore[attr-defined]
+    wrapper._inflight = inflight  # type: ignore[attr-defined]  # for tests
+    wrapper._instance_tokens = tokens  # type: ignore[attr-defined]  # for tests
     return wrapper

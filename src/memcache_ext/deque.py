@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Generic, Iterable, Iterator, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import Generic, TypeVar
 
 __all__ = ["BoundedDeque"]
 
@@ -36,7 +37,7 @@ class BoundedDeque(Generic[T]):
 
     @property
     def maxlen(self) -> int:
-        return self._items.maxlen  # type: ignore[return-value]
+        return self._items.maxlen  # type: ignore[return-value]  # maxlen is always set here
 
     @property
     def dropped(self) -> int:
@@ -92,5 +93,7 @@ class BoundedDeque(Generic[T]):
         return iter(self.snapshot())
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.snapshot()!r}, maxlen={self.maxlen}, "
-                f"dropped={self._dropped})")
+        return (
+            f"{type(self).__name__}({self.snapshot()!r}, maxlen={self.maxlen}, "
+            f"dropped={self._dropped})"
+        )

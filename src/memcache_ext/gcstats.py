@@ -17,11 +17,38 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Optional, TypedDict
 
-__all__ = ["GCStats", "gc_stats"]
+__all__ = ["GCStats", "GCSnapshot", "gc_stats"]
 
 _GENERATIONS = 3
+
+
+class GCTotals(TypedDict):
+    """The generations summed."""
+
+    collections: int
+    collected: int
+    uncollectable: int
+    pause_total_s: float
+    pause_max_s: float
+
+
+class GCGeneration(GCTotals):
+    """One generation's counters."""
+
+    pause_mean_s: float
+
+
+class GCSnapshot(TypedDict):
+    """Garbage-collector statistics (since ``gc_stats.install()``): ``GCStats.snapshot()``."""
+
+    installed: bool
+    generations: list[GCGeneration]
+    total: GCTotals
+    last_pause_s: float
+    gc_counts: list[int]
+    gc_enabled: bool
 
 
 class GCStats:
@@ -41,7 +68,7 @@ class GCStats:
     def installed(self) -> bool:
         return self._installed
 
-    def install(self) -> "GCStats":
+    def install(self) -> GCStats:
         """Start recording (idempotent). Returns self."""
         with self._install_lock:
             if self._callback not in gc.callbacks:
@@ -57,7 +84,7 @@ class GCStats:
             self._installed = False
             self._start = None
 
-    def __enter__(self) -> "GCStats":
+    def __enter__(self) -> GCStats:
         return self.install()
 
     def __exit__(self, *exc: Any) -> None:
@@ -89,14 +116,13 @@ class GCStats:
         self._collected[gen] += info.get("collected", 0)
         self._uncollectable[gen] += info.get("uncollectable", 0)
         self._pause_total[gen] += pause
-        if pause > self._pause_max[gen]:
-            self._pause_max[gen] = pause
+        self._pause_max[gen] = max(self._pause_max[gen], pause)
         self._last_pause = pause
         self._version += 1
 
     # -- reading --------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> GCSnapshot:
         """The counters as a dict (JSON-ready).
 
         ``generations`` is a list of three dicts (collections, collected,
@@ -106,22 +132,31 @@ class GCStats:
         """
         for _ in range(100):
             version = self._version
-            rows = list(zip(list(self._collections), list(self._collected),
-                            list(self._uncollectable), list(self._pause_total),
-                            list(self._pause_max)))
+            rows = list(
+                zip(
+                    list(self._collections),
+                    list(self._collected),
+                    list(self._uncollectable),
+                    list(self._pause_total),
+                    list(self._pause_max),
+                    strict=True,
+                )
+            )
             last = self._last_pause
             if version == self._version:
                 break
-        generations = []
+        generations: list[GCGeneration] = []
         for n, collected, uncollectable, total, longest in rows:
-            generations.append({
-                "collections": n,
-                "collected": collected,
-                "uncollectable": uncollectable,
-                "pause_total_s": total,
-                "pause_max_s": longest,
-                "pause_mean_s": total / n if n else 0.0,
-            })
+            generations.append(
+                {
+                    "collections": n,
+                    "collected": collected,
+                    "uncollectable": uncollectable,
+                    "pause_total_s": total,
+                    "pause_max_s": longest,
+                    "pause_mean_s": total / n if n else 0.0,
+                }
+            )
         return {
             "installed": self._installed,
             "generations": generations,
@@ -139,8 +174,10 @@ class GCStats:
 
     def __repr__(self) -> str:
         total = self.snapshot()["total"]
-        return (f"<GCStats installed={self._installed} collections={total['collections']} "
-                f"pause_total={total['pause_total_s'] * 1e3:.3f}ms>")
+        return (
+            f"<GCStats installed={self._installed} collections={total['collections']} "
+            f"pause_total={total['pause_total_s'] * 1e3:.3f}ms>"
+        )
 
 
 #: The process-wide instance (not installed at import).

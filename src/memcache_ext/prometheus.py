@@ -38,13 +38,17 @@ http_requests_total                                 counter  route
 http_high_memory_requests_total                     counter  route
 http_request_duration_seconds_total                 counter  route
 http_request_max_memory_delta_bytes                 gauge    route
+tier_<counter>_total (every name in redis.COUNTERS)  counter  namespace
+tier_connected / tier_pending_invalidations         gauge    namespace
 ==================================================  =======  ======================
 
 ``cache_max_*`` are only exported for caches that have that bound; the GC
 families only when ``gc_stats`` is installed; the ``http_*`` families only
 with a ``monitor`` (``MemoryMonitorMiddleware(...).monitor`` or a shared
 ``RequestMemoryMonitor``; label values are route templates, so their number is
-bounded by the app's routes).
+bounded by the app's routes); the ``tier_*`` families only with ``tiers``
+(Redis tiers, ``TieredCache``/``AsyncTieredCache``, read at each scrape, so a
+live view such as ``dict.values()`` follows tiers created later).
 
 The cleanup byte counters are accumulated by the collector from the manager's
 event history as it sees new events; events pushed out of the bounded history
@@ -55,25 +59,25 @@ are counted in ``cleanups_total`` but their bytes are not.
 from __future__ import annotations
 
 import threading
-from typing import Any, Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, Optional, Union
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
+from ._constants import MIB
+from ._stats import EVICTION_REASONS
+from .asgi import RequestMemoryMonitor
 from .gcstats import GCStats, gc_stats
+from .manager import CacheManager, ManagerStats, manager_or_default
 
 __all__ = ["MemcacheCollector", "register", "metrics_app", "metrics_router"]
 
 PREFIX = "memcache_ext"
-_EVICTION_REASONS = ("capacity", "bytes", "trim")
+#: The reasons an eviction is counted under (expiry has its own family).
+_EVICTED = tuple(r for r in EVICTION_REASONS if r != "expired")
 
-
-def _manager(manager: Any) -> Any:
-    if manager is None:
-        from .manager import cache_manager
-
-        return cache_manager
-    return manager
+Family = Union[CounterMetricFamily, GaugeMetricFamily]
 
 
 class MemcacheCollector(Collector):
@@ -81,13 +85,22 @@ class MemcacheCollector(Collector):
 
     ``gc``: the GCStats to export (default ``gc_stats``; exported only while
     installed). ``monitor``: a RequestMemoryMonitor for per-route figures.
+    ``tiers``: Redis tiers whose ``stats()`` to export, iterated at each scrape.
     """
 
-    def __init__(self, manager: Any = None, *, gc: Optional[GCStats] = None,
-                 monitor: Any = None, prefix: str = PREFIX) -> None:
-        self.manager = _manager(manager)
+    def __init__(
+        self,
+        manager: Optional[CacheManager] = None,
+        *,
+        gc: Optional[GCStats] = None,
+        monitor: Optional[RequestMemoryMonitor] = None,
+        tiers: Iterable[Any] = (),
+        prefix: str = PREFIX,
+    ) -> None:
+        self.manager = manager_or_default(manager)
         self.gc = gc if gc is not None else gc_stats
         self.monitor = monitor
+        self.tiers = tiers
         self.prefix = prefix
         self._lock = threading.Lock()
         self._seen_cleanups = 0
@@ -98,64 +111,126 @@ class MemcacheCollector(Collector):
     def _name(self, name: str) -> str:
         return f"{self.prefix}_{name}"
 
-    def _families(self) -> dict[str, Metric]:
+    def _families(self) -> dict[str, Family]:
         n = self._name
         c, g = CounterMetricFamily, GaugeMetricFamily
-        fams: dict[str, Metric] = {
+        fams: dict[str, Family] = {
             "hits": c(n("cache_hits"), "Cache lookups that found a live entry", labels=["cache"]),
-            "misses": c(n("cache_misses"), "Cache lookups that found nothing (or an expired entry)",
-                        labels=["cache"]),
-            "evictions": c(n("cache_evictions"), "Entries evicted, by reason (capacity, bytes, trim)",
-                           labels=["cache", "reason"]),
-            "expirations": c(n("cache_expirations"), "Entries removed because their TTL passed",
-                             labels=["cache"]),
-            "rejected": c(n("cache_rejected"), "Entries refused as larger than max_bytes",
-                          labels=["cache"]),
+            "misses": c(
+                n("cache_misses"),
+                "Cache lookups that found nothing (or an expired entry)",
+                labels=["cache"],
+            ),
+            "evictions": c(
+                n("cache_evictions"),
+                "Entries evicted, by reason (capacity, bytes, trim)",
+                labels=["cache", "reason"],
+            ),
+            "expirations": c(
+                n("cache_expirations"), "Entries removed because their TTL passed", labels=["cache"]
+            ),
+            "rejected": c(
+                n("cache_rejected"), "Entries refused as larger than max_bytes", labels=["cache"]
+            ),
             "entries": g(n("cache_entries"), "Entries in the cache", labels=["cache"]),
-            "max_entries": g(n("cache_max_entries"), "Entry bound of the cache (maxsize)",
-                             labels=["cache"]),
-            "bytes": g(n("cache_bytes"), "Bytes accounted by the cache (deep_sizeof of its entries)",
-                       labels=["cache"]),
-            "max_bytes": g(n("cache_max_bytes"), "Byte bound of the cache (max_bytes)",
-                           labels=["cache"]),
+            "max_entries": g(
+                n("cache_max_entries"), "Entry bound of the cache (maxsize)", labels=["cache"]
+            ),
+            "bytes": g(
+                n("cache_bytes"),
+                "Bytes accounted by the cache (deep_sizeof of its entries)",
+                labels=["cache"],
+            ),
+            "max_bytes": g(
+                n("cache_max_bytes"), "Byte bound of the cache (max_bytes)", labels=["cache"]
+            ),
             "rss": g(n("process_resident_memory_bytes"), "Resident memory of the process"),
             "limit": g(n("memory_limit_bytes"), "Memory limit the manager keeps the process under"),
             "high_water": g(n("memory_high_water_bytes"), "RSS above which a cleanup runs"),
-            "limit_info": g(n("memory_limit_info"), "Where the memory limit came from",
-                            labels=["source"]),
+            "limit_info": g(
+                n("memory_limit_info"), "Where the memory limit came from", labels=["source"]
+            ),
             "cleanups": c(n("cleanups"), "Cleanups run by the manager"),
-            "freed_accounted": c(n("cleanup_accounted_freed_bytes"),
-                                 "Cache bytes released by cleanups (the caches' accounting)"),
-            "freed_rss": c(n("cleanup_rss_freed_bytes"),
-                           "RSS drop measured around cleanups (negative drops count as 0)"),
+            "freed_accounted": c(
+                n("cleanup_accounted_freed_bytes"),
+                "Cache bytes released by cleanups (the caches' accounting)",
+            ),
+            "freed_rss": c(
+                n("cleanup_rss_freed_bytes"),
+                "RSS drop measured around cleanups (negative drops count as 0)",
+            ),
             "evicted": c(n("cleanup_evicted_entries"), "Entries trimmed by cleanups"),
         }
         if self.gc.installed:
-            fams.update({
-                "gc_collections": c(n("gc_collections"), "Garbage collections",
-                                    labels=["generation"]),
-                "gc_collected": c(n("gc_collected_objects"), "Objects freed by the collector",
-                                  labels=["generation"]),
-                "gc_uncollectable": c(n("gc_uncollectable_objects"),
-                                      "Objects the collector found uncollectable",
-                                      labels=["generation"]),
-                "gc_pause": c(n("gc_pause_seconds"), "Time spent in garbage collections",
-                              labels=["generation"]),
-                "gc_pause_max": g(n("gc_pause_max_seconds"), "Longest garbage-collection pause",
-                                  labels=["generation"]),
-            })
+            fams.update(
+                {
+                    "gc_collections": c(
+                        n("gc_collections"), "Garbage collections", labels=["generation"]
+                    ),
+                    "gc_collected": c(
+                        n("gc_collected_objects"),
+                        "Objects freed by the collector",
+                        labels=["generation"],
+                    ),
+                    "gc_uncollectable": c(
+                        n("gc_uncollectable_objects"),
+                        "Objects the collector found uncollectable",
+                        labels=["generation"],
+                    ),
+                    "gc_pause": c(
+                        n("gc_pause_seconds"),
+                        "Time spent in garbage collections",
+                        labels=["generation"],
+                    ),
+                    "gc_pause_max": g(
+                        n("gc_pause_max_seconds"),
+                        "Longest garbage-collection pause",
+                        labels=["generation"],
+                    ),
+                }
+            )
         if self.monitor is not None:
-            fams.update({
-                "http_requests": c(n("http_requests"), "HTTP requests seen by the memory monitor",
-                                   labels=["route"]),
-                "http_high": c(n("http_high_memory_requests"),
-                               "HTTP requests that ended with RSS above the monitor's limit",
-                               labels=["route"]),
-                "http_duration": c(n("http_request_duration_seconds"),
-                                   "Total time spent in requests", labels=["route"]),
-                "http_delta": g(n("http_request_max_memory_delta_bytes"),
-                                "Largest RSS growth during one request", labels=["route"]),
-            })
+            fams.update(
+                {
+                    "http_requests": c(
+                        n("http_requests"),
+                        "HTTP requests seen by the memory monitor",
+                        labels=["route"],
+                    ),
+                    "http_high": c(
+                        n("http_high_memory_requests"),
+                        "HTTP requests that ended with RSS above the monitor's limit",
+                        labels=["route"],
+                    ),
+                    "http_duration": c(
+                        n("http_request_duration_seconds"),
+                        "Total time spent in requests",
+                        labels=["route"],
+                    ),
+                    "http_delta": g(
+                        n("http_request_max_memory_delta_bytes"),
+                        "Largest RSS growth during one request",
+                        labels=["route"],
+                    ),
+                }
+            )
+        if self.tiers:
+            from .redis import COUNTERS
+
+            for name in COUNTERS:
+                fams[f"tier_{name}"] = c(
+                    n(f"tier_{name}"), f"Redis tier: {name.replace('_', ' ')}", labels=["namespace"]
+                )
+            fams["tier_connected"] = g(
+                n("tier_connected"),
+                "Redis tier: 1 while its invalidation listener is subscribed",
+                labels=["namespace"],
+            )
+            fams["tier_pending"] = g(
+                n("tier_pending_invalidations"),
+                "Redis tier: keys to delete in Redis once it answers again",
+                labels=["namespace"],
+            )
         return fams
 
     def describe(self) -> Iterable[Metric]:
@@ -165,13 +240,14 @@ class MemcacheCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         fams = self._families()
         st = self.manager.stats()
-        for name, cs in st["caches"].items():
+        for name, entry in st["caches"].items():
+            cs: dict[str, Any] = dict(entry)  # any cache class's stats, or an error
             if "error" in cs and "size" not in cs:
                 continue
             fams["hits"].add_metric([name], cs.get("hits", 0))
             fams["misses"].add_metric([name], cs.get("misses", 0))
             by_reason = cs.get("evictions_by_reason") or {}
-            for reason in _EVICTION_REASONS:
+            for reason in _EVICTED:
                 fams["evictions"].add_metric([name, reason], by_reason.get(reason, 0))
             fams["expirations"].add_metric([name], cs.get("expirations", 0))
             fams["rejected"].add_metric([name], cs.get("rejected", 0))
@@ -199,16 +275,29 @@ class MemcacheCollector(Collector):
                 fams["gc_uncollectable"].add_metric(label, row["uncollectable"])
                 fams["gc_pause"].add_metric(label, row["pause_total_s"])
                 fams["gc_pause_max"].add_metric(label, row["pause_max_s"])
-        if "http_requests" in fams:
-            for row in self.monitor.routes():
-                label = [row["route"]]
-                fams["http_requests"].add_metric(label, row["requests"])
-                fams["http_high"].add_metric(label, row["high_memory"])
-                fams["http_duration"].add_metric(label, row["total_duration_s"])
-                fams["http_delta"].add_metric(label, row["max_delta_mb"] * 2**20)
+        if "http_requests" in fams and self.monitor is not None:
+            for route in self.monitor.routes():
+                label = [route["route"]]
+                fams["http_requests"].add_metric(label, route["requests"])
+                fams["http_high"].add_metric(label, route["high_memory"])
+                fams["http_duration"].add_metric(label, route["total_duration_s"])
+                fams["http_delta"].add_metric(label, route["max_delta_mb"] * MIB)
+        if "tier_connected" in fams:
+            self._collect_tiers(fams)
         return list(fams.values())
 
-    def _account_cleanups(self, st: dict[str, Any]) -> None:
+    def _collect_tiers(self, fams: dict[str, Family]) -> None:
+        from .redis import COUNTERS
+
+        for tier in list(self.tiers):
+            st = tier.stats()
+            label = [st["namespace"]]
+            for name in COUNTERS:
+                fams[f"tier_{name}"].add_metric(label, st[name])
+            fams["tier_connected"].add_metric(label, 1 if st["connected"] else 0)
+            fams["tier_pending"].add_metric(label, st["pending_invalidations"])
+
+    def _account_cleanups(self, st: ManagerStats) -> None:
         """Add the bytes of cleanup events not seen by an earlier scrape."""
         with self._lock:
             count = st["cleanup_count"]
@@ -223,16 +312,18 @@ class MemcacheCollector(Collector):
             self._seen_cleanups = count
 
 
-def register(manager: Any = None, registry: CollectorRegistry = REGISTRY, **kwargs: Any
-             ) -> MemcacheCollector:
+def register(
+    manager: Any = None, registry: CollectorRegistry = REGISTRY, **kwargs: Any
+) -> MemcacheCollector:
     """Build a MemcacheCollector and register it (default: the global REGISTRY)."""
     collector = MemcacheCollector(manager, **kwargs)
     registry.register(collector)
     return collector
 
 
-def metrics_app(registry: Optional[CollectorRegistry] = None, *, manager: Any = None,
-                **kwargs: Any) -> Any:
+def metrics_app(
+    registry: Optional[CollectorRegistry] = None, *, manager: Any = None, **kwargs: Any
+) -> Any:
     """An ASGI app serving the metrics of ``registry`` (``app.mount("/metrics", ...)``).
 
     Without ``registry``: the global REGISTRY, or, when ``manager`` is given, a
@@ -249,9 +340,13 @@ def metrics_app(registry: Optional[CollectorRegistry] = None, *, manager: Any = 
     return make_asgi_app(registry)
 
 
-def metrics_router(registry: Optional[CollectorRegistry] = None, *, path: str = "/metrics",
-                   dependencies: Optional[Sequence[Any]] = None,
-                   include_in_schema: bool = False) -> Any:
+def metrics_router(
+    registry: Optional[CollectorRegistry] = None,
+    *,
+    path: str = "/metrics",
+    dependencies: Optional[Sequence[Any]] = None,
+    include_in_schema: bool = False,
+) -> Any:
     """A FastAPI APIRouter with ``GET {path}`` in the Prometheus text format.
 
     ``dependencies`` protect it like any route. Unlike a mounted app, it

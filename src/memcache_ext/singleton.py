@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any, Callable, Optional
+from typing import Any, Optional
+
+from ._constants import MISSING
 
 __all__ = ["SingletonMeta"]
 
@@ -37,20 +39,6 @@ _INSTANCE = "_SingletonMeta__instance"
 _ARGS = "_SingletonMeta__args"
 _LOCK = "_SingletonMeta__lock"
 _BUILDER = "_SingletonMeta__builder"
-_MISSING: Any = object()
-
-
-class _Reset:
-    """``SingletonMeta.reset(cls=None)`` on the metaclass, ``cls.reset()`` on a class.
-
-    A non-data descriptor, so a class (or its instances) that defines its own
-    ``reset`` attribute keeps it.
-    """
-
-    def __get__(self, obj: Optional[type], objtype: Any = None) -> Callable[..., None]:
-        if obj is None:
-            return _reset
-        return lambda: _reset(obj)
 
 
 def _reset(cls: Optional[type] = None) -> None:
@@ -87,9 +75,7 @@ class SingletonMeta(type):
 
     _registry_lock = threading.Lock()
     #: Classes that currently hold an instance (weakly: a class may go away).
-    _classes: "weakref.WeakSet[type]" = weakref.WeakSet()
-
-    reset = _Reset()
+    _classes: weakref.WeakSet[type] = weakref.WeakSet()
 
     def __init__(cls, name: str, bases: tuple[type, ...], ns: dict[str, Any], **kw: Any) -> None:
         super().__init__(name, bases, ns, **kw)
@@ -97,19 +83,20 @@ class SingletonMeta(type):
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         # Fast path: no lock once the instance exists.
-        inst = cls.__dict__.get(_INSTANCE, _MISSING)
-        if inst is not _MISSING and not args and not kwargs:
+        inst = cls.__dict__.get(_INSTANCE, MISSING)
+        if inst is not MISSING and not args and not kwargs:
             return inst
         with _lock_of(cls):
-            inst = cls.__dict__.get(_INSTANCE, _MISSING)
-            if inst is not _MISSING:
+            inst = cls.__dict__.get(_INSTANCE, MISSING)
+            if inst is not MISSING:
                 if args or kwargs:
                     cls._check_args(args, kwargs)
                 return inst
             me = threading.get_ident()
             if cls.__dict__.get(_BUILDER) == me:
-                raise RuntimeError(f"{cls.__qualname__}() called again while it is "
-                                   f"being constructed")
+                raise RuntimeError(
+                    f"{cls.__qualname__}() called again while it is being constructed"
+                )
             type.__setattr__(cls, _BUILDER, me)
             try:
                 inst = super().__call__(*args, **kwargs)
@@ -125,13 +112,22 @@ class SingletonMeta(type):
         first = cls.__dict__.get(_ARGS, ((), {}))
         try:
             same = bool(first == (args, kwargs))
-        except Exception as exc:  # noqa: BLE001 - incomparable arguments
-            raise TypeError(f"{cls.__qualname__} is a singleton and its arguments "
-                            f"cannot be compared with the first call's") from exc
+        except Exception as exc:
+            raise TypeError(
+                f"{cls.__qualname__} is a singleton and its arguments "
+                f"cannot be compared with the first call's"
+            ) from exc
         if not same:
             raise TypeError(
                 f"{cls.__qualname__} is a singleton already created with different "
-                f"arguments; call it without arguments, or SingletonMeta.reset() first")
+                f"arguments; call it without arguments, or SingletonMeta.reset() first"
+            )
+
+    def reset(cls: Optional[type] = None) -> None:
+        """``SingletonMeta.reset()``: forget every instance; ``SingletonMeta.reset(C)`` or
+        ``C.reset()``: forget class C's (not its subclasses'). A class that defines its
+        own ``reset`` keeps it."""
+        _reset(cls)
 
     def has_instance(cls) -> bool:
         """Whether this class's instance exists now."""

@@ -19,7 +19,12 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
+
+from .._core import compiled_class
+from .._core_py import PyLruCache
+from .._version import __version__
 
 
 class ClassicLruCache:
@@ -56,34 +61,31 @@ class ClassicLruCache:
 def _factories() -> dict[str, Callable[[int], Any]]:
     out: dict[str, Callable[[int], Any]] = {}
     try:
-        from memcache_ext._core_c import CLruCache
-
-        out["CLruCache"] = lambda n: CLruCache(n)
-        out["CLruCache ttl"] = lambda n: CLruCache(n, ttl=3600)
-        out["CLruCache max_bytes"] = lambda n: CLruCache(n, max_bytes=1 << 40)
+        compiled = compiled_class()
+        out["CLruCache"] = compiled
+        out["CLruCache ttl"] = lambda n: compiled(n, ttl=3600)
+        out["CLruCache max_bytes"] = lambda n: compiled(n, max_bytes=1 << 40)
     except ImportError:
         pass
-    from memcache_ext._core_py import PyLruCache
-
-    out["PyLruCache"] = lambda n: PyLruCache(n)
+    out["PyLruCache"] = PyLruCache
     out["classic OrderedDict+RLock"] = ClassicLruCache
     out["dict (unbounded)"] = lambda n: {}  # no bound, no lock: the floor
     try:
         import cachetools
 
-        out["cachetools.LRUCache"] = lambda n: cachetools.LRUCache(n)
+        out["cachetools.LRUCache"] = cachetools.LRUCache
     except ImportError:
         pass
     try:
         import lru
 
-        out["lru-dict"] = lambda n: lru.LRU(n)
+        out["lru-dict"] = lru.LRU
     except ImportError:
         pass
     try:
         import cachebox
 
-        out["cachebox.LRUCache"] = lambda n: cachebox.LRUCache(n)
+        out["cachebox.LRUCache"] = cachebox.LRUCache
     except ImportError:
         pass
     return out
@@ -101,7 +103,7 @@ def _timed(fn: Callable[[], None], ops: int, repeats: int) -> float:
 
 def _zipf_trace(n_keys: int, length: int, s: float = 0.99, seed: int = 7) -> list[int]:
     rnd = random.Random(seed)
-    weights = [1.0 / (i ** s) for i in range(1, n_keys + 1)]
+    weights = [1.0 / (i**s) for i in range(1, n_keys + 1)]
     cum, total = [], 0.0
     for w in weights:
         total += w
@@ -119,8 +121,15 @@ def _rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
-def worker(name: str, size: int, repeats: int, trace_len: int, mem_entries: int,
-           passes: int, light: bool = False) -> dict[str, Any]:
+def worker(
+    name: str,
+    size: int,
+    repeats: int,
+    trace_len: int,
+    mem_entries: int,
+    passes: int,
+    light: bool = False,
+) -> dict[str, Any]:
     """Measure one cache in this (fresh) process; ``light``: timings only."""
     make = _factories()[name]
     result: dict[str, Any] = {"name": name}
@@ -215,7 +224,7 @@ def environment() -> dict[str, Any]:
 
             dist = {"lru": "lru-dict"}.get(mod, mod)
             versions[dist] = version(dist)
-        except Exception:  # noqa: BLE001 - not installed
+        except Exception:  # noqa: BLE001, S110 - not installed: not listed
             pass
     cpu = platform.processor() or platform.machine()
     try:
@@ -229,7 +238,7 @@ def environment() -> dict[str, Any]:
     return {
         "python": sys.version.split()[0],
         "implementation": memcache_ext.IMPLEMENTATION,
-        "memcache_ext": memcache_ext.__version__,
+        "memcache_ext": __version__,
         "platform": platform.platform(),
         "cpu": cpu,
         "cpus": os.cpu_count(),
@@ -237,21 +246,33 @@ def environment() -> dict[str, Any]:
     }
 
 
-COLUMNS = [("get_hit", "get hit"), ("get_miss", "get miss"), ("set_update", "set update"),
-           ("set_evict", "set+evict"), ("zipf", "zipf get_or_set"),
-           ("bytes_per_entry", "B/entry")]
+COLUMNS = [
+    ("get_hit", "get hit"),
+    ("get_miss", "get miss"),
+    ("set_update", "set update"),
+    ("set_evict", "set+evict"),
+    ("zipf", "zipf get_or_set"),
+    ("bytes_per_entry", "B/entry"),
+]
 
 
-def render(results: list[dict[str, Any]], env: dict[str, Any], repeats: int,
-           size: int, rounds: int = 1) -> str:
-    lines = [f"memcache_ext bench: {size:,}-entry caches, int keys; ns per operation, "
-             f"median of {rounds} round(s) x {repeats} repeats, each cache in its own "
-             f"fresh process per round",
-             f"Python {env['python']} on {env['cpu']} ({env['cpus']} CPUs), "
-             f"active implementation: {env['implementation']}; "
-             + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), ""]
-    head = f"{'cache':28s}" + "".join(f"{label:>17s}" for _, label in COLUMNS) + \
-        f"{'hit ratio':>10s}{'x PyLru':>9s}{'x classic':>10s}"
+def render(
+    results: list[dict[str, Any]], env: dict[str, Any], repeats: int, size: int, rounds: int = 1
+) -> str:
+    lines = [
+        f"memcache_ext bench: {size:,}-entry caches, int keys; ns per operation, "
+        f"median of {rounds} round(s) x {repeats} repeats, each cache in its own "
+        f"fresh process per round",
+        f"Python {env['python']} on {env['cpu']} ({env['cpus']} CPUs), "
+        f"active implementation: {env['implementation']}; "
+        + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
+        "",
+    ]
+    head = (
+        f"{'cache':28s}"
+        + "".join(f"{label:>17s}" for _, label in COLUMNS)
+        + f"{'hit ratio':>10s}{'x PyLru':>9s}{'x classic':>10s}"
+    )
     lines += [head, "-" * len(head)]
     by = {r["name"]: r for r in results}
     for r in results:
@@ -265,8 +286,11 @@ def render(results: list[dict[str, Any]], env: dict[str, Any], repeats: int,
             b = by.get(base)
             row += f"{(b['get_hit'] / r['get_hit']):>9.1f}" if b else f"{'-':>9s}"
         lines.append(row)
-    lines += ["", "x PyLru / x classic: how many times faster than that cache on get hit "
-              "(ratio of medians in this run)."]
+    lines += [
+        "",
+        "x PyLru / x classic: how many times faster than that cache on get hit "
+        "(ratio of medians in this run).",
+    ]
     return "\n".join(lines)
 
 
@@ -277,10 +301,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m memcache_ext bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a short run (under 20 s)")
     parser.add_argument("--json", metavar="FILE", help="also write the raw figures as JSON")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed samples per process (default 7; --quick 3)")
-    parser.add_argument("--rounds", type=int, default=None,
-                        help="fresh processes per cache, interleaved (default 3; --quick 1)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed samples per process (default 7; --quick 3)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="fresh processes per cache, interleaved (default 3; --quick 1)",
+    )
     parser.add_argument("--only", action="append", help="run only these caches (repeatable)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--light", action="store_true", help=argparse.SUPPRESS)
@@ -294,8 +323,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     trace_len = 100_000 if quick else 1_000_000
     mem_entries = 100_000 if quick else 1_000_000
     if args.worker:
-        print(json.dumps(worker(args.worker, size, repeats, trace_len, mem_entries,
-                                passes=3 if quick else 10, light=args.light)))
+        print(
+            json.dumps(
+                worker(
+                    args.worker,
+                    size,
+                    repeats,
+                    trace_len,
+                    mem_entries,
+                    passes=3 if quick else 10,
+                    light=args.light,
+                )
+            )
+        )
         return 0
     names = args.only or list(_factories())
     unknown = set(names) - set(_factories())
@@ -307,10 +347,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names:
-            cmd = [sys.executable, "-m", "memcache_ext", "bench", "--worker", name,
-                   "--repeats", str(repeats)] + (["--quick"] if quick else []) + \
-                  (["--light"] if r else [])
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            cmd = (
+                [
+                    sys.executable,
+                    "-m",
+                    "memcache_ext",
+                    "bench",
+                    "--worker",
+                    name,
+                    "--repeats",
+                    str(repeats),
+                ]
+                + (["--quick"] if quick else [])
+                + (["--light"] if r else [])
+            )
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 print(f"{name}: failed\n{proc.stderr}", file=sys.stderr)
                 return 1
@@ -328,6 +379,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(render(results, env, repeats, size, rounds))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"environment": env, "repeats": repeats, "rounds": rounds, "size": size,
-                       "results": results, "samples": samples}, f, indent=2)
+            json.dump(
+                {
+                    "environment": env,
+                    "repeats": repeats,
+                    "rounds": rounds,
+                    "size": size,
+                    "results": results,
+                    "samples": samples,
+                },
+                f,
+                indent=2,
+            )
     return 0

@@ -22,10 +22,40 @@ __all__ = ["DatabaseError", "create_database", "check_database", "Database", "RE
 
 READINGS_PER_DAY = 24  # hourly
 SCHEMA_VERSION = 1
-_FIRST_NAMES = ("Ada", "Alan", "Grace", "Edsger", "Barbara", "Donald", "Frances", "Ken",
-                "Margaret", "Dennis", "Radia", "Guido", "Katherine", "Linus", "Sophie", "Niklaus")
-_LAST_NAMES = ("Lovelace", "Turing", "Hopper", "Dijkstra", "Liskov", "Knuth", "Allen",
-               "Thompson", "Hamilton", "Ritchie", "Perlman", "Rossum", "Johnson", "Wilson")
+_FIRST_NAMES = (
+    "Ada",
+    "Alan",
+    "Grace",
+    "Edsger",
+    "Barbara",
+    "Donald",
+    "Frances",
+    "Ken",
+    "Margaret",
+    "Dennis",
+    "Radia",
+    "Guido",
+    "Katherine",
+    "Linus",
+    "Sophie",
+    "Niklaus",
+)
+_LAST_NAMES = (
+    "Lovelace",
+    "Turing",
+    "Hopper",
+    "Dijkstra",
+    "Liskov",
+    "Knuth",
+    "Allen",
+    "Thompson",
+    "Hamilton",
+    "Ritchie",
+    "Perlman",
+    "Rossum",
+    "Johnson",
+    "Wilson",
+)
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -50,8 +80,9 @@ class DatabaseError(RuntimeError):
     """The database cannot be used; the message says why and what to do."""
 
 
-def create_database(path: str, users: int = 2000, days: int = 30, *, seed: int = 42,
-                    end: Optional[int] = None) -> dict[str, Any]:
+def create_database(
+    path: str, users: int = 2000, days: int = 30, *, seed: int = 42, end: Optional[int] = None
+) -> dict[str, Any]:
     """Create and fill the database at ``path`` (which must not exist).
 
     ``users`` users with ``days`` days of hourly readings each, ending at
@@ -80,15 +111,30 @@ def create_database(path: str, users: int = 2000, days: int = 30, *, seed: int =
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     conn.execute(stmt)
-            conn.executemany("INSERT INTO meta VALUES (?, ?)", [
-                ("schema_version", str(SCHEMA_VERSION)), ("users", str(users)),
-                ("days", str(days)), ("start", str(start)), ("end", str(end)),
-                ("readings_per_day", str(READINGS_PER_DAY))])
-            conn.executemany("INSERT INTO users VALUES (?, ?, ?, ?, ?)", (
-                (uid, f"{rng.choice(_FIRST_NAMES)} {rng.choice(_LAST_NAMES)}",
-                 f"user{uid}@example.org", rng.randint(1940, 2006),
-                 start - rng.randint(0, 365 * 86400))
-                for uid in range(1, users + 1)))
+            conn.executemany(
+                "INSERT INTO meta VALUES (?, ?)",
+                [
+                    ("schema_version", str(SCHEMA_VERSION)),
+                    ("users", str(users)),
+                    ("days", str(days)),
+                    ("start", str(start)),
+                    ("end", str(end)),
+                    ("readings_per_day", str(READINGS_PER_DAY)),
+                ],
+            )
+            conn.executemany(
+                "INSERT INTO users VALUES (?, ?, ?, ?, ?)",
+                (
+                    (
+                        uid,
+                        f"{rng.choice(_FIRST_NAMES)} {rng.choice(_LAST_NAMES)}",
+                        f"user{uid}@example.org",
+                        rng.randint(1940, 2006),
+                        start - rng.randint(0, 365 * 86400),
+                    )
+                    for uid in range(1, users + 1)
+                ),
+            )
             step = 86400 // READINGS_PER_DAY
             hours = range(start, end, step)
             count = 0
@@ -117,8 +163,12 @@ def create_database(path: str, users: int = 2000, days: int = 30, *, seed: int =
         except OSError:
             pass
         raise
-    return {"users": users, "days": days, "readings": count,
-            "seconds": time.perf_counter() - started}
+    return {
+        "users": users,
+        "days": days,
+        "readings": count,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def _connect_ro(path: str, timeout: float) -> sqlite3.Connection:
@@ -135,8 +185,9 @@ def check_database(path: str, timeout: float = 2.0) -> dict[str, str]:
     not a database of this demo, or stays locked for ``timeout`` seconds.
     """
     if not os.path.exists(path):
-        raise DatabaseError(f"database {path} does not exist (start the demo without "
-                            f"--no-create to create it)")
+        raise DatabaseError(
+            f"database {path} does not exist (start the demo without --no-create to create it)"
+        )
     try:
         conn = _connect_ro(path, timeout)
     except sqlite3.Error as exc:
@@ -148,19 +199,25 @@ def check_database(path: str, timeout: float = 2.0) -> dict[str, str]:
     except sqlite3.OperationalError as exc:
         msg = str(exc)
         if "locked" in msg or "busy" in msg:
-            raise DatabaseError(f"database {path} is locked by another process "
-                                f"(waited {timeout:g} s): {msg}") from exc
-        raise DatabaseError(f"database {path} is not a memcache-ext demo database "
-                            f"({msg}); delete it or pass another --db") from exc
+            raise DatabaseError(
+                f"database {path} is locked by another process (waited {timeout:g} s): {msg}"
+            ) from exc
+        raise DatabaseError(
+            f"database {path} is not a memcache-ext demo database "
+            f"({msg}); delete it or pass another --db"
+        ) from exc
     except sqlite3.DatabaseError as exc:
-        raise DatabaseError(f"{path} is not a usable SQLite database ({exc}); "
-                            f"delete it or pass another --db") from exc
+        raise DatabaseError(
+            f"{path} is not a usable SQLite database ({exc}); delete it or pass another --db"
+        ) from exc
     finally:
         conn.close()
     if meta.get("schema_version") != str(SCHEMA_VERSION):
-        raise DatabaseError(f"database {path} has schema version "
-                            f"{meta.get('schema_version')!r}, expected {SCHEMA_VERSION}; "
-                            f"delete it to rebuild")
+        raise DatabaseError(
+            f"database {path} has schema version "
+            f"{meta.get('schema_version')!r}, expected {SCHEMA_VERSION}; "
+            f"delete it to rebuild"
+        )
     return {str(k): str(v) for k, v in meta.items()}
 
 

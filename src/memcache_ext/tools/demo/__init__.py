@@ -21,16 +21,17 @@ dies, and exits non-zero when one fails to start.
 from __future__ import annotations
 
 import argparse
-import http.client
+import functools
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from typing import Any, Optional
+
+from ..procs import http_ok, port_free, send_signal, stop_process
 
 __all__ = ["main", "build_parser"]
 
@@ -40,37 +41,78 @@ DEFAULT_DB = "memcache-ext-demo.sqlite3"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m memcache_ext demo",
-        description="The memcache-ext demo service: user health data from SQLite, cached.")
+        description="The memcache-ext demo service: user health data from SQLite, cached.",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--db", default=DEFAULT_DB,
-                   help=f"SQLite database; created and filled if missing (default {DEFAULT_DB})")
-    p.add_argument("--users", type=int, default=5000,
-                   help="users to create in a new database (default 5000)")
-    p.add_argument("--days", type=int, default=14,
-                   help="days of hourly readings per user in a new database (default 14)")
-    p.add_argument("--unbounded", action="store_true",
-                   help="cache in plain dicts instead of bounded caches (the 'before' case)")
-    p.add_argument("--memory-limit-mb", type=float, default=None,
-                   help="the CacheManager's memory limit (default: cgroup limit, else RAM)")
-    p.add_argument("--high-memory-mb", type=float, default=400,
-                   help="requests ending above this RSS are logged and listed (default 400)")
-    p.add_argument("--cleanup-interval", type=float, default=30.0,
-                   help="seconds between cleanup passes (default 30)")
-    p.add_argument("--no-create", action="store_true",
-                   help="fail instead of creating a missing database")
-    p.add_argument("--log-level", default="info",
-                   choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument(
+        "--db",
+        default=DEFAULT_DB,
+        help=f"SQLite database; created and filled if missing (default {DEFAULT_DB})",
+    )
+    p.add_argument(
+        "--users", type=int, default=5000, help="users to create in a new database (default 5000)"
+    )
+    p.add_argument(
+        "--days",
+        type=int,
+        default=14,
+        help="days of hourly readings per user in a new database (default 14)",
+    )
+    p.add_argument(
+        "--unbounded",
+        action="store_true",
+        help="cache in plain dicts instead of bounded caches (the 'before' case)",
+    )
+    p.add_argument(
+        "--memory-limit-mb",
+        type=float,
+        default=None,
+        help="the CacheManager's memory limit (default: cgroup limit, else RAM)",
+    )
+    p.add_argument(
+        "--high-memory-mb",
+        type=float,
+        default=400,
+        help="requests ending above this RSS are logged and listed (default 400)",
+    )
+    p.add_argument(
+        "--cleanup-interval",
+        type=float,
+        default=30.0,
+        help="seconds between cleanup passes (default 30)",
+    )
+    p.add_argument(
+        "--no-create", action="store_true", help="fail instead of creating a missing database"
+    )
+    p.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
     p.add_argument("--access-log", action="store_true", help="log every request")
-    p.add_argument("--redis", metavar="URL", default=None,
-                   help="Redis second tier behind the caches, e.g. redis://127.0.0.1:6379/0 "
-                        "(needs redis-py); a Redis that is down is a warning, not an error")
-    p.add_argument("--redis-prefix", default="demo",
-                   help="namespace prefix of the tiers' Redis keys (default 'demo')")
-    p.add_argument("--replicas", type=int, default=1,
-                   help="run N server processes on ports PORT..PORT+N-1 (needs --redis)")
-    p.add_argument("--start-timeout", type=float, default=120.0,
-                   help="seconds a replica may take to answer /health (default 120)")
+    p.add_argument(
+        "--redis",
+        metavar="URL",
+        default=None,
+        help="Redis second tier behind the caches, e.g. redis://127.0.0.1:6379/0 "
+        "(needs redis-py); a Redis that is down is a warning, not an error",
+    )
+    p.add_argument(
+        "--redis-prefix",
+        default="demo",
+        help="namespace prefix of the tiers' Redis keys (default 'demo')",
+    )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="run N server processes on ports PORT..PORT+N-1 (needs --redis)",
+    )
+    p.add_argument(
+        "--start-timeout",
+        type=float,
+        default=120.0,
+        help="seconds a replica may take to answer /health (default 120)",
+    )
     p.add_argument("--replica-of", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
@@ -89,66 +131,93 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("error: --replicas must be >= 1", file=err)
         return 2
     if args.replicas > 1 and not args.redis:
-        print("error: --replicas needs the Redis tier, which keeps the replicas' caches "
-              "consistent: add --redis URL (e.g. --redis redis://127.0.0.1:6379/0)", file=err)
+        print(
+            "error: --replicas needs the Redis tier, which keeps the replicas' caches "
+            "consistent: add --redis URL (e.g. --redis redis://127.0.0.1:6379/0)",
+            file=err,
+        )
         return 2
     if args.port + args.replicas - 1 > 65535:
-        print(f"error: --replicas {args.replicas} from --port {args.port} goes past 65535",
-              file=err)
+        print(
+            f"error: --replicas {args.replicas} from --port {args.port} goes past 65535", file=err
+        )
         return 2
     if args.redis and args.unbounded:
         print("error: --redis needs the bounded caches: drop --unbounded", file=err)
         return 2
     try:
-        import fastapi  # noqa: F401
-        import prometheus_client  # noqa: F401
+        import fastapi  # noqa: F401 - only whether it imports
+        import prometheus_client  # noqa: F401 - only whether it imports
         import uvicorn
     except ImportError as exc:
-        print(f"error: the demo needs FastAPI, uvicorn and prometheus-client ({exc}); "
-              f"pip install 'memcache-ext[fastapi,prometheus]' uvicorn", file=err)
+        print(
+            f"error: the demo needs FastAPI, uvicorn and prometheus-client ({exc}); "
+            f"pip install 'memcache-ext[fastapi,prometheus]' uvicorn",
+            file=err,
+        )
         return 2
     where = f" [:{args.port}]" if args.replica_of is not None else ""
-    logging.basicConfig(level=args.log_level.upper(),
-                        format=f"%(asctime)s %(levelname)s{where} %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s{where} %(name)s: %(message)s",
+    )
+    from ...manager import CacheManager
     from .app import create_app
     from .db import DatabaseError, check_database, create_database
-    from ..manager import CacheManager
 
     try:
         if not os.path.exists(args.db):
             if args.no_create:
                 raise DatabaseError(f"database {args.db} does not exist (--no-create)")
-            print(f"creating {args.db}: {args.users} users x {args.days} days of hourly "
-                  f"readings ...", file=err, flush=True)
+            print(
+                f"creating {args.db}: {args.users} users x {args.days} days of hourly readings ...",
+                file=err,
+                flush=True,
+            )
             info = create_database(args.db, args.users, args.days)
-            print(f"created {args.db}: {info['readings']:,} readings in "
-                  f"{info['seconds']:.1f} s", file=err, flush=True)
+            print(
+                f"created {args.db}: {info['readings']:,} readings in {info['seconds']:.1f} s",
+                file=err,
+                flush=True,
+            )
         else:
             meta = check_database(args.db)
             if (meta.get("users"), meta.get("days")) != (str(args.users), str(args.days)):
-                print(f"using existing {args.db} ({meta.get('users')} users, "
-                      f"{meta.get('days')} days); delete it to rebuild with other sizes",
-                      file=err, flush=True)
+                print(
+                    f"using existing {args.db} ({meta.get('users')} users, "
+                    f"{meta.get('days')} days); delete it to rebuild with other sizes",
+                    file=err,
+                    flush=True,
+                )
         if args.replicas > 1:
             # The database exists now: the replicas only open it.
             return Supervisor(args).run()
         manager = CacheManager(memory_limit_mb=args.memory_limit_mb)
-        app = create_app(args.db, unbounded=args.unbounded, manager=manager,
-                         memory_limit_mb=args.high_memory_mb,
-                         cleanup_interval=args.cleanup_interval,
-                         redis_url=args.redis, redis_prefix=args.redis_prefix)
+        app = create_app(
+            args.db,
+            unbounded=args.unbounded,
+            manager=manager,
+            memory_limit_mb=args.high_memory_mb,
+            cleanup_interval=args.cleanup_interval,
+            redis_url=args.redis,
+            redis_prefix=args.redis_prefix,
+        )
     except (DatabaseError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=err)
         return 2
     tier = f", Redis tier at {safe_url(args.redis)}" if args.redis else ""
     if args.replica_of is None:
-        print(f"memcache-ext demo ({'unbounded dict' if args.unbounded else 'bounded'} caches"
-              f"{tier}) on http://{args.host}:{args.port}  (/docs, /memory/stats, /metrics)",
-              file=err, flush=True)
+        print(
+            f"memcache-ext demo ({'unbounded dict' if args.unbounded else 'bounded'} caches"
+            f"{tier}) on http://{args.host}:{args.port}  (/docs, /memory/stats, /metrics)",
+            file=err,
+            flush=True,
+        )
     else:
         _watch_supervisor(args.replica_of)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                access_log=args.access_log)
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log
+    )
     return 0
 
 
@@ -166,27 +235,17 @@ def _watch_supervisor(pid: int, interval: float = 0.5) -> None:
         while os.getppid() == pid:
             time.sleep(interval)
         logging.getLogger("memcache_ext.demo").warning(
-            "the replica supervisor (pid %d) is gone: stopping", pid)
+            "the replica supervisor (pid %d) is gone: stopping", pid
+        )
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, daemon=True, name="memcache_ext.demo-supervisor-watch").start()
 
 
-def _port_free(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 class Supervisor:
     """``--replicas N``: N child processes running the same app on consecutive ports.
 
-    Each child is ``python -m memcache_ext.demo`` with ``--port PORT+i`` and
+    Each child is ``python -m memcache_ext demo`` with ``--port PORT+i`` and
     ``--replicas 1``, in its own process group (so a terminal's Ctrl-C reaches
     the supervisor only, which forwards it once) and watching the supervisor
     (it stops itself if the supervisor dies). The supervisor waits until every
@@ -209,12 +268,37 @@ class Supervisor:
 
     def child_argv(self, port: int) -> list[str]:
         a = self.args
-        argv = [sys.executable, "-m", "memcache_ext.demo", "--host", a.host, "--port", str(port),
-                "--db", a.db, "--users", str(a.users), "--days", str(a.days), "--no-create",
-                "--high-memory-mb", str(a.high_memory_mb),
-                "--cleanup-interval", str(a.cleanup_interval), "--log-level", a.log_level,
-                "--redis", a.redis, "--redis-prefix", a.redis_prefix, "--replicas", "1",
-                "--replica-of", str(os.getpid())]
+        argv = [
+            sys.executable,
+            "-m",
+            "memcache_ext",
+            "demo",
+            "--host",
+            a.host,
+            "--port",
+            str(port),
+            "--db",
+            a.db,
+            "--users",
+            str(a.users),
+            "--days",
+            str(a.days),
+            "--no-create",
+            "--high-memory-mb",
+            str(a.high_memory_mb),
+            "--cleanup-interval",
+            str(a.cleanup_interval),
+            "--log-level",
+            a.log_level,
+            "--redis",
+            a.redis,
+            "--redis-prefix",
+            a.redis_prefix,
+            "--replicas",
+            "1",
+            "--replica-of",
+            str(os.getpid()),
+        ]
         if a.memory_limit_mb is not None:
             argv += ["--memory-limit-mb", str(a.memory_limit_mb)]
         if a.access_log:
@@ -230,25 +314,20 @@ class Supervisor:
         return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
     def _answers(self, port: int) -> bool:
-        try:
-            conn = http.client.HTTPConnection(self._probe_host(), port, timeout=2)
-            try:
-                conn.request("GET", "/health")
-                return conn.getresponse().status == 200
-            finally:
-                conn.close()
-        except (OSError, http.client.HTTPException):
-            return False
+        return http_ok(port, self._probe_host())
 
     def run(self) -> int:
-        busy = [p for p in self.ports if not _port_free(self.args.host, p)]
+        busy = [p for p in self.ports if not port_free(self.args.host, p)]
         if busy:
-            self._say(f"error: port(s) {', '.join(map(str, busy))} on {self.args.host} busy: "
-                      f"--replicas {self.args.replicas} needs ports {self.ports[0]}.."
-                      f"{self.ports[-1]} free (pick another --port)")
+            self._say(
+                f"error: port(s) {', '.join(map(str, busy))} on {self.args.host} busy: "
+                f"--replicas {self.args.replicas} needs ports {self.ports[0]}.."
+                f"{self.ports[-1]} free (pick another --port)"
+            )
             return 2
-        previous = {sig: signal.signal(sig, self._on_signal)
-                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
         try:
             return self._run()
         finally:
@@ -263,39 +342,51 @@ class Supervisor:
         pending = set(range(len(self.procs)))
         while pending:
             if self._signal is not None:  # asked to stop: not a failure
-                self._say(f"demo: {signal.Signals(self._signal).name} during start-up: "
-                          f"stopping the replicas")
+                self._say(
+                    f"demo: {signal.Signals(self._signal).name} during start-up: "
+                    f"stopping the replicas"
+                )
                 return 0
             for i in sorted(pending):
                 code = self.procs[i].poll()
                 if code is not None:
-                    self._say(f"error: replica {i + 1} of {len(self.procs)} (port "
-                              f"{self.ports[i]}) failed to start (exit code {code}); "
-                              f"stopping the others")
+                    self._say(
+                        f"error: replica {i + 1} of {len(self.procs)} (port "
+                        f"{self.ports[i]}) failed to start (exit code {code}); "
+                        f"stopping the others"
+                    )
                     return 1
                 if self._answers(self.ports[i]):
                     pending.discard(i)
             if pending and time.monotonic() > deadline:
                 ports = ", ".join(str(self.ports[i]) for i in sorted(pending))
-                self._say(f"error: replica(s) on port(s) {ports} did not answer /health within "
-                          f"{self.args.start_timeout:g} s; stopping them all")
+                self._say(
+                    f"error: replica(s) on port(s) {ports} did not answer /health within "
+                    f"{self.args.start_timeout:g} s; stopping them all"
+                )
                 return 1
             if pending:
                 time.sleep(0.2)
-        self._say(f"memcache-ext demo: {len(self.procs)} replicas (bounded caches, Redis tier at "
-                  f"{safe_url(self.args.redis)}) on http://{self.args.host}:{self.ports[0]}.."
-                  f"{self.ports[-1]}; supervisor pid {os.getpid()}; Ctrl-C stops them all")
+        self._say(
+            f"memcache-ext demo: {len(self.procs)} replicas (bounded caches, Redis tier at "
+            f"{safe_url(self.args.redis)}) on http://{self.args.host}:{self.ports[0]}.."
+            f"{self.ports[-1]}; supervisor pid {os.getpid()}; Ctrl-C stops them all"
+        )
         while True:
             if self._signal is not None:
-                self._say(f"demo: {signal.Signals(self._signal).name}: stopping "
-                          f"{len(self.procs)} replicas")
+                self._say(
+                    f"demo: {signal.Signals(self._signal).name}: stopping "
+                    f"{len(self.procs)} replicas"
+                )
                 self.stop_all(self._signal)
                 return 0
             for i, proc in enumerate(self.procs):
                 code = proc.poll()
                 if code is not None:
-                    self._say(f"error: replica {i + 1} (port {self.ports[i]}, pid {proc.pid}) "
-                              f"exited with code {code}; stopping the other replicas")
+                    self._say(
+                        f"error: replica {i + 1} (port {self.ports[i]}, pid {proc.pid}) "
+                        f"exited with code {code}; stopping the other replicas"
+                    )
                     return 1
             time.sleep(0.2)
 
@@ -303,19 +394,11 @@ class Supervisor:
         """Send ``sig`` to every replica still running, wait, then SIGKILL leftovers."""
         running = [p for p in self.procs if p.poll() is None]
         for proc in running:
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
+            send_signal(proc, sig)
         deadline = time.monotonic() + self.stop_timeout
         for proc in running:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self._say(f"demo: replica pid {proc.pid} did not stop in "
-                          f"{self.stop_timeout:g} s: killing it")
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait(timeout=10)
+            say = functools.partial(
+                self._say,
+                f"demo: replica pid {proc.pid} did not stop in {self.stop_timeout:g} s: killing it",
+            )
+            stop_process(proc, deadline - time.monotonic(), sig=None, on_kill=say)

@@ -1,0 +1,137 @@
+"""``AsyncTieredCache``: the tier for a ``redis.asyncio.Redis`` client (calls awaited)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Optional, Union
+
+from .._constants import MISSING
+from ._driver import TierDriver
+from ._flow import Flow, advance
+
+__all__ = ["AsyncTieredCache"]
+
+
+class AsyncTieredCache(TierDriver):
+    """The same tier for a ``redis.asyncio.Redis`` client; methods are coroutines.
+
+    Start the listener task with ``await tier.start()`` or ``async with``;
+    ``await tier.aclose()`` stops it. One instance belongs to one event loop.
+    Concurrent ``get_or_set`` calls for a key share one load (a task:
+    cancelling one caller cancels neither the load nor the others).
+    """
+
+    def __init__(self, local: Any, redis_client: Any, namespace: str, **options: Any) -> None:
+        super().__init__(local, redis_client, namespace, **options)
+        self._flights: dict[str, asyncio.Future[Any]] = {}
+        self._task: Optional[asyncio.Task[None]] = None
+
+    # -- the adapter: calls made and awaited ---------------------------------------------
+
+    async def _run(self, flow: Flow) -> Any:
+        done, out = advance(flow, None, None)
+        while not done:
+            try:
+                value, error = out(), None
+                if inspect.isawaitable(value):
+                    value = await value
+            except BaseException as exc:  # noqa: BLE001 - handed to the flow, which decides
+                value, error = None, exc
+            done, out = advance(flow, value, error)
+        return out
+
+    async def _pipeline(self, queue: Callable[[Any], None]) -> Any:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            queue(pipe)
+            return await pipe.execute()
+
+    async def _sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)  # aclose() cancels it
+
+    async def _close_pubsub(self, pubsub: Any) -> None:
+        closer = getattr(pubsub, "aclose", None) or pubsub.reset
+        await asyncio.shield(closer())
+
+    # -- public API ---------------------------------------------------------------------
+
+    async def get(self, key: Any, default: Any = None) -> Any:
+        enc = self.key_encoder
+        k = key if enc is None else self._key(key)
+        value = self._lget(k, MISSING)
+        if value is not MISSING:
+            return value
+        return await self._run(self._get_flow(self._key(k) if enc is None else k, default))
+
+    async def get_or_set(
+        self,
+        key: Any,
+        loader: Callable[[], Union[Any, Awaitable[Any]]],
+        ttl: Optional[float] = None,
+    ) -> Any:
+        """As ``TieredCache.get_or_set``; ``loader`` may be sync or return an awaitable."""
+        value, k = self._local_first(key)
+        if value is not MISSING:
+            return value
+        task = self._flights.get(k)
+        if task is None:
+            task = asyncio.ensure_future(self._run(self._load_flow(k, ttl, loader)))
+            self._flights[k] = task
+
+            def done(t: asyncio.Future[Any], k: str = k) -> None:
+                if self._flights.get(k) is t:
+                    del self._flights[k]
+                if not t.cancelled():
+                    t.exception()  # retrieved: no "never retrieved" warning
+
+            task.add_done_callback(done)
+        else:
+            self.counts.add("shared_loads")
+        return await asyncio.shield(task)
+
+    async def set(self, key: Any, value: Any, ttl: Optional[float] = None) -> bool:
+        return bool(await self._run(self._set_flow(self._key(key), value, ttl)))
+
+    async def delete(self, key: Any) -> bool:
+        return bool(await self._run(self._delete_flow(self._key(key))))
+
+    async def clear(self, remote: bool = True) -> None:
+        await self._run(self._clear_flow(remote))
+
+    # -- listener -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the listener task on the running loop (idempotent)."""
+        if self._task is not None and not self._task.done():
+            return
+        self._stop.clear()
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(self._listen_flow()), name=f"memcache_ext.redis[{self.namespace}]"
+        )
+
+    async def wait_ready(self, timeout: Optional[float] = None) -> bool:
+        """Wait until the listener has subscribed once; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._ready.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def aclose(self) -> None:
+        """Stop the listener task (the client is the caller's to close)."""
+        self._stop.set()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._connected = False
+
+    async def __aenter__(self) -> AsyncTieredCache:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,34 @@
+"""Flows: the tier's operations written once, for a sync and an async adapter.
+
+An operation (read, load, write, delete, flush, clear, the listener) is a
+generator, a *flow*, that yields each call it needs as a zero-argument
+callable: a redis-py command (``functools.partial(self.redis.get, rkey)``),
+the caller's loader, or one of the adapter's own calls (``_pipeline``,
+``_sleep``, ``_close_pubsub``). The adapter makes the call (``TieredCache``
+calls it; ``AsyncTieredCache`` also awaits what it returns) and resumes the
+flow with ``advance``: the result is sent back into the flow, or the exception
+the call raised is thrown into it, where the flow decides (a Redis error is
+counted and answered from the local tier; anything else reaches the caller).
+So the adapters differ only in how they call, never in what the tier does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import Any, Optional
+
+__all__ = ["Flow", "advance"]
+
+#: A flow: yields zero-argument calls, is sent their results, returns the answer.
+Flow = Generator[Callable[[], Any], Any, Any]
+
+
+def advance(flow: Flow, value: Any, error: Optional[BaseException]) -> tuple[bool, Any]:
+    """Resume ``flow`` with a call's result (or the exception it raised).
+
+    Returns ``(False, the next call)``, or ``(True, the flow's answer)`` once it is done.
+    """
+    try:
+        return False, (flow.send(value) if error is None else flow.throw(error))
+    except StopIteration as stop:
+        return True, stop.value

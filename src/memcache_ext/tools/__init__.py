@@ -1,0 +1,5 @@
+"""The command-line tools: ``python -m memcache_ext bench|demo|loadtest``.
+
+This is the top layer: it may import anything in the package, and nothing in
+the library imports it (``tests/test_layers.py`` checks both).
+"""

@@ -1,0 +1,280 @@
+"""The demo service: user health data from SQLite, cached through the manager.
+
+Endpoints:
+
+* ``GET /users/{user_id}``: the profile;
+* ``GET /users/{user_id}/readings?days=7``: hourly readings of the last ``days``
+  days of data (1..365);
+* ``GET /users/{user_id}/summary``: a computed object, daily aggregates over
+  every day of data (heart rate mean/min/max, steps);
+* ``PUT /users/{user_id}/profile``: change name, email and/or birth year
+  (written to SQLite, then the cached profile is replaced and the cached
+  summary dropped, in every replica when the Redis tier is on);
+* ``GET /health``; ``GET /memory/stats``; ``GET /metrics`` (Prometheus).
+
+Three caches hold profiles, readings lists and summaries: bounded caches
+created through a ``CacheManager`` (maxsize, ttl and max_bytes), or, with
+``unbounded=True``, the plain dicts a service starts with (the "before" of
+the load test). The repository and the service are singletons
+(``SingletonMeta``): built once, at start, where a missing or locked database
+is reported as one clear error.
+
+With a Redis client (``create_app(..., redis_url=...)``), each bounded cache
+becomes the local tier of a ``TieredCache`` (namespace ``{prefix}:{name}``):
+reads go through ``get_or_set``, the profile write through ``set``/``delete``
+so that other replicas drop their local copies; each tier's stats appear
+under ``sources`` in ``/memory/stats``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Optional, TypeVar
+
+from fastapi import FastAPI, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ...fastapi import (
+    MemoryCleanupService,
+    MemoryMonitorMiddleware,
+    RequestMemoryMonitor,
+    cleanup_lifespan,
+    memory_router,
+)
+from ...manager import CacheManager, cache_manager
+from .service import (
+    _PROFILE_COLUMNS,
+    CACHE_SETTINGS,
+    HealthService,
+    UserRepository,
+    reset_singletons,
+)
+
+__all__ = [
+    "create_app",
+    "UserRepository",
+    "HealthService",
+    "CACHE_SETTINGS",
+    "ProfileUpdate",
+    "reset_singletons",
+    "connect_redis",
+]
+
+log = logging.getLogger("memcache_ext.demo")
+_T = TypeVar("_T")
+
+UserId = Annotated[int, Path(ge=1, le=10**9, description="User id")]
+Days = Annotated[int, Query(ge=1, le=365, description="Last N days of data")]
+
+
+class ProfileUpdate(BaseModel):
+    """The body of ``PUT /users/{user_id}/profile``: at least one field; unknown ones refused."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: Optional[str] = Field(None, strict=True, min_length=1, max_length=100)
+    email: Optional[str] = Field(
+        None, strict=True, min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+    )
+    birth_year: Optional[int] = Field(None, strict=True, ge=1900, le=2100)
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> ProfileUpdate:
+        if all(getattr(self, f) is None for f in _PROFILE_COLUMNS):
+            raise ValueError("give at least one of name, email, birth_year")
+        return self
+
+    def changes(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in _PROFILE_COLUMNS if getattr(self, f) is not None}
+
+
+def safe_url(url: str) -> str:
+    """``url`` without its password (for logs)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = f"{parts.username or ''}:***@{parts.hostname}"
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "<unparsable URL>"
+
+
+def connect_redis(url: str, timeout: float = 0.5) -> Any:
+    """A redis-py client for ``url`` (bytes responses, bounded timeouts, one retry).
+
+    Never fails because Redis is down: a server that does not answer now is
+    logged as a warning and the tier falls back to the local caches and the
+    database until it answers. A malformed URL raises ValueError.
+    """
+    try:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+    except ImportError as exc:
+        raise ValueError(
+            f"--redis needs redis-py: pip install 'memcache-ext[redis]' ({exc})"
+        ) from exc
+    client = redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1),
+        decode_responses=False,
+    )
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        log.warning(
+            "Redis at %s does not answer (%s: %s): serving from the local caches and "
+            "the database until it does",
+            safe_url(url),
+            type(exc).__name__,
+            exc,
+        )
+    return client
+
+
+def create_app(
+    db_path: str,
+    *,
+    unbounded: bool = False,
+    manager: Optional[CacheManager] = None,
+    memory_limit_mb: float = 400,
+    cleanup_interval: float = 30.0,
+    metrics: bool = True,
+    redis_url: Optional[str] = None,
+    redis_client: Any = None,
+    redis_prefix: str = "demo",
+) -> FastAPI:
+    """The demo FastAPI app over the database at ``db_path`` (which must exist).
+
+    Raises ``memcache_ext.demo.db.DatabaseError`` when the database is missing,
+    is not a demo database, or is locked. ``manager``: the CacheManager for the
+    caches (default ``cache_manager``); ``memory_limit_mb``: the middleware's
+    high-memory threshold; ``metrics``: serve ``/metrics`` (needs
+    prometheus-client). ``redis_url`` (or an existing ``redis_client``):
+    put a Redis second tier behind the bounded caches (namespaces
+    ``{redis_prefix}:{cache}``); Redis being down at start is a warning, not an
+    error. The app closes the tiers (and a client it created) on shutdown.
+    """
+    manager = manager if manager is not None else cache_manager
+    own_client = None
+    if redis_url is not None:
+        if redis_client is not None:
+            raise ValueError("pass redis_url or redis_client, not both")
+        if unbounded:
+            raise ValueError("the Redis tier needs the bounded caches (drop --unbounded)")
+        redis_client = own_client = connect_redis(redis_url)
+    try:
+        # Without a tier, the singleton's arguments are the same as they always were.
+        tier_args = () if redis_client is None else (redis_client, redis_prefix)
+        service = HealthService(db_path, unbounded, manager, *tier_args)
+    except BaseException:
+        if own_client is not None:
+            own_client.close()
+        raise
+    cleanup = MemoryCleanupService(manager, interval=cleanup_interval)
+    monitor = RequestMemoryMonitor(memory_limit_mb)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.info(
+            "demo service up: %s users, %s days of data, %s caches",
+            service.repo.db.meta.get("users"),
+            service.repo.db.meta.get("days"),
+            "unbounded dict" if unbounded else "bounded",
+        )
+        if service.tiers:
+            log.info(
+                "Redis tier on: %s", ", ".join(service.tiers[n].namespace for n in service.tiers)
+            )
+        try:
+            yield
+        finally:
+            service.close_tiers()
+            if own_client is not None:
+                with contextlib.suppress(Exception):
+                    own_client.close()
+            service.repo.close()
+
+    app = FastAPI(
+        title="memcache-ext demo: user health data",
+        description="Profiles, readings and daily summaries from SQLite, cached.",
+        lifespan=cleanup_lifespan(cleanup, lifespan),
+    )
+    app.state.service = service
+    app.state.manager = manager
+    app.state.cleanup = cleanup
+    app.state.monitor = monitor
+    app.add_middleware(MemoryMonitorMiddleware, manager=manager, monitor=monitor)
+    app.include_router(memory_router(manager, monitor=monitor, cleanup_service=cleanup))
+
+    if metrics:
+        from prometheus_client import CollectorRegistry, ProcessCollector
+
+        from ...prometheus import MemcacheCollector, metrics_router
+
+        registry = CollectorRegistry()
+        registry.register(MemcacheCollector(manager, monitor=monitor, tiers=service.tiers.values()))
+        ProcessCollector(registry=registry)
+        app.state.registry = registry
+        app.include_router(metrics_router(registry))
+
+    @app.exception_handler(sqlite3.Error)
+    async def database_error(request: Request, exc: sqlite3.Error) -> JSONResponse:
+        log.error("database error on %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": "database unavailable"}, status_code=503)
+
+    def _missing(user_id: int) -> HTTPException:
+        return HTTPException(status_code=404, detail=f"user {user_id} not found")
+
+    @app.get("/users/{user_id}", summary="A user's profile")
+    def get_user(user_id: UserId) -> dict[str, Any]:
+        profile = service.profile(user_id)
+        if profile is None:
+            raise _missing(user_id)
+        return profile
+
+    @app.get("/users/{user_id}/readings", summary="A user's hourly readings")
+    def get_readings(user_id: UserId, days: Days = 7) -> dict[str, Any]:
+        readings = service.readings(user_id, days)
+        if readings is None:
+            raise _missing(user_id)
+        return {"user_id": user_id, "days": days, "count": len(readings), "readings": readings}
+
+    @app.get("/users/{user_id}/summary", summary="Daily aggregates of a user's readings")
+    def get_summary(user_id: UserId) -> dict[str, Any]:
+        summary = service.summary(user_id)
+        if summary is None:
+            raise _missing(user_id)
+        return summary
+
+    @app.put("/users/{user_id}/profile", summary="Change a user's name, email or birth year")
+    def put_profile(user_id: UserId, update: ProfileUpdate) -> dict[str, Any]:
+        profile = service.update_profile(user_id, update.changes())
+        if profile is None:
+            raise _missing(user_id)
+        return profile
+
+    @app.get("/health", summary="Liveness and cache sizes")
+    def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "cache_mode": "unbounded" if unbounded else "bounded",
+            "users": int(service.repo.db.meta["users"]),
+            "days": int(service.repo.db.meta["days"]),
+            "caches": service.cache_sizes(),
+            "redis": service.tier_state(),
+            "rss_mb": round(manager.memory_usage_mb(), 1),
+        }
+
+    return app

@@ -1,0 +1,295 @@
+"""The demo's data: the SQLite repository and the cached service over it (singletons)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Optional, TypeVar
+
+from ...manager import CacheManager, cache_manager
+from ...singleton import SingletonMeta
+from .db import Database
+
+__all__ = ["CACHE_SETTINGS", "HealthService", "UserRepository", "reset_singletons"]
+
+log = logging.getLogger("memcache_ext.demo")
+_T = TypeVar("_T")
+
+MiB = 2**20
+#: name -> create_cache settings of the bounded caches.
+#: 48 MiB of accounted entries in all: sized so that a 512 MB instance keeps
+#: most of its memory for the interpreter, the database and request handling.
+CACHE_SETTINGS: dict[str, dict[str, Any]] = {
+    "profiles": {"maxsize": 10_000, "ttl": 300, "max_bytes": 8 * MiB},
+    "readings": {"maxsize": 5_000, "ttl": 60, "max_bytes": 32 * MiB},
+    "summaries": {"maxsize": 5_000, "ttl": 300, "max_bytes": 8 * MiB},
+}
+
+# Module level: the endpoints' annotations are strings, resolved in this namespace.
+
+_PROFILE_COLUMNS = ("name", "email", "birth_year")  # what PUT /users/{id}/profile may change
+
+
+class UserRepository(metaclass=SingletonMeta):
+    """SQL access to users and readings (one instance per process)."""
+
+    def __init__(self, db_path: str) -> None:
+        self.db = Database(db_path)  # checks the file: DatabaseError if unusable
+        self.path = db_path
+        self._writer: Optional[sqlite3.Connection] = None
+        self._write_lock = threading.Lock()
+        try:
+            # WAL: readers (this and the other replicas) never wait for a writer.
+            # Persistent in the file; read-only connections work on it as before.
+            self._writer_connection().execute("PRAGMA journal_mode=WAL")
+        except sqlite3.Error as exc:
+            log.warning(
+                "database %s: cannot switch to WAL (%s); profile updates may wait "
+                "for readers or fail",
+                db_path,
+                exc,
+            )
+
+    def _writer_connection(self) -> sqlite3.Connection:
+        """The one read-write connection (lazily; use under ``_write_lock`` after init)."""
+        if self._writer is None:
+            conn = sqlite3.connect(
+                self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+            )
+            conn.row_factory = sqlite3.Row
+            self._writer = conn
+        return self._writer
+
+    @property
+    def end(self) -> int:
+        return self.db.end
+
+    def profile(self, user_id: int) -> Optional[dict[str, Any]]:
+        rows = self.db.query(
+            "SELECT id, name, email, birth_year, created_at FROM users WHERE id = ?", (user_id,)
+        )
+        return dict(rows[0]) if rows else None
+
+    def readings(self, user_id: int, since: int) -> list[dict[str, Any]]:
+        rows = self.db.query(
+            "SELECT ts, heart_rate, steps FROM readings WHERE user_id = ? AND ts >= ? ORDER BY ts",
+            (user_id, since),
+        )
+        return [{"ts": ts, "heart_rate": hr, "steps": steps} for ts, hr, steps in rows]
+
+    def update_profile(self, user_id: int, changes: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """Write ``changes`` (columns of ``_PROFILE_COLUMNS``); the new profile, None if unknown."""
+        bad = set(changes) - set(_PROFILE_COLUMNS)
+        if bad or not changes:
+            raise ValueError(f"cannot change {sorted(bad) or 'nothing'}")
+        assignments = ", ".join(f"{col} = ?" for col in changes)
+        with self._write_lock:
+            conn = self._writer_connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                cur = conn.execute(
+                    f"UPDATE users SET {assignments} WHERE id = ?", (*changes.values(), user_id)
+                )
+                row = None
+                if cur.rowcount:
+                    row = conn.execute(
+                        "SELECT id, name, email, birth_year, created_at FROM users WHERE id = ?",
+                        (user_id,),
+                    ).fetchone()
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+        return dict(row) if row is not None else None
+
+    def close(self) -> None:
+        self.db.close()
+        with self._write_lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            with contextlib.suppress(sqlite3.Error):
+                writer.close()
+
+
+class HealthService(metaclass=SingletonMeta):
+    """Profiles, readings and summaries, each behind a cache (one instance per process).
+
+    With ``redis_client``, each bounded cache is the local tier of a
+    ``TieredCache`` over Redis (namespace ``{redis_prefix}:{name}``, str keys),
+    registered with the manager as the stats source ``redis:{namespace}``.
+    """
+
+    def __init__(
+        self,
+        db_path: str,
+        unbounded: bool = False,
+        manager: Optional[CacheManager] = None,
+        redis_client: Any = None,
+        redis_prefix: str = "demo",
+    ) -> None:
+        if redis_client is not None and unbounded:
+            raise ValueError("the Redis tier needs the bounded caches (drop --unbounded)")
+        self.repo = UserRepository(db_path)
+        self.unbounded = unbounded
+        self.manager = manager if manager is not None else cache_manager
+        self.caches: dict[str, Any] = {}
+        for name, settings in CACHE_SETTINGS.items():
+            # The one line the library asks a service to change: {} -> a bounded cache.
+            self.caches[name] = {} if unbounded else self.manager.create_cache(name, **settings)
+        self.profiles = self.caches["profiles"]
+        self.readings_cache = self.caches["readings"]
+        self.summaries = self.caches["summaries"]
+        self.redis = redis_client
+        self.tiers: dict[str, Any] = {}
+        if redis_client is not None:
+            from ...redis import TieredCache
+
+            for name, settings in CACHE_SETTINGS.items():
+                tier = TieredCache(
+                    self.caches[name], redis_client, f"{redis_prefix}:{name}", ttl=settings["ttl"]
+                )
+                tier.register(self.manager)
+                self.tiers[name] = tier
+
+    # -- the cache, whichever it is ------------------------------------------------------
+
+    def _key(self, *parts: Any) -> Any:
+        """The cache key: str for a tier (``"7"``, ``"7:14"``), else the id or a tuple."""
+        if self.tiers:
+            return ":".join(str(p) for p in parts)
+        return parts[0] if len(parts) == 1 else parts
+
+    def _cached(self, name: str, key: Any, loader: Callable[[], _T]) -> _T:
+        tier = self.tiers.get(name)
+        if tier is not None:
+            # local, then Redis, then the database; one load per key per process.
+            # An unknown user's None is cached too (for the cache's ttl).
+            return tier.get_or_set(key, loader)  # type: ignore[no-any-return]  # loader's value
+        cache = self.caches[name]
+        value: _T = cache.get(key)
+        if value is None:
+            value = loader()
+            if value is not None:
+                cache[key] = value
+        return value
+
+    def _replace(self, name: str, key: Any, value: Any) -> None:
+        """After a write: ``value`` replaces the cached one (None: dropped), in every replica."""
+        tier = self.tiers.get(name)
+        if tier is not None:
+            if value is None:
+                tier.delete(key)
+            else:
+                tier.set(key, value)
+        elif value is None:
+            self.caches[name].pop(key, None)
+        else:
+            self.caches[name][key] = value
+
+    # -- reads and the write ------------------------------------------------------------------
+
+    def profile(self, user_id: int) -> Optional[dict[str, Any]]:
+        return self._cached("profiles", self._key(user_id), lambda: self.repo.profile(user_id))
+
+    def readings(self, user_id: int, days: int) -> Optional[list[dict[str, Any]]]:
+        if self.profile(user_id) is None:
+            return None
+        return self._cached(
+            "readings",
+            self._key(user_id, days),
+            lambda: self.repo.readings(user_id, self.repo.end - days * 86400),
+        )
+
+    def update_profile(self, user_id: int, changes: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """Write to the database, then replace the cached profile and drop the summary
+        (it shows the name). None if the user does not exist."""
+        profile = self.repo.update_profile(user_id, changes)
+        if profile is not None:
+            key = self._key(user_id)
+            self._replace("profiles", key, profile)
+            self._replace("summaries", key, None)
+        return profile
+
+    def summary(self, user_id: int) -> Optional[dict[str, Any]]:
+        return self._cached(
+            "summaries",
+            self._key(user_id),
+            lambda: self._compute_summary(user_id),
+        )
+
+    def _compute_summary(self, user_id: int) -> Optional[dict[str, Any]]:
+        profile = self.profile(user_id)
+        if profile is None:
+            return None
+        rows = self.repo.readings(user_id, 0)
+        days: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            day = time.strftime("%Y-%m-%d", time.gmtime(r["ts"]))
+            d = days.get(day)
+            if d is None:
+                d = days[day] = {
+                    "date": day,
+                    "readings": 0,
+                    "heart_rate_sum": 0.0,
+                    "heart_rate_min": r["heart_rate"],
+                    "heart_rate_max": r["heart_rate"],
+                    "steps": 0,
+                }
+            d["readings"] += 1
+            d["heart_rate_sum"] += r["heart_rate"]
+            d["heart_rate_min"] = min(d["heart_rate_min"], r["heart_rate"])
+            d["heart_rate_max"] = max(d["heart_rate_max"], r["heart_rate"])
+            d["steps"] += r["steps"]
+        daily = []
+        for d in days.values():
+            d["heart_rate_mean"] = round(d.pop("heart_rate_sum") / d["readings"], 2)
+            daily.append(d)
+        total_steps = sum(d["steps"] for d in daily)
+        summary = {
+            "user_id": user_id,
+            "name": profile["name"],
+            "days": len(daily),
+            "readings": len(rows),
+            "steps_total": total_steps,
+            "steps_daily_mean": round(total_steps / len(daily), 1) if daily else 0.0,
+            "heart_rate_mean": (
+                round(sum(r["heart_rate"] for r in rows) / len(rows), 2) if rows else None
+            ),
+            "daily": daily,
+        }
+        return summary
+
+    def cache_sizes(self) -> dict[str, int]:
+        return {name: len(cache) for name, cache in self.caches.items()}
+
+    def tier_state(self) -> Optional[dict[str, Any]]:
+        if not self.tiers:
+            return None
+        return {
+            "connected": all(t.connected for t in self.tiers.values()),
+            "namespaces": [t.namespace for t in self.tiers.values()],
+        }
+
+    def close_tiers(self) -> None:
+        """Stop the tiers' listeners (idempotent); the Redis client is its creator's."""
+        for tier in self.tiers.values():
+            tier.close()
+            with contextlib.suppress(Exception):
+                self.manager.unregister_stats_source(f"redis:{tier.namespace}")
+
+
+def reset_singletons() -> None:
+    """Forget the service and repository instances (tests, or a second app)."""
+    for cls in (HealthService, UserRepository):
+        if cls.has_instance():
+            inst = cls()  # type: ignore[call-arg]  # the existing instance: no arguments needed
+            if isinstance(inst, UserRepository):
+                inst.close()
+            elif isinstance(inst, HealthService):
+                inst.close_tiers()
+        SingletonMeta.reset(cls)

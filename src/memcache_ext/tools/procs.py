@@ -1,0 +1,262 @@
+"""Process helpers shared by the tools and the tests: ports, polling, child processes.
+
+One home for what the load test, the demo's replica supervisor, the benchmarks
+and ``tests/support.py`` each need: a free loopback port, a poll with a
+deadline, an HTTP health probe, stopping a child (and its process group on
+POSIX) without leaving anything behind, and a throwaway ``redis-server``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from typing import IO, Any, Optional
+
+__all__ = [
+    "ProcessError",
+    "free_port",
+    "free_ports",
+    "port_in_use",
+    "port_free",
+    "poll",
+    "http_ok",
+    "send_signal",
+    "stop_process",
+    "RedisServer",
+]
+
+LOOPBACK = "127.0.0.1"
+
+
+class ProcessError(RuntimeError):
+    """A child process did not start, answer or stop as expected (a clear, user-facing message)."""
+
+
+# -- ports ----------------------------------------------------------------------
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A port free on ``host`` now (the kernel's pick; not reserved)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(port: int, host: str = LOOPBACK) -> bool:
+    """Whether something accepts connections on ``host:port``."""
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) == 0
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could bind ``host:port`` now (as uvicorn does, with SO_REUSEADDR)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(n: int, host: str = LOOPBACK) -> int:
+    """A port p with p..p+n-1 free on ``host`` (checked, not reserved)."""
+    for _ in range(100):
+        base = free_port(host)
+        if base + n - 1 < 65536 and not any(port_in_use(base + i, host) for i in range(1, n)):
+            return base
+    raise ProcessError(f"found no {n} consecutive free ports on {host}")
+
+
+# -- waiting --------------------------------------------------------------------
+
+
+def poll(check: Callable[[], Any], timeout: float, what: str = "", pause: float = 0.002) -> Any:
+    """Call ``check`` until it returns something true, and return that.
+
+    Raises TimeoutError after ``timeout`` seconds; an exception from ``check``
+    (a child that died, say) ends the wait at once.
+    """
+    end = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > end:
+            raise TimeoutError(f"not true after {timeout:g}s: {what or check}")
+        time.sleep(pause)
+
+
+def http_ok(port: int, host: str = LOOPBACK, path: str = "/health", timeout: float = 2.0) -> bool:
+    """Whether ``GET http://host:port/path`` answers 200 now."""
+    try:
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        try:
+            conn.request("GET", path)
+            return conn.getresponse().status == 200
+        finally:
+            conn.close()
+    except (OSError, http.client.HTTPException):
+        return False
+
+
+# -- stopping children ------------------------------------------------------------
+
+
+def send_signal(proc: subprocess.Popen[Any], sig: int, group: bool = True) -> None:
+    """Send ``sig`` to ``proc``, or to its process group with ``group`` on POSIX.
+
+    A child started with ``start_new_session=True`` leads its own group, so
+    the group signal reaches whatever it started too. Off POSIX, SIGKILL is
+    ``proc.kill()`` and anything else ``proc.terminate()``. A process already
+    gone is not an error.
+    """
+    try:
+        if group and hasattr(os, "killpg"):
+            os.killpg(proc.pid, sig)
+        elif sig == getattr(signal, "SIGKILL", None):
+            proc.kill()
+        else:
+            proc.terminate()
+    except ProcessLookupError:
+        pass
+
+
+def stop_process(
+    proc: subprocess.Popen[Any],
+    timeout: float = 10.0,
+    sig: Optional[int] = signal.SIGTERM,
+    group: bool = True,
+    on_kill: Optional[Callable[[], None]] = None,
+) -> Optional[int]:
+    """Stop ``proc``: ``sig`` (None: already sent), wait ``timeout`` s, then kill it.
+
+    ``on_kill`` is called before the kill (to say so). Returns the exit code.
+    """
+    if proc.poll() is not None:
+        return proc.returncode
+    if sig is not None:
+        send_signal(proc, sig, group)
+    try:
+        return proc.wait(timeout=max(0.1, timeout))
+    except subprocess.TimeoutExpired:
+        if on_kill is not None:
+            on_kill()
+        send_signal(proc, getattr(signal, "SIGKILL", signal.SIGTERM), group)
+        return proc.wait(timeout=10)
+
+
+# -- redis-server -----------------------------------------------------------------
+
+
+class RedisServer:
+    """A ``redis-server`` of our own on a free loopback port, for tests and tools.
+
+    ``start()`` (or ``with``) runs it without persistence and waits for PING;
+    ``kill()``/``stop()``/``restart()``/``ensure_up()`` let tests take it away
+    and bring it back on the same port. ``proc`` is the child process.
+    """
+
+    def __init__(self, port: Optional[int] = None, exe: Optional[str] = None) -> None:
+        self.exe = exe or shutil.which("redis-server")
+        self.port = port or free_port()
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self._log: Optional[IO[bytes]] = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Start it (it must not be running) and wait until it answers PING."""
+        if self.exe is None:
+            raise ProcessError("redis-server is not on PATH (apt-get install redis-server)")
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self._close_log()
+        self._log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [
+                self.exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                LOOPBACK,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            poll(self._answers, timeout, what="redis-server answers PING", pause=0.01)
+        except BaseException as exc:
+            self.kill()
+            if isinstance(exc, TimeoutError):
+                raise ProcessError(
+                    f"redis-server did not answer PING within {timeout:g} s"
+                ) from None
+            raise
+
+    def _answers(self) -> bool:
+        proc = self.proc
+        if proc is not None and proc.poll() is not None:
+            raise ProcessError(f"redis-server exited with code {proc.returncode}:\n{self.output()}")
+        try:
+            with socket.create_connection((LOOPBACK, self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def output(self) -> str:
+        """The server's last lines of output."""
+        if self._log is None:
+            return ""
+        self._log.seek(0)
+        return self._log.read()[-2000:].decode(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL (a crash, for outage tests)."""
+        if self.proc is not None and self.proc.poll() is None:
+            send_signal(self.proc, getattr(signal, "SIGKILL", signal.SIGTERM), group=False)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        """Terminate it (killed after 10 s) and close its log."""
+        if self.proc is not None:
+            stop_process(self.proc, 10.0, group=False)
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def ensure_up(self) -> None:
+        """Start it again if it is not running (a test may have killed it)."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

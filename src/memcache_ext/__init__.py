@@ -16,18 +16,7 @@ from typing import TYPE_CHECKING, Any
 from . import _core
 from ._core import IMPLEMENTATION, LruCache, PyLruCache
 from ._sizeof import deep_sizeof
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("memcache-ext")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "0+unknown"
-
-
-__version__ = _version()
+from ._version import __version__
 
 _LAZY = {
     "CacheManager": "manager",

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Optional
 
-from .._core import compiled_class
+from .. import _core
 from .._core_py import PyLruCache
 from .._version import __version__
 
@@ -60,13 +60,11 @@ class ClassicLruCache:
 
 def _factories() -> dict[str, Callable[[int], Any]]:
     out: dict[str, Callable[[int], Any]] = {}
-    try:
-        compiled = compiled_class()
+    if _core.IMPORT_ERROR is None:
+        compiled = _core.CLruCache
         out["CLruCache"] = compiled
         out["CLruCache ttl"] = lambda n: compiled(n, ttl=3600)
         out["CLruCache max_bytes"] = lambda n: compiled(n, max_bytes=1 << 40)
-    except ImportError:
-        pass
     out["PyLruCache"] = PyLruCache
     out["classic OrderedDict+RLock"] = ClassicLruCache
     out["dict (unbounded)"] = lambda n: {}  # no bound, no lock: the floor

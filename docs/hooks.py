@@ -11,7 +11,8 @@ by ``python -m memcache_ext bench --json docs/bench.json``):
     {{ ratio("bench", "get_hit", "classic OrderedDict+RLock", "CLruCache", 1) }}
 
 A placeholder that names a missing file, row or field fails the build, so a
-figure cannot silently go stale. ``tests/test_docs.py`` renders every page
+figure cannot silently go stale. Inside code (a `span` or a fenced block) a
+placeholder is shown as written. ``tests/test_docs.py`` renders every page
 through ``render`` too, so the suite checks the placeholders without MkDocs.
 """
 
@@ -23,7 +24,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)(?:\.([a-z_]+)|\((.*?)\))\s*\}\}")
+PLACEHOLDER = r"\{\{\s*([a-z_]+)(?:\.([a-z_]+)|\((.*?)\))\s*\}\}"
+# Code is matched first and kept as it is: a fenced block, or an inline span.
+CODE = r"(^[ \t]*(`{3,}|~{3,})[^\n]*\n.*?^[ \t]*\2[^\n]*$|``.+?``|`[^`\n]+`)"
+TOKEN = re.compile(f"{CODE}|{PLACEHOLDER}", re.M | re.S)
 
 # Column order and labels of ``python -m memcache_ext bench``.
 COLUMNS = [("get_hit", "get hit"), ("get_miss", "get miss"), ("set_update", "set update"),
@@ -91,7 +95,9 @@ def render(markdown: str, docs_dir: Path) -> str:
         return cache[source]
 
     def fill(m: re.Match[str]) -> str:
-        name, attr, args = m.group(1), m.group(2), m.group(3)
+        if m.group(1) is not None:
+            return m.group(0)
+        name, attr, args = m.group(3), m.group(4), m.group(5)
         if attr is not None:
             if attr == "table":
                 return _table(data(name))
@@ -112,7 +118,12 @@ def render(markdown: str, docs_dir: Path) -> str:
             return f"{_value(d, source, a, field) / _value(d, source, b, field):.{digits}f}"
         raise FigureError(f"unknown placeholder {m.group(0)}")
 
-    return PLACEHOLDER.sub(fill, markdown)
+    return TOKEN.sub(fill, markdown)
+
+
+def placeholders(markdown: str) -> list[str]:
+    """The placeholders of ``markdown`` that ``render`` fills (code excluded)."""
+    return [m.group(0) for m in TOKEN.finditer(markdown) if m.group(1) is None]
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:

@@ -271,6 +271,23 @@ def test_figures_come_from_the_benchmark_files() -> None:
         hooks.render('{{ figure("bench", "no such cache", "get_hit") }}', DOCS)
 
 
+def test_readme_figures_match_bench_json() -> None:
+    """The README's small speed table is a copy: it must say what docs/bench.json says."""
+    if not (DOCS / "bench.json").exists():
+        pytest.skip("docs/ is not part of this copy (sdist, wheel tests)")
+    hooks = _hooks()
+    text = README.read_text(encoding="utf-8")
+    header = next(ln for ln in text.splitlines() if ln.strip().startswith("| ns per operation |"))
+    fields = {"get hit": "get_hit", "set+evict": "set_evict", "bytes per entry": "bytes_per_entry"}
+    columns = [fields[c.strip()] for c in header.strip().strip("|").split("|")[1:]]
+    rows = re.findall(r"^\s*\| ([\w.-]+) \|((?: [\d.,]+ \|)+)\s*$", text, re.M)
+    assert len(rows) >= 3
+    for name, cells in rows:
+        for field, cell in zip(columns, cells.strip(" |").split("|")):
+            want = hooks.render(f'{{{{ figure("bench", "{name}", "{field}") }}}}', DOCS)
+            assert cell.strip() == want, f"README {name} {field}: {cell.strip()} != {want}"
+
+
 def test_docs_build_strict(tmp_path: Path) -> None:
     if not (ROOT / "mkdocs.yml").exists() or not DOCS.is_dir():
         pytest.skip("mkdocs.yml or docs/ is not part of this copy")

@@ -50,11 +50,13 @@ DIRECTIVES = {
 }
 
 if PURE and _flag("MEMCACHE_EXT_REQUIRE_EXTENSIONS"):
-    sys.exit("memcache_ext: MEMCACHE_EXT_REQUIRE_EXTENSIONS is set but the extension "
-             "cannot be built here (pure-Python switch or non-CPython interpreter)")
+    sys.exit(
+        "memcache_ext: MEMCACHE_EXT_REQUIRE_EXTENSIONS is set but the extension "
+        "cannot be built here (pure-Python switch or non-CPython interpreter)"
+    )
 
 
-class optional_build_ext(build_ext):
+class OptionalBuildExt(build_ext):
     """Fall back to pure Python on a failed compile, unless the extension is required."""
 
     def run(self) -> None:
@@ -99,8 +101,11 @@ def extensions() -> list:
         cflags = ["-O0", "-g3", "-UNDEBUG"] if DEBUG else ["-O3"]
         ldflags = []
         if SANITIZE:
-            san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
-                   "-fno-sanitize-recover=undefined"]
+            san = [
+                "-fsanitize=address,undefined",
+                "-fno-omit-frame-pointer",
+                "-fno-sanitize-recover=undefined",
+            ]
             cflags = ["-O1", "-g", "-UNDEBUG", *san]
             ldflags = san
     exts = [
@@ -119,4 +124,4 @@ def extensions() -> list:
     return cythonize(exts, compiler_directives=DIRECTIVES, force=True)
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": optional_build_ext})
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -30,9 +30,15 @@ CODE = r"(^[ \t]*(`{3,}|~{3,})[^\n]*\n.*?^[ \t]*\2[^\n]*$|``.+?``|`[^`\n]+`)"
 TOKEN = re.compile(f"{CODE}|{PLACEHOLDER}", re.M | re.S)
 
 # Column order and labels of ``python -m memcache_ext bench``.
-COLUMNS = [("get_hit", "get hit"), ("get_miss", "get miss"), ("set_update", "set update"),
-           ("set_evict", "set+evict"), ("zipf", "zipf get_or_set"),
-           ("bytes_per_entry", "B/entry"), ("zipf_hit_ratio", "hit ratio")]
+COLUMNS = [
+    ("get_hit", "get hit"),
+    ("get_miss", "get miss"),
+    ("set_update", "set update"),
+    ("set_evict", "set+evict"),
+    ("zipf", "zipf get_or_set"),
+    ("bytes_per_entry", "B/entry"),
+    ("zipf_hit_ratio", "hit ratio"),
+]
 BASELINES = [("PyLruCache", "x PyLru"), ("classic OrderedDict+RLock", "x classic")]
 
 
@@ -78,11 +84,13 @@ def _table(data: dict[str, Any]) -> str:
 def _environment(data: dict[str, Any]) -> str:
     env = data["environment"]
     versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items())
-    return (f"Python {env['python']} on {env['cpu']} ({env['cpus']} CPUs), "
-            f"{env['platform']}, memcache_ext {env['memcache_ext']} "
-            f"(implementation: {env['implementation']}); {versions}; "
-            f"{data['size']:,}-entry caches, median of {data['rounds']} round(s) "
-            f"x {data['repeats']} repeats")
+    return (
+        f"Python {env['python']} on {env['cpu']} ({env['cpus']} CPUs), "
+        f"{env['platform']}, memcache_ext {env['memcache_ext']} "
+        f"(implementation: {env['implementation']}); {versions}; "
+        f"{data['size']:,}-entry caches, median of {data['rounds']} round(s) "
+        f"x {data['repeats']} repeats"
+    )
 
 
 def render(markdown: str, docs_dir: Path) -> str:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import random
 import sys
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 SWITCH_INTERVAL = 1e-6
 
@@ -30,7 +31,7 @@ def sizeof(obj: Any) -> int:
 def check(c: Any, measure: Callable[[Any], int] = sizeof) -> None:
     """The invariants of a cache nobody is using right now (and whose clock,
     if it has a TTL, stands still)."""
-    c.expire()   # len() counts expired entries until something removes them
+    c.expire()  # len() counts expired entries until something removes them
     keys, items = c.keys(), c.items()
     assert len(c) == len(keys) == len(items) == len(set(keys)), (len(c), len(keys), len(items))
     assert c.maxsize is None or len(c) <= c.maxsize, (len(c), c.maxsize)
@@ -39,7 +40,7 @@ def check(c: Any, measure: Callable[[Any], int] = sizeof) -> None:
     assert stats["lookups"] == stats["hits"] + stats["misses"]
     if c.max_bytes is not None:
         assert c.nbytes <= c.max_bytes, (c.nbytes, c.max_bytes)
-        if c.ttl is None:   # with a TTL, expired entries are counted but not listed
+        if c.ttl is None:  # with a TTL, expired entries are counted but not listed
             want = sum(measure(k) + measure(v) for k, v in items)
             assert c.nbytes == want, (c.nbytes, want)
     for k in keys:
@@ -79,17 +80,19 @@ class Counter:
             self.n += n
 
 
-def _mix(Cache: Any, seed: int, nthreads: int, policy: str, ops: int = 1500) -> None:
+def _mix(cache_cls: Any, seed: int, nthreads: int, policy: str, ops: int = 1500) -> None:
     """Every operation from many threads on two small shared caches."""
-    caches = [Cache(40, max_bytes=600, sizeof=sizeof, policy=policy),
-              Cache(100, policy=policy)]
+    caches = [
+        cache_cls(40, max_bytes=600, sizeof=sizeof, policy=policy),
+        cache_cls(100, policy=policy),
+    ]
     lookups = [Counter(), Counter()]
 
     def worker(i: int) -> None:
         rnd = random.Random(seed * 100 + i)
         made = [0, 0]
         for _ in range(ops):
-            j = rnd.random() < 0.6 and 0 or 1
+            j = (rnd.random() < 0.6 and 0) or 1
             c = caches[j]
             k = f"k{rnd.randrange(150)}"
             r = rnd.random()
@@ -141,9 +144,9 @@ def _mix(Cache: Any, seed: int, nthreads: int, policy: str, ops: int = 1500) -> 
     run_threads(nthreads, worker)
     from memcache_ext import deep_sizeof
 
-    for c, made in zip(caches, lookups):
+    for c, made in zip(caches, lookups, strict=True):
         if c.max_bytes is None:
-            c.resize(max_bytes=10**6)   # measures every entry (deep_sizeof): checks nbytes too
+            c.resize(max_bytes=10**6)  # measures every entry (deep_sizeof): checks nbytes too
             check(c, deep_sizeof)
         else:
             check(c)
@@ -151,28 +154,28 @@ def _mix(Cache: Any, seed: int, nthreads: int, policy: str, ops: int = 1500) -> 
         assert stats["hits"] + stats["misses"] == made.n, (stats, made.n)
 
 
-def mix2(Cache: Any, seed: int) -> None:
-    _mix(Cache, seed, 2, "lru")
+def mix2(cache_cls: Any, seed: int) -> None:
+    _mix(cache_cls, seed, 2, "lru")
 
 
-def mix4(Cache: Any, seed: int) -> None:
-    _mix(Cache, seed, 4, "s3fifo")
+def mix4(cache_cls: Any, seed: int) -> None:
+    _mix(cache_cls, seed, 4, "s3fifo")
 
 
-def mix8(Cache: Any, seed: int) -> None:
-    _mix(Cache, seed, 8, "lru", ops=800)
+def mix8(cache_cls: Any, seed: int) -> None:
+    _mix(cache_cls, seed, 8, "lru", ops=800)
 
 
-def mix8_s3fifo(Cache: Any, seed: int) -> None:
-    _mix(Cache, seed, 8, "s3fifo", ops=800)
+def mix8_s3fifo(cache_cls: Any, seed: int) -> None:
+    _mix(cache_cls, seed, 8, "s3fifo", ops=800)
 
 
-def trim_race(Cache: Any, seed: int) -> None:
+def trim_race(cache_cls: Any, seed: int) -> None:
     """Two threads trimming while two insert: trim removes what is there and
     returns how many it removed (it used to read the count, run Python code,
     then remove that many: another thread's trim in between made it unlink
     the list's sentinel and hang holding the GIL)."""
-    c = Cache(1000)
+    c = cache_cls(1000)
     removed = Counter()
 
     def worker(i: int) -> None:
@@ -191,7 +194,7 @@ def trim_race(Cache: Any, seed: int) -> None:
     assert c.stats()["evictions_by_reason"]["trim"] == removed.n
 
 
-def budget(Cache: Any, seed: int) -> None:
+def budget(cache_cls: Any, seed: int) -> None:
     """What CacheManager(max_total_bytes=...) used to do: two byte-bounded
     caches whose sizeof makes room under a shared budget by trimming the
     fuller one (often its own cache, mid-insert), from four threads. It used to
@@ -203,7 +206,7 @@ def budget(Cache: Any, seed: int) -> None:
             max(caches, key=lambda c: c.nbytes).trim(0.05)
         return 10
 
-    caches += [Cache(None, max_bytes=5000, sizeof=measuring) for _ in range(2)]
+    caches += [cache_cls(None, max_bytes=5000, sizeof=measuring) for _ in range(2)]
 
     def worker(i: int) -> None:
         c = caches[i % 2]
@@ -216,10 +219,10 @@ def budget(Cache: Any, seed: int) -> None:
     assert sum(c.nbytes for c in caches) <= 5000 + 4 * 20
 
 
-def callbacks(Cache: Any, seed: int) -> None:
+def callbacks(cache_cls: Any, seed: int) -> None:
     """sizeof, timer and on_evict that trim, clear, resize or insert into the
     same cache and into another one, from four threads."""
-    other = Cache(50)
+    other = cache_cls(50)
     box: list[Any] = []
     now = [0.0]
     running = [True]
@@ -252,12 +255,12 @@ def callbacks(Cache: Any, seed: int) -> None:
                 other.trim(0.5)
         return now[0]
 
-    c = Cache(30, 1.0, max_bytes=500, sizeof=measuring, timer=timer, on_evict=on_evict)
+    c = cache_cls(30, 1.0, max_bytes=500, sizeof=measuring, timer=timer, on_evict=on_evict)
     box.append(c)
 
     def worker(i: int) -> None:
         rnd = random.Random(seed * 7 + i)
-        for j in range(600):
+        for _ in range(600):
             k = f"{rnd.randrange(60)}"
             r = rnd.random()
             if r < 0.5:
@@ -286,7 +289,7 @@ class SlowKey:
         self.v = v
 
     def __hash__(self) -> int:
-        return self.v % 7   # many collisions: __eq__ runs on most lookups
+        return self.v % 7  # many collisions: __eq__ runs on most lookups
 
     def __eq__(self, other: object) -> bool:
         total = 0
@@ -295,10 +298,10 @@ class SlowKey:
         return isinstance(other, SlowKey) and other.v == self.v
 
 
-def slow_eq(Cache: Any, seed: int) -> None:
+def slow_eq(cache_cls: Any, seed: int) -> None:
     """8 threads whose keys' __eq__ lets other threads in: exact counters, no
     error (PyLruCache's lock-free reads raised 'OrderedDict mutated')."""
-    c = Cache(30)
+    c = cache_cls(30)
     made = Counter()
 
     def worker(i: int) -> None:
@@ -323,36 +326,38 @@ def slow_eq(Cache: Any, seed: int) -> None:
     assert c.stats()["hits"] + c.stats()["misses"] == made.n
 
 
-def hostile_keys(Cache: Any, seed: int) -> None:
+def hostile_keys(cache_cls: Any, seed: int) -> None:
     """Keys whose __eq__ or __hash__ mutate, clear or resize the cache during
     every kind of operation, on one thread: no crash, the structure stays
     consistent; an operation either completes or raises RuntimeError (the
     cache changed under its lookup on every try) or the key's own error."""
     rnd = random.Random(seed)
     for policy in ("lru", "s3fifo"):
-        c = Cache(8, policy=policy)
+        c = cache_cls(8, policy=policy)
 
         class Key:
+            cache = c
+
             def __init__(self, v: int, action: int) -> None:
                 self.v, self.action = v, action
 
             def __hash__(self) -> int:
                 if self.action == 5:
-                    c[f"h{self.v}"] = 1
-                return 3   # every Key collides: each lookup runs __eq__
+                    self.cache[f"h{self.v}"] = 1
+                return 3  # every Key collides: each lookup runs __eq__
 
             def __eq__(self, other: object) -> bool:
                 a, self.action = self.action, rnd.randrange(8)
                 if a == 0:
-                    c.clear()
+                    self.cache.clear()
                 elif a == 1:
-                    c.resize(maxsize=rnd.randrange(1, 10))
+                    self.cache.resize(maxsize=rnd.randrange(1, 10))
                 elif a == 2:
-                    c.pop(Key(rnd.randrange(6), 7), None)
+                    self.cache.pop(Key(rnd.randrange(6), 7), None)
                 elif a == 3:
-                    c[f"s{rnd.randrange(5)}"] = 0
+                    self.cache[f"s{rnd.randrange(5)}"] = 0
                 elif a == 4:
-                    c.trim(0.5)
+                    self.cache.trim(0.5)
                 return isinstance(other, Key) and other.v == self.v
 
         for _ in range(300):
@@ -385,14 +390,15 @@ def hostile_keys(Cache: Any, seed: int) -> None:
         c.resize(maxsize=8)
 
 
-def eq_clears_during_pop(Cache: Any, seed: int) -> None:
+def eq_clears_during_pop(cache_cls: Any, seed: int) -> None:
     """A key whose __eq__ clears the cache during pop (PyLruCache died with
     SIGSEGV inside OrderedDict): pop finds nothing or the key, never crashes."""
     for _ in range(50):
-        c = Cache(16)
+        c = cache_cls(16)
 
         class K:
             armed = False
+            cache = c
 
             def __hash__(self) -> int:
                 return 1
@@ -400,7 +406,7 @@ def eq_clears_during_pop(Cache: Any, seed: int) -> None:
             def __eq__(self, other: object) -> bool:
                 if K.armed:
                     K.armed = False
-                    c.clear()
+                    self.cache.clear()
                 return self is other
 
         keys = [K() for _ in range(8)]
@@ -413,8 +419,19 @@ def eq_clears_during_pop(Cache: Any, seed: int) -> None:
 
 
 SCENARIOS: dict[str, Callable[[Any, int], None]] = {
-    f.__name__: f for f in (mix2, mix4, mix8, mix8_s3fifo, trim_race, budget, callbacks,
-                            slow_eq, hostile_keys, eq_clears_during_pop)
+    f.__name__: f
+    for f in (
+        mix2,
+        mix4,
+        mix8,
+        mix8_s3fifo,
+        trim_race,
+        budget,
+        callbacks,
+        slow_eq,
+        hostile_keys,
+        eq_clears_during_pop,
+    )
 }
 
 
@@ -423,13 +440,13 @@ def main(argv: list[str]) -> int:
     iterations = int(argv[1]) if len(argv) > 1 else 1
     names = argv[2:] or list(SCENARIOS)
     if impl == "c":
-        from memcache_ext._core_c import CLruCache as Cache
+        from memcache_ext._core_c import CLruCache as CacheClass
     else:
-        from memcache_ext._core_py import PyLruCache as Cache
+        from memcache_ext._core_py import PyLruCache as CacheClass
     sys.setswitchinterval(SWITCH_INTERVAL)
     for it in range(iterations):
         for name in names:
-            SCENARIOS[name](Cache, it)
+            SCENARIOS[name](CacheClass, it)
     print(f"{impl}: {iterations} x {len(names)} scenarios ok")
     return 0
 

@@ -34,8 +34,11 @@ except ImportError as exc:  # pragma: no cover - depends on the build
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     if REQUIRE_EXT and C_IMPORT_ERROR is not None:
-        pytest.exit(f"MEMCACHE_EXT_REQUIRE_EXTENSIONS is set but the compiled core "
-                    f"failed to import: {C_IMPORT_ERROR}", returncode=3)
+        pytest.exit(
+            f"MEMCACHE_EXT_REQUIRE_EXTENSIONS is set but the compiled core "
+            f"failed to import: {C_IMPORT_ERROR}",
+            returncode=3,
+        )
 
 
 IMPLS = [
@@ -46,7 +49,7 @@ IMPLS = [
 
 @pytest.fixture(params=IMPLS)
 def impl(request: pytest.FixtureRequest) -> str:
-    """"c" or "py": which implementation this test runs against."""
+    """ "c" or "py": which implementation this test runs against."""
     if request.param == "c" and CLruCache is None:
         pytest.skip(f"compiled core not importable: {C_IMPORT_ERROR}")
     return str(request.param)
@@ -83,20 +86,25 @@ def run_isolated(code: str, impl: str, timeout: float = 60.0) -> subprocess.Comp
     fails on the timeout instead of hanging the suite, and a crash fails one
     test instead of killing the run.
     """
-    header = (
-        "import gc, sys, threading\n"
-        + ("from memcache_ext._core_c import CLruCache as Cache\n" if impl == "c"
-           else "from memcache_ext._core_py import PyLruCache as Cache\n")
+    header = "import gc, sys, threading\n" + (
+        "from memcache_ext._core_c import CLruCache as Cache\n"
+        if impl == "c"
+        else "from memcache_ext._core_py import PyLruCache as Cache\n"
     )
     try:
-        proc = subprocess.run([sys.executable, "-X", "faulthandler", "-c",
-                               header + textwrap.dedent(code)],
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, "-X", "faulthandler", "-c", header + textwrap.dedent(code)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"timed out after {timeout}s (deadlock?)\nstdout: {exc.stdout}\n"
-                    f"stderr: {exc.stderr}")
+        pytest.fail(
+            f"timed out after {timeout}s (deadlock?)\nstdout: {exc.stdout}\nstderr: {exc.stderr}"
+        )
     assert proc.returncode == 0, (
-        f"exit code {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        f"exit code {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    )
     return proc
 
 

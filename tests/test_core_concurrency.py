@@ -21,8 +21,15 @@ HERE = Path(__file__).resolve().parent
 
 
 def run(impl: str, iterations: int, names: list[str], timeout: float) -> None:
-    cmd = [sys.executable, "-X", "faulthandler", str(HERE / "concurrency_scenarios.py"),
-           impl, str(iterations), *names]
+    cmd = [
+        sys.executable,
+        "-X",
+        "faulthandler",
+        str(HERE / "concurrency_scenarios.py"),
+        impl,
+        str(iterations),
+        *names,
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:

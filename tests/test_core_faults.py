@@ -8,8 +8,6 @@ cache must be consistent and usable. Each sweep runs in a subprocess.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 pytest.importorskip("_testcapi")
@@ -68,22 +66,23 @@ size = lambda o: len(str(o))
 
 CASES = {
     "construction": "constructed()",
-    "pool and table growth": "sweep(filled(7), lambda c: c.update({f'n{i}': i for i in range(40)}))",
+    "pool and table growth": "sweep(filled(7), "
+    "lambda c: c.update({f'n{i}': i for i in range(40)}))",
     "growth with a byte bound": "sweep(filled(7, max_bytes=400, sizeof=size), "
-                                "lambda c: [c.set(f'n{i}', i) for i in range(60)])",
+    "lambda c: [c.set(f'n{i}', i) for i in range(60)])",
     "shrink after trim": "sweep(filled(300), lambda c: c.trim(0.99))",
     "shrink after expire and clear": "sweep(filled(300), lambda c: (c.clear(), c.expire()))",
     "snapshots": "sweep(filled(50), lambda c: (c.keys(), c.items(), list(c), list(reversed(c)), "
-                 "repr(c), c == dict(c.items()), pickle.loads(pickle.dumps(c)), c.copy()))",
+    "repr(c), c == dict(c.items()), pickle.loads(pickle.dumps(c)), c.copy()))",
     "leases": "sweep(filled(5), lambda c: [c.get_or_set(f'g{i}', lambda: i) "
-              "for i in range(10)] + [c.fill('x', 1, c.lease('x'))])",
+    "for i in range(10)] + [c.fill('x', 1, c.lease('x'))])",
     "s3fifo ghost": "sweep(filled(20, maxsize=20, policy='s3fifo'), "
-                    "lambda c: [c.set(f'n{i % 60}', i) for i in range(400)])",
+    "lambda c: [c.set(f'n{i % 60}', i) for i in range(400)])",
     "resize measuring every entry": "import warnings; warnings.simplefilter('ignore'); "
-                                    "sweep(filled(40, sizeof=size), "
-                                    "lambda c: c.resize(max_bytes=10**6))",
+    "sweep(filled(40, sizeof=size), "
+    "lambda c: c.resize(max_bytes=10**6))",
     "stats and pop": "sweep(filled(20), lambda c: (c.stats(), c.pop('k3'), c.popitem(), "
-                     "c.invalidate('k4')))",
+    "c.invalidate('k4')))",
 }
 
 

@@ -4,7 +4,8 @@ its factory started (the cache-aside race), and the caller still gets it."""
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ def test_a_write_between_lease_and_fill_refuses_the_fill(cache_cls: type, write:
     token = c.lease("k")
     WRITES[write](c)
     stored = "new" if write in ("set", "setitem", "update") else None
-    assert c.fill("k", "stale", token) == "stale"   # the caller's value, not stored
+    assert c.fill("k", "stale", token) == "stale"  # the caller's value, not stored
     assert c.peek("k") == stored
 
 
@@ -38,8 +39,8 @@ def test_a_write_during_the_factory_refuses_the_fill(cache_cls: type, write: str
         WRITES[write](c)
         return "stale"
 
-    assert c.get_or_set("k", factory) == "stale"   # the caller gets what it computed
-    assert c.peek("k") == ("new" if write != "invalidate" and write != "clear" else None)
+    assert c.get_or_set("k", factory) == "stale"  # the caller gets what it computed
+    assert c.peek("k") == (None if write in ("invalidate", "clear") else "new")
 
 
 def test_a_factory_blocked_until_a_writer_invalidates(cache_cls: type) -> None:
@@ -56,6 +57,7 @@ def test_a_factory_blocked_until_a_writer_invalidates(cache_cls: type) -> None:
             loaded.set()
             written.wait(10)
             return row
+
         results.append(c.get_or_set("user", load))
 
     def writer() -> None:
@@ -78,8 +80,8 @@ def test_a_factory_blocked_until_a_writer_invalidates(cache_cls: type) -> None:
 def test_without_a_write_the_fill_stores(cache_cls: type) -> None:
     c = cache_cls(10)
     assert c.get_or_set("k", lambda: 1) == 1 and c.peek("k") == 1
-    c.invalidate("other")   # another key: no effect on this fill
-    assert c.get_or_set("j", lambda: c.invalidate("other") and 0 or 2) == 2
+    c.invalidate("other")  # another key: no effect on this fill
+    assert c.get_or_set("j", lambda: (c.invalidate("other") and 0) or 2) == 2
     assert c.peek("j") == 2
 
 
@@ -87,7 +89,7 @@ def test_a_value_stored_by_another_fill_wins(cache_cls: type) -> None:
     c = cache_cls(10)
 
     def factory() -> str:
-        assert c.get_or_set("k", lambda: "first") == "first"   # a nested fill
+        assert c.get_or_set("k", lambda: "first") == "first"  # a nested fill
         return "second"
 
     assert c.get_or_set("k", factory) == "first"
@@ -115,9 +117,9 @@ def test_lease_and_fill_by_hand(cache_cls: type) -> None:
     token = c.lease("k")
     assert c.fill("k", 1, token) == 1 and c["k"] == 1
     with pytest.raises(ValueError, match="not an outstanding lease"):
-        c.fill("k", 2, token)             # a lease ends with its fill
+        c.fill("k", 2, token)  # a lease ends with its fill
     token = c.lease("k")
-    c["k"] = 3                            # a write: the fill is refused
+    c["k"] = 3  # a write: the fill is refused
     assert c.fill("k", 4, token) == 4 and c["k"] == 3
     token = c.lease("x")
     c.drop_lease(token)
@@ -142,13 +144,14 @@ def test_a_failing_factory_ends_its_lease(cache_cls: type) -> None:
         with pytest.raises(ZeroDivisionError):
             c.get_or_set("k", boom)
     token = c.lease("k")
-    assert token & 0xFFFFFFFF == 0        # the first slot again: nothing leaked
+    assert token & 0xFFFFFFFF == 0  # the first slot again: nothing leaked
     c.drop_lease(token)
 
 
 def test_a_collision_refuses_conservatively(cache_cls: type) -> None:
     """Leases follow hash bits: a write to another key with the same hash makes
     the fill refuse (one more miss later, never a stale value)."""
+
     class Same:
         def __init__(self, name: str) -> None:
             self.name = name
@@ -177,15 +180,20 @@ def test_twins_agree_on_a_random_mix(impl: str) -> None:
     for seed in range(30):
         caches = [CLruCache(6), PyLruCache(6)]
         logs: list[list[Any]] = [[], []]
-        for c, log in zip(caches, logs):
+        for c, log in zip(caches, logs, strict=True):
             rnd = random.Random(seed)
             tokens: list[tuple[str, int]] = []
             for _ in range(80):
                 k = f"k{rnd.randrange(8)}"
                 r = rnd.random()
                 if r < 0.3:
-                    log.append(c.get_or_set(k, lambda: (c.invalidate(k) if rnd.random() < 0.3
-                                                       else None, rnd.randrange(9))[1]))
+
+                    def factory(c: Any = c, k: str = k, rnd: random.Random = rnd) -> int:
+                        if rnd.random() < 0.3:
+                            c.invalidate(k)
+                        return rnd.randrange(9)
+
+                    log.append(c.get_or_set(k, factory))
                 elif r < 0.5:
                     tokens.append((k, c.lease(k)))
                 elif r < 0.7 and tokens:

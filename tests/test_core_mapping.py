@@ -163,9 +163,15 @@ def test_unknown_keyword_is_a_type_error(cache_cls):
 def test_unhashable_key_is_a_type_error_and_changes_nothing(cache_cls):
     c = cache_cls(3)
     c["a"] = 1
-    for op in (lambda: c[[1]], lambda: c.__setitem__([1], 2), lambda: c.get({}),
-               lambda: c.pop([1]), lambda: [1] in c, lambda: c.set({1}, 1),
-               lambda: c.get_or_set([], lambda: 1)):
+    for op in (
+        lambda: c[[1]],
+        lambda: c.__setitem__([1], 2),
+        lambda: c.get({}),
+        lambda: c.pop([1]),
+        lambda: [1] in c,
+        lambda: c.set({1}, 1),
+        lambda: c.get_or_set([], lambda: 1),
+    ):
         with pytest.raises(TypeError, match="unhashable"):
             op()
     assert c.items() == [("a", 1)] and c.stats()["misses"] == 0 and c.stats()["hits"] == 0

@@ -88,8 +88,12 @@ keys = st.integers(0, 12)
 ops = st.lists(
     st.one_of(
         st.tuples(st.just("set"), keys, st.text(max_size=8), st.none() | st.sampled_from([1, 5])),
-        st.tuples(st.sampled_from(["get", "getitem", "del", "pop", "peek", "contains",
-                                   "setdefault", "get_or_set"]), keys),
+        st.tuples(
+            st.sampled_from(
+                ["get", "getitem", "del", "pop", "peek", "contains", "setdefault", "get_or_set"]
+            ),
+            keys,
+        ),
         st.tuples(st.just("advance"), st.sampled_from([0.5, 2, 6])),
         st.tuples(st.sampled_from(["expire", "popitem", "clear", "len", "items"])),
         st.tuples(st.just("trim"), st.sampled_from([0.1, 0.5, 1.0])),
@@ -181,15 +185,26 @@ def _popitem(c):
         return MISSING
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=ops, maxsize=st.none() | st.integers(0, 6), ttl=st.none() | st.sampled_from([3, 10]),
-       max_bytes=st.none() | st.integers(0, 30))
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    ops=ops,
+    maxsize=st.none() | st.integers(0, 6),
+    ttl=st.none() | st.sampled_from([3, 10]),
+    max_bytes=st.none() | st.integers(0, 30),
+)
 def test_cache_matches_model(cache_cls, ops, maxsize, ttl, max_bytes):
     clock = Clock()
     evicted: list = []
-    c = cache_cls(maxsize, ttl, max_bytes=max_bytes, timer=clock,
-                  sizeof=None if max_bytes is None else (lambda o: len(str(o))),
-                  on_evict=lambda k, v, r: evicted.append((k, r)))
+    c = cache_cls(
+        maxsize,
+        ttl,
+        max_bytes=max_bytes,
+        timer=clock,
+        sizeof=None if max_bytes is None else (lambda o: len(str(o))),
+        on_evict=lambda k, v, r: evicted.append((k, r)),
+    )
     m = Model(maxsize, ttl, max_bytes, clock)
     for op in ops:
         got, want = apply(c, m, clock, op)

@@ -12,11 +12,11 @@ def test_lru_eviction_order_and_bound(cache_cls):
     c = cache_cls(3, on_evict=lambda k, v, r: evicted.append((k, v, r)))
     for k in "abc":
         c[k] = k
-    c["a"]          # a becomes MRU
-    c.get("b")      # b becomes MRU
-    c["d"] = "d"    # evicts c
+    c["a"]  # a becomes MRU
+    c.get("b")  # b becomes MRU
+    c["d"] = "d"  # evicts c
     assert evicted == [("c", "c", "capacity")] and c.keys() == ["a", "b", "d"]
-    c["a"] = "A"    # replacing is not an eviction and makes a the MRU
+    c["a"] = "A"  # replacing is not an eviction and makes a the MRU
     c["e"] = "e"
     assert evicted[-1] == ("b", "b", "capacity") and c.keys() == ["d", "a", "e"]
     assert len(c) == 3 and c.stats()["evictions"] == 2
@@ -44,8 +44,13 @@ def test_counting_rules(cache_cls):
     c = cache_cls(10)
     c["a"] = 1
     c["b"] = 2
-    c["a"]; c.get("a"); c.get("zz"); c.setdefault("a"); c.setdefault("n", 0)
-    c.get_or_set("a", lambda: 9); c.get_or_set("m", lambda: 9)
+    c["a"]
+    c.get("a")
+    c.get("zz")
+    c.setdefault("a")
+    c.setdefault("n", 0)
+    c.get_or_set("a", lambda: 9)
+    c.get_or_set("m", lambda: 9)
     with pytest.raises(KeyError):
         c["missing"]
     s = c.stats()
@@ -53,7 +58,7 @@ def test_counting_rules(cache_cls):
     assert s["hit_rate"] == 0.5
     order = c.keys()
     # none of these count or change recency
-    "a" in c; c.peek("b"); len(c); list(c); c.items(); c == {}; c.stats()
+    _ = ("a" in c, c.peek("b"), len(c), list(c), c.items(), c == {}, c.stats())
     assert c.keys() == order and c.stats()["hits"] == 4 and c.stats()["misses"] == 4
     c.pop("b")
     assert c.stats()["hits"] == 4
@@ -73,8 +78,20 @@ def test_peek_does_not_touch_recency(cache_cls):
 
 def test_stats_keys(cache_cls):
     s = cache_cls(7, ttl=3, max_bytes=100).stats()
-    assert {"size", "maxsize", "nbytes", "max_bytes", "hits", "misses", "hit_rate",
-            "evictions", "expirations", "rejected", "ttl", "evictions_by_reason"} <= set(s)
+    assert {
+        "size",
+        "maxsize",
+        "nbytes",
+        "max_bytes",
+        "hits",
+        "misses",
+        "hit_rate",
+        "evictions",
+        "expirations",
+        "rejected",
+        "ttl",
+        "evictions_by_reason",
+    } <= set(s)
     assert (s["maxsize"], s["max_bytes"], s["ttl"], s["size"]) == (7, 100, 3.0, 0)
 
 
@@ -129,7 +146,7 @@ def test_resize(cache_cls):
     assert c.keys() == [6, 7, 8, 9] and c.maxsize == 4
     c.resize(maxsize=None)
     for i in range(20):
-        c[i] = "value %d" % i
+        c[i] = f"value {i}"
     assert len(c) == 20
     c.resize(max_bytes=10 * sys.getsizeof("value 10"))  # measured now, evicted to fit
     assert c.max_bytes is not None and 0 < c.nbytes <= c.max_bytes and len(c) < 20
@@ -149,6 +166,7 @@ def test_large_cache_shrinks_after_trim(cache_cls):
 
 
 # -- TTL ------------------------------------------------------------------------
+
 
 def test_default_ttl(cache_cls, timer):
     reasons = []
@@ -237,20 +255,22 @@ def test_popitem_skips_expired(cache_cls, timer):
 
 # -- bytes ----------------------------------------------------------------------
 
+
 def size_len(obj):
     return len(obj) if isinstance(obj, (str, bytes)) else 0
 
 
 def test_max_bytes_evicts_lru_first(cache_cls):
     reasons = []
-    c = cache_cls(None, max_bytes=100, sizeof=size_len,
-                  on_evict=lambda k, v, r: reasons.append((k, r)))
-    c["a"] = "x" * 40   # 41 bytes with the key
+    c = cache_cls(
+        None, max_bytes=100, sizeof=size_len, on_evict=lambda k, v, r: reasons.append((k, r))
+    )
+    c["a"] = "x" * 40  # 41 bytes with the key
     c["b"] = "x" * 40
     c["a"]
-    c["c"] = "x" * 40   # 123 > 100: evicts b, the LRU
+    c["c"] = "x" * 40  # 123 > 100: evicts b, the LRU
     assert c.keys() == ["a", "c"] and c.nbytes == 82 and reasons == [("b", "bytes")]
-    c["a"] = "x" * 10   # a replacement re-measures
+    c["a"] = "x" * 10  # a replacement re-measures
     assert c.nbytes == 52
     assert c.stats()["evictions_by_reason"]["bytes"] == 1
 
@@ -277,8 +297,12 @@ def test_default_sizeof_is_deep_sizeof(cache_cls):
 
 @pytest.mark.parametrize(
     "bad, exc",
-    [(lambda o: -1, ValueError), (lambda o: 1.5, TypeError), (lambda o: "3", TypeError),
-     (lambda o: 1 / 0, ZeroDivisionError)],
+    [
+        (lambda o: -1, ValueError),
+        (lambda o: 1.5, TypeError),
+        (lambda o: "3", TypeError),
+        (lambda o: 1 / 0, ZeroDivisionError),
+    ],
 )
 def test_bad_sizeof_propagates_and_changes_nothing(cache_cls, bad, exc):
     mode = {"bad": False}
@@ -309,11 +333,12 @@ def test_sizeof_not_called_without_max_bytes(cache_cls):
     assert record[0].filename == __file__
     c["a"] = 1
     assert calls == [] and c.nbytes == 0
-    c.resize(max_bytes=100)   # now it measures
+    c.resize(max_bytes=100)  # now it measures
     assert calls == ["a", 1] and c.nbytes == 2
 
 
 # -- callbacks ------------------------------------------------------------------
+
 
 def test_on_evict_not_called_for_manual_removals(cache_cls):
     calls = []
@@ -340,7 +365,7 @@ def test_on_evict_error_propagates_after_the_operation(cache_cls):
         c[i] = i
     with pytest.raises(RuntimeError, match="callback 0"):
         c.trim(0.5)
-    assert seen == [0, 1, 2] and c.keys() == [3, 4, 5]   # every callback ran
+    assert seen == [0, 1, 2] and c.keys() == [3, 4, 5]  # every callback ran
     with pytest.raises(RuntimeError):
         c.resize(maxsize=1)
     assert c.keys() == [5]
@@ -371,11 +396,17 @@ def test_hash_called_once_per_call(cache_cls):
     pure = cache_cls.__name__ == "PyLruCache"
     c = cache_cls(10)
     k = Key(1)
-    for op, most in ((lambda: c.__setitem__(k, 1), 2), (lambda: c[k], 2),
-                     (lambda: c.get(Key(2)), 1), (lambda: c.set(k, 2), 2),
-                     (lambda: k in c, 1), (lambda: c.peek(k), 1),
-                     (lambda: c.pop(Key(3), None), 1), (lambda: c.setdefault(Key(4), 0), 3),
-                     (lambda: c.get_or_set(Key(5), int), 4)):
+    for op, most in (
+        (lambda: c.__setitem__(k, 1), 2),
+        (lambda: c[k], 2),
+        (lambda: c.get(Key(2)), 1),
+        (lambda: c.set(k, 2), 2),
+        (lambda: k in c, 1),
+        (lambda: c.peek(k), 1),
+        (lambda: c.pop(Key(3), None), 1),
+        (lambda: c.setdefault(Key(4), 0), 3),
+        (lambda: c.get_or_set(Key(5), int), 4),
+    ):
         Key.calls = 0
         op()
         assert 1 <= Key.calls <= most

@@ -17,7 +17,9 @@ def check(c):
 
 
 def test_eq_that_mutates_the_cache(isolated):
-    isolated(CHECK + """
+    isolated(
+        CHECK
+        + """
 c = Cache(4)
 class K:
     def __init__(self, v, mutate):
@@ -36,11 +38,14 @@ assert c.get(K(2, False)) == "two" and "x" in c
 for i in range(50):
     c[K(i, i % 3 == 0)] = i
     check(c)
-""")
+"""
+    )
 
 
 def test_eq_that_mutates_on_every_call_terminates(isolated):
-    isolated(CHECK + """
+    isolated(
+        CHECK
+        + """
 c = Cache(8)
 on = [True]
 class K:
@@ -58,11 +63,15 @@ for i in range(3):
     on[0] = False
     check(c)
     on[0] = True
-""", timeout=60)
+""",
+        timeout=60,
+    )
 
 
 def test_hash_and_eq_that_raise(isolated):
-    isolated(CHECK + """
+    isolated(
+        CHECK
+        + """
 class BadHash:
     def __hash__(self): raise ValueError("hash")
 class BadEq:
@@ -84,13 +93,17 @@ for op in (lambda: c[BadHash()], lambda: c.__setitem__(BadHash(), 1),
         raise AssertionError("no error")
 assert (c.keys(), c.stats()) == before, (c.keys(), c.stats())
 check(c)
-""")
+"""
+    )
 
 
-@pytest.mark.parametrize("trigger", ["evict", "replace", "clear", "del", "pop", "trim", "expire",
-                                     "dealloc"])
+@pytest.mark.parametrize(
+    "trigger", ["evict", "replace", "clear", "del", "pop", "trim", "expire", "dealloc"]
+)
 def test_value_del_that_uses_the_cache(isolated, trigger):
-    isolated(CHECK + f"""
+    isolated(
+        CHECK
+        + f"""
 class T:
     now = 0.0
     def __call__(self): return self.now
@@ -128,11 +141,14 @@ check(c)
 gc.collect()
 assert log, "no __del__ ran"
 check(c)
-""")
+"""
+    )
 
 
 def test_on_evict_that_reenters_and_raises(isolated):
-    isolated(CHECK + """
+    isolated(
+        CHECK
+        + """
 calls = []
 def on_evict(k, v, reason):
     calls.append((k, reason))
@@ -151,11 +167,14 @@ for i in range(30):
         errors += 1
     check(c)
 assert errors > 0 and len(calls) > 20 and len(c) == 3
-""")
+"""
+    )
 
 
 def test_sizeof_and_timer_that_reenter(isolated):
-    isolated(CHECK + """
+    isolated(
+        CHECK
+        + """
 depth = []
 def sizeof(o):
     if not depth:
@@ -176,11 +195,14 @@ for i in range(10):
     c[i] = i
     check(c)
 assert c.nbytes == 2 * len(c)
-""")
+"""
+    )
 
 
 def test_factory_that_reenters(isolated):
-    isolated(CHECK + """
+    isolated(
+        CHECK
+        + """
 c = Cache(10)
 def fib(n):
     if n < 2:
@@ -188,11 +210,13 @@ def fib(n):
     return c.get_or_set(n - 1, lambda: fib(n - 1)) + c.get_or_set(n - 2, lambda: fib(n - 2))
 assert c.get_or_set(30, lambda: fib(30)) == 832040
 check(c)
-""")
+"""
+    )
 
 
 def test_recursive_cache_in_cache_dealloc(isolated):
-    isolated("""
+    isolated(
+        """
 c = Cache(None)
 inner = c
 for i in range(1000000):      # a deep chain of caches: no C stack overflow on release
@@ -202,4 +226,6 @@ for i in range(1000000):      # a deep chain of caches: no C stack overflow on r
 del inner
 c.clear()
 print("ok")
-""", timeout=120)
+""",
+        timeout=120,
+    )

@@ -21,7 +21,7 @@ def zipf_trace(n_obj: int, n_req: int, alpha: float, seed: int) -> list[int]:
     rnd = random.Random(seed)
     cum, total = [], 0.0
     for i in range(1, n_obj + 1):
-        total += 1.0 / i ** alpha
+        total += 1.0 / i**alpha
         cum.append(total)
     perm = list(range(n_obj))
     rnd.shuffle(perm)
@@ -32,7 +32,7 @@ def hit_sequence(cache: Any, trace: list[Any]) -> list[bool]:
     hits = []
     for k in trace:
         before = cache.stats()["hits"]
-        cache.get_or_set(k, lambda: k)
+        cache.get_or_set(k, lambda k=k: k)
         hits.append(cache.stats()["hits"] > before)
     return hits
 
@@ -71,7 +71,7 @@ def test_a_hit_moves_nothing(cache_cls: type) -> None:
     order = c.keys()
     for k in "edcba":
         assert c[k] == k
-    assert c.keys() == order   # LRU would have reversed it
+    assert c.keys() == order  # LRU would have reversed it
 
 
 def test_iteration_order_is_small_fifo_then_main_fifo(cache_cls: type) -> None:
@@ -83,8 +83,8 @@ def test_iteration_order_is_small_fifo_then_main_fifo(cache_cls: type) -> None:
     assert c.keys() == list(range(10))
     for k in (1, 2):
         c.get(k)
-        c.get(k)   # hit twice: moves to main when its turn comes
-    c[10] = 10     # evicts from the small FIFO: 0, never hit, goes (to the ghost)
+        c.get(k)  # hit twice: moves to main when its turn comes
+    c[10] = 10  # evicts from the small FIFO: 0, never hit, goes (to the ghost)
     assert 0 not in c and list(reversed(c)) == c.keys()[::-1]
 
 
@@ -95,7 +95,7 @@ def test_popitem_takes_what_eviction_would(cache_cls: type) -> None:
         c[k] = k
         d[k] = k
     victim = c.popitem()
-    d[99] = 99   # an eviction
+    d[99] = 99  # an eviction
     assert victim[0] not in d and victim[0] not in c
 
 
@@ -131,8 +131,9 @@ def test_trim_resize_pickle_copy(cache_cls: type) -> None:
 
 
 def test_bytes_bound_and_small_share_in_bytes(cache_cls: type) -> None:
-    c = cache_cls(None, max_bytes=1000, sizeof=lambda o: 10 if isinstance(o, int) else len(o),
-                  policy="s3fifo")
+    c = cache_cls(
+        None, max_bytes=1000, sizeof=lambda o: 10 if isinstance(o, int) else len(o), policy="s3fifo"
+    )
     for k in range(200):
         c[k] = "x" * (k % 30)
         assert c.nbytes <= 1000

@@ -8,7 +8,8 @@ from conftest import SANITIZED
 
 
 def test_threads_with_python_eq_keep_exact_counters(isolated):
-    proc = isolated("""
+    proc = isolated(
+        """
 sys.setswitchinterval(1e-6)
 c = Cache(64)
 class K:
@@ -52,13 +53,16 @@ assert s["hits"] + s["misses"] == sum(lookups), (s, sum(lookups))
 keys = c.keys()
 assert len(keys) == len(c) <= 64 and len({k.v for k in keys}) == len(keys)
 print(s["hits"], s["misses"])
-""", timeout=120)
+""",
+        timeout=120,
+    )
     hits, misses = map(int, proc.stdout.split())
     assert hits > 0 and misses > 0
 
 
 def test_concurrent_writers_and_clear_keep_bounds(isolated):
-    isolated("""
+    isolated(
+        """
 sys.setswitchinterval(1e-6)
 c = Cache(100, ttl=0.01, max_bytes=5000, sizeof=lambda o: 10)
 stop = threading.Event()
@@ -76,7 +80,9 @@ for t in ts: t.start()
 import time; time.sleep(1.5); stop.set()
 for t in ts: t.join()
 assert len(c) <= 100 and c.nbytes == 20 * len(c)
-""", timeout=120)
+""",
+        timeout=120,
+    )
 
 
 def test_value_referring_to_its_cache_is_collected(cache_cls):
@@ -112,7 +118,8 @@ def test_gc_sees_keys_and_values(cache_cls):
 
 @pytest.mark.skipif(SANITIZED, reason="the sanitizer's quarantine keeps freed memory")
 def test_million_inserts_leave_memory_flat(isolated):
-    proc = isolated("""
+    proc = isolated(
+        """
 import os
 def rss():
     with open("/proc/self/statm") as f:
@@ -130,7 +137,9 @@ gc.collect()
 grown = rss() - base
 print(grown)
 assert grown < 2 * 1024 * 1024, grown   # no per-insert leak (16+ bytes each would be 16 MB)
-""", timeout=240)
+""",
+        timeout=240,
+    )
     assert int(proc.stdout) < 2 * 1024 * 1024
 
 
@@ -144,17 +153,33 @@ def test_no_refcount_leak_on_every_path(impl_name):
         module = importlib.import_module(impl_name)
     except ImportError:
         pytest.skip("compiled core not built")
-    Cache = getattr(module, "CLruCache", None) or module.PyLruCache
+    cache_cls = getattr(module, "CLruCache", None) or module.PyLruCache
     key, value = object(), object()
     before = sys.getrefcount(key), sys.getrefcount(value)
-    c = Cache(2, ttl=100, max_bytes=10**6, on_evict=lambda k, v, r: None)
+    c = cache_cls(2, ttl=100, max_bytes=10**6, on_evict=lambda k, v, r: None)
     for _ in range(100):
-        c[key] = value; c[key]; c.get(key); c.peek(key); key in c; c.items(); c.keys()
-        c.values(); c.setdefault(key, value); c.get_or_set(key, lambda: value)
-        c.set(key, value, ttl=5); c.pop(key); c[key] = value; c.popitem()
-        c[key] = value; c[1] = 1; c[2] = 2; c[key] = value; c.trim(1.0); c.copy()
-        c[key] = value; c.clear(); c.set(key, value); repr(c); c.resize(maxsize=1)
-        c.resize(maxsize=2); c == {key: value}; c.__reduce__()
-    del c
+        c[key] = value
+        _ = c[key], c.get(key), c.peek(key), key in c, c.items(), c.keys()
+        c.values()
+        c.setdefault(key, value)
+        c.get_or_set(key, lambda: value)
+        c.set(key, value, ttl=5)
+        c.pop(key)
+        c[key] = value
+        c.popitem()
+        c[key] = value
+        c[1] = 1
+        c[2] = 2
+        c[key] = value
+        c.trim(1.0)
+        c.copy()
+        c[key] = value
+        c.clear()
+        c.set(key, value)
+        repr(c)
+        c.resize(maxsize=1)
+        c.resize(maxsize=2)
+        _ = c == {key: value}, c.__reduce__()
+    del c, _
     gc.collect()
     assert (sys.getrefcount(key), sys.getrefcount(value)) == before

@@ -42,8 +42,16 @@ NO_RUN = re.compile(r"^\s*<!--\s*no-run:\s*(?P<why>\S.*?)\s*-->\s*$")
 REQUIRES = re.compile(r"^<!--\s*requires:\s*(?P<what>[\w, -]+?)\s*-->\s*$", re.M)
 SERVICES = {"redis-server"}
 # Examples that use an optional integration are skipped (not failed) when it is missing.
-OPTIONAL_MODULES = {"fastapi", "starlette", "httpx", "prometheus_client", "redis", "msgpack",
-                    "uvicorn", "pydantic"}
+OPTIONAL_MODULES = {
+    "fastapi",
+    "starlette",
+    "httpx",
+    "prometheus_client",
+    "redis",
+    "msgpack",
+    "uvicorn",
+    "pydantic",
+}
 README_COMMANDS = (
     'pip install ".[bench]" && python -m memcache_ext bench',
     'pip install ".[test]" && python -m pytest',
@@ -89,10 +97,11 @@ def parse(path: Path) -> list[Block]:
             close = lines[j].strip()
             if close.startswith(fence[0] * len(fence)) and not close.strip(fence[0]):
                 break
-            body.append(lines[j][len(indent):] if lines[j].startswith(indent) else lines[j])
+            body.append(lines[j][len(indent) :] if lines[j].startswith(indent) else lines[j])
             j += 1
-        out.append(Block(rel, i + 1, lang, "\n".join(body) + "\n",
-                         marker.group("why") if marker else None))
+        out.append(
+            Block(rel, i + 1, lang, "\n".join(body) + "\n", marker.group("why") if marker else None)
+        )
         i = j + 1
     return out
 
@@ -116,7 +125,7 @@ def _compiled_core_error() -> Optional[str]:
     if memcache_ext.IMPLEMENTATION == "c":
         return None
     try:
-        import memcache_ext._core_c  # noqa: F401
+        import memcache_ext._core_c
     except ImportError as exc:
         return str(exc)
     return "the pure-Python core is forced (MEMCACHE_EXT_PURE_PYTHON)"
@@ -134,8 +143,10 @@ def run_page(page: str) -> dict[str, dict[str, str]]:
         if block.lang not in RUN or block.no_run is not None:
             continue
         if core_error and "CLruCache" in block.code:
-            results[block.id] = {"status": "skipped",
-                                 "why": f"needs the compiled core: {core_error}"}
+            results[block.id] = {
+                "status": "skipped",
+                "why": f"needs the compiled core: {core_error}",
+            }
             continue
         source = "\n" * (block.line) + block.code  # tracebacks show the page's line numbers
         try:
@@ -143,7 +154,8 @@ def run_page(page: str) -> dict[str, dict[str, str]]:
                 exec(compile(source, page, "exec"), namespace)
             else:
                 test = doctest.DocTestParser().get_doctest(
-                    block.code, namespace, block.id, page, block.line)
+                    block.code, namespace, block.id, page, block.line
+                )
                 report: list[str] = []
                 runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
                 runner.run(test, out=report.append, clear_globs=False)
@@ -151,8 +163,10 @@ def run_page(page: str) -> dict[str, dict[str, str]]:
                     raise AssertionError("doctest failed:\n" + "".join(report))
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.split(".")[0] in OPTIONAL_MODULES:
-                results[block.id] = {"status": "skipped",
-                                     "why": f"optional dependency missing: {exc.name}"}
+                results[block.id] = {
+                    "status": "skipped",
+                    "why": f"optional dependency missing: {exc.name}",
+                }
                 continue
             results[block.id] = {"status": "failed", "error": traceback.format_exc()}
         except BaseException:  # noqa: BLE001 - reported to the parent test
@@ -184,11 +198,20 @@ def page_results(tmp_path_factory: pytest.TempPathFactory) -> Any:
                 env["REDIS_URL"] = server.url
             workdir = tmp_path_factory.mktemp("docs")
             out = workdir / "results.json"
-            proc = subprocess.run([sys.executable, __file__, page, str(out)], cwd=workdir,
-                                  env=env, capture_output=True, text=True, timeout=300)
+            proc = subprocess.run(
+                [sys.executable, __file__, page, str(out)],
+                cwd=workdir,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             if proc.returncode != 0 or not out.exists():
-                pytest.fail(f"page runner for {page} exited with {proc.returncode}:\n"
-                            f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}", pytrace=False)
+                pytest.fail(
+                    f"page runner for {page} exited with {proc.returncode}:\n"
+                    f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}",
+                    pytrace=False,
+                )
             _results[page] = json.loads(out.read_text())
         finally:
             if server is not None:
@@ -212,17 +235,27 @@ def test_example_runs(block: Block, page_results: Any) -> None:
 
 def test_every_python_block_is_run_or_marked() -> None:
     assert RUNNABLE, "no runnable example found"
-    bad = [f"{b.id}: fence '{b.lang}': use ```python (run) or ```pycon (doctest), "
-           f"or mark it <!-- no-run: why -->" for b in ALL_BLOCKS if b.lang in PYTHON_LIKE]
-    bad += [f"{b.id}: a ```python block starting with >>> must be ```pycon"
-            for b in ALL_BLOCKS if b.lang == "python" and b.code.lstrip().startswith(">>>")]
-    bad += [f"{b.id}: <!-- no-run --> before a '{b.lang}' block, which is never run"
-            for b in ALL_BLOCKS if b.no_run is not None and b.lang not in RUN]
+    bad = [
+        f"{b.id}: fence '{b.lang}': use ```python (run) or ```pycon (doctest), "
+        f"or mark it <!-- no-run: why -->"
+        for b in ALL_BLOCKS
+        if b.lang in PYTHON_LIKE
+    ]
+    bad += [
+        f"{b.id}: a ```python block starting with >>> must be ```pycon"
+        for b in ALL_BLOCKS
+        if b.lang == "python" and b.code.lstrip().startswith(">>>")
+    ]
+    bad += [
+        f"{b.id}: <!-- no-run --> before a '{b.lang}' block, which is never run"
+        for b in ALL_BLOCKS
+        if b.no_run is not None and b.lang not in RUN
+    ]
     for path in pages():  # a marker must stand right before a fence
         lines = path.read_text(encoding="utf-8").splitlines()
         for n, line in enumerate(lines):
             if NO_RUN.match(line):
-                nxt = next((ln for ln in lines[n + 1:] if ln.strip()), "")
+                nxt = next((ln for ln in lines[n + 1 :] if ln.strip()), "")
                 if not FENCE.match(nxt):
                     bad.append(f"{path.relative_to(ROOT)}:{n + 1}: no-run marker without a fence")
     assert not bad, "\n".join(bad)
@@ -283,7 +316,7 @@ def test_readme_figures_match_bench_json() -> None:
     rows = re.findall(r"^\s*\| ([\w.-]+) \|((?: [\d.,]+ \|)+)\s*$", text, re.M)
     assert len(rows) >= 3
     for name, cells in rows:
-        for field, cell in zip(columns, cells.strip(" |").split("|")):
+        for field, cell in zip(columns, cells.strip(" |").split("|"), strict=True):
             want = hooks.render(f'{{{{ figure("bench", "{name}", "{field}") }}}}', DOCS)
             assert cell.strip() == want, f"README {name} {field}: {cell.strip()} != {want}"
 
@@ -294,9 +327,13 @@ def test_docs_build_strict(tmp_path: Path) -> None:
     for module in ("mkdocs", "material"):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{module} not installed (pip install '.[docs]')")
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir",
-                           str(tmp_path / "site")], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

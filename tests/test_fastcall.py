@@ -44,18 +44,33 @@ def test_twins_build_the_same_keys_and_results(cache_cls: type) -> None:
 
     compiled = _fastcall.cached_call(cache, miss)
     pure = _fastcall_py.cached_call(cache, miss)
-    for args, kwargs in [((1,), {}), (("a",), {}), ((1, 2), {}), ((), {"x": 1}),
-                         ((1,), {"b": 2, "a": 1}), ((1.0,), {}), ((None,), {})]:
+    for args, kwargs in [
+        ((1,), {}),
+        (("a",), {}),
+        ((1, 2), {}),
+        ((), {"x": 1}),
+        ((1,), {"b": 2, "a": 1}),
+        ((1.0,), {}),
+        ((None,), {}),
+    ]:
         assert compiled(*args, **kwargs) == pure(*args, **kwargs)
-    assert seen == [1, "a", (1, 2), (KWARGS_MARK, ("x", 1)), (1, KWARGS_MARK, ("a", 1), ("b", 2)),
-                    None]   # 1.0 == 1: a hit
+    assert seen == [
+        1,
+        "a",
+        (1, 2),
+        (KWARGS_MARK, ("x", 1)),
+        (1, KWARGS_MARK, ("a", 1), ("b", 2)),
+        None,
+    ]  # 1.0 == 1: a hit
 
 
 def test_get_or_twins(cache_cls: type) -> None:
     cache = cache_cls(4)
     cache["a"] = 1
-    for get in (_fastcall.get_or(cache, lambda k, d: ("fallback", k, d)),
-                _fastcall_py.get_or(cache, lambda k, d: ("fallback", k, d))):
+    for get in (
+        _fastcall.get_or(cache, lambda k, d: ("fallback", k, d)),
+        _fastcall_py.get_or(cache, lambda k, d: ("fallback", k, d)),
+    ):
         assert get("a") == 1 and get("a", 9) == 1 and get(key="a") == 1
         assert get("b") == ("fallback", "b", None) and get("b", default=2) == ("fallback", "b", 2)
     with pytest.raises(TypeError, match="fallback must be callable"):
@@ -81,9 +96,17 @@ def test_compiled_call_paths_leak_no_references() -> None:
     assert type(f).__name__ == "CachedCall"
     for _ in range(200):
         cache[key] = default
-        get(key); get(key, other); get("missing", default); get(key=key); get("x", default=other)
+        get(key)
+        get(key, other)
+        get("missing", default)
+        get(key=key)
+        get("x", default=other)
         cache.clear()
-        f(key); f(key, other); f(key, y=other); f(); f(x=key)
+        f(key)
+        f(key, other)
+        f(key, y=other)
+        f()
+        f(x=key)
     f.cache.clear()  # type: ignore[attr-defined]
     del get, f
     assert [sys.getrefcount(o) for o in (key, default, other)] == before

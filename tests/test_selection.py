@@ -12,21 +12,31 @@ from memcache_ext import PyLruCache
 
 def run(code: str, **env: str) -> str:
     environ = dict(os.environ, **env)
-    return subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True,
-                          text=True, timeout=60, check=True).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
 
 
 def test_pure_switch_forces_the_twin():
-    out = run("import memcache_ext as m; print(m.IMPLEMENTATION, m.LruCache.__name__)",
-              MEMCACHE_EXT_PURE_PYTHON="1")
+    out = run(
+        "import memcache_ext as m; print(m.IMPLEMENTATION, m.LruCache.__name__)",
+        MEMCACHE_EXT_PURE_PYTHON="1",
+    )
     assert out == "python PyLruCache"
 
 
 def test_default_is_the_compiled_core_when_built():
     from conftest import C_IMPORT_ERROR
 
-    out = run("import memcache_ext as m; print(m.IMPLEMENTATION, m.LruCache.__name__)",
-              MEMCACHE_EXT_PURE_PYTHON="")
+    out = run(
+        "import memcache_ext as m; print(m.IMPLEMENTATION, m.LruCache.__name__)",
+        MEMCACHE_EXT_PURE_PYTHON="",
+    )
     expected = "python PyLruCache" if C_IMPORT_ERROR else "c CLruCache"
     assert out == expected
 
@@ -66,8 +76,13 @@ def test_names_that_cannot_be_had_are_absent_not_broken():
         "except ImportError as e:\n"
         "    print('ImportError', 'wheel' in str(e), e.name)\n"
     )
-    assert run(code).splitlines() == ["False False", "True", "True", "AttributeError True",
-                                      "ImportError True memcache_ext"]
+    assert run(code).splitlines() == [
+        "False False",
+        "True",
+        "True",
+        "AttributeError True",
+        "ImportError True memcache_ext",
+    ]
 
 
 def test_public_names():
@@ -82,7 +97,7 @@ def test_readme_quick_start_runs():
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = readme[readme.index("## Quick start"):].split("```python")[1].split("```")[0]
+    block = readme[readme.index("## Quick start") :].split("```python")[1].split("```")[0]
     namespace: dict = {}
     exec(compile(block, "README quick start", "exec"), namespace)
     stats = namespace["cache"].stats()

@@ -31,12 +31,25 @@ _LAZY = {
 # Names that cannot be had here (no compiled core) are left out, as propcache
 # does: `from memcache_ext import *`, `hasattr()` and pydoc keep working.
 __all__ = [
-    *(["CLruCache"] if _core.IMPORT_ERROR is None else []),
-    "PyLruCache", "LruCache", "IMPLEMENTATION", "deep_sizeof", "__version__", *_LAZY,
+    "CLruCache",
+    "PyLruCache",
+    "LruCache",
+    "IMPLEMENTATION",
+    "deep_sizeof",
+    "__version__",
+    "CacheManager",
+    "cache_manager",
+    "BoundedDeque",
+    "SingletonMeta",
+    "cached",
+    "GCStats",
+    "gc_stats",
 ]
+if _core.IMPORT_ERROR is not None:
+    __all__.remove("CLruCache")
 
 if TYPE_CHECKING:
-    from ._core_c import CLruCache
+    from ._core_c import CLruCache as CLruCache
 
 _IMPORT_FROM = dis.opmap["IMPORT_FROM"]
 

@@ -7,10 +7,12 @@ interpreter other than CPython, and a missing or broken compiled module.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Optional
+from typing import Any, Optional
 
 from ._constants import PURE_PYTHON
 from ._core_py import PyLruCache
+
+__all__ = ["IMPLEMENTATION", "IMPORT_ERROR", "NO_WHEEL_HINT", "CLruCache", "LruCache", "PyLruCache"]
 
 NO_WHEEL_HINT = (
     "the compiled memcache_ext core is not available{why}. Install a prebuilt wheel "
@@ -20,10 +22,8 @@ NO_WHEEL_HINT = (
 )
 
 IMPORT_ERROR: Optional[str] = None
-if TYPE_CHECKING:
-    from ._core_c import CLruCache
-    LruCache = PyLruCache
-elif sys.implementation.name != "cpython":
+CLruCache: Any = None
+if sys.implementation.name != "cpython":
     IMPORT_ERROR = f" on {sys.implementation.name}"
 else:
     try:
@@ -31,10 +31,11 @@ else:
     except ImportError as exc:
         IMPORT_ERROR = f" ({exc})"
 
+# For type checkers, every cache class has the pure twin's types (_core_c.pyi).
+LruCache: type[PyLruCache[Any, Any]]
 if PURE_PYTHON or IMPORT_ERROR is not None:
     LruCache = PyLruCache
     IMPLEMENTATION = "python"
 else:
-    LruCache = CLruCache  # noqa: F811
+    LruCache = CLruCache
     IMPLEMENTATION = "c"
-

@@ -26,10 +26,9 @@ import itertools
 import math
 import threading
 import time
-import types
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, MutableMapping
-from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, TypeVar, Union, overload
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any, Generic, Optional, TypeVar, Union, overload
 
 from ._constants import MAX_LOOKUP_RESTARTS, MISSING, UNSET
 from ._stats import EVICTION_REASONS, CacheStats, repr_cache, stats_dict
@@ -51,8 +50,8 @@ V = TypeVar("V")
 D = TypeVar("D")
 
 KEY, VALUE, EXPIRES, NBYTES, TOKEN, CHAIN, HASH, FREQ, SMALL = range(9)
-_HASH_MASK = 0x1FFFFFFF            # the hash bits the compiled core keeps
-_ENTRY_BYTES_MAX = 0xFFFFFFFE      # larger entries are refused (as in C)
+_HASH_MASK = 0x1FFFFFFF  # the hash bits the compiled core keeps
+_ENTRY_BYTES_MAX = 0xFFFFFFFE  # larger entries are refused (as in C)
 _INF = math.inf
 _S_SET, _S_KEEP, _S_FILL = range(3)
 _L_FREE, _L_VALID, _L_INVALID = range(3)
@@ -73,32 +72,76 @@ class PyLruCache(Generic[K, V]):
     """
 
     __slots__ = (
-        "_lock", "_buckets", "_main", "_small", "_tokens", "_ghost", "_ghost_limit",
-        "_leases", "_n_leases", "_maxsize", "_max_bytes", "_ttl", "_sizeof", "_timer",
-        "_on_evict", "_lru", "_policy", "_nbytes", "_n_ttl", "_small_bytes", "_small_cap",
-        "_small_cap_bytes", "_has_evicted", "_version", "_settings_version", "_hits",
-        "_misses", "_rejected", "_by_reason", "__weakref__",
+        "_lock",
+        "_buckets",
+        "_main",
+        "_small",
+        "_tokens",
+        "_ghost",
+        "_ghost_limit",
+        "_leases",
+        "_n_leases",
+        "_maxsize",
+        "_max_bytes",
+        "_ttl",
+        "_sizeof",
+        "_timer",
+        "_on_evict",
+        "_lru",
+        "_policy",
+        "_nbytes",
+        "_n_ttl",
+        "_small_bytes",
+        "_small_cap",
+        "_small_cap_bytes",
+        "_has_evicted",
+        "_version",
+        "_settings_version",
+        "_hits",
+        "_misses",
+        "_rejected",
+        "_by_reason",
+        "__weakref__",
     )
 
     __signature__ = LazySignature()
-    __class_getitem__ = classmethod(types.GenericAlias)
+
+    # Set by __init__ (the rest by _new_state).
+    _ttl: Optional[float]
+    _policy: str
+    _lru: bool
+    _sizeof: Optional[Callable[[Any], int]]
+    _timer: Optional[Callable[[], float]]
+    _on_evict: Optional[Callable[[Any, Any, str], Any]]
+    _hits: int
+    _misses: int
+    _rejected: int
+    _by_reason: dict[str, int]
 
     if TYPE_CHECKING:
-        def __init__(self, maxsize: Optional[int] = 128, ttl: Optional[float] = None, *,
-                     max_bytes: Optional[int] = None,
-                     sizeof: Optional[Callable[[Any], int]] = None,
-                     timer: Optional[Callable[[], float]] = None,
-                     on_evict: Optional[Callable[[Any, Any, str], Any]] = None,
-                     policy: str = "lru") -> None: ...
+
+        def __init__(
+            self,
+            maxsize: Optional[int] = 128,
+            ttl: Optional[float] = None,
+            *,
+            max_bytes: Optional[int] = None,
+            sizeof: Optional[Callable[[Any], int]] = None,
+            timer: Optional[Callable[[], float]] = None,
+            on_evict: Optional[Callable[[Any, Any, str], Any]] = None,
+            policy: str = "lru",
+        ) -> None: ...
     else:
+
         def __init__(self, *args, **kwargs):
             maxsize, ttl, max_bytes, sizeof, timer, on_evict, policy = parse_cache_args(
-                "PyLruCache", args, kwargs, stacklevel=2)
+                "PyLruCache", args, kwargs, stacklevel=2
+            )
             try:
                 lock = self._lock
             except AttributeError:
                 self._new_state()
-            else:   # __init__ again on a live cache starts it afresh, as CLruCache does
+            else:  # __init__ again on a live cache starts it afresh, as CLruCache does
                 with lock:
                     victims = self._take_all()
                     self._ghost.clear()
@@ -120,7 +163,7 @@ class PyLruCache(Generic[K, V]):
         self._tokens = itertools.count().__next__
         self._ghost: OrderedDict[int, None] = OrderedDict()
         self._ghost_limit = 0
-        self._leases: list[list[int]] = []   # [hash bits, generation, state] per slot
+        self._leases: list[list[int]] = []  # [hash bits, generation, state] per slot
         self._n_leases = 0
         self._nbytes = self._n_ttl = self._small_bytes = 0
         self._small_cap = self._small_cap_bytes = 0
@@ -141,7 +184,7 @@ class PyLruCache(Generic[K, V]):
         last = self._buckets.get(h)
         if last is None:
             self._buckets[h] = node
-        else:   # at the end: colliding keys are compared oldest first, as C probes
+        else:  # at the end: colliding keys are compared oldest first, as C probes
             while last[CHAIN] is not None:
                 last = last[CHAIN]
             last[CHAIN] = node
@@ -175,7 +218,7 @@ class PyLruCache(Generic[K, V]):
             self._n_ttl -= 1
         if reason is not None:
             self._by_reason[reason] += 1
-        victims += (node[KEY], node[VALUE], reason)   # flat: no tuple, no GC run here
+        victims += (node[KEY], node[VALUE], reason)  # flat: no tuple, no GC run here
         self._version += 1
 
     def _to_main(self, node: list[Any]) -> None:
@@ -191,14 +234,17 @@ class PyLruCache(Generic[K, V]):
             node[FREQ] += 1
 
     def _main_over(self) -> bool:
-        return ((self._maxsize is not None
-                 and len(self._main) > self._maxsize - self._small_cap)
-                or (self._max_bytes is not None
-                    and self._nbytes - self._small_bytes > self._max_bytes - self._small_cap_bytes))
+        return (
+            self._maxsize is not None and len(self._main) > self._maxsize - self._small_cap
+        ) or (
+            self._max_bytes is not None
+            and self._nbytes - self._small_bytes > self._max_bytes - self._small_cap_bytes
+        )
 
     def _small_full(self) -> bool:
-        return ((self._maxsize is not None and len(self._small) >= self._small_cap)
-                or (self._max_bytes is not None and self._small_bytes >= self._small_cap_bytes))
+        return (self._maxsize is not None and len(self._small) >= self._small_cap) or (
+            self._max_bytes is not None and self._small_bytes >= self._small_cap_bytes
+        )
 
     def _victim(self, now: Optional[float], to_ghost: bool) -> tuple[Optional[list[Any]], bool]:
         """(the node to evict next, whether it expired); see CLruCache._victim."""
@@ -233,10 +279,11 @@ class PyLruCache(Generic[K, V]):
                     node[FREQ] = 0
                     self._to_main(node)
 
-    def _evict_to_fit(self, more: int, more_bytes: int, now: Optional[float],
-                      victims: list[Any]) -> None:
+    def _evict_to_fit(
+        self, more: int, more_bytes: int, now: Optional[float], victims: list[Any]
+    ) -> None:
         maxsize, max_bytes, main = self._maxsize, self._max_bytes, self._main
-        if self._lru:   # _victim's LRU case, written out: this runs on every insert
+        if self._lru:  # _victim's LRU case, written out: this runs on every insert
             while main:
                 if maxsize is not None and len(main) + more > maxsize:
                     reason = _CAPACITY
@@ -257,10 +304,10 @@ class PyLruCache(Generic[K, V]):
                 reason = _BYTES
             else:
                 return
-            node, expired = self._victim(now, True)
-            if node is None:
+            victim, expired = self._victim(now, True)
+            if victim is None:
                 return
-            self._take(node, _EXPIRED if expired else reason, victims)
+            self._take(victim, _EXPIRED if expired else reason, victims)
 
     def _set_bounds(self, maxsize: Optional[int], max_bytes: Optional[int]) -> None:
         self._maxsize, self._max_bytes = maxsize, max_bytes
@@ -313,7 +360,7 @@ class PyLruCache(Generic[K, V]):
             return False
         if now is None:
             if self._timer is not None:
-                return False   # the entry appeared after the timer was read
+                return False  # the entry appeared after the timer was read
             now = _monotonic()
         return bool(now >= exp)
 
@@ -337,7 +384,7 @@ class PyLruCache(Generic[K, V]):
                     return node
                 equal = bool(k == key)
                 if self._version != version:
-                    break   # the cache changed under __eq__: start over
+                    break  # the cache changed under __eq__: start over
                 if equal:
                     return node
                 node = node[CHAIN]
@@ -380,21 +427,19 @@ class PyLruCache(Generic[K, V]):
         return self._size_of(key) + self._size_of(value)
 
     def _size_of(self, obj: Any) -> int:
-        sizeof = self._sizeof
-        if sizeof is None:
-            from ._sizeof import deep_sizeof as sizeof
-        return min(check_nbytes(sizeof(obj)), _ENTRY_BYTES_MAX + 1)
+        if self._sizeof is None:
+            from ._sizeof import deep_sizeof
+
+            return min(deep_sizeof(obj), _ENTRY_BYTES_MAX + 1)
+        return min(check_nbytes(self._sizeof(obj)), _ENTRY_BYTES_MAX + 1)
 
     # -- leases -----------------------------------------------------------------------
 
     def _lease_new(self, h: int) -> int:
         with self._lock:
             leases = self._leases
-            for i, slot in enumerate(leases):
-                if slot[2] == _L_FREE:
-                    break
-            else:
-                i = len(leases)
+            i = next((j for j, slot in enumerate(leases) if slot[2] == _L_FREE), len(leases))
+            if i == len(leases):
                 leases.append([0, 0, _L_FREE])
             slot = leases[i]
             slot[0], slot[1], slot[2] = h & _HASH_MASK, slot[1] + 1, _L_VALID
@@ -417,15 +462,25 @@ class PyLruCache(Generic[K, V]):
         if isinstance(token, int) and not isinstance(token, bool) and 0 <= token < 1 << 64:
             i = token & 0xFFFFFFFF
             with self._lock:
-                if (i < len(self._leases) and self._leases[i][2] != _L_FREE
-                        and self._leases[i][1] == token >> 32):
+                if (
+                    i < len(self._leases)
+                    and self._leases[i][2] != _L_FREE
+                    and self._leases[i][1] == token >> 32
+                ):
                     return i
         raise ValueError(f"not an outstanding lease of this cache: {token!r}")
 
     # -- storing ------------------------------------------------------------------------
 
-    def _store(self, key: Any, value: Any, ttl: Optional[float], mode: int,
-               h: Optional[int] = None, lease: int = -1) -> Any:
+    def _store(
+        self,
+        key: Any,
+        value: Any,
+        ttl: Optional[float],
+        mode: int,
+        h: Optional[int] = None,
+        lease: int = -1,
+    ) -> Any:
         """set() (_S_SET: True, or False when refused), setdefault() (_S_KEEP)
         and fill() (_S_FILL): see CLruCache._store."""
         victims: list[Any] = []
@@ -441,9 +496,8 @@ class PyLruCache(Generic[K, V]):
                     if node is not None and node[KEY] is not key:
                         node = self._find(key, h)
                     if self._settings_version != settings:
-                        continue   # resize() or __init__ ran meanwhile: measure again
-                    result = self._put(key, value, h, nbytes, node, ttl, now, mode, lease,
-                                       victims)
+                        continue  # resize() or __init__ ran meanwhile: measure again
+                    result = self._put(key, value, h, nbytes, node, ttl, now, mode, lease, victims)
                     break
         finally:
             if mode == _S_FILL:
@@ -452,26 +506,39 @@ class PyLruCache(Generic[K, V]):
             self._release(victims)
         return result
 
-    def _put(self, key: Any, value: Any, h: int, nbytes: int, node: Optional[list[Any]],
-             ttl: Optional[float], now: Optional[float], mode: int, lease: int,
-             victims: list[Any]) -> Any:
+    def _put(
+        self,
+        key: Any,
+        value: Any,
+        h: int,
+        nbytes: int,
+        node: Optional[list[Any]],
+        ttl: Optional[float],
+        now: Optional[float],
+        mode: int,
+        lease: int,
+        victims: list[Any],
+    ) -> Any:
         """_store's region (lock held)."""
         expired = node is not None and self._expired(node, now)
         if mode == _S_FILL and self._leases[lease][2] != _L_VALID:
-            return value   # written or removed since the lease: not stored
+            return value  # written or removed since the lease: not stored
         if mode != _S_SET:
             if node is not None and not expired:
-                return node[VALUE]   # another fill's value wins
+                return node[VALUE]  # another fill's value wins
         else:
             self._invalidate_leases(h & _HASH_MASK, False)
-        if (self._maxsize == 0 or nbytes > _ENTRY_BYTES_MAX
-                or (self._max_bytes is not None and nbytes > self._max_bytes)):
+        if (
+            self._maxsize == 0
+            or nbytes > _ENTRY_BYTES_MAX
+            or (self._max_bytes is not None and nbytes > self._max_bytes)
+        ):
             self._rejected += 1
-            if node is not None:   # never serve what the caller just replaced
+            if node is not None:  # never serve what the caller just replaced
                 self._take(node, _EXPIRED if expired else None, victims)
             return False if mode == _S_SET else value
         if node is not None and mode == _S_SET:
-            victims += (None, node[VALUE], None)   # the replaced value, released after
+            victims += (None, node[VALUE], None)  # the replaced value, released after
             node[VALUE] = value
             self._nbytes += nbytes - node[NBYTES]
             if node[SMALL]:
@@ -484,7 +551,7 @@ class PyLruCache(Generic[K, V]):
             self._version += 1
             self._evict_to_fit(0, 0, now, victims)
             return True
-        if node is not None:   # an expired entry stored meanwhile (setdefault, fill)
+        if node is not None:  # an expired entry stored meanwhile (setdefault, fill)
             self._take(node, _EXPIRED, victims)
         in_ghost = False
         if not self._lru:
@@ -497,8 +564,7 @@ class PyLruCache(Generic[K, V]):
         count = len(self._main) + len(self._small)
         if not self._lru and self._maxsize is None and count >= self._ghost_limit:
             self._ghost_set_limit(self._ghost_size())
-        self._add([key, value, self._expires(ttl, now), nbytes, self._tokens(), None, h, 0,
-                   small])
+        self._add([key, value, self._expires(ttl, now), nbytes, self._tokens(), None, h, 0, small])
         return True if mode == _S_SET else value
 
     def _lookup(self, key: Any, default: Any, count: bool) -> Any:
@@ -506,8 +572,9 @@ class PyLruCache(Generic[K, V]):
         now = self._clock(False)
         return self._lookup_hashed(key, hash(key), now, default, count)
 
-    def _lookup_hashed(self, key: Any, h: int, now: Optional[float], default: Any,
-                       count: bool) -> Any:
+    def _lookup_hashed(
+        self, key: Any, h: int, now: Optional[float], default: Any, count: bool
+    ) -> Any:
         victims: list[Any] = []
         with self._lock:
             node = self._find(key, h)
@@ -530,7 +597,7 @@ class PyLruCache(Generic[K, V]):
     def __getitem__(self, key: K) -> V:
         if self._timer is None:
             h = hash(key)
-            with self._lock:   # get()'s common hit, written out again: this is the hot path
+            with self._lock:  # get()'s common hit, written out again: this is the hot path
                 node = self._buckets.get(h)
                 if node is not None and node[KEY] is key and node[EXPIRES] is None:
                     self._hits += 1
@@ -554,7 +621,7 @@ class PyLruCache(Generic[K, V]):
     def get(self, key: Any, default: Any = None) -> Any:
         """Return the value for ``key``, or ``default`` (counts a hit or a miss)."""
         if self._timer is not None:
-            return self._lookup(key, default, True)   # the timer runs before hashing
+            return self._lookup(key, default, True)  # the timer runs before hashing
         h = hash(key)
         with self._lock:
             # The common hit written out: the key itself, first in its chain, no TTL.
@@ -578,8 +645,7 @@ class PyLruCache(Generic[K, V]):
         itself (or 4 GiB and more), or ``maxsize`` is 0. A refusal is counted
         in ``rejected`` and drops any older value for the key.
         """
-        return bool(self._store(key, value, self._ttl if ttl is None else check_ttl(ttl),
-                                _S_SET))
+        return bool(self._store(key, value, self._ttl if ttl is None else check_ttl(ttl), _S_SET))
 
     def __delitem__(self, key: K) -> None:
         self.pop(key)
@@ -659,7 +725,7 @@ class PyLruCache(Generic[K, V]):
             return self._store(key, default, self._ttl, _S_KEEP, h)
         except BaseException:
             with self._lock:
-                self._misses -= 1   # a failed measurement leaves the statistics as they were
+                self._misses -= 1  # a failed measurement leaves the statistics as they were
             raise
 
     def _counted_lookup(self, key: Any, h: int, now: Optional[float]) -> Any:
@@ -699,7 +765,7 @@ class PyLruCache(Generic[K, V]):
             return self._store(key, value, ttl, _S_FILL, h, lease)  # type: ignore[no-any-return]
         except BaseException:
             with self._lock:
-                self._misses -= 1   # the measurement failed: statistics as they were
+                self._misses -= 1  # the measurement failed: statistics as they were
             raise
 
     def lease(self, key: K) -> int:
@@ -746,9 +812,12 @@ class PyLruCache(Generic[K, V]):
             now = self._clock(False)
         with self._lock:
             orders = (self._main, self._small) if reverse else (self._small, self._main)
-            nodes = [node for order in orders
-                     for node in (reversed(order.values()) if reverse else order.values())
-                     if not self._expired(node, now)]
+            nodes = [
+                node
+                for order in orders
+                for node in (reversed(order.values()) if reverse else order.values())
+                if not self._expired(node, now)
+            ]
         return nodes
 
     def __iter__(self) -> Iterator[K]:
@@ -759,15 +828,15 @@ class PyLruCache(Generic[K, V]):
         """Iterate over a snapshot of the keys, most recently used first."""
         return iter([n[KEY] for n in self._snapshot(True)])
 
-    def keys(self) -> list[K]:  # type: ignore[override]  # snapshot lists, not views
+    def keys(self) -> list[K]:  # snapshot lists, not views
         """A snapshot list of the keys, in eviction order (LRU first)."""
         return [n[KEY] for n in self._snapshot()]
 
-    def values(self) -> list[V]:  # type: ignore[override]  # snapshot lists, not views
+    def values(self) -> list[V]:  # snapshot lists, not views
         """A snapshot list of the values, in eviction order (LRU first)."""
         return [n[VALUE] for n in self._snapshot()]
 
-    def items(self) -> list[tuple[K, V]]:  # type: ignore[override]  # snapshot lists
+    def items(self) -> list[tuple[K, V]]:  # snapshot lists, not views
         """A snapshot list of (key, value) pairs, in eviction order (LRU first)."""
         return [(n[KEY], n[VALUE]) for n in self._snapshot()]
 
@@ -835,7 +904,7 @@ class PyLruCache(Generic[K, V]):
                 with self._lock:
                     self._set_all_nbytes({})
             elif self._max_bytes is None:
-                self._measure_all()   # sizeof may raise: nothing has changed yet
+                self._measure_all()  # sizeof may raise: nothing has changed yet
         now = self._clock(False)
         victims: list[Any] = []
         with self._lock:
@@ -848,9 +917,14 @@ class PyLruCache(Generic[K, V]):
         for attempt in range(4):
             with self._lock:
                 version = self._version
-            nodes = self._snapshot(now=-_INF)   # expired ones too
-            sizes = {id(n): (min(self._size_of(n[KEY]) + self._size_of(n[VALUE]),
-                                 _ENTRY_BYTES_MAX), n[VALUE]) for n in nodes}
+            nodes = self._snapshot(now=-_INF)  # expired ones too
+            sizes = {
+                id(n): (
+                    min(self._size_of(n[KEY]) + self._size_of(n[VALUE]), _ENTRY_BYTES_MAX),
+                    n[VALUE],
+                )
+                for n in nodes
+            }
             with self._lock:
                 if self._version != version and attempt < 3:
                     continue
@@ -872,9 +946,18 @@ class PyLruCache(Generic[K, V]):
     def stats(self) -> CacheStats:
         """Counters and sizes (see the docs for each key)."""
         with self._lock:
-            return stats_dict(len(self), self._maxsize, self._nbytes, self._max_bytes,
-                              self._hits, self._misses, dict(self._by_reason),
-                              self._rejected, self._ttl, self._policy)
+            return stats_dict(
+                len(self),
+                self._maxsize,
+                self._nbytes,
+                self._max_bytes,
+                self._hits,
+                self._misses,
+                dict(self._by_reason),
+                self._rejected,
+                self._ttl,
+                self._policy,
+            )
 
     def reset_stats(self) -> None:
         """Zero the hit, miss, eviction, expiration and rejection counters."""
@@ -904,7 +987,7 @@ class PyLruCache(Generic[K, V]):
 
     # -- copying and pickling -----------------------------------------------------------
 
-    def copy(self) -> "PyLruCache[K, V]":
+    def copy(self) -> PyLruCache[K, V]:
         """A shallow copy with the same settings and entries (fresh statistics)."""
         cls, args, state = self.__reduce__()
         new = cls(*args)
@@ -917,11 +1000,17 @@ class PyLruCache(Generic[K, V]):
         now: Optional[float] = None
         if self._n_ttl:
             now = self._timer() if self._timer is not None else _monotonic()
-        entries = [(n[KEY], n[VALUE], None if n[EXPIRES] is None else n[EXPIRES] - now,
-                    n[NBYTES], n[FREQ] | (4 if n[SMALL] else 0))
-                   for n in self._snapshot(now=now)]
-        state = (self._max_bytes, self._sizeof, self._timer, self._on_evict, self._policy,
-                 entries)
+        entries = [
+            (
+                n[KEY],
+                n[VALUE],
+                None if n[EXPIRES] is None else n[EXPIRES] - now,
+                n[NBYTES],
+                n[FREQ] | (4 if n[SMALL] else 0),
+            )
+            for n in self._snapshot(now=now)
+        ]
+        state = (self._max_bytes, self._sizeof, self._timer, self._on_evict, self._policy, entries)
         return (type(self), (self._maxsize, self._ttl), state)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
@@ -937,14 +1026,23 @@ class PyLruCache(Generic[K, V]):
             self._sizeof, self._timer, self._on_evict = sizeof, timer, on_evict
             self._policy, self._lru = policy, policy == "lru"
             self._set_bounds(self._maxsize, max_bytes)
-        now = (self._timer() if self._timer is not None else _monotonic()) \
-            if any(e[2] is not None for e in entries) else 0.0
+        now = (
+            (self._timer() if self._timer is not None else _monotonic())
+            if any(e[2] is not None for e in entries)
+            else 0.0
+        )
         for key, value, remaining, nbytes, state_bits in entries:
-            self._restore(key, value, check_nbytes(nbytes),
-                          None if remaining is None else now + remaining, state_bits)
+            self._restore(
+                key,
+                value,
+                check_nbytes(nbytes),
+                None if remaining is None else now + remaining,
+                state_bits,
+            )
 
-    def _restore(self, key: Any, value: Any, nbytes: int, expires: Optional[float],
-                 state_bits: int) -> None:
+    def _restore(
+        self, key: Any, value: Any, nbytes: int, expires: Optional[float], state_bits: int
+    ) -> None:
         h = hash(key)
         victims: list[Any] = []
         with self._lock:
@@ -954,8 +1052,19 @@ class PyLruCache(Generic[K, V]):
             nbytes = min(nbytes, _ENTRY_BYTES_MAX)
             self._evict_to_fit(1, nbytes, None, victims)
             small = not self._lru and bool(state_bits & 4)
-            self._add([key, value, expires, nbytes, self._tokens(), None, h,
-                       0 if self._lru else state_bits & 3, small])
+            self._add(
+                [
+                    key,
+                    value,
+                    expires,
+                    nbytes,
+                    self._tokens(),
+                    None,
+                    h,
+                    0 if self._lru else state_bits & 3,
+                    small,
+                ]
+            )
         self._release(victims)
 
 

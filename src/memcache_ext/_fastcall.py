@@ -8,7 +8,8 @@ any other cache.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import _fastcall_py
 from ._core import IMPLEMENTATION
@@ -21,12 +22,12 @@ if IMPLEMENTATION == "c":
 
     def cached_call(cache: Any, miss: Callable[..., Any]) -> Callable[..., Any]:
         if type(cache) is CLruCache:
-            return CachedCall(cache, miss)  # type: ignore[no-any-return]
+            return CachedCall(cache, miss)
         return _fastcall_py.cached_call(cache, miss)
 
     def get_or(cache: Any, fallback: Callable[[Any, Any], Any]) -> Callable[..., Any]:
         if type(cache) is CLruCache:
-            return GetOr(cache, fallback)  # type: ignore[no-any-return]
+            return GetOr(cache, fallback)
         return _fastcall_py.get_or(cache, fallback)
 else:
     cached_call = _fastcall_py.cached_call

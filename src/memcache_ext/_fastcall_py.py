@@ -8,7 +8,8 @@ default=None)``: the cached value, or ``fallback(key, default)`` on a miss.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .keys import make_key
 
@@ -17,8 +18,9 @@ __all__ = ["cached_call", "get_or"]
 _MISSING: Any = object()
 
 
-def cached_call(cache: Any, miss: Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]
-                ) -> Callable[..., Any]:
+def cached_call(
+    cache: Any, miss: Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]
+) -> Callable[..., Any]:
     """The hit path of ``cached`` for a plain function: one key build, one get."""
     get = cache.get
 

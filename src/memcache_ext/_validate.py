@@ -11,7 +11,8 @@ import math
 import numbers
 import sys
 import warnings
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 #: Raised when a key's ``__eq__`` keeps changing the cache during lookups.
 MUTATED_DURING_LOOKUP = "cache changed during key comparison too many times"
@@ -40,16 +41,18 @@ def check_ttl(value: Any) -> Optional[float]:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"ttl must be a number or None, not {_typename(value)}")
-    value = float(value)
-    if not value > 0:  # also refuses NaN
-        raise ValueError(f"ttl must be > 0, got {value!r}")
-    return value
+    seconds = float(value)
+    if not seconds > 0:  # also refuses NaN
+        raise ValueError(f"ttl must be > 0, got {seconds!r}")
+    return seconds
 
 
 def check_callable(name: str, value: Any) -> Optional[Callable[..., Any]]:
-    if value is not None and not callable(value):
+    if value is None:
+        return None
+    if not callable(value):
         raise TypeError(f"{name} must be callable or None, not {_typename(value)}")
-    return value
+    return value  # type: ignore[no-any-return]  # callable(): a Callable
 
 
 def check_fraction(value: Any) -> float:
@@ -94,8 +97,13 @@ POLICIES = ("lru", "s3fifo")
 
 #: The constructor's parameters, in order, with their defaults (both cores).
 CACHE_PARAMS = (
-    ("maxsize", 128), ("ttl", None), ("max_bytes", None), ("sizeof", None),
-    ("timer", None), ("on_evict", None), ("policy", "lru"),
+    ("maxsize", 128),
+    ("ttl", None),
+    ("max_bytes", None),
+    ("sizeof", None),
+    ("timer", None),
+    ("on_evict", None),
+    ("policy", "lru"),
 )
 _POSITIONAL = 2  # maxsize and ttl; the rest are keyword-only
 
@@ -104,40 +112,57 @@ def check_policy(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"policy must be a str, not {_typename(value)}")
     if value not in POLICIES:
-        raise ValueError(f"policy must be one of {', '.join(map(repr, POLICIES))}, "
-                         f"got {value!r}")
+        raise ValueError(f"policy must be one of {', '.join(map(repr, POLICIES))}, got {value!r}")
     return value
 
 
-def parse_cache_args(name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
-                     stacklevel: int = 2) -> tuple[Optional[int], Optional[float], Optional[int],
-                                Optional[Callable[..., Any]], Optional[Callable[..., Any]],
-                                Optional[Callable[..., Any]], str]:
+def parse_cache_args(
+    name: str, args: tuple[Any, ...], kwargs: dict[str, Any], stacklevel: int = 2
+) -> tuple[
+    Optional[int],
+    Optional[float],
+    Optional[int],
+    Optional[Callable[..., Any]],
+    Optional[Callable[..., Any]],
+    Optional[Callable[..., Any]],
+    str,
+]:
     """Bind and check ``name(maxsize=128, ttl=None, *, max_bytes=None, sizeof=None,
     timer=None, on_evict=None, policy="lru")``: the same messages from both cores."""
     if len(args) > _POSITIONAL:
-        raise TypeError(f"{name}() takes from 0 to {_POSITIONAL} positional arguments "
-                        f"but {len(args)} were given")
+        raise TypeError(
+            f"{name}() takes from 0 to {_POSITIONAL} positional arguments "
+            f"but {len(args)} were given"
+        )
     bound = dict(CACHE_PARAMS)
     names = [p for p, _ in CACHE_PARAMS]
-    for param, value in zip(names, args):
+    for param, value in zip(names, args, strict=False):
         bound[param] = value
     for param, value in kwargs.items():
         if param not in bound:
             raise TypeError(f"{name}() got an unexpected keyword argument {param!r}")
-        if param in names[:len(args)]:
+        if param in names[: len(args)]:
             raise TypeError(f"{name}() got multiple values for argument {param!r}")
         bound[param] = value
     maxsize = check_size("maxsize", bound["maxsize"])
     max_bytes = check_size("max_bytes", bound["max_bytes"])
     sizeof = check_callable("sizeof", bound["sizeof"])
     if sizeof is not None and max_bytes is None:
-        warnings.warn(f"{name}(sizeof=...) without max_bytes measures nothing until "
-                      "resize(max_bytes=...) sets a byte bound", SizeofWithoutBoundWarning,
-                      stacklevel=stacklevel + 1)
-    return (maxsize, check_ttl(bound["ttl"]), max_bytes, sizeof,
-            check_callable("timer", bound["timer"]),
-            check_callable("on_evict", bound["on_evict"]), check_policy(bound["policy"]))
+        warnings.warn(
+            f"{name}(sizeof=...) without max_bytes measures nothing until "
+            "resize(max_bytes=...) sets a byte bound",
+            SizeofWithoutBoundWarning,
+            stacklevel=stacklevel + 1,
+        )
+    return (
+        maxsize,
+        check_ttl(bound["ttl"]),
+        max_bytes,
+        sizeof,
+        check_callable("timer", bound["timer"]),
+        check_callable("on_evict", bound["on_evict"]),
+        check_policy(bound["policy"]),
+    )
 
 
 class LazySignature:
@@ -150,10 +175,15 @@ class LazySignature:
         if LazySignature._signature is None:
             import inspect
 
-            P = inspect.Parameter
-            LazySignature._signature = inspect.Signature([
-                P(name, P.POSITIONAL_OR_KEYWORD if i < _POSITIONAL else P.KEYWORD_ONLY,
-                  default=default)
-                for i, (name, default) in enumerate(CACHE_PARAMS)
-            ])
+            param = inspect.Parameter
+            LazySignature._signature = inspect.Signature(
+                [
+                    param(
+                        name,
+                        param.POSITIONAL_OR_KEYWORD if i < _POSITIONAL else param.KEYWORD_ONLY,
+                        default=default,
+                    )
+                    for i, (name, default) in enumerate(CACHE_PARAMS)
+                ]
+            )
         return LazySignature._signature

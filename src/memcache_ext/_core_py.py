@@ -73,6 +73,8 @@ class PyLruCache(Generic[K, V]):
 
     __slots__ = (
         "_lock",
+        "_acquire",
+        "_release_lock",
         "_buckets",
         "_main",
         "_small",
@@ -157,6 +159,8 @@ class PyLruCache(Generic[K, V]):
 
     def _new_state(self) -> None:
         self._lock = threading.RLock()
+        # The hot paths take the lock through these (cheaper than `with`).
+        self._acquire, self._release_lock = self._lock.acquire, self._lock.release
         self._buckets: dict[int, list[Any]] = {}
         self._main: OrderedDict[int, list[Any]] = OrderedDict()
         self._small: OrderedDict[int, list[Any]] = OrderedDict()
@@ -597,7 +601,8 @@ class PyLruCache(Generic[K, V]):
     def __getitem__(self, key: K) -> V:
         if self._timer is None:
             h = hash(key)
-            with self._lock:  # get()'s common hit, written out again: this is the hot path
+            self._acquire()
+            try:  # get()'s common hit, written out again: this is the hot path
                 node = self._buckets.get(h)
                 if node is not None and node[KEY] is key and node[EXPIRES] is None:
                     self._hits += 1
@@ -606,6 +611,8 @@ class PyLruCache(Generic[K, V]):
                     elif node[FREQ] < 3:
                         node[FREQ] += 1
                     return node[VALUE]  # type: ignore[no-any-return]  # a stored value
+            finally:
+                self._release_lock()
             value = self._lookup_hashed(key, h, None, MISSING, True)
         else:
             value = self._lookup(key, MISSING, True)
@@ -623,8 +630,8 @@ class PyLruCache(Generic[K, V]):
         if self._timer is not None:
             return self._lookup(key, default, True)  # the timer runs before hashing
         h = hash(key)
-        with self._lock:
-            # The common hit written out: the key itself, first in its chain, no TTL.
+        self._acquire()
+        try:  # the common hit written out: the key itself, first in its chain, no TTL
             node = self._buckets.get(h)
             if node is not None and node[KEY] is key and node[EXPIRES] is None:
                 self._hits += 1
@@ -633,6 +640,8 @@ class PyLruCache(Generic[K, V]):
                 elif node[FREQ] < 3:
                     node[FREQ] += 1
                 return node[VALUE]
+        finally:
+            self._release_lock()
         return self._lookup_hashed(key, h, None, default, True)
 
     def __setitem__(self, key: K, value: V) -> None:

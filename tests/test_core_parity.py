@@ -1,0 +1,134 @@
+"""Places where the twins used to differ, and the limits of sizes: one behaviour."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from typing import Any
+
+import pytest
+
+
+def test_signature_and_argument_errors_are_the_same(cache_cls: type) -> None:
+    assert str(inspect.signature(cache_cls)) == (
+        "(maxsize=128, ttl=None, *, max_bytes=None, sizeof=None, timer=None, on_evict=None, "
+        "policy='lru')"
+    )
+    name = cache_cls.__name__
+    cases: list[tuple[tuple[Any, ...], dict[str, Any], str]] = [
+        ((1, 2, 3), {}, f"{name}() takes from 0 to 2 positional arguments but 3 were given"),
+        ((), {"size": 1}, f"{name}() got an unexpected keyword argument 'size'"),
+        ((1,), {"maxsize": 2}, f"{name}() got multiple values for argument 'maxsize'"),
+        (("1",), {}, "maxsize must be an int or None, not str"),
+        ((True,), {}, "maxsize must be an int or None, not bool"),
+        ((-1,), {}, "maxsize must be >= 0, got -1"),
+        ((2**63,), {}, f"maxsize must be <= {2**63 - 1}, got {2**63}"),
+        ((1, 0), {}, "ttl must be > 0, got 0.0"),
+        ((1, "x"), {}, "ttl must be a number or None, not str"),
+        ((), {"max_bytes": -5}, "max_bytes must be >= 0, got -5"),
+        ((), {"on_evict": 3}, "on_evict must be callable or None, not int"),
+        ((), {"timer": "t"}, "timer must be callable or None, not str"),
+        ((), {"policy": "lfu"}, "policy must be one of 'lru', 's3fifo', got 'lfu'"),
+    ]
+    for args, kwargs, message in cases:
+        with pytest.raises((TypeError, ValueError), match=re.escape(message)):
+            cache_cls(*args, **kwargs)
+
+
+def test_sizes_at_the_integer_limits(cache_cls: type) -> None:
+    """Sizes never wrap: a huge entry is refused as oversized, never counted
+    negative; a huge maxsize is kept as given (not silently clamped)."""
+    c = cache_cls(None, max_bytes=2**63 - 1, sizeof=lambda o: 2**62)
+    assert c.set("a", 1) is False and c.set("b", 2) is False
+    assert c.nbytes == 0 and len(c) == 0 and c.stats()["rejected"] == 2
+    c = cache_cls(None, max_bytes=2**63 - 1, sizeof=lambda o: 2**64)
+    assert c.set("a", 1) is False and c.nbytes == 0
+    c = cache_cls(2**40)
+    assert c.maxsize == 2**40
+    c["a"] = 1
+    assert c["a"] == 1
+
+
+def test_setdefault_never_overwrites_a_value_stored_meanwhile(cache_cls: type) -> None:
+    box: list[Any] = []
+
+    def measuring(obj: Any) -> int:
+        if obj == "default" and not box:
+            box.append(1)
+            c["k"] = "stored meanwhile"   # another writer, between the miss and the store
+        return 1
+
+    c = cache_cls(10, max_bytes=100, sizeof=measuring)
+    assert c.setdefault("k", "default") == "stored meanwhile"
+    assert c["k"] == "stored meanwhile"
+
+
+def test_a_failing_measurement_leaves_the_statistics_as_they_were(cache_cls: type) -> None:
+    def measuring(obj: Any) -> int:
+        if obj == "bad":
+            raise ZeroDivisionError
+        return 1
+
+    c = cache_cls(10, max_bytes=100, sizeof=measuring)
+    before = c.stats()
+    for call in (lambda: c.setdefault("k", "bad"), lambda: c.get_or_set("k", lambda: "bad"),
+                 lambda: c.set("k", "bad")):
+        with pytest.raises(ZeroDivisionError):
+            call()
+    assert c.stats() == before and len(c) == 0
+
+
+def test_resize_to_a_byte_bound_measures_entries_with_a_ttl(cache_cls: type) -> None:
+    c = cache_cls(10, ttl=1000)
+    c.update({"a": [1, 2, 3], "b": [4, 5, 6]})   # lists: never shared, always counted
+    c.set("c", [7, 8, 9], ttl=5)
+    c.resize(max_bytes=10**6)
+    from memcache_ext import deep_sizeof
+
+    assert c.nbytes == sum(deep_sizeof(k) + deep_sizeof(v) for k, v in c.items())
+    c.resize(max_bytes=c.nbytes - 1)   # the bound is enforced: one entry goes
+    assert len(c) == 2
+
+
+def test_init_again_starts_afresh(cache_cls: type) -> None:
+    c = cache_cls(10)
+    c.update(a=1, b=2)
+    c.get("a")
+    c.__init__(1, policy="s3fifo")
+    assert len(c) == 0 and c.maxsize == 1 and c.policy == "s3fifo"
+    assert c.stats()["hits"] == 0
+    c.update(x=1, y=2)
+    assert len(c) == 1
+
+
+def test_the_timer_is_read_the_same_way(cache_cls: type) -> None:
+    """A custom timer is read up front, once per operation, and only while some
+    entry has a TTL (or the one being stored has one)."""
+    calls: list[int] = []
+
+    def timer() -> float:
+        calls.append(1)
+        return 100.0
+
+    c = cache_cls(10, timer=timer)
+    c["a"] = 1
+    c.get("a")
+    "a" in c
+    assert calls == []
+    c.set("t", 1, ttl=5)
+    assert len(calls) == 1
+    c.get("a")
+    c.get("zz")
+    c.peek("a")
+    c.keys()
+    assert len(calls) == 5
+
+
+def test_reversed_gives_keys_counting_nothing(cache_cls: type) -> None:
+    c = cache_cls(10)
+    for k in (1, 2, 3):
+        c[k] = k * 10
+    c.get(1)
+    before = c.stats()
+    assert list(reversed(c)) == [1, 3, 2] and c.stats() == before
+    assert c.keys() == [2, 3, 1]

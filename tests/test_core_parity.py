@@ -113,7 +113,7 @@ def test_the_timer_is_read_the_same_way(cache_cls: type) -> None:
     c = cache_cls(10, timer=timer)
     c["a"] = 1
     c.get("a")
-    "a" in c
+    assert "a" in c
     assert calls == []
     c.set("t", 1, ttl=5)
     assert len(calls) == 1

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 from . import _core
 from ._core import IMPLEMENTATION, LruCache, PyLruCache
 from ._sizeof import deep_sizeof
-from ._version import __version__
 
 _LAZY = {
+    "__version__": "_version",  # importlib.metadata costs more than the cache itself
     "CacheManager": "manager",
     "cache_manager": "manager",
     "BoundedDeque": "deque",

@@ -89,7 +89,8 @@ cdef class CLruCache:
 
     # memory
     cdef void _reset_lists(self) noexcept
-    cdef int _reserve(self) except -1
+    cdef inline int _reserve(self) except -1
+    cdef int _grow(self) except -1
     cdef void _maybe_shrink(self) noexcept
     # region helpers: no Python code
     cdef inline uint32_t _list_of(self, uint32_t idx) noexcept
@@ -120,7 +121,8 @@ cdef class CLruCache:
     cdef Py_ssize_t _size_of(self, object obj) except -1
     cdef Py_ssize_t _sizes_uncapped(self, object key, object value) except -1
     cdef Py_ssize_t _find(self, object key, Py_hash_t h) except -1
-    cdef int _release(self, mc_victims* v, PyObject* replaced) except -1
+    cdef inline int _release(self, mc_victims* v, PyObject* replaced) except -1
+    cdef int _release_all(self, mc_victims* v, PyObject* replaced) except -1
     # leases
     cdef Py_ssize_t _lease_new(self, Py_hash_t h) except -1
     cdef Py_ssize_t _lease_slot(self, object token) except -2
@@ -128,9 +130,12 @@ cdef class CLruCache:
     # operations
     cdef object _store(self, object key, object value, double ttl, int mode,
                        Py_hash_t h=*, Py_ssize_t lease=*)
+    cdef inline object _steps(self, object key, object value, double ttl, int mode,
+                              Py_hash_t h, Py_ssize_t lease)
     cdef object _put(self, object key, object value, Py_hash_t h, Py_ssize_t nbytes,
                      Py_ssize_t idx, double ttl, double* now, int mode, Py_ssize_t lease)
     cdef object _get(self, object key, object default, Py_hash_t* hash_out=*)
+    cdef inline object _get_inline(self, object key, object default, Py_hash_t* hash_out)
     cdef object _lookup(self, object key, Py_hash_t h, double now, bint count, object default)
     cdef object _peek(self, object key, object default)
     cdef object _remove_key(self, object key)

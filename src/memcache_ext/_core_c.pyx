@@ -213,8 +213,15 @@ cdef class CLruCache:
         self.has_evicted = False
         self.version += 1
 
-    cdef int _reserve(self) except -1:
+    cdef inline int _reserve(self) except -1:
         """Room for one more entry in the pool and the table; changes no entry."""
+        if ((self.free_head == 0 and self.top >= self.ecap)
+                or (self.count + 1) * 2 > <Py_ssize_t>(self.mask + 1)):
+            return self._grow()
+        return 0
+
+    cdef int _grow(self) except -1:
+        """_reserve's slow path: a larger pool, or a larger table, or both."""
         cdef Py_ssize_t newcap
         cdef mc_entry* grown
         cdef uint32_t* t
@@ -530,7 +537,13 @@ cdef class CLruCache:
 
     # -- releasing (step 4) ---------------------------------------------------
 
-    cdef int _release(self, mc_victims* v, PyObject* replaced) except -1:
+    cdef inline int _release(self, mc_victims* v, PyObject* replaced) except -1:
+        """Step 4, when there is anything to release (most reads: nothing)."""
+        if v.head or replaced != NULL:
+            return self._release_all(v, replaced)
+        return 0
+
+    cdef int _release_all(self, mc_victims* v, PyObject* replaced) except -1:
         """Call on_evict for each victim removed automatically, then release it.
 
         One victim at a time: its slot goes back to the free list before any
@@ -657,23 +670,29 @@ cdef class CLruCache:
         (S_KEEP) and fill() (S_FILL): these two return a live value stored
         meanwhile, else ``value``, stored unless refused (or, for a fill,
         unless the lease was invalidated)."""
+        if mode != S_FILL:
+            return self._steps(key, value, ttl, mode, h, lease)
+        try:
+            return self._steps(key, value, ttl, mode, h, lease)
+        finally:
+            self._lease_end(lease)   # a lease ends with its fill, whatever happened
+
+    cdef inline object _steps(self, object key, object value, double ttl, int mode,
+                              Py_hash_t h, Py_ssize_t lease):
+        """_store's steps 1 and 2, then the region (_put)."""
         cdef Py_ssize_t nbytes, idx
         cdef double now
         cdef uint64_t settings
-        try:
-            while True:
-                settings = self.settings_version
-                nbytes = self._measure(key, value)
-                now = self._clock(ttl != INFINITY)
-                if h == -1:
-                    h = PyObject_Hash(key)
-                idx = self._find(key, h)
-                if self.settings_version == settings:
-                    break   # else resize() or __init__ ran meanwhile: measure again
-            return self._put(key, value, h, nbytes, idx, ttl, &now, mode, lease)
-        finally:
-            if mode == S_FILL:
-                self._lease_end(lease)
+        while True:
+            settings = self.settings_version
+            nbytes = self._measure(key, value)
+            now = self._clock(ttl != INFINITY)
+            if h == -1:
+                h = PyObject_Hash(key)
+            idx = self._find(key, h)
+            if self.settings_version == settings:
+                break   # else resize() or __init__ ran meanwhile: measure again
+        return self._put(key, value, h, nbytes, idx, ttl, &now, mode, lease)
 
     cdef object _put(self, object key, object value, Py_hash_t h, Py_ssize_t nbytes,
                      Py_ssize_t idx, double ttl, double* now, int mode, Py_ssize_t lease):
@@ -744,6 +763,10 @@ cdef class CLruCache:
         return 0
 
     cdef object _get(self, object key, object default, Py_hash_t* hash_out=NULL):
+        """_get_inline for the other compiled modules (through the vtable)."""
+        return self._get_inline(key, default, hash_out)
+
+    cdef inline object _get_inline(self, object key, object default, Py_hash_t* hash_out):
         """get()/[]: the home-slot hit inline, everything else in _lookup.
 
         hash_out, when given, receives the key's hash for a following store.
@@ -793,14 +816,14 @@ cdef class CLruCache:
         return default
 
     def __getitem__(self, key):
-        cdef object value = self._get(key, _MISSING)
+        cdef object value = self._get_inline(key, _MISSING, NULL)
         if value is _MISSING:
             raise KeyError(key)
         return value
 
     def get(self, key, default=None):
         """Return the value for key, or default (counts a hit or a miss)."""
-        return self._get(key, default)
+        return self._get_inline(key, default, NULL)
 
     def __setitem__(self, key, value):
         self._store(key, value, self._ttl, S_SET)
@@ -894,7 +917,7 @@ cdef class CLruCache:
     def setdefault(self, key, default=None):
         """Return the value for key, inserting default on a miss (never overwrites)."""
         cdef Py_hash_t h
-        cdef object value = self._get(key, _MISSING, &h)
+        cdef object value = self._get_inline(key, _MISSING, &h)
         if value is not _MISSING:
             return value
         try:
@@ -912,7 +935,7 @@ cdef class CLruCache:
             raise TypeError(f"factory must be callable, not {type(factory).__name__}")
         cdef double t = self._ttl if ttl is None else check_ttl(ttl)
         cdef Py_hash_t h
-        cdef object value = self._get(key, _MISSING, &h)
+        cdef object value = self._get_inline(key, _MISSING, &h)
         cdef Py_ssize_t lease
         if value is not _MISSING:
             return value

@@ -156,12 +156,12 @@ static inline void mc_ghost_add(mc_ghost *g, uint32_t fp)
     while (g->live >= g->limit)
         mc_ghost_pop_oldest(g);
     if (g->npos == g->rcap) {
-        /* Full: grow while mostly live, else repack in place (squeezing out
-         * the removed positions). */
+        /* Full: repack, squeezing out the removed positions, at the size the
+         * limit asks for. Ghost records are only added once the cache is
+         * full, so that size is allocated at once rather than grown (each
+         * step of a growth would leave its freed buffers behind in the heap). */
         target = mc_ghost_target(g->limit);
-        cap = g->rcap;
-        if (cap < target && (g->npos - g->live) * 4 <= cap)
-            cap = (cap * 2 < 16) ? 16 : (cap * 2 > target ? target : cap * 2);
+        cap = g->rcap < target ? target : g->rcap;
         if (cap <= g->live || mc_ghost_repack(g, cap) < 0)
             return;
     }

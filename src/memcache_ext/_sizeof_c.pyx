@@ -6,6 +6,10 @@ exact builtins (int, float, str, bytes) are sized with C formulas equal to
 ``tp_traverse`` (what ``gc.get_referents`` returns) and their own size from
 ``sys.getsizeof``, or from the type's basic size when the type does not
 override ``__sizeof__``. See ``_sizeof_py`` for the rules.
+
+The C helpers live in headers, one concern each: ``_sizeof_mem.h`` (the walk's
+C memory), ``_sizeof_refs.h`` (reading children), ``_sizeof_layout.h`` (own
+sizes from layouts), ``_sizeof_math.h`` (budget and sampling arithmetic).
 """
 
 from cpython.object cimport PyObject, PyTypeObject
@@ -16,383 +20,7 @@ import sys as _sys
 
 from memcache_ext import _sizeof_py as _ref
 
-cdef extern from *:
-    """
-    #include <Python.h>
-    #include <string.h>
-    #include <stdint.h>
-
-    /* ---------------------------------------------------------------- sets */
-    #define MC_SMALL 8
-    typedef struct {
-        PyObject **table;      /* open addressing, NULL while small */
-        Py_ssize_t mask;
-        Py_ssize_t used;
-        PyObject *small[MC_SMALL];
-    } mc_set;
-
-    static inline void mc_set_init(mc_set *s) { s->table = NULL; s->mask = 0; s->used = 0; }
-    static inline void mc_set_free(mc_set *s) {
-        if (s->table != NULL) { PyMem_Free(s->table); s->table = NULL; }
-        s->used = 0; s->mask = 0;
-    }
-    static inline size_t mc_hash(PyObject *p) {
-        uint64_t x = (uint64_t)(uintptr_t)p;
-        x ^= x >> 33;
-        x *= 0xff51afd7ed558ccdULL;
-        x ^= x >> 33;
-        return (size_t)x;
-    }
-    static int mc_set_rehash(mc_set *s, Py_ssize_t size) {
-        PyObject **old = s->table;
-        Py_ssize_t oldsize = old ? s->mask + 1 : 0, i;
-        PyObject **t = (PyObject **)PyMem_Calloc((size_t)size, sizeof(PyObject *));
-        if (t == NULL) { PyErr_NoMemory(); return -1; }
-        s->table = t; s->mask = size - 1;
-        if (old == NULL) {
-            for (i = 0; i < s->used; i++) {
-                size_t h = mc_hash(s->small[i]) & (size_t)s->mask;
-                while (t[h] != NULL) h = (h + 1) & (size_t)s->mask;
-                t[h] = s->small[i];
-            }
-        } else {
-            for (i = 0; i < oldsize; i++) {
-                PyObject *p = old[i];
-                if (p != NULL) {
-                    size_t h = mc_hash(p) & (size_t)s->mask;
-                    while (t[h] != NULL) h = (h + 1) & (size_t)s->mask;
-                    t[h] = p;
-                }
-            }
-            PyMem_Free(old);
-        }
-        return 0;
-    }
-    /* 1 added, 0 already there, -1 error */
-    static inline int mc_set_add(mc_set *s, PyObject *p) {
-        Py_ssize_t i;
-        if (s->table == NULL) {
-            for (i = 0; i < s->used; i++) if (s->small[i] == p) return 0;
-            if (s->used < MC_SMALL) { s->small[s->used++] = p; return 1; }
-            if (mc_set_rehash(s, 64) < 0) return -1;
-        } else if ((s->used + 1) * 2 > s->mask + 1) {
-            if (mc_set_rehash(s, (s->mask + 1) * 2) < 0) return -1;
-        }
-        size_t h = mc_hash(p) & (size_t)s->mask;
-        PyObject **t = s->table;
-        while (t[h] != NULL) {
-            if (t[h] == p) return 0;
-            h = (h + 1) & (size_t)s->mask;
-        }
-        t[h] = p;
-        s->used++;
-        return 1;
-    }
-    static inline int mc_set_has(mc_set *s, PyObject *p) {
-        Py_ssize_t i;
-        if (s->table == NULL) {
-            for (i = 0; i < s->used; i++) if (s->small[i] == p) return 1;
-            return 0;
-        }
-        size_t h = mc_hash(p) & (size_t)s->mask;
-        while (s->table[h] != NULL) {
-            if (s->table[h] == p) return 1;
-            h = (h + 1) & (size_t)s->mask;
-        }
-        return 0;
-    }
-
-    /* -------------------------------------------------------- stack/buffer */
-    typedef struct { PyObject *obj; double w; Py_ssize_t a; } mc_entry;
-    typedef struct { mc_entry *items; Py_ssize_t len, cap; mc_entry small[32]; } mc_stack;
-    static inline void mc_stack_init(mc_stack *s) { s->items = s->small; s->len = 0; s->cap = 32; }
-    /* steals nothing: increfs obj */
-    static inline int mc_stack_push(mc_stack *s, PyObject *o, double w, Py_ssize_t a) {
-        if (s->len == s->cap) {
-            Py_ssize_t ncap = s->cap * 2;
-            mc_entry *n;
-            if (s->items == s->small) {
-                n = (mc_entry *)PyMem_Malloc((size_t)ncap * sizeof(mc_entry));
-                if (n != NULL) memcpy(n, s->small, (size_t)s->len * sizeof(mc_entry));
-            } else {
-                n = (mc_entry *)PyMem_Realloc(s->items, (size_t)ncap * sizeof(mc_entry));
-            }
-            if (n == NULL) { PyErr_NoMemory(); return -1; }
-            s->items = n; s->cap = ncap;
-        }
-        Py_INCREF(o);
-        s->items[s->len].obj = o; s->items[s->len].w = w; s->items[s->len].a = a;
-        s->len++;
-        return 0;
-    }
-    static inline void mc_stack_free(mc_stack *s) {
-        Py_ssize_t i;
-        for (i = 0; i < s->len; i++) Py_DECREF(s->items[i].obj);
-        s->len = 0;
-        if (s->items != s->small) PyMem_Free(s->items);
-        s->items = s->small; s->cap = 32;
-    }
-
-    typedef struct { PyObject **items; Py_ssize_t len, cap; PyObject *small[64]; } mc_buf;
-    static inline void mc_buf_init(mc_buf *b) { b->items = b->small; b->len = 0; b->cap = 64; }
-    static inline void mc_buf_free(mc_buf *b) {
-        if (b->items != b->small) PyMem_Free(b->items);
-        b->items = b->small; b->cap = 64; b->len = 0;
-    }
-    static int mc_buf_reserve(mc_buf *b, Py_ssize_t extra) {
-        Py_ssize_t need = b->len + extra, ncap = b->cap;
-        PyObject **n;
-        if (need <= b->cap) return 0;
-        while (ncap < need) ncap *= 2;
-        if (b->items == b->small) {
-            n = (PyObject **)PyMem_Malloc((size_t)ncap * sizeof(PyObject *));
-            if (n != NULL) memcpy(n, b->small, (size_t)b->len * sizeof(PyObject *));
-        } else {
-            n = (PyObject **)PyMem_Realloc(b->items, (size_t)ncap * sizeof(PyObject *));
-        }
-        if (n == NULL) { PyErr_NoMemory(); return -1; }
-        b->items = n; b->cap = ncap;
-        return 0;
-    }
-    static inline int mc_buf_push(mc_buf *b, PyObject *o) {
-        if (b->len == b->cap && mc_buf_reserve(b, 1) < 0) return -1;
-        b->items[b->len++] = o;
-        return 0;
-    }
-    static int mc_visit(PyObject *o, void *arg) {
-        return mc_buf_push((mc_buf *)arg, o) < 0 ? -1 : 0;
-    }
-    /* Appends what gc.get_referents(o) would return. */
-    static int mc_traverse(PyObject *o, mc_buf *b) {
-        traverseproc tr;
-        if (!PyObject_IS_GC(o)) return 0;
-        tr = Py_TYPE(o)->tp_traverse;
-        if (tr == NULL) return 0;
-        if (tr(o, mc_visit, (void *)b) != 0) {
-            if (!PyErr_Occurred()) PyErr_NoMemory();
-            return -1;
-        }
-        return 0;
-    }
-    /* PyDict_Next, with the combined tables of CPython 3.11 read in place
-       (the layout of pycore_dict.h; checked against PyDict_Next at import by
-       mc_dict_next_selftest, which turns it on). */
-    static int mc_dict_direct = 0;
-    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000 && !defined(PYPY_VERSION) && !defined(Py_LIMITED_API)
-    typedef struct {
-        Py_ssize_t dk_refcnt;
-        uint8_t dk_log2_size;
-        uint8_t dk_log2_index_bytes;
-        uint8_t dk_kind;            /* 0: general entries (hash, key, value) */
-        uint32_t dk_version;
-        Py_ssize_t dk_usable;
-        Py_ssize_t dk_nentries;
-        char dk_indices[];
-    } mc_dictkeys311;
-    #define MC_DICT_DIRECT_POSSIBLE 1
-    #else
-    #define MC_DICT_DIRECT_POSSIBLE 0
-    #endif
-    static inline int mc_dict_next(PyObject *d, Py_ssize_t *pos, PyObject **k, PyObject **v) {
-    #if MC_DICT_DIRECT_POSSIBLE
-        PyDictObject *mp = (PyDictObject *)d;
-        if (mc_dict_direct && mp->ma_values == NULL) {
-            mc_dictkeys311 *dk = (mc_dictkeys311 *)mp->ma_keys;
-            Py_ssize_t i = *pos, n = dk->dk_nentries;
-            PyObject **e = (PyObject **)(dk->dk_indices + ((size_t)1 << dk->dk_log2_index_bytes));
-            if (i < 0) return 0;
-            if (dk->dk_kind != 0) {
-                e += 2 * i;                           /* key, value */
-                while (i < n && e[1] == NULL) { e += 2; i++; }
-                if (i >= n) return 0;
-                *k = e[0]; *v = e[1];
-            } else {
-                e += 3 * i;                           /* hash, key, value */
-                while (i < n && e[2] == NULL) { e += 3; i++; }
-                if (i >= n) return 0;
-                *k = e[1]; *v = e[2];
-            }
-            *pos = i + 1;
-            return 1;
-        }
-    #endif
-        return PyDict_Next(d, pos, k, v);
-    }
-    /* Turns mc_dict_next's direct reading on if it agrees with PyDict_Next on
-       these dicts (compare with the order and positions PyDict_Next gives). */
-    static int mc_dict_next_selftest(PyObject *dicts) {
-    #if MC_DICT_DIRECT_POSSIBLE
-        Py_ssize_t j, nd = PyList_GET_SIZE(dicts);
-        int ok = 1, r1, r2;
-        mc_dict_direct = 1;
-        for (j = 0; ok && j < nd; j++) {
-            PyObject *d = PyList_GET_ITEM(dicts, j), *k1, *v1, *k2, *v2;
-            Py_ssize_t p1 = 0, p2 = 0;
-            if (!PyDict_CheckExact(d)) { ok = 0; break; }
-            do {
-                r1 = PyDict_Next(d, &p1, &k1, &v1);
-                r2 = mc_dict_next(d, &p2, &k2, &v2);
-                if (r1 != r2 || (r1 && (p1 != p2 || k1 != k2 || v1 != v2))) ok = 0;
-            } while (ok && r1);
-        }
-        mc_dict_direct = ok;
-        return ok;
-    #else
-        (void)dicts;
-        return 0;
-    #endif
-    }
-    /* Appends k0, v0, k1, v1, ... of any dict (no user code runs). */
-    static int mc_dict_entries(PyObject *d, mc_buf *b) {
-        Py_ssize_t pos = 0;
-        PyObject *k, *v;
-        if (mc_buf_reserve(b, 2 * PyDict_GET_SIZE(d)) < 0) return -1;
-        while (mc_dict_next(d, &pos, &k, &v)) {
-            if (mc_buf_push(b, k) < 0 || mc_buf_push(b, v) < 0) return -1;
-        }
-        return 0;
-    }
-
-    /* --------------------------------------------------------- object info */
-    #if defined(__GNUC__) || defined(__clang__)
-    #define MC_PREFETCH(p) __builtin_prefetch((const void *)(p))
-    #else
-    #define MC_PREFETCH(p) ((void)0)
-    #endif
-    static inline void mc_prefetch(const void *p) { MC_PREFETCH(p); }
-    /* bits of x > 0: 2 ** mc_bit_length(x) > x */
-    static inline int mc_bit_length(size_t x) {
-    #if defined(__GNUC__) || defined(__clang__)
-        return x ? (int)(8 * sizeof(unsigned long long)) - __builtin_clzll((unsigned long long)x) : 0;
-    #else
-        int b = 0;
-        while (x) { b++; x >>= 1; }
-        return b;
-    #endif
-    }
-    static inline PyObject **mc_seq_items(PyObject *o) {  /* exact list or tuple */
-        return PyList_CheckExact(o) ? ((PyListObject *)o)->ob_item : ((PyTupleObject *)o)->ob_item;
-    }
-    static inline uint64_t mc_phase(uint64_t counter) {  /* _sizeof_py.sample_phase */
-        uint64_t z = counter * 0x9E3779B97F4A7C15ULL;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-        return z ^ (z >> 31);
-    }
-    static inline PyTypeObject *mc_type(PyObject *o) { return Py_TYPE(o); }
-    static inline Py_ssize_t mc_refcnt(PyObject *o) { return Py_REFCNT(o); }
-    static inline unsigned long mc_flags(PyTypeObject *t) { return t->tp_flags; }
-    static inline unsigned int mc_version(PyTypeObject *t) { return t->tp_version_tag; }
-    static inline Py_ssize_t mc_basic_size(PyObject *o) {
-        PyTypeObject *t = Py_TYPE(o);
-        Py_ssize_t s = t->tp_basicsize;
-        if (t->tp_itemsize > 0) s += Py_SIZE(o) * t->tp_itemsize;
-        return s;
-    }
-    static inline Py_ssize_t mc_list_size(PyObject *o) {
-        return Py_TYPE(o)->tp_basicsize + ((PyListObject *)o)->allocated * (Py_ssize_t)sizeof(PyObject *);
-    }
-    static inline Py_ssize_t mc_var_size(PyObject *o) { return Py_SIZE(o); }
-    /* CPython 3.13 inline values (see _sizeof_py.inline_extra): the block after
-       tp_basicsize (capacity byte, valid byte 3) and the pre-header's managed
-       dict pointer. Called only for Py_TPFLAGS_INLINE_VALUES types on 3.13. */
-    static inline Py_ssize_t mc_inline_extra(PyObject *o, Py_ssize_t dict_shell) {
-        const uint8_t *v = (const uint8_t *)o + Py_TYPE(o)->tp_basicsize;
-        const Py_ssize_t p = (Py_ssize_t)sizeof(PyObject *);
-        Py_ssize_t cap = v[0];
-        Py_ssize_t s = ((cap + p - 1) / p) * p + (cap + 1) * p;
-        if (v[3] && ((PyObject **)o)[-3] != NULL) s += dict_shell;
-        return s;
-    }
-    static inline PyObject *mc_seq_item(PyObject *o, Py_ssize_t i) {  /* exact list or tuple */
-        return PyList_CheckExact(o) ? PyList_GET_ITEM(o, i) : PyTuple_GET_ITEM(o, i);
-    }
-    static inline Py_ssize_t mc_dict_size(PyObject *o) {  /* dict.__sizeof__, -1: ask Python */
-    #if PY_VERSION_HEX < 0x030D0000
-        return _PyDict_SizeOf((PyDictObject *)o);
-    #else
-        (void)o; return -1;
-    #endif
-    }
-    #if PY_VERSION_HEX < 0x030D0000
-    #define MC_DIRECT_OBJECT_SIZEOF 1
-    #else
-    #define MC_DIRECT_OBJECT_SIZEOF 0
-    #endif
-    static inline PyObject *mc_type_lookup(PyTypeObject *t, PyObject *name) { return _PyType_Lookup(t, name); }
-
-    /* str.__sizeof__ without a call; -1 when the rare layouts need Python. */
-    static inline Py_ssize_t mc_str_size(PyObject *o) {
-        Py_ssize_t n, s;
-    #if PY_VERSION_HEX < 0x030C0000
-        if (!PyUnicode_IS_READY(o) || ((PyASCIIObject *)o)->wstr != NULL) return -1;
-    #endif
-        if (!PyUnicode_IS_COMPACT(o)) return -1;
-        n = PyUnicode_GET_LENGTH(o);
-        if (PyUnicode_IS_ASCII(o)) return (Py_ssize_t)sizeof(PyASCIIObject) + n + 1;
-        s = (Py_ssize_t)sizeof(PyCompactUnicodeObject) + (n + 1) * (Py_ssize_t)PyUnicode_KIND(o);
-        if (((PyCompactUnicodeObject *)o)->utf8 != NULL)
-            s += ((PyCompactUnicodeObject *)o)->utf8_length + 1;
-        return s;
-    }
-    /* Shared strs: empty, one latin-1 character (cached), interned. */
-    static inline int mc_str_shared(PyObject *o) {
-        Py_ssize_t n;
-    #if PY_VERSION_HEX < 0x030C0000
-        if (!PyUnicode_IS_READY(o)) return 0;
-    #endif
-        n = PyUnicode_GET_LENGTH(o);
-        if (n == 0) return 1;
-        if (n == 1 && PyUnicode_READ_CHAR(o, 0) < 256) return 1;
-        return PyUnicode_CHECK_INTERNED(o) != 0;
-    }
-    /* 1: small cached int (shared); 0: *size set; -1: needs sys.getsizeof */
-    static inline int mc_int_size(PyObject *o, Py_ssize_t *size, int digit_bits) {
-    #if PY_VERSION_HEX < 0x030C0000
-        /* 3.11: the digit count is |ob_size|, int.__sizeof__ is
-           offsetof(ob_digit) (== tp_basicsize) + |ob_size| * sizeof(digit) */
-        Py_ssize_t sz = Py_SIZE(o), nd = sz < 0 ? -sz : sz;
-        (void)digit_bits;
-        if (nd <= 1) {
-            long v = nd ? (long)((PyLongObject *)o)->ob_digit[0] : 0;
-            if (sz < 0) v = -v;
-            if (v >= -5 && v <= 256) return 1;
-        }
-        *size = PyLong_Type.tp_basicsize + nd * PyLong_Type.tp_itemsize;
-        return 0;
-    #else
-        int overflow = 0;
-        long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
-        unsigned long long u;
-        Py_ssize_t nd = 0;
-        if (overflow) return -1;
-        if (v == -1 && PyErr_Occurred()) { PyErr_Clear(); return -1; }
-        if (v >= -5 && v <= 256) return 1;
-        u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-        do { nd++; u >>= digit_bits; } while (u);
-        *size = PyLong_Type.tp_basicsize + nd * PyLong_Type.tp_itemsize;
-        return 0;
-    #endif
-    }
-    static inline Py_ssize_t mc_float_size(void) { return PyFloat_Type.tp_basicsize; }
-    static inline Py_ssize_t mc_bytes_size(PyObject *o) {
-        return PyBytes_Type.tp_basicsize + Py_SIZE(o) * PyBytes_Type.tp_itemsize;
-    }
-    static inline Py_ssize_t mc_complex_size(void) { return PyComplex_Type.tp_basicsize; }
-    static inline int mc_is_singleton(PyObject *o) {
-        return o == Py_None || o == Py_True || o == Py_False || o == Py_Ellipsis || o == Py_NotImplemented;
-    }
-
-    /* --------------------------------------------------------- type cache */
-    #define MC_TI_SHARED 1
-    #define MC_TI_DEFAULT_SIZEOF 2
-    #define MC_TI_DICT 4
-    typedef struct { PyTypeObject *tp; unsigned int version; int info; } mc_tinfo;
-    static mc_tinfo mc_tcache[512];
-    static inline mc_tinfo *mc_tcache_slot(PyTypeObject *t) {
-        return &mc_tcache[((uintptr_t)t >> 4) & 511];
-    }
-    """
+cdef extern from "_sizeof_mem.h":
     ctypedef struct mc_set:
         Py_ssize_t used
     void mc_set_init(mc_set*)
@@ -418,27 +46,27 @@ cdef extern from *:
     void mc_buf_free(mc_buf*)
     int mc_buf_reserve(mc_buf*, Py_ssize_t) except -1
     int mc_buf_push(mc_buf*, PyObject*) except -1
+
+cdef extern from "_sizeof_refs.h":
+    PyObject** mc_seq_items(PyObject*)
+    PyObject* mc_seq_item(PyObject*, Py_ssize_t)
     int mc_traverse(PyObject*, mc_buf*) except -1
-    int mc_dict_entries(PyObject*, mc_buf*) except -1
     bint mc_dict_next(PyObject*, Py_ssize_t*, PyObject**, PyObject**)
     int mc_dict_next_selftest(PyObject*)
+    int mc_dict_entries(PyObject*, mc_buf*) except -1
 
+cdef extern from "_sizeof_layout.h":
     PyTypeObject* mc_type(PyObject*)
-    uint64_t mc_phase(uint64_t)
-    void mc_prefetch(const void*)
-    int mc_bit_length(size_t)
-    PyObject** mc_seq_items(PyObject*)
     Py_ssize_t mc_refcnt(PyObject*)
     unsigned long mc_flags(PyTypeObject*)
     unsigned int mc_version(PyTypeObject*)
+    Py_ssize_t mc_var_size(PyObject*)
+    PyObject* mc_type_lookup(PyTypeObject*, PyObject*)
     Py_ssize_t mc_basic_size(PyObject*)
     Py_ssize_t mc_list_size(PyObject*)
-    Py_ssize_t mc_var_size(PyObject*)
-    Py_ssize_t mc_inline_extra(PyObject*, Py_ssize_t)
-    PyObject* mc_seq_item(PyObject*, Py_ssize_t)
     Py_ssize_t mc_dict_size(PyObject*)
     bint MC_DIRECT_OBJECT_SIZEOF
-    PyObject* mc_type_lookup(PyTypeObject*, PyObject*)
+    Py_ssize_t mc_inline_extra(PyObject*, Py_ssize_t)
     Py_ssize_t mc_str_size(PyObject*)
     int mc_str_shared(PyObject*)
     int mc_int_size(PyObject*, Py_ssize_t*, int)
@@ -454,8 +82,13 @@ cdef extern from *:
         int info
     mc_tinfo* mc_tcache_slot(PyTypeObject*)
 
+cdef extern from "_sizeof_math.h":
+    uint64_t mc_phase(uint64_t)
+    int mc_bit_length(size_t)
+    void mc_prefetch(const void*)
+
+cdef extern from "Python.h":
     int PyType_IsSubtype(PyTypeObject*, PyTypeObject*)
-    bint PyDict_Next(PyObject*, Py_ssize_t*, PyObject**, PyObject**)
     Py_ssize_t PyDict_GET_SIZE(PyObject*)
     PyObject* PyObject_GetIter(PyObject*) except NULL
     PyObject* PyIter_Next(PyObject*)

@@ -10,6 +10,9 @@ override ``__sizeof__``. See ``_sizeof_py`` for the rules.
 The C helpers live in headers, one concern each: ``_sizeof_mem.h`` (the walk's
 C memory), ``_sizeof_refs.h`` (reading children), ``_sizeof_layout.h`` (own
 sizes from layouts), ``_sizeof_math.h`` (budget and sampling arithmetic).
+The one memory rule: no borrowed pointer is used across a call
+that can run Python code; which calls can, and how the walk copes, is written
+at ``_walk`` and at the small-object fast path.
 """
 
 from cpython.object cimport PyObject, PyTypeObject
@@ -92,6 +95,8 @@ cdef extern from "Python.h":
     Py_ssize_t PyDict_GET_SIZE(PyObject*)
     PyObject* PyObject_GetIter(PyObject*) except NULL
     PyObject* PyIter_Next(PyObject*)
+    PyObject* PyErr_Occurred()
+    void Py_INCREF(PyObject*)
     void Py_DECREF(PyObject*)
     PyObject* Py_None
     PyTypeObject PyLong_Type, PyFloat_Type, PyUnicode_Type, PyBytes_Type, PyComplex_Type
@@ -194,7 +199,9 @@ cdef int _type_info(PyTypeObject* t) except -1:
 
 
 cdef Py_ssize_t _slow_getsizeof(PyObject* o) except -1:
-    """sys.getsizeof for builtins that cannot fail (big ints, odd strs, sets)."""
+    """sys.getsizeof for builtins whose layout the C formulas do not cover
+    (big ints, legacy strs, sets). It allocates, so it can run Python code (a
+    collection, finalizers): see "pinning" in _walk."""
     return _getsizeof(<object>o)
 
 
@@ -213,9 +220,10 @@ cdef Py_ssize_t _checked_getsizeof(PyObject* o, bint is_root) except -1:
     return r
 
 
-cdef inline Py_ssize_t _leaf_size(PyObject* o, PyTypeObject* t) except -3:
+cdef inline Py_ssize_t _leaf_size(PyObject* o, PyTypeObject* t) noexcept:
     """Size of an exact int/float/str/bytes/complex; -2 if it is shared; -1 if
-    ``o`` is not a leaf."""
+    ``o`` is not a leaf; -3 if only sys.getsizeof can tell (_slow_getsizeof).
+    Runs no Python code."""
     cdef Py_ssize_t size
     cdef int r
     if t == &PyFloat_Type:
@@ -224,16 +232,12 @@ cdef inline Py_ssize_t _leaf_size(PyObject* o, PyTypeObject* t) except -3:
         if mc_str_shared(o):
             return -2
         size = mc_str_size(o)
-        if size < 0:
-            size = _slow_getsizeof(o)
-        return size
+        return size if size >= 0 else -3
     if t == &PyLong_Type:
         r = mc_int_size(o, &size, _DIGIT_BITS)
         if r == 1:
             return -2
-        if r < 0:
-            size = _slow_getsizeof(o)
-        return size
+        return size if r == 0 else -3
     if t == &PyBytes_Type:
         if mc_var_size(o) < 2:
             return -2
@@ -268,7 +272,10 @@ cdef inline bint _node_shared(PyObject* o, PyTypeObject* t) except -1:
 #   the own sizes of the distinct non-shared reachable objects, whatever the
 #   order of the walk;
 # * deduplication follows the general walk: the root and every object with
-#   more than one reference are remembered.
+#   more than one reference are remembered;
+# * it runs no Python code and allocates nothing, so the borrowed pointers it
+#   reads (items, dict entries, the objects themselves) stay valid: a leaf that
+#   needs sys.getsizeof makes it give up, and the general walk measures it.
 
 cdef enum:
     SMALL_WALK_UNITS = 64
@@ -306,6 +313,8 @@ cdef inline Py_ssize_t _small_child(PyObject* c, SmallWalk* st) except -3:
     cdef int r
     if size == -2:
         return 0
+    if size == -3:
+        return -1
     if size == -1:
         if t == &PyDict_Type or t == &PyList_Type or (t == &PyTuple_Type and mc_var_size(c) != 0):
             size = -2
@@ -402,6 +411,8 @@ cdef inline void _charge(Walk* wk, Py_ssize_t size, double w) noexcept:
 
 cdef Py_ssize_t _own_size(PyObject* o, PyTypeObject* t, bint is_root, mc_buf* refs,
                           bint* have_refs) except -1:
+    """Own size of ``o`` (of type ``t``, which the caller keeps alive). May run
+    Python code (a user ``__sizeof__``) before it fills ``refs``, never after."""
     cdef Py_ssize_t size, k, i
     cdef PyObject* r
     cdef bint materialized
@@ -480,18 +491,26 @@ cdef int _dict_sample(PyObject* d, mc_buf* buf, Py_ssize_t m, Py_ssize_t r, Py_s
     return 0
 
 
+cdef PyObject* _set_iter(PyObject* s) except NULL:
+    """An iterator over an exact set/frozenset. It is allocated, so a
+    collection can run here: call it while the buffer holds nothing."""
+    return PyObject_GetIter(s)
+
+
 cdef int _iter_sample(PyObject* s, mc_buf* buf, Py_ssize_t m, Py_ssize_t r, Py_ssize_t q,
                       Py_ssize_t rem) except -1:
     """Sampled members of an exact set/frozenset (iteration runs no user code;
-    the set keeps the members alive, so borrowed pointers are safe)."""
+    the set keeps the members alive until Python code runs)."""
     cdef Py_ssize_t idx = 0, j = 0, target = _position(0, m, r, q, rem)
-    cdef PyObject* it = PyObject_GetIter(s)
+    cdef PyObject* it = _set_iter(s)
     cdef PyObject* item
     try:
         mc_buf_reserve(buf, m)
         while j < m:
             item = PyIter_Next(it)
             if item == NULL:
+                if PyErr_Occurred():
+                    return -1
                 break
             Py_DECREF(item)
             if idx == target:
@@ -506,12 +525,14 @@ cdef int _iter_sample(PyObject* s, mc_buf* buf, Py_ssize_t m, Py_ssize_t r, Py_s
 
 
 cdef int _iter_all(PyObject* s, mc_buf* buf) except -1:
-    cdef PyObject* it = PyObject_GetIter(s)
+    cdef PyObject* it = _set_iter(s)
     cdef PyObject* item
     try:
         while True:
             item = PyIter_Next(it)
             if item == NULL:
+                if PyErr_Occurred():
+                    return -1
                 break
             Py_DECREF(item)
             mc_buf_push(buf, item)
@@ -520,7 +541,27 @@ cdef int _iter_all(PyObject* s, mc_buf* buf) except -1:
     return 0
 
 
+cdef void _unpin(mc_buf* buf, Py_ssize_t* lo, Py_ssize_t* hi) noexcept:
+    """Drops the references _walk took on buf.items[lo:hi]. The decrefs can
+    run finalizers: only when nothing borrowed is used any more."""
+    cdef Py_ssize_t i = lo[0], end = hi[0]
+    lo[0] = 0
+    hi[0] = 0
+    while i < end:
+        Py_DECREF(buf.items[i])
+        i += 1
+
+
 cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
+    """The general walk. Memory rules: the stack holds strong references; the
+    buffer ``buf`` holds borrowed pointers to the children of ``o`` (which the
+    walk owns), valid only while no Python code runs. Python code can run in
+    _own_size (before the buffer is filled), in _set_iter (before) and in
+    _slow_getsizeof for a child leaf: before that call the children not yet
+    examined are pinned (increfed), since a collection started by its
+    allocations can run a finalizer that empties ``o``. A type is kept alive by
+    its instance, or by ``tp_ref`` across a user ``__sizeof__`` (which may
+    assign ``__class__``)."""
     cdef PyObject* ro = <PyObject*>root
     cdef PyTypeObject* t = mc_type(ro)
     cdef Py_ssize_t size, n
@@ -531,6 +572,8 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
     size = _leaf_size(ro, t)
     if size == -2:
         return 0
+    if size == -3:
+        return _slow_getsizeof(ro)
     if size >= 0:
         return size
     if _node_shared(ro, t):
@@ -547,9 +590,12 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
     cdef PyObject* o = NULL
     cdef PyObject* c
     cdef PyObject** items
+    cdef PyTypeObject* ot
+    cdef object tp_ref = None
     cdef double w, wc, cw
     cdef Py_ssize_t a, m, used, r, j, q, rem, i, pushed, ca, start, pos
-    cdef bint is_root = True, pairs, have_refs, sampling, dedup_all
+    cdef Py_ssize_t pin_lo = 0, pin_hi = 0
+    cdef bint is_root = True, pairs, have_refs, sampling, dedup_all, builtin
     cdef Py_ssize_t hard_cap = (budget * _SMALL_CAP_FACTOR
                                 if budget <= PY_SSIZE_T_MAX // _SMALL_CAP_FACTOR else PY_SSIZE_T_MAX)
     mc_stack_init(&stack)
@@ -565,25 +611,29 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
             o = stack.items[stack.len].obj   # we now own this reference
             w = stack.items[stack.len].w
             a = stack.items[stack.len].a
-            t = mc_type(o)
+            ot = mc_type(o)
             buf.len = 0
             have_refs = False
             dedup_all = False
+            builtin = (ot == &PyList_Type or ot == &PyTuple_Type or ot == &PyDict_Type
+                       or ot == &PySet_Type or ot == &PyFrozenSet_Type)
+            if not builtin:
+                tp_ref = <object>ot
             # ---- own size
-            size = _own_size(o, t, is_root, &buf, &have_refs)
+            size = _own_size(o, ot, is_root, &buf, &have_refs)
             is_root = False
             _charge(wk, size, w)
 
             # ---- units
-            pairs = t == &PyDict_Type
-            if t == &PyList_Type or t == &PyTuple_Type or pairs or t == &PySet_Type or t == &PyFrozenSet_Type:
+            pairs = ot == &PyDict_Type
+            if builtin:
                 n = mc_var_size(o) if not pairs else PyDict_GET_SIZE(o)
-                if t == &PySet_Type or t == &PyFrozenSet_Type:
+                if ot == &PySet_Type or ot == &PyFrozenSet_Type:
                     n = len(<object>o)
             else:
                 if not have_refs:
                     mc_traverse(o, &buf)
-                if _type_info(t) & MC_TI_DICT:
+                if _type_info(ot) & MC_TI_DICT:
                     # entries and dict_traverse both reach the values: the
                     # single-reference shortcut does not hold here
                     dedup_all = True
@@ -605,14 +655,14 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
             sampling = n > a and not (n <= _SMALL_UNITS and wk.units + n <= hard_cap)
             if not sampling:
                 used = n
-                if t == &PyList_Type or t == &PyTuple_Type:
+                if ot == &PyList_Type or ot == &PyTuple_Type:
                     mc_buf_reserve(&buf, n)
                     for i in range(n):
                         buf.items[i] = mc_seq_item(o, i)
                     buf.len = n
                 elif pairs:
                     mc_dict_entries(o, &buf)
-                elif t == &PySet_Type or t == &PyFrozenSet_Type:
+                elif ot == &PySet_Type or ot == &PyFrozenSet_Type:
                     _iter_all(o, &buf)
                 wc = w
             else:
@@ -624,7 +674,7 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
                 rem = n % m
                 mc_set_free(&once)
                 mc_set_free(&dups)
-                if t == &PyList_Type or t == &PyTuple_Type:
+                if ot == &PyList_Type or ot == &PyTuple_Type:
                     mc_buf_reserve(&buf, m)
                     items = mc_seq_items(o)
                     for j in range(m):
@@ -638,7 +688,7 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
                     buf.len = m
                 elif pairs:
                     _dict_sample(o, &buf, m, r, q, rem)
-                elif t == &PySet_Type or t == &PyFrozenSet_Type:
+                elif ot == &PySet_Type or ot == &PyFrozenSet_Type:
                     _iter_sample(o, &buf, m, r, q, rem)
                 else:
                     for j in range(m):
@@ -657,9 +707,10 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
                         mc_set_add(&dups, c)
             wk.units += used
 
-            # ---- examine the children
+            # ---- examine the children (borrowed from o: see "pinning" above)
             pushed = 0
             start = stack.len
+            pin_lo = pin_hi = buf.len
             for i in range(buf.len):
                 c = buf.items[i]
                 if sampling and i + 8 < buf.len:
@@ -668,11 +719,20 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
                 size = _leaf_size(c, t)
                 if size == -2:
                     continue
+                if size == -3:
+                    if pin_lo == pin_hi:
+                        pin_lo = i
+                        pin_hi = buf.len
+                        for j in range(pin_lo, pin_hi):
+                            Py_INCREF(buf.items[j])
+                    size = _slow_getsizeof(c)
                 if size == -1 and _node_shared(c, t):
                     continue
                 # an object with a single reference can be reached only once:
-                # no need to remember it (most leaves and fresh containers)
-                if (dedup_all or mc_refcnt(c) > 1) and not mc_set_add(&seen, c):
+                # no need to remember it (most leaves and fresh containers);
+                # a pinned child carries one more reference, ours
+                if ((dedup_all or mc_refcnt(c) > (2 if i >= pin_lo else 1))
+                        and not mc_set_add(&seen, c)):
                     continue
                 cw = wc
                 if sampling and dups.used and mc_set_has(&dups, c):
@@ -687,9 +747,11 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
                 if ca:
                     for i in range(start, stack.len):
                         stack.items[i].a = ca
+            _unpin(&buf, &pin_lo, &pin_hi)
             Py_DECREF(o)
             o = NULL
     finally:
+        _unpin(&buf, &pin_lo, &pin_hi)
         if o != NULL:
             Py_DECREF(o)
         mc_stack_free(&stack)

@@ -1,7 +1,8 @@
 /* deep_sizeof: reading an object's children into the walk's buffer.
  *
- * Nothing here runs Python code or allocates Python objects. Buffer growth
- * can fail: MemoryError.
+ * Nothing here runs Python code or allocates Python objects, so the borrowed
+ * pointers it collects stay valid until the caller next calls something that
+ * can (see "pinning" in _sizeof_c.pyx). Buffer growth can fail: MemoryError.
  */
 #ifndef MEMCACHE_EXT_SIZEOF_REFS_H
 #define MEMCACHE_EXT_SIZEOF_REFS_H

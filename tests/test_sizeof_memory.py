@@ -4,13 +4,15 @@
   expanding while it called ``sys.getsizeof`` on a child (a legacy str before
   3.12, a big int after): that call allocates, the allocation can start a
   collection, and a finalizer can empty the container and free its items.
+* Out-of-bounds read: sampling a one-item list (a 100,000-deep ``[[[...]]]``
+  reaches the node cap with weight 1) compared the item with ``items[-1]``.
 * A type freed while the walk still read it: a ``__sizeof__`` that assigns
   ``__class__`` and collects the old class.
 
 Each risky case runs in a fresh interpreter with a timeout (``run_case``), so
 a crash or an ASan report fails one test. Under an ASan build (runtime in
 LD_PRELOAD) the child also gets ``PYTHONMALLOC=malloc``: pymalloc's pools are
-invisible to ASan, and most objects involved are small. Both
+invisible to ASan, and the item arrays involved are small. Both
 implementations run every case; the pure one cannot crash, but must give the
 same numbers.
 """
@@ -246,5 +248,54 @@ def test_sizeof_that_frees_its_class(impl: str) -> None:
             assert r > 0
             assert all(type(x) is Other for x in o)
         gc.collect()
+        print("ok")
+    """, impl)
+
+
+# --------------------------------------------------- out-of-bounds sampling
+
+def test_deep_nested_lists_default_budget(impl: str) -> None:
+    """100,000-deep ``[[[...]]]`` and ``((...),)``: past the node cap every
+    one-item container is "sampled" with weight 1."""
+    run_case("""
+        depth = 100_000
+        x = []
+        for _ in range(depth):
+            x = [x]
+        assert ds(x) == depth * gs([None]) + gs([])
+        t = ()
+        for _ in range(depth):
+            t = (t,)
+        assert ds(t) == depth * gs((None,))  # the innermost () is shared
+        # stored in a byte-bounded cache, as the issue reported
+        if IMPL == "c":
+            from memcache_ext._core_c import CLruCache as Cache
+        else:
+            from memcache_ext._core_py import PyLruCache as Cache
+        c = Cache(10, max_bytes=10**9)
+        c["deep"] = x
+        assert c.nbytes == ds("deep") + ds(x)
+        print("ok")
+    """, impl, timeout=300)
+
+
+@pytest.mark.parametrize("budget", [1, 2, 3, 5, 8])
+def test_one_item_containers_at_the_cap(impl: str, budget: int) -> None:
+    """Chains of one-item lists, tuples, dicts and sets longer than the cap
+    (8 * budget units): the containers past it are sampled with m == n == 1."""
+    run_case(f"""
+        budget = {budget}
+        for depth in (8 * budget - 1, 8 * budget, 8 * budget + 1, 200):
+            lst, tup, dct, fset = [], (), {{}}, frozenset()
+            for i in range(depth):
+                lst = [lst]
+                tup = (tup,)
+                dct = {{fresh(f"k {{i}}"): dct}}
+                fset = frozenset([fset])
+            assert ds(lst, budget=budget) == depth * gs([None]) + gs([])
+            assert ds(tup, budget=budget) == depth * gs((None,))
+            assert P.deep_sizeof(lst, budget=budget) == ds(lst, budget=budget)
+            assert P._deep_sizeof_stats(dct, budget=budget) == M._deep_sizeof_stats(dct, budget=budget)
+            assert P._deep_sizeof_stats(fset, budget=budget) == M._deep_sizeof_stats(fset, budget=budget)
         print("ok")
     """, impl)

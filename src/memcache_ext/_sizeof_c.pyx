@@ -87,6 +87,12 @@ cdef extern from "_sizeof_layout.h":
 
 cdef extern from "_sizeof_math.h":
     uint64_t mc_phase(uint64_t)
+    ctypedef struct mc_cursor:
+        pass
+    void mc_cursor_init(mc_cursor*, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    void mc_cursor_next(mc_cursor*)
+    Py_ssize_t mc_cursor_pos(const mc_cursor*)
+    Py_ssize_t mc_neighbour(Py_ssize_t, Py_ssize_t)
     int mc_bit_length(size_t)
     void mc_prefetch(const void*)
 
@@ -349,7 +355,7 @@ cdef Py_ssize_t _small_walk(PyObject* o, PyTypeObject* t, Py_ssize_t a,
     total += _GC_HEAD
     if n == 0:
         return total
-    if st.units + n > SMALL_WALK_UNITS or (n > a and n > _SMALL_UNITS):
+    if n > SMALL_WALK_UNITS - st.units or (n > a and n > _SMALL_UNITS):
         return -1
     st.units += n
     # a lower bound of (a - n) // (children pushed), without a division
@@ -468,25 +474,22 @@ cdef void _rotate(PyObject** a, Py_ssize_t m, Py_ssize_t n) noexcept:
     _reverse(a, 0, n)
 
 
-cdef inline Py_ssize_t _position(Py_ssize_t j, Py_ssize_t m, Py_ssize_t r, Py_ssize_t q,
-                                 Py_ssize_t rem) noexcept:
-    """(j * n + r) // m without overflow, with q, rem = divmod(n, m)."""
-    return j * q + (j * rem + r) // m
-
-
-cdef int _dict_sample(PyObject* d, mc_buf* buf, Py_ssize_t m, Py_ssize_t r, Py_ssize_t q,
-                      Py_ssize_t rem) except -1:
-    cdef Py_ssize_t p = 0, idx = 0, j = 0, target = _position(0, m, r, q, rem)
+cdef int _dict_sample(PyObject* d, mc_buf* buf, Py_ssize_t n, Py_ssize_t m,
+                      Py_ssize_t r) except -1:
+    """Keys and values of the sampled entries of an exact dict."""
+    cdef Py_ssize_t p = 0, idx = 0, j = 0
     cdef PyObject* k
     cdef PyObject* v
+    cdef mc_cursor cur
+    mc_cursor_init(&cur, n, m, r)
     mc_buf_reserve(buf, 2 * m)
     while j < m and mc_dict_next(d, &p, &k, &v):
-        if idx == target:
+        if idx == mc_cursor_pos(&cur):
             buf.items[buf.len] = k
             buf.items[buf.len + 1] = v
             buf.len += 2
             j += 1
-            target = _position(j, m, r, q, rem)
+            mc_cursor_next(&cur)
         idx += 1
     return 0
 
@@ -497,13 +500,15 @@ cdef PyObject* _set_iter(PyObject* s) except NULL:
     return PyObject_GetIter(s)
 
 
-cdef int _iter_sample(PyObject* s, mc_buf* buf, Py_ssize_t m, Py_ssize_t r, Py_ssize_t q,
-                      Py_ssize_t rem) except -1:
+cdef int _iter_sample(PyObject* s, mc_buf* buf, Py_ssize_t n, Py_ssize_t m,
+                      Py_ssize_t r) except -1:
     """Sampled members of an exact set/frozenset (iteration runs no user code;
     the set keeps the members alive until Python code runs)."""
-    cdef Py_ssize_t idx = 0, j = 0, target = _position(0, m, r, q, rem)
+    cdef Py_ssize_t idx = 0, j = 0
     cdef PyObject* it = _set_iter(s)
     cdef PyObject* item
+    cdef mc_cursor cur
+    mc_cursor_init(&cur, n, m, r)
     try:
         mc_buf_reserve(buf, m)
         while j < m:
@@ -513,11 +518,11 @@ cdef int _iter_sample(PyObject* s, mc_buf* buf, Py_ssize_t m, Py_ssize_t r, Py_s
                     return -1
                 break
             Py_DECREF(item)
-            if idx == target:
+            if idx == mc_cursor_pos(&cur):
                 buf.items[buf.len] = item
                 buf.len += 1
                 j += 1
-                target = _position(j, m, r, q, rem)
+                mc_cursor_next(&cur)
             idx += 1
     finally:
         Py_DECREF(it)
@@ -587,13 +592,14 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
     cdef mc_stack stack
     cdef mc_set seen, once, dups
     cdef mc_buf buf
+    cdef mc_cursor cur, ahead
     cdef PyObject* o = NULL
     cdef PyObject* c
     cdef PyObject** items
     cdef PyTypeObject* ot
     cdef object tp_ref = None
     cdef double w, wc, cw
-    cdef Py_ssize_t a, m, used, r, j, q, rem, i, pushed, ca, start, pos
+    cdef Py_ssize_t a, m, used, r, j, i, pushed, ca, start, pos
     cdef Py_ssize_t pin_lo = 0, pin_hi = 0
     cdef bint is_root = True, pairs, have_refs, sampling, dedup_all, builtin
     cdef Py_ssize_t hard_cap = (budget * _SMALL_CAP_FACTOR
@@ -648,11 +654,11 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
                 o = NULL
                 continue
 
-            if n > a and n <= _SMALL_UNITS and w != 1.0 and wk.units + n > hard_cap:
+            if n > a and n <= _SMALL_UNITS and w != 1.0 and n > hard_cap - wk.units:
                 Py_DECREF(o)
                 o = NULL
                 continue
-            sampling = n > a and not (n <= _SMALL_UNITS and wk.units + n <= hard_cap)
+            sampling = n > a and not (n <= _SMALL_UNITS and n <= hard_cap - wk.units)
             if not sampling:
                 used = n
                 if ot == &PyList_Type or ot == &PyTuple_Type:
@@ -670,34 +676,43 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
                 m = a if a > 0 else 1
                 used = m
                 r = <Py_ssize_t>(mc_phase(<uint64_t>wk.sampled) % <uint64_t>n)
-                q = n // m
-                rem = n % m
                 mc_set_free(&once)
                 mc_set_free(&dups)
                 if ot == &PyList_Type or ot == &PyTuple_Type:
                     mc_buf_reserve(&buf, m)
                     items = mc_seq_items(o)
+                    mc_cursor_init(&cur, n, m, r)
+                    mc_cursor_init(&ahead, n, m, r)
+                    for j in range(16 if m > 16 else 0):
+                        mc_cursor_next(&ahead)
                     for j in range(m):
                         if j + 16 < m:
-                            mc_prefetch(&items[_position(j + 16, m, r, q, rem)])
-                        pos = _position(j, m, r, q, rem)
+                            mc_prefetch(&items[mc_cursor_pos(&ahead)])
+                            mc_cursor_next(&ahead)
+                        pos = mc_cursor_pos(&cur)
                         c = items[pos]
                         buf.items[j] = c
-                        if items[pos + 1 if pos + 1 < n else pos - 1] == c:
+                        if items[mc_neighbour(pos, n)] == c:
                             mc_set_add(&dups, c)
+                        mc_cursor_next(&cur)
                     buf.len = m
                 elif pairs:
-                    _dict_sample(o, &buf, m, r, q, rem)
+                    _dict_sample(o, &buf, n, m, r)
                 elif ot == &PySet_Type or ot == &PyFrozenSet_Type:
-                    _iter_sample(o, &buf, m, r, q, rem)
+                    _iter_sample(o, &buf, n, m, r)
                 else:
+                    mc_cursor_init(&cur, n, m, r)
                     for j in range(m):
-                        pos = _position(j, m, r, q, rem)
+                        pos = mc_cursor_pos(&cur)
                         c = buf.items[pos]
-                        if buf.items[pos + 1 if pos + 1 < n else pos - 1] == c:
+                        if buf.items[mc_neighbour(pos, n)] == c:
                             mc_set_add(&dups, c)
+                        mc_cursor_next(&cur)
+                    # in place: position j is at or after j
+                    mc_cursor_init(&cur, n, m, r)
                     for j in range(m):
-                        buf.items[j] = buf.items[_position(j, m, r, q, rem)]
+                        buf.items[j] = buf.items[mc_cursor_pos(&cur)]
+                        mc_cursor_next(&cur)
                     buf.len = m
                 wc = w * <double>n / <double>m
                 # objects met twice or more in the sample are shared: weight w

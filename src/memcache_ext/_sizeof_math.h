@@ -1,4 +1,10 @@
-/* deep_sizeof: the arithmetic of the budget and the sampling. */
+/* deep_sizeof: the arithmetic of the budget and the sampling.
+ *
+ * Sampling positions are computed without forming j * n, so nothing can wrap
+ * whatever the container size or the budget, and every position (and the
+ * neighbour it is compared with) lies inside the container. _sizeof_py
+ * computes the same numbers with Python ints (see its _walk).
+ */
 #ifndef MEMCACHE_EXT_SIZEOF_MATH_H
 #define MEMCACHE_EXT_SIZEOF_MATH_H
 
@@ -11,6 +17,26 @@ static inline uint64_t mc_phase(uint64_t counter) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
     return z ^ (z >> 31);
+}
+
+/* Sampling positions (j * n + r) // m for j = 0, 1, ... (0 <= r < n, 1 <= m
+   <= n): each step adds divmod(n, m) to a quotient and remainder, so every
+   position of the first m lies in [0, n) and no product is formed. */
+typedef struct { size_t pos, acc, q, rem, m; } mc_cursor;
+static inline void mc_cursor_init(mc_cursor *c, Py_ssize_t n, Py_ssize_t m, Py_ssize_t r) {
+    c->m = (size_t)m; c->q = (size_t)n / c->m; c->rem = (size_t)n % c->m;
+    c->pos = (size_t)r / c->m; c->acc = (size_t)r % c->m;
+}
+static inline void mc_cursor_next(mc_cursor *c) {
+    c->pos += c->q; c->acc += c->rem;        /* acc < 2m: no wrap */
+    if (c->acc >= c->m) { c->acc -= c->m; c->pos++; }
+}
+static inline Py_ssize_t mc_cursor_pos(const mc_cursor *c) { return (Py_ssize_t)c->pos; }
+/* The item compared with position p to spot a repeated object: the next one,
+   or the previous one at the end; with one item, itself (as Python's
+   seq[p - 1] reads it). Always in [0, n). */
+static inline Py_ssize_t mc_neighbour(Py_ssize_t p, Py_ssize_t n) {
+    return p + 1 < n ? p + 1 : (p > 0 ? p - 1 : p);
 }
 
 /* bits of x > 0: 2 ** mc_bit_length(x) > x */

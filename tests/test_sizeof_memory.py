@@ -299,3 +299,16 @@ def test_one_item_containers_at_the_cap(impl: str, budget: int) -> None:
             assert P._deep_sizeof_stats(fset, budget=budget) == M._deep_sizeof_stats(fset, budget=budget)
         print("ok")
     """, impl)
+
+
+# -------------------------------------------------------------- C memory
+
+def test_live_blocks_released() -> None:
+    """Every C block a walk takes is released, whatever path it took."""
+    mod = impl_module("c")
+    big = [(float(i), str(i) * 3) for i in range(50_000)]
+    keep = list(big)
+    for budget in (1, 100, P.DEFAULT_BUDGET, sys.maxsize):
+        mod.deep_sizeof(big, budget=budget)
+        assert mod._live_blocks() == 0
+    assert keep[0] is big[0]

@@ -24,6 +24,8 @@ import sys as _sys
 from memcache_ext import _sizeof_py as _ref
 
 cdef extern from "_sizeof_mem.h":
+    Py_ssize_t mc_live_blocks
+
     ctypedef struct mc_set:
         Py_ssize_t used
     void mc_set_init(mc_set*)
@@ -213,12 +215,15 @@ cdef Py_ssize_t _slow_getsizeof(PyObject* o) except -1:
 
 cdef Py_ssize_t _checked_getsizeof(PyObject* o, bint is_root) except -1:
     """sys.getsizeof with the exception rule: the top-level object's errors
-    propagate, a nested object falls back to its basic size."""
+    propagate, a nested object falls back to its basic size. A MemoryError
+    always propagates: the walk cannot tell a right size from a wrong one."""
     cdef object r
     try:
         r = _getsizeof(<object>o)
         if r > _MAX_OBJECT_SIZE:
             raise ValueError(f"__sizeof__() returned an implausible size: {r}")
+    except MemoryError:
+        raise
     except Exception:
         if is_root:
             raise
@@ -828,6 +833,12 @@ def deep_sizeof(obj, *, budget=DEFAULT_BUDGET):
     if budget is DEFAULT_BUDGET:
         return c_deep_sizeof(obj)
     return _walk(obj, _budget_arg(budget), &wk)
+
+
+def _live_blocks():
+    """C memory blocks the walks hold now: 0 between calls, failed ones
+    included (for the tests)."""
+    return mc_live_blocks
 
 
 def _deep_sizeof_stats(obj, *, budget=DEFAULT_BUDGET):

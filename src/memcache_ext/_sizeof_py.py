@@ -36,7 +36,9 @@ the README ("Measuring entries: deep_sizeof") and summarised here:
 * Exceptions: the top-level object's ``__sizeof__`` errors propagate (as from
   ``sys.getsizeof``); a nested object whose ``__sizeof__`` raises any Exception
   (or returns a non-int, negative or huge value) is charged its basic size
-  ``object.__sizeof__(o)`` plus its header instead.
+  ``object.__sizeof__(o)`` plus its header instead. A MemoryError always
+  propagates, wherever it is raised: a walk that lost a measurement cannot
+  return a right size.
 """
 
 from __future__ import annotations
@@ -357,6 +359,8 @@ def _walk(root: Any, budget: int) -> tuple[int, int, int]:
                 size = _getsizeof(o)
                 if size > MAX_OBJECT_SIZE:
                     raise ValueError(f"__sizeof__() returned an implausible size: {size}")
+            except MemoryError:
+                raise
             except Exception:
                 if is_root:
                     raise

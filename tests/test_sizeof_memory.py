@@ -6,6 +6,8 @@
   collection, and a finalizer can empty the container and free its items.
 * Out-of-bounds read: sampling a one-item list (a 100,000-deep ``[[[...]]]``
   reaches the node cap with weight 1) compared the item with ``items[-1]``.
+* Totals that wrapped: user ``__sizeof__`` values add up past PY_SSIZE_T_MAX,
+  and sampled weights multiply along chains of sampled containers.
 * A type freed while the walk still read it: a ``__sizeof__`` that assigns
   ``__class__`` and collects the old class.
 
@@ -301,7 +303,49 @@ def test_one_item_containers_at_the_cap(impl: str, budget: int) -> None:
     """, impl)
 
 
-# -------------------------------------------------------------- C memory
+# ----------------------------------------------------------- saturation
+
+class HugeButPlausible:
+    """Reports just under MAX_OBJECT_SIZE (2**48): accepted as is."""
+
+    __slots__ = ()
+
+    def __sizeof__(self) -> int:
+        return P.MAX_OBJECT_SIZE - 4096
+
+
+def sampled_chain(depth: int) -> list[Any]:
+    """Nine-item lists nested so that each one's single sampled position (at
+    budget 1) is the next list: the weight is multiplied by 9 per level."""
+    node: list[Any] = []
+    for level in range(depth, 0, -1):
+        items: list[Any] = [float(j) + 0.5 for j in range(9)]
+        items[P.sample_phase(level, 9)] = node
+        node = items
+    return node
+
+
+@pytest.mark.parametrize("budget", [P.DEFAULT_BUDGET, sys.maxsize])
+def test_sum_of_sizes_saturates(impl: str, budget: int) -> None:
+    mod = impl_module(impl)
+    many = [HugeButPlausible() for _ in range(40_000)]  # about 2**63.3 bytes
+    assert mod.deep_sizeof(many, budget=budget) == sys.maxsize
+    few = many[:100]
+    assert mod.deep_sizeof(few, budget=budget) == sys.getsizeof(few) + 100 * sys.getsizeof(few[0])
+
+
+@pytest.mark.parametrize("depth", [5, 25, 400])
+def test_weights_multiplied_along_a_chain_saturate(impl: str, depth: int) -> None:
+    mod = impl_module(impl)
+    chain = sampled_chain(depth)
+    size, units, sampled = mod._deep_sizeof_stats(chain, budget=1)
+    assert sampled == depth  # each level was sampled, the weight grew by 9
+    if depth == 5:
+        assert 0 < size < sys.maxsize
+    else:  # 9**25 * 136 bytes is past sys.maxsize; 9**400 overflows a double
+        assert size == sys.maxsize
+    assert P._deep_sizeof_stats(chain, budget=1) == mod._deep_sizeof_stats(chain, budget=1)
+
 
 def test_live_blocks_released() -> None:
     """Every C block a walk takes is released, whatever path it took."""

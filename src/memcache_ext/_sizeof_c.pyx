@@ -9,8 +9,8 @@ override ``__sizeof__``. See ``_sizeof_py`` for the rules.
 
 The C helpers live in headers, one concern each: ``_sizeof_mem.h`` (the walk's
 C memory), ``_sizeof_refs.h`` (reading children), ``_sizeof_layout.h`` (own
-sizes from layouts), ``_sizeof_math.h`` (budget and sampling arithmetic).
-The one memory rule: no borrowed pointer is used across a call
+sizes from layouts), ``_sizeof_math.h`` (saturating totals, sampling
+positions). The one memory rule: no borrowed pointer is used across a call
 that can run Python code; which calls can, and how the walk copes, is written
 at ``_walk`` and at the small-object fast path.
 """
@@ -88,6 +88,8 @@ cdef extern from "_sizeof_layout.h":
     mc_tinfo* mc_tcache_slot(PyTypeObject*)
 
 cdef extern from "_sizeof_math.h":
+    Py_ssize_t mc_add_sat(Py_ssize_t, Py_ssize_t)
+    Py_ssize_t mc_total(Py_ssize_t, double)
     uint64_t mc_phase(uint64_t)
     ctypedef struct mc_cursor:
         pass
@@ -342,7 +344,9 @@ cdef inline Py_ssize_t _small_child(PyObject* c, SmallWalk* st) except -3:
 
 cdef Py_ssize_t _small_walk(PyObject* o, PyTypeObject* t, Py_ssize_t a,
                             SmallWalk* st) except -3:
-    """Size of the exact dict/list/tuple ``o`` given allowance ``a``, or -1."""
+    """Size of the exact dict/list/tuple ``o`` given allowance ``a``, or -1.
+    (The sizes summed are those of at most SMALL_WALK_UNITS + 1 real objects:
+    the total cannot overflow.)"""
     cdef Py_ssize_t n, total, s, i, nchildren, ca, pos = 0
     cdef PyObject* k
     cdef PyObject* v
@@ -415,7 +419,7 @@ ctypedef struct Walk:
 
 cdef inline void _charge(Walk* wk, Py_ssize_t size, double w) noexcept:
     if w == 1.0:
-        wk.total_i += size
+        wk.total_i = mc_add_sat(wk.total_i, size)
     else:
         wk.total_f += <double>size * w
 
@@ -779,7 +783,7 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
         mc_set_free(&once)
         mc_set_free(&dups)
         mc_buf_free(&buf)
-    return wk.total_i + <Py_ssize_t>(wk.total_f + 0.5)
+    return mc_total(wk.total_i, wk.total_f)
 
 
 # ------------------------------------------------------------- entry points

@@ -1,15 +1,28 @@
-/* deep_sizeof: the arithmetic of the budget and the sampling.
+/* deep_sizeof: the arithmetic of the budget, the sampling and the totals.
  *
- * Sampling positions are computed without forming j * n, so nothing can wrap
- * whatever the container size or the budget, and every position (and the
- * neighbour it is compared with) lies inside the container. _sizeof_py
- * computes the same numbers with Python ints (see its _walk).
+ * Totals saturate at PY_SSIZE_T_MAX (a user __sizeof__ may report up to
+ * MAX_OBJECT_SIZE per object, and sampled weights multiply along chains), and
+ * sampling positions are computed without forming j * n, so nothing can wrap
+ * whatever the container size or the budget. _sizeof_py computes the same
+ * numbers with Python ints (see its _walk).
  */
 #ifndef MEMCACHE_EXT_SIZEOF_MATH_H
 #define MEMCACHE_EXT_SIZEOF_MATH_H
 
 #include <Python.h>
 #include <stdint.h>
+
+/* a + b for a, b >= 0, saturated */
+static inline Py_ssize_t mc_add_sat(Py_ssize_t a, Py_ssize_t b) {
+    return b > PY_SSIZE_T_MAX - a ? PY_SSIZE_T_MAX : a + b;
+}
+/* The walk's result: the exact part plus the weighted part rounded half up,
+   saturated (an infinite or NaN weighted part saturates too). */
+static inline Py_ssize_t mc_total(Py_ssize_t exact, double weighted) {
+    double r = weighted + 0.5;
+    if (!(r < (double)PY_SSIZE_T_MAX)) return PY_SSIZE_T_MAX;
+    return mc_add_sat(exact, (Py_ssize_t)r);
+}
 
 /* _sizeof_py.sample_phase before the modulo: splitmix64 of the counter */
 static inline uint64_t mc_phase(uint64_t counter) {

@@ -39,6 +39,9 @@ the README ("Measuring entries: deep_sizeof") and summarised here:
   ``object.__sizeof__(o)`` plus its header instead. A MemoryError always
   propagates, wherever it is raised: a walk that lost a measurement cannot
   return a right size.
+* The result saturates at ``sys.maxsize`` (``PY_SSIZE_T_MAX``, what a cache can
+  hold): user ``__sizeof__`` values up to MAX_OBJECT_SIZE each, and sampled
+  weights that multiply along chains of sampled containers, could exceed it.
 """
 
 from __future__ import annotations
@@ -484,7 +487,19 @@ def _walk(root: Any, budget: int) -> tuple[int, int, int]:
             ca = rest // len(pushed) if rest > 0 else 0
             for c, cw in zip(pushed, pushed_w):
                 stack.append((c, cw, ca))
-    return total_i + int(total_f + 0.5), units, sampled
+    return _total(total_i, total_f), units, sampled
+
+
+_MAXSIZE_F = float(sys.maxsize)
+
+
+def _total(exact: int, weighted: float) -> int:
+    """The walk's result: ``exact`` plus ``weighted`` rounded half up, at most
+    ``sys.maxsize`` (an infinite or NaN weighted part gives ``sys.maxsize``)."""
+    rest = weighted + 0.5
+    if not rest < _MAXSIZE_F:
+        return sys.maxsize
+    return min(exact + int(rest), sys.maxsize)
 
 
 def deep_sizeof(obj: Any, *, budget: int = DEFAULT_BUDGET) -> int:

@@ -218,13 +218,15 @@ cdef Py_ssize_t _slow_getsizeof(PyObject* o) except -1:
 cdef Py_ssize_t _checked_getsizeof(PyObject* o, bint is_root) except -1:
     """sys.getsizeof with the exception rule: the top-level object's errors
     propagate, a nested object falls back to its basic size. A MemoryError
-    always propagates: the walk cannot tell a right size from a wrong one."""
+    always propagates: the walk cannot tell a right size from a wrong one; so
+    does a SystemError, the interpreter's own failure (CPython 3.10 turns some
+    failed allocations in a Python ``__sizeof__`` into one)."""
     cdef object r
     try:
         r = _getsizeof(<object>o)
         if r > _MAX_OBJECT_SIZE:
             raise ValueError(f"__sizeof__() returned an implausible size: {r}")
-    except MemoryError:
+    except (MemoryError, SystemError):
         raise
     except Exception:
         if is_root:

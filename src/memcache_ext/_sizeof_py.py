@@ -38,7 +38,8 @@ the README ("Measuring entries: deep_sizeof") and summarised here:
   (or returns a non-int, negative or huge value) is charged its basic size
   ``object.__sizeof__(o)`` plus its header instead. A MemoryError always
   propagates, wherever it is raised: a walk that lost a measurement cannot
-  return a right size.
+  return a right size; so does a SystemError (the interpreter's own failure,
+  which CPython 3.10 raises for some failed allocations in Python code).
 * The result saturates at ``sys.maxsize`` (``PY_SSIZE_T_MAX``, what a cache can
   hold): user ``__sizeof__`` values up to MAX_OBJECT_SIZE each, and sampled
   weights that multiply along chains of sampled containers, could exceed it.
@@ -362,7 +363,7 @@ def _walk(root: Any, budget: int) -> tuple[int, int, int]:
                 size = _getsizeof(o)
                 if size > MAX_OBJECT_SIZE:
                     raise ValueError(f"__sizeof__() returned an implausible size: {size}")
-            except MemoryError:
+            except (MemoryError, SystemError):
                 raise
             except Exception:
                 if is_root:

@@ -88,8 +88,8 @@ cdef extern from "_sizeof_layout.h":
     mc_tinfo* mc_tcache_slot(PyTypeObject*)
 
 cdef extern from "_sizeof_math.h":
-    Py_ssize_t mc_add_sat(Py_ssize_t, Py_ssize_t)
-    Py_ssize_t mc_total(Py_ssize_t, double)
+    size_t mc_add_node(size_t, Py_ssize_t)
+    Py_ssize_t mc_total(size_t, double)
     uint64_t mc_phase(uint64_t)
     ctypedef struct mc_cursor:
         pass
@@ -413,26 +413,38 @@ cdef inline Py_ssize_t _small_root(PyObject* o, PyTypeObject* t, Py_ssize_t budg
 
 
 ctypedef struct Walk:
-    Py_ssize_t total_i
+    size_t total_i
     double total_f
     Py_ssize_t units
     Py_ssize_t sampled
 
 
-cdef inline void _charge(Walk* wk, Py_ssize_t size, double w) noexcept:
+cdef inline void _charge_node(Walk* wk, Py_ssize_t size, double w) noexcept:
+    """An object's own size (a user ``__sizeof__`` may report up to
+    MAX_OBJECT_SIZE): the exact part saturates."""
     if w == 1.0:
-        wk.total_i = mc_add_sat(wk.total_i, size)
+        wk.total_i = mc_add_node(wk.total_i, size)
+    else:
+        wk.total_f += <double>size * w
+
+
+cdef inline void _charge_leaf(Walk* wk, Py_ssize_t size, double w) noexcept:
+    """An exact builtin leaf, counted once: all of them fit in the address
+    space, so a plain unsigned add cannot wrap (see mc_add_node)."""
+    if w == 1.0:
+        wk.total_i += <size_t>size
     else:
         wk.total_f += <double>size * w
 
 
 cdef Py_ssize_t _own_size(PyObject* o, PyTypeObject* t, bint is_root, mc_buf* refs,
                           bint* have_refs) except -1:
-    """Own size of ``o`` (of type ``t``, which the caller keeps alive). May run
-    Python code (a user ``__sizeof__``) before it fills ``refs``, never after."""
+    """Own size of ``o`` (of type ``t``). May run Python code (a user
+    ``__sizeof__``) before it fills ``refs``, never after."""
     cdef Py_ssize_t size, k, i
     cdef PyObject* r
     cdef bint materialized
+    cdef object t_ref
     if t == &PyList_Type:
         return mc_list_size(o) + _GC_HEAD
     if t == &PyTuple_Type:
@@ -447,6 +459,7 @@ cdef Py_ssize_t _own_size(PyObject* o, PyTypeObject* t, bint is_root, mc_buf* re
     if MC_DIRECT_OBJECT_SIZEOF and (_type_info(t) & MC_TI_DEFAULT_SIZEOF):
         size = mc_basic_size(o) + _header(t)
     else:
+        t_ref = <object>t  # __sizeof__ may assign __class__ and free t
         size = _checked_getsizeof(o, is_root)
     if _INLINE_VALUES and (mc_flags(t) & _F_MANAGED_DICT):
         mc_traverse(o, refs)
@@ -557,7 +570,7 @@ cdef int _iter_all(PyObject* s, mc_buf* buf) except -1:
     return 0
 
 
-cdef void _unpin(mc_buf* buf, Py_ssize_t* lo, Py_ssize_t* hi) noexcept:
+cdef inline void _unpin(mc_buf* buf, Py_ssize_t* lo, Py_ssize_t* hi) noexcept:
     """Drops the references _walk took on buf.items[lo:hi]. The decrefs can
     run finalizers: only when nothing borrowed is used any more."""
     cdef Py_ssize_t i = lo[0], end = hi[0]
@@ -575,9 +588,9 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
     _own_size (before the buffer is filled), in _set_iter (before) and in
     _slow_getsizeof for a child leaf: before that call the children not yet
     examined are pinned (increfed), since a collection started by its
-    allocations can run a finalizer that empties ``o``. A type is kept alive by
-    its instance, or by ``tp_ref`` across a user ``__sizeof__`` (which may
-    assign ``__class__``)."""
+    allocations can run a finalizer that empties ``o``. After _own_size the
+    type of ``o`` is read again (a user ``__sizeof__`` may assign
+    ``__class__``; the layout, and so the dict-ness, cannot change)."""
     cdef PyObject* ro = <PyObject*>root
     cdef PyTypeObject* t = mc_type(ro)
     cdef Py_ssize_t size, n
@@ -608,11 +621,10 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
     cdef PyObject* c
     cdef PyObject** items
     cdef PyTypeObject* ot
-    cdef object tp_ref = None
     cdef double w, wc, cw
     cdef Py_ssize_t a, m, used, r, j, i, pushed, ca, start, pos
-    cdef Py_ssize_t pin_lo = 0, pin_hi = 0
-    cdef bint is_root = True, pairs, have_refs, sampling, dedup_all, builtin
+    cdef Py_ssize_t pin_lo = 0, pin_hi = 0, single
+    cdef bint is_root = True, pairs, have_refs, sampling, dedup_all
     cdef Py_ssize_t hard_cap = (budget * _SMALL_CAP_FACTOR
                                 if budget <= PY_SSIZE_T_MAX // _SMALL_CAP_FACTOR else PY_SSIZE_T_MAX)
     mc_stack_init(&stack)
@@ -632,18 +644,16 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
             buf.len = 0
             have_refs = False
             dedup_all = False
-            builtin = (ot == &PyList_Type or ot == &PyTuple_Type or ot == &PyDict_Type
-                       or ot == &PySet_Type or ot == &PyFrozenSet_Type)
-            if not builtin:
-                tp_ref = <object>ot
             # ---- own size
             size = _own_size(o, ot, is_root, &buf, &have_refs)
             is_root = False
-            _charge(wk, size, w)
+            _charge_node(wk, size, w)
+            ot = mc_type(o)
 
             # ---- units
             pairs = ot == &PyDict_Type
-            if builtin:
+            if (ot == &PyList_Type or ot == &PyTuple_Type or pairs or ot == &PySet_Type
+                    or ot == &PyFrozenSet_Type):
                 n = mc_var_size(o) if not pairs else PyDict_GET_SIZE(o)
                 if ot == &PySet_Type or ot == &PyFrozenSet_Type:
                     n = len(<object>o)
@@ -737,6 +747,7 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
             pushed = 0
             start = stack.len
             pin_lo = pin_hi = buf.len
+            single = 1
             for i in range(buf.len):
                 c = buf.items[i]
                 if sampling and i + 8 < buf.len:
@@ -751,20 +762,19 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
                         pin_hi = buf.len
                         for j in range(pin_lo, pin_hi):
                             Py_INCREF(buf.items[j])
+                        single = 2  # from here on each child carries our reference too
                     size = _slow_getsizeof(c)
                 if size == -1 and _node_shared(c, t):
                     continue
                 # an object with a single reference can be reached only once:
-                # no need to remember it (most leaves and fresh containers);
-                # a pinned child carries one more reference, ours
-                if ((dedup_all or mc_refcnt(c) > (2 if i >= pin_lo else 1))
-                        and not mc_set_add(&seen, c)):
+                # no need to remember it (most leaves and fresh containers)
+                if (dedup_all or mc_refcnt(c) > single) and not mc_set_add(&seen, c):
                     continue
                 cw = wc
                 if sampling and dups.used and mc_set_has(&dups, c):
                     cw = w
                 if size >= 0:
-                    _charge(wk, size, cw)
+                    _charge_leaf(wk, size, cw)
                 else:
                     mc_stack_push(&stack, c, cw, 0)
                     pushed += 1
@@ -773,7 +783,8 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
                 if ca:
                     for i in range(start, stack.len):
                         stack.items[i].a = ca
-            _unpin(&buf, &pin_lo, &pin_hi)
+            if pin_lo < pin_hi:
+                _unpin(&buf, &pin_lo, &pin_hi)
             Py_DECREF(o)
             o = NULL
     finally:

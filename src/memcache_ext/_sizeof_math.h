@@ -16,12 +16,21 @@
 static inline Py_ssize_t mc_add_sat(Py_ssize_t a, Py_ssize_t b) {
     return b > PY_SSIZE_T_MAX - a ? PY_SSIZE_T_MAX : a + b;
 }
+/* The exact part of a walk's total, unsigned. An object's own size (up to
+   MAX_OBJECT_SIZE from a user __sizeof__) is added with saturation at
+   PY_SSIZE_T_MAX; a leaf's size (an exact builtin, each counted once, so all
+   of them fit in the address space) is added plainly: the sum stays under
+   PY_SSIZE_T_MAX + 2**48 and cannot wrap, and the hot loop pays nothing. */
+static inline size_t mc_add_node(size_t exact, Py_ssize_t size) {
+    exact += (size_t)size;
+    return exact > (size_t)PY_SSIZE_T_MAX ? (size_t)PY_SSIZE_T_MAX : exact;
+}
 /* The walk's result: the exact part plus the weighted part rounded half up,
    saturated (an infinite or NaN weighted part saturates too). */
-static inline Py_ssize_t mc_total(Py_ssize_t exact, double weighted) {
+static inline Py_ssize_t mc_total(size_t exact, double weighted) {
     double r = weighted + 0.5;
-    if (!(r < (double)PY_SSIZE_T_MAX)) return PY_SSIZE_T_MAX;
-    return mc_add_sat(exact, (Py_ssize_t)r);
+    if (exact >= (size_t)PY_SSIZE_T_MAX || !(r < (double)PY_SSIZE_T_MAX)) return PY_SSIZE_T_MAX;
+    return mc_add_sat((Py_ssize_t)exact, (Py_ssize_t)r);
 }
 
 /* _sizeof_py.sample_phase before the modulo: splitmix64 of the counter */

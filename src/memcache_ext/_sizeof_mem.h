@@ -144,21 +144,24 @@ typedef struct { PyObject *obj; double w; Py_ssize_t a; } mc_entry;
 typedef struct { mc_entry *items; Py_ssize_t len, cap; mc_entry small[MC_STACK_SMALL]; } mc_stack;
 
 static inline void mc_stack_init(mc_stack *s) { s->items = s->small; s->len = 0; s->cap = MC_STACK_SMALL; }
+/* Room for one more entry; -1: MemoryError, the stack unchanged. */
+static int mc_stack_grow(mc_stack *s) {
+    Py_ssize_t ncap = mc_grow(s->cap, s->len + 1, sizeof(mc_entry));
+    mc_entry *n;
+    if (ncap < 0) return -1;
+    if (s->items == s->small) {
+        n = (mc_entry *)mc_malloc((size_t)ncap * sizeof(mc_entry));
+        if (n != NULL) memcpy(n, s->small, (size_t)s->len * sizeof(mc_entry));
+    } else {
+        n = (mc_entry *)mc_realloc(s->items, (size_t)ncap * sizeof(mc_entry));
+    }
+    if (n == NULL) return -1;
+    s->items = n; s->cap = ncap;
+    return 0;
+}
 /* increfs o; -1: MemoryError, the stack unchanged */
 static inline int mc_stack_push(mc_stack *s, PyObject *o, double w, Py_ssize_t a) {
-    if (s->len == s->cap) {
-        Py_ssize_t ncap = mc_grow(s->cap, s->len + 1, sizeof(mc_entry));
-        mc_entry *n;
-        if (ncap < 0) return -1;
-        if (s->items == s->small) {
-            n = (mc_entry *)mc_malloc((size_t)ncap * sizeof(mc_entry));
-            if (n != NULL) memcpy(n, s->small, (size_t)s->len * sizeof(mc_entry));
-        } else {
-            n = (mc_entry *)mc_realloc(s->items, (size_t)ncap * sizeof(mc_entry));
-        }
-        if (n == NULL) return -1;
-        s->items = n; s->cap = ncap;
-    }
+    if (s->len == s->cap && mc_stack_grow(s) < 0) return -1;
     Py_INCREF(o);
     s->items[s->len].obj = o; s->items[s->len].w = w; s->items[s->len].a = a;
     s->len++;
@@ -185,10 +188,9 @@ static inline void mc_buf_free(mc_buf *b) {
     b->items = b->small; b->cap = MC_BUF_SMALL; b->len = 0;
 }
 /* Room for `extra` more items; -1: MemoryError, the buffer unchanged. */
-static int mc_buf_reserve(mc_buf *b, Py_ssize_t extra) {
+static int mc_buf_grow(mc_buf *b, Py_ssize_t extra) {
     Py_ssize_t ncap;
     PyObject **n;
-    if (extra <= b->cap - b->len) return 0;
     if (extra > PY_SSIZE_T_MAX - b->len) return mc_no_memory();
     ncap = mc_grow(b->cap, b->len + extra, sizeof(PyObject *));
     if (ncap < 0) return -1;
@@ -202,8 +204,11 @@ static int mc_buf_reserve(mc_buf *b, Py_ssize_t extra) {
     b->items = n; b->cap = ncap;
     return 0;
 }
+static inline int mc_buf_reserve(mc_buf *b, Py_ssize_t extra) {
+    return extra <= b->cap - b->len ? 0 : mc_buf_grow(b, extra);
+}
 static inline int mc_buf_push(mc_buf *b, PyObject *o) {
-    if (b->len == b->cap && mc_buf_reserve(b, 1) < 0) return -1;
+    if (b->len == b->cap && mc_buf_grow(b, 1) < 0) return -1;
     b->items[b->len++] = o;
     return 0;
 }

@@ -22,6 +22,7 @@ from typing import Any, Callable, NamedTuple
 import pytest
 
 from memcache_ext import _sizeof_py as P
+from test_sizeof_memory import HugeButPlausible, sampled_chain
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, settings  # noqa: E402
@@ -557,10 +558,20 @@ def _parity_shapes() -> list[Any]:
     for a, b in zip(objs, objs[1:]):
         a.b.b = b
     big = {fresh(f"key {i}"): [float(j) for j in range(10)] for i in range(1000)}
+    # the memory-safety regressions (tests/test_sizeof_memory.py): deep
+    # one-item nesting past the node cap, one-item containers sampled with
+    # m == n == 1, sizes and weights that saturate, slow leaves (big ints)
+    deep: Any = []
+    for _ in range(20_000):
+        deep = [deep]
+    ones = [[fresh(f"one {i}")] for i in range(40)] + [(float(i),) for i in range(40)]
     return [rows, objs, big, {1, 2.5, fresh("x y")}, frozenset({3000, 4000}),
             collections.OrderedDict(a=[1.5]), collections.deque(range(1000, 1100)),
             [RaisingSizeof(), [HugeSizeof()]], [bytearray(100), memoryview(b"abc" * 10)],
-            (1, (2, (3, (fresh("deep tuple"),)))), [[3.5] * 50] * 50]
+            (1, (2, (3, (fresh("deep tuple"),)))), [[3.5] * 50] * 50,
+            deep, ones, sampled_chain(30), [10**30 + i for i in range(50)],
+            {fresh(f"m {i}") for i in range(3000)}, {i + 1000: float(i) for i in range(3000)},
+            [HugeButPlausible() for _ in range(40_000)]]
 
 
 @pytest.mark.parametrize("budget", [1, 2, 7, 50, 300, 1000, P.DEFAULT_BUDGET, sys.maxsize])
@@ -594,6 +605,24 @@ def test_parity_hypothesis(obj: Any, budget: int) -> None:
     assert py._deep_sizeof_stats(shared, budget=budget) == c._deep_sizeof_stats(
         shared, budget=budget)
     assert py.deep_sizeof(obj) == c.deep_sizeof(obj)
+
+
+def one_item_chain(kind: str, depth: int) -> Any:
+    x: Any = fresh("bottom of the chain")
+    for i in range(depth):
+        x = {"list": lambda: [x], "tuple": lambda: (x,), "dict": lambda: {fresh(f"k {i}"): x},
+             "frozenset": lambda: frozenset([x])}[kind]()
+    return x
+
+
+@settings(max_examples=150, deadline=None)
+@given(kind=st.sampled_from(["list", "tuple", "dict", "frozenset"]),
+       depth=st.integers(1, 300), budget=st.integers(1, 40))
+def test_parity_one_item_chains(kind: str, depth: int, budget: int) -> None:
+    """Chains of one-item containers across the node cap (8 * budget units)."""
+    py, c = both()
+    obj = one_item_chain(kind, depth)
+    assert py._deep_sizeof_stats(obj, budget=budget) == c._deep_sizeof_stats(obj, budget=budget)
 
 
 def test_c_fast_path_matches_general_walk() -> None:

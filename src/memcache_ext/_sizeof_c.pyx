@@ -6,6 +6,13 @@ exact builtins (int, float, str, bytes) are sized with C formulas equal to
 ``tp_traverse`` (what ``gc.get_referents`` returns) and their own size from
 ``sys.getsizeof``, or from the type's basic size when the type does not
 override ``__sizeof__``. See ``_sizeof_py`` for the rules.
+
+The C helpers live in headers, one concern each: ``_sizeof_mem.h`` (the walk's
+C memory), ``_sizeof_refs.h`` (reading children), ``_sizeof_layout.h`` (own
+sizes from layouts), ``_sizeof_math.h`` (saturating totals, sampling
+positions). The one memory rule: no borrowed pointer is used across a call
+that can run Python code; which calls can, and how the walk copes, is written
+at ``_walk`` and at the small-object fast path.
 """
 
 from cpython.object cimport PyObject, PyTypeObject
@@ -16,383 +23,9 @@ import sys as _sys
 
 from memcache_ext import _sizeof_py as _ref
 
-cdef extern from *:
-    """
-    #include <Python.h>
-    #include <string.h>
-    #include <stdint.h>
+cdef extern from "_sizeof_mem.h":
+    Py_ssize_t mc_live_blocks
 
-    /* ---------------------------------------------------------------- sets */
-    #define MC_SMALL 8
-    typedef struct {
-        PyObject **table;      /* open addressing, NULL while small */
-        Py_ssize_t mask;
-        Py_ssize_t used;
-        PyObject *small[MC_SMALL];
-    } mc_set;
-
-    static inline void mc_set_init(mc_set *s) { s->table = NULL; s->mask = 0; s->used = 0; }
-    static inline void mc_set_free(mc_set *s) {
-        if (s->table != NULL) { PyMem_Free(s->table); s->table = NULL; }
-        s->used = 0; s->mask = 0;
-    }
-    static inline size_t mc_hash(PyObject *p) {
-        uint64_t x = (uint64_t)(uintptr_t)p;
-        x ^= x >> 33;
-        x *= 0xff51afd7ed558ccdULL;
-        x ^= x >> 33;
-        return (size_t)x;
-    }
-    static int mc_set_rehash(mc_set *s, Py_ssize_t size) {
-        PyObject **old = s->table;
-        Py_ssize_t oldsize = old ? s->mask + 1 : 0, i;
-        PyObject **t = (PyObject **)PyMem_Calloc((size_t)size, sizeof(PyObject *));
-        if (t == NULL) { PyErr_NoMemory(); return -1; }
-        s->table = t; s->mask = size - 1;
-        if (old == NULL) {
-            for (i = 0; i < s->used; i++) {
-                size_t h = mc_hash(s->small[i]) & (size_t)s->mask;
-                while (t[h] != NULL) h = (h + 1) & (size_t)s->mask;
-                t[h] = s->small[i];
-            }
-        } else {
-            for (i = 0; i < oldsize; i++) {
-                PyObject *p = old[i];
-                if (p != NULL) {
-                    size_t h = mc_hash(p) & (size_t)s->mask;
-                    while (t[h] != NULL) h = (h + 1) & (size_t)s->mask;
-                    t[h] = p;
-                }
-            }
-            PyMem_Free(old);
-        }
-        return 0;
-    }
-    /* 1 added, 0 already there, -1 error */
-    static inline int mc_set_add(mc_set *s, PyObject *p) {
-        Py_ssize_t i;
-        if (s->table == NULL) {
-            for (i = 0; i < s->used; i++) if (s->small[i] == p) return 0;
-            if (s->used < MC_SMALL) { s->small[s->used++] = p; return 1; }
-            if (mc_set_rehash(s, 64) < 0) return -1;
-        } else if ((s->used + 1) * 2 > s->mask + 1) {
-            if (mc_set_rehash(s, (s->mask + 1) * 2) < 0) return -1;
-        }
-        size_t h = mc_hash(p) & (size_t)s->mask;
-        PyObject **t = s->table;
-        while (t[h] != NULL) {
-            if (t[h] == p) return 0;
-            h = (h + 1) & (size_t)s->mask;
-        }
-        t[h] = p;
-        s->used++;
-        return 1;
-    }
-    static inline int mc_set_has(mc_set *s, PyObject *p) {
-        Py_ssize_t i;
-        if (s->table == NULL) {
-            for (i = 0; i < s->used; i++) if (s->small[i] == p) return 1;
-            return 0;
-        }
-        size_t h = mc_hash(p) & (size_t)s->mask;
-        while (s->table[h] != NULL) {
-            if (s->table[h] == p) return 1;
-            h = (h + 1) & (size_t)s->mask;
-        }
-        return 0;
-    }
-
-    /* -------------------------------------------------------- stack/buffer */
-    typedef struct { PyObject *obj; double w; Py_ssize_t a; } mc_entry;
-    typedef struct { mc_entry *items; Py_ssize_t len, cap; mc_entry small[32]; } mc_stack;
-    static inline void mc_stack_init(mc_stack *s) { s->items = s->small; s->len = 0; s->cap = 32; }
-    /* steals nothing: increfs obj */
-    static inline int mc_stack_push(mc_stack *s, PyObject *o, double w, Py_ssize_t a) {
-        if (s->len == s->cap) {
-            Py_ssize_t ncap = s->cap * 2;
-            mc_entry *n;
-            if (s->items == s->small) {
-                n = (mc_entry *)PyMem_Malloc((size_t)ncap * sizeof(mc_entry));
-                if (n != NULL) memcpy(n, s->small, (size_t)s->len * sizeof(mc_entry));
-            } else {
-                n = (mc_entry *)PyMem_Realloc(s->items, (size_t)ncap * sizeof(mc_entry));
-            }
-            if (n == NULL) { PyErr_NoMemory(); return -1; }
-            s->items = n; s->cap = ncap;
-        }
-        Py_INCREF(o);
-        s->items[s->len].obj = o; s->items[s->len].w = w; s->items[s->len].a = a;
-        s->len++;
-        return 0;
-    }
-    static inline void mc_stack_free(mc_stack *s) {
-        Py_ssize_t i;
-        for (i = 0; i < s->len; i++) Py_DECREF(s->items[i].obj);
-        s->len = 0;
-        if (s->items != s->small) PyMem_Free(s->items);
-        s->items = s->small; s->cap = 32;
-    }
-
-    typedef struct { PyObject **items; Py_ssize_t len, cap; PyObject *small[64]; } mc_buf;
-    static inline void mc_buf_init(mc_buf *b) { b->items = b->small; b->len = 0; b->cap = 64; }
-    static inline void mc_buf_free(mc_buf *b) {
-        if (b->items != b->small) PyMem_Free(b->items);
-        b->items = b->small; b->cap = 64; b->len = 0;
-    }
-    static int mc_buf_reserve(mc_buf *b, Py_ssize_t extra) {
-        Py_ssize_t need = b->len + extra, ncap = b->cap;
-        PyObject **n;
-        if (need <= b->cap) return 0;
-        while (ncap < need) ncap *= 2;
-        if (b->items == b->small) {
-            n = (PyObject **)PyMem_Malloc((size_t)ncap * sizeof(PyObject *));
-            if (n != NULL) memcpy(n, b->small, (size_t)b->len * sizeof(PyObject *));
-        } else {
-            n = (PyObject **)PyMem_Realloc(b->items, (size_t)ncap * sizeof(PyObject *));
-        }
-        if (n == NULL) { PyErr_NoMemory(); return -1; }
-        b->items = n; b->cap = ncap;
-        return 0;
-    }
-    static inline int mc_buf_push(mc_buf *b, PyObject *o) {
-        if (b->len == b->cap && mc_buf_reserve(b, 1) < 0) return -1;
-        b->items[b->len++] = o;
-        return 0;
-    }
-    static int mc_visit(PyObject *o, void *arg) {
-        return mc_buf_push((mc_buf *)arg, o) < 0 ? -1 : 0;
-    }
-    /* Appends what gc.get_referents(o) would return. */
-    static int mc_traverse(PyObject *o, mc_buf *b) {
-        traverseproc tr;
-        if (!PyObject_IS_GC(o)) return 0;
-        tr = Py_TYPE(o)->tp_traverse;
-        if (tr == NULL) return 0;
-        if (tr(o, mc_visit, (void *)b) != 0) {
-            if (!PyErr_Occurred()) PyErr_NoMemory();
-            return -1;
-        }
-        return 0;
-    }
-    /* PyDict_Next, with the combined tables of CPython 3.11 read in place
-       (the layout of pycore_dict.h; checked against PyDict_Next at import by
-       mc_dict_next_selftest, which turns it on). */
-    static int mc_dict_direct = 0;
-    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000 && !defined(PYPY_VERSION) && !defined(Py_LIMITED_API)
-    typedef struct {
-        Py_ssize_t dk_refcnt;
-        uint8_t dk_log2_size;
-        uint8_t dk_log2_index_bytes;
-        uint8_t dk_kind;            /* 0: general entries (hash, key, value) */
-        uint32_t dk_version;
-        Py_ssize_t dk_usable;
-        Py_ssize_t dk_nentries;
-        char dk_indices[];
-    } mc_dictkeys311;
-    #define MC_DICT_DIRECT_POSSIBLE 1
-    #else
-    #define MC_DICT_DIRECT_POSSIBLE 0
-    #endif
-    static inline int mc_dict_next(PyObject *d, Py_ssize_t *pos, PyObject **k, PyObject **v) {
-    #if MC_DICT_DIRECT_POSSIBLE
-        PyDictObject *mp = (PyDictObject *)d;
-        if (mc_dict_direct && mp->ma_values == NULL) {
-            mc_dictkeys311 *dk = (mc_dictkeys311 *)mp->ma_keys;
-            Py_ssize_t i = *pos, n = dk->dk_nentries;
-            PyObject **e = (PyObject **)(dk->dk_indices + ((size_t)1 << dk->dk_log2_index_bytes));
-            if (i < 0) return 0;
-            if (dk->dk_kind != 0) {
-                e += 2 * i;                           /* key, value */
-                while (i < n && e[1] == NULL) { e += 2; i++; }
-                if (i >= n) return 0;
-                *k = e[0]; *v = e[1];
-            } else {
-                e += 3 * i;                           /* hash, key, value */
-                while (i < n && e[2] == NULL) { e += 3; i++; }
-                if (i >= n) return 0;
-                *k = e[1]; *v = e[2];
-            }
-            *pos = i + 1;
-            return 1;
-        }
-    #endif
-        return PyDict_Next(d, pos, k, v);
-    }
-    /* Turns mc_dict_next's direct reading on if it agrees with PyDict_Next on
-       these dicts (compare with the order and positions PyDict_Next gives). */
-    static int mc_dict_next_selftest(PyObject *dicts) {
-    #if MC_DICT_DIRECT_POSSIBLE
-        Py_ssize_t j, nd = PyList_GET_SIZE(dicts);
-        int ok = 1, r1, r2;
-        mc_dict_direct = 1;
-        for (j = 0; ok && j < nd; j++) {
-            PyObject *d = PyList_GET_ITEM(dicts, j), *k1, *v1, *k2, *v2;
-            Py_ssize_t p1 = 0, p2 = 0;
-            if (!PyDict_CheckExact(d)) { ok = 0; break; }
-            do {
-                r1 = PyDict_Next(d, &p1, &k1, &v1);
-                r2 = mc_dict_next(d, &p2, &k2, &v2);
-                if (r1 != r2 || (r1 && (p1 != p2 || k1 != k2 || v1 != v2))) ok = 0;
-            } while (ok && r1);
-        }
-        mc_dict_direct = ok;
-        return ok;
-    #else
-        (void)dicts;
-        return 0;
-    #endif
-    }
-    /* Appends k0, v0, k1, v1, ... of any dict (no user code runs). */
-    static int mc_dict_entries(PyObject *d, mc_buf *b) {
-        Py_ssize_t pos = 0;
-        PyObject *k, *v;
-        if (mc_buf_reserve(b, 2 * PyDict_GET_SIZE(d)) < 0) return -1;
-        while (mc_dict_next(d, &pos, &k, &v)) {
-            if (mc_buf_push(b, k) < 0 || mc_buf_push(b, v) < 0) return -1;
-        }
-        return 0;
-    }
-
-    /* --------------------------------------------------------- object info */
-    #if defined(__GNUC__) || defined(__clang__)
-    #define MC_PREFETCH(p) __builtin_prefetch((const void *)(p))
-    #else
-    #define MC_PREFETCH(p) ((void)0)
-    #endif
-    static inline void mc_prefetch(const void *p) { MC_PREFETCH(p); }
-    /* bits of x > 0: 2 ** mc_bit_length(x) > x */
-    static inline int mc_bit_length(size_t x) {
-    #if defined(__GNUC__) || defined(__clang__)
-        return x ? (int)(8 * sizeof(unsigned long long)) - __builtin_clzll((unsigned long long)x) : 0;
-    #else
-        int b = 0;
-        while (x) { b++; x >>= 1; }
-        return b;
-    #endif
-    }
-    static inline PyObject **mc_seq_items(PyObject *o) {  /* exact list or tuple */
-        return PyList_CheckExact(o) ? ((PyListObject *)o)->ob_item : ((PyTupleObject *)o)->ob_item;
-    }
-    static inline uint64_t mc_phase(uint64_t counter) {  /* _sizeof_py.sample_phase */
-        uint64_t z = counter * 0x9E3779B97F4A7C15ULL;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-        return z ^ (z >> 31);
-    }
-    static inline PyTypeObject *mc_type(PyObject *o) { return Py_TYPE(o); }
-    static inline Py_ssize_t mc_refcnt(PyObject *o) { return Py_REFCNT(o); }
-    static inline unsigned long mc_flags(PyTypeObject *t) { return t->tp_flags; }
-    static inline unsigned int mc_version(PyTypeObject *t) { return t->tp_version_tag; }
-    static inline Py_ssize_t mc_basic_size(PyObject *o) {
-        PyTypeObject *t = Py_TYPE(o);
-        Py_ssize_t s = t->tp_basicsize;
-        if (t->tp_itemsize > 0) s += Py_SIZE(o) * t->tp_itemsize;
-        return s;
-    }
-    static inline Py_ssize_t mc_list_size(PyObject *o) {
-        return Py_TYPE(o)->tp_basicsize + ((PyListObject *)o)->allocated * (Py_ssize_t)sizeof(PyObject *);
-    }
-    static inline Py_ssize_t mc_var_size(PyObject *o) { return Py_SIZE(o); }
-    /* CPython 3.13 inline values (see _sizeof_py.inline_extra): the block after
-       tp_basicsize (capacity byte, valid byte 3) and the pre-header's managed
-       dict pointer. Called only for Py_TPFLAGS_INLINE_VALUES types on 3.13. */
-    static inline Py_ssize_t mc_inline_extra(PyObject *o, Py_ssize_t dict_shell) {
-        const uint8_t *v = (const uint8_t *)o + Py_TYPE(o)->tp_basicsize;
-        const Py_ssize_t p = (Py_ssize_t)sizeof(PyObject *);
-        Py_ssize_t cap = v[0];
-        Py_ssize_t s = ((cap + p - 1) / p) * p + (cap + 1) * p;
-        if (v[3] && ((PyObject **)o)[-3] != NULL) s += dict_shell;
-        return s;
-    }
-    static inline PyObject *mc_seq_item(PyObject *o, Py_ssize_t i) {  /* exact list or tuple */
-        return PyList_CheckExact(o) ? PyList_GET_ITEM(o, i) : PyTuple_GET_ITEM(o, i);
-    }
-    static inline Py_ssize_t mc_dict_size(PyObject *o) {  /* dict.__sizeof__, -1: ask Python */
-    #if PY_VERSION_HEX < 0x030D0000
-        return _PyDict_SizeOf((PyDictObject *)o);
-    #else
-        (void)o; return -1;
-    #endif
-    }
-    #if PY_VERSION_HEX < 0x030D0000
-    #define MC_DIRECT_OBJECT_SIZEOF 1
-    #else
-    #define MC_DIRECT_OBJECT_SIZEOF 0
-    #endif
-    static inline PyObject *mc_type_lookup(PyTypeObject *t, PyObject *name) { return _PyType_Lookup(t, name); }
-
-    /* str.__sizeof__ without a call; -1 when the rare layouts need Python. */
-    static inline Py_ssize_t mc_str_size(PyObject *o) {
-        Py_ssize_t n, s;
-    #if PY_VERSION_HEX < 0x030C0000
-        if (!PyUnicode_IS_READY(o) || ((PyASCIIObject *)o)->wstr != NULL) return -1;
-    #endif
-        if (!PyUnicode_IS_COMPACT(o)) return -1;
-        n = PyUnicode_GET_LENGTH(o);
-        if (PyUnicode_IS_ASCII(o)) return (Py_ssize_t)sizeof(PyASCIIObject) + n + 1;
-        s = (Py_ssize_t)sizeof(PyCompactUnicodeObject) + (n + 1) * (Py_ssize_t)PyUnicode_KIND(o);
-        if (((PyCompactUnicodeObject *)o)->utf8 != NULL)
-            s += ((PyCompactUnicodeObject *)o)->utf8_length + 1;
-        return s;
-    }
-    /* Shared strs: empty, one latin-1 character (cached), interned. */
-    static inline int mc_str_shared(PyObject *o) {
-        Py_ssize_t n;
-    #if PY_VERSION_HEX < 0x030C0000
-        if (!PyUnicode_IS_READY(o)) return 0;
-    #endif
-        n = PyUnicode_GET_LENGTH(o);
-        if (n == 0) return 1;
-        if (n == 1 && PyUnicode_READ_CHAR(o, 0) < 256) return 1;
-        return PyUnicode_CHECK_INTERNED(o) != 0;
-    }
-    /* 1: small cached int (shared); 0: *size set; -1: needs sys.getsizeof */
-    static inline int mc_int_size(PyObject *o, Py_ssize_t *size, int digit_bits) {
-    #if PY_VERSION_HEX < 0x030C0000
-        /* 3.11: the digit count is |ob_size|, int.__sizeof__ is
-           offsetof(ob_digit) (== tp_basicsize) + |ob_size| * sizeof(digit) */
-        Py_ssize_t sz = Py_SIZE(o), nd = sz < 0 ? -sz : sz;
-        (void)digit_bits;
-        if (nd <= 1) {
-            long v = nd ? (long)((PyLongObject *)o)->ob_digit[0] : 0;
-            if (sz < 0) v = -v;
-            if (v >= -5 && v <= 256) return 1;
-        }
-        *size = PyLong_Type.tp_basicsize + nd * PyLong_Type.tp_itemsize;
-        return 0;
-    #else
-        int overflow = 0;
-        long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
-        unsigned long long u;
-        Py_ssize_t nd = 0;
-        if (overflow) return -1;
-        if (v == -1 && PyErr_Occurred()) { PyErr_Clear(); return -1; }
-        if (v >= -5 && v <= 256) return 1;
-        u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-        do { nd++; u >>= digit_bits; } while (u);
-        *size = PyLong_Type.tp_basicsize + nd * PyLong_Type.tp_itemsize;
-        return 0;
-    #endif
-    }
-    static inline Py_ssize_t mc_float_size(void) { return PyFloat_Type.tp_basicsize; }
-    static inline Py_ssize_t mc_bytes_size(PyObject *o) {
-        return PyBytes_Type.tp_basicsize + Py_SIZE(o) * PyBytes_Type.tp_itemsize;
-    }
-    static inline Py_ssize_t mc_complex_size(void) { return PyComplex_Type.tp_basicsize; }
-    static inline int mc_is_singleton(PyObject *o) {
-        return o == Py_None || o == Py_True || o == Py_False || o == Py_Ellipsis || o == Py_NotImplemented;
-    }
-
-    /* --------------------------------------------------------- type cache */
-    #define MC_TI_SHARED 1
-    #define MC_TI_DEFAULT_SIZEOF 2
-    #define MC_TI_DICT 4
-    typedef struct { PyTypeObject *tp; unsigned int version; int info; } mc_tinfo;
-    static mc_tinfo mc_tcache[512];
-    static inline mc_tinfo *mc_tcache_slot(PyTypeObject *t) {
-        return &mc_tcache[((uintptr_t)t >> 4) & 511];
-    }
-    """
     ctypedef struct mc_set:
         Py_ssize_t used
     void mc_set_init(mc_set*)
@@ -418,27 +51,27 @@ cdef extern from *:
     void mc_buf_free(mc_buf*)
     int mc_buf_reserve(mc_buf*, Py_ssize_t) except -1
     int mc_buf_push(mc_buf*, PyObject*) except -1
+
+cdef extern from "_sizeof_refs.h":
+    PyObject** mc_seq_items(PyObject*)
+    PyObject* mc_seq_item(PyObject*, Py_ssize_t)
     int mc_traverse(PyObject*, mc_buf*) except -1
-    int mc_dict_entries(PyObject*, mc_buf*) except -1
     bint mc_dict_next(PyObject*, Py_ssize_t*, PyObject**, PyObject**)
     int mc_dict_next_selftest(PyObject*)
+    int mc_dict_entries(PyObject*, mc_buf*) except -1
 
+cdef extern from "_sizeof_layout.h":
     PyTypeObject* mc_type(PyObject*)
-    uint64_t mc_phase(uint64_t)
-    void mc_prefetch(const void*)
-    int mc_bit_length(size_t)
-    PyObject** mc_seq_items(PyObject*)
     Py_ssize_t mc_refcnt(PyObject*)
     unsigned long mc_flags(PyTypeObject*)
     unsigned int mc_version(PyTypeObject*)
+    Py_ssize_t mc_var_size(PyObject*)
+    PyObject* mc_type_lookup(PyTypeObject*, PyObject*)
     Py_ssize_t mc_basic_size(PyObject*)
     Py_ssize_t mc_list_size(PyObject*)
-    Py_ssize_t mc_var_size(PyObject*)
-    Py_ssize_t mc_inline_extra(PyObject*, Py_ssize_t)
-    PyObject* mc_seq_item(PyObject*, Py_ssize_t)
     Py_ssize_t mc_dict_size(PyObject*)
     bint MC_DIRECT_OBJECT_SIZEOF
-    PyObject* mc_type_lookup(PyTypeObject*, PyObject*)
+    Py_ssize_t mc_inline_extra(PyObject*, Py_ssize_t)
     Py_ssize_t mc_str_size(PyObject*)
     int mc_str_shared(PyObject*)
     int mc_int_size(PyObject*, Py_ssize_t*, int)
@@ -454,11 +87,26 @@ cdef extern from *:
         int info
     mc_tinfo* mc_tcache_slot(PyTypeObject*)
 
+cdef extern from "_sizeof_math.h":
+    size_t mc_add_node(size_t, Py_ssize_t)
+    Py_ssize_t mc_total(size_t, double)
+    uint64_t mc_phase(uint64_t)
+    ctypedef struct mc_cursor:
+        pass
+    void mc_cursor_init(mc_cursor*, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    void mc_cursor_next(mc_cursor*)
+    Py_ssize_t mc_cursor_pos(const mc_cursor*)
+    Py_ssize_t mc_neighbour(Py_ssize_t, Py_ssize_t)
+    int mc_bit_length(size_t)
+    void mc_prefetch(const void*)
+
+cdef extern from "Python.h":
     int PyType_IsSubtype(PyTypeObject*, PyTypeObject*)
-    bint PyDict_Next(PyObject*, Py_ssize_t*, PyObject**, PyObject**)
     Py_ssize_t PyDict_GET_SIZE(PyObject*)
     PyObject* PyObject_GetIter(PyObject*) except NULL
     PyObject* PyIter_Next(PyObject*)
+    PyObject* PyErr_Occurred()
+    void Py_INCREF(PyObject*)
     void Py_DECREF(PyObject*)
     PyObject* Py_None
     PyTypeObject PyLong_Type, PyFloat_Type, PyUnicode_Type, PyBytes_Type, PyComplex_Type
@@ -561,18 +209,25 @@ cdef int _type_info(PyTypeObject* t) except -1:
 
 
 cdef Py_ssize_t _slow_getsizeof(PyObject* o) except -1:
-    """sys.getsizeof for builtins that cannot fail (big ints, odd strs, sets)."""
+    """sys.getsizeof for builtins whose layout the C formulas do not cover
+    (big ints, legacy strs, sets). It allocates, so it can run Python code (a
+    collection, finalizers): see "pinning" in _walk."""
     return _getsizeof(<object>o)
 
 
 cdef Py_ssize_t _checked_getsizeof(PyObject* o, bint is_root) except -1:
     """sys.getsizeof with the exception rule: the top-level object's errors
-    propagate, a nested object falls back to its basic size."""
+    propagate, a nested object falls back to its basic size. A MemoryError
+    always propagates: the walk cannot tell a right size from a wrong one; so
+    does a SystemError, the interpreter's own failure (CPython 3.10 turns some
+    failed allocations in a Python ``__sizeof__`` into one)."""
     cdef object r
     try:
         r = _getsizeof(<object>o)
         if r > _MAX_OBJECT_SIZE:
             raise ValueError(f"__sizeof__() returned an implausible size: {r}")
+    except (MemoryError, SystemError):
+        raise
     except Exception:
         if is_root:
             raise
@@ -580,9 +235,10 @@ cdef Py_ssize_t _checked_getsizeof(PyObject* o, bint is_root) except -1:
     return r
 
 
-cdef inline Py_ssize_t _leaf_size(PyObject* o, PyTypeObject* t) except -3:
+cdef inline Py_ssize_t _leaf_size(PyObject* o, PyTypeObject* t) noexcept:
     """Size of an exact int/float/str/bytes/complex; -2 if it is shared; -1 if
-    ``o`` is not a leaf."""
+    ``o`` is not a leaf; -3 if only sys.getsizeof can tell (_slow_getsizeof).
+    Runs no Python code."""
     cdef Py_ssize_t size
     cdef int r
     if t == &PyFloat_Type:
@@ -591,16 +247,12 @@ cdef inline Py_ssize_t _leaf_size(PyObject* o, PyTypeObject* t) except -3:
         if mc_str_shared(o):
             return -2
         size = mc_str_size(o)
-        if size < 0:
-            size = _slow_getsizeof(o)
-        return size
+        return size if size >= 0 else -3
     if t == &PyLong_Type:
         r = mc_int_size(o, &size, _DIGIT_BITS)
         if r == 1:
             return -2
-        if r < 0:
-            size = _slow_getsizeof(o)
-        return size
+        return size if r == 0 else -3
     if t == &PyBytes_Type:
         if mc_var_size(o) < 2:
             return -2
@@ -635,7 +287,10 @@ cdef inline bint _node_shared(PyObject* o, PyTypeObject* t) except -1:
 #   the own sizes of the distinct non-shared reachable objects, whatever the
 #   order of the walk;
 # * deduplication follows the general walk: the root and every object with
-#   more than one reference are remembered.
+#   more than one reference are remembered;
+# * it runs no Python code and allocates nothing, so the borrowed pointers it
+#   reads (items, dict entries, the objects themselves) stay valid: a leaf that
+#   needs sys.getsizeof makes it give up, and the general walk measures it.
 
 cdef enum:
     SMALL_WALK_UNITS = 64
@@ -673,6 +328,8 @@ cdef inline Py_ssize_t _small_child(PyObject* c, SmallWalk* st) except -3:
     cdef int r
     if size == -2:
         return 0
+    if size == -3:
+        return -1
     if size == -1:
         if t == &PyDict_Type or t == &PyList_Type or (t == &PyTuple_Type and mc_var_size(c) != 0):
             size = -2
@@ -689,7 +346,9 @@ cdef inline Py_ssize_t _small_child(PyObject* c, SmallWalk* st) except -3:
 
 cdef Py_ssize_t _small_walk(PyObject* o, PyTypeObject* t, Py_ssize_t a,
                             SmallWalk* st) except -3:
-    """Size of the exact dict/list/tuple ``o`` given allowance ``a``, or -1."""
+    """Size of the exact dict/list/tuple ``o`` given allowance ``a``, or -1.
+    (The sizes summed are those of at most SMALL_WALK_UNITS + 1 real objects:
+    the total cannot overflow.)"""
     cdef Py_ssize_t n, total, s, i, nchildren, ca, pos = 0
     cdef PyObject* k
     cdef PyObject* v
@@ -707,7 +366,7 @@ cdef Py_ssize_t _small_walk(PyObject* o, PyTypeObject* t, Py_ssize_t a,
     total += _GC_HEAD
     if n == 0:
         return total
-    if st.units + n > SMALL_WALK_UNITS or (n > a and n > _SMALL_UNITS):
+    if n > SMALL_WALK_UNITS - st.units or (n > a and n > _SMALL_UNITS):
         return -1
     st.units += n
     # a lower bound of (a - n) // (children pushed), without a division
@@ -754,24 +413,38 @@ cdef inline Py_ssize_t _small_root(PyObject* o, PyTypeObject* t, Py_ssize_t budg
 
 
 ctypedef struct Walk:
-    Py_ssize_t total_i
+    size_t total_i
     double total_f
     Py_ssize_t units
     Py_ssize_t sampled
 
 
-cdef inline void _charge(Walk* wk, Py_ssize_t size, double w) noexcept:
+cdef inline void _charge_node(Walk* wk, Py_ssize_t size, double w) noexcept:
+    """An object's own size (a user ``__sizeof__`` may report up to
+    MAX_OBJECT_SIZE): the exact part saturates."""
     if w == 1.0:
-        wk.total_i += size
+        wk.total_i = mc_add_node(wk.total_i, size)
+    else:
+        wk.total_f += <double>size * w
+
+
+cdef inline void _charge_leaf(Walk* wk, Py_ssize_t size, double w) noexcept:
+    """An exact builtin leaf, counted once: all of them fit in the address
+    space, so a plain unsigned add cannot wrap (see mc_add_node)."""
+    if w == 1.0:
+        wk.total_i += <size_t>size
     else:
         wk.total_f += <double>size * w
 
 
 cdef Py_ssize_t _own_size(PyObject* o, PyTypeObject* t, bint is_root, mc_buf* refs,
                           bint* have_refs) except -1:
+    """Own size of ``o`` (of type ``t``). May run Python code (a user
+    ``__sizeof__``) before it fills ``refs``, never after."""
     cdef Py_ssize_t size, k, i
     cdef PyObject* r
     cdef bint materialized
+    cdef object t_ref
     if t == &PyList_Type:
         return mc_list_size(o) + _GC_HEAD
     if t == &PyTuple_Type:
@@ -786,6 +459,7 @@ cdef Py_ssize_t _own_size(PyObject* o, PyTypeObject* t, bint is_root, mc_buf* re
     if MC_DIRECT_OBJECT_SIZEOF and (_type_info(t) & MC_TI_DEFAULT_SIZEOF):
         size = mc_basic_size(o) + _header(t)
     else:
+        t_ref = <object>t  # __sizeof__ may assign __class__ and free t
         size = _checked_getsizeof(o, is_root)
     if _INLINE_VALUES and (mc_flags(t) & _F_MANAGED_DICT):
         mc_traverse(o, refs)
@@ -824,48 +498,55 @@ cdef void _rotate(PyObject** a, Py_ssize_t m, Py_ssize_t n) noexcept:
     _reverse(a, 0, n)
 
 
-cdef inline Py_ssize_t _position(Py_ssize_t j, Py_ssize_t m, Py_ssize_t r, Py_ssize_t q,
-                                 Py_ssize_t rem) noexcept:
-    """(j * n + r) // m without overflow, with q, rem = divmod(n, m)."""
-    return j * q + (j * rem + r) // m
-
-
-cdef int _dict_sample(PyObject* d, mc_buf* buf, Py_ssize_t m, Py_ssize_t r, Py_ssize_t q,
-                      Py_ssize_t rem) except -1:
-    cdef Py_ssize_t p = 0, idx = 0, j = 0, target = _position(0, m, r, q, rem)
+cdef int _dict_sample(PyObject* d, mc_buf* buf, Py_ssize_t n, Py_ssize_t m,
+                      Py_ssize_t r) except -1:
+    """Keys and values of the sampled entries of an exact dict."""
+    cdef Py_ssize_t p = 0, idx = 0, j = 0
     cdef PyObject* k
     cdef PyObject* v
+    cdef mc_cursor cur
+    mc_cursor_init(&cur, n, m, r)
     mc_buf_reserve(buf, 2 * m)
     while j < m and mc_dict_next(d, &p, &k, &v):
-        if idx == target:
+        if idx == mc_cursor_pos(&cur):
             buf.items[buf.len] = k
             buf.items[buf.len + 1] = v
             buf.len += 2
             j += 1
-            target = _position(j, m, r, q, rem)
+            mc_cursor_next(&cur)
         idx += 1
     return 0
 
 
-cdef int _iter_sample(PyObject* s, mc_buf* buf, Py_ssize_t m, Py_ssize_t r, Py_ssize_t q,
-                      Py_ssize_t rem) except -1:
+cdef PyObject* _set_iter(PyObject* s) except NULL:
+    """An iterator over an exact set/frozenset. It is allocated, so a
+    collection can run here: call it while the buffer holds nothing."""
+    return PyObject_GetIter(s)
+
+
+cdef int _iter_sample(PyObject* s, mc_buf* buf, Py_ssize_t n, Py_ssize_t m,
+                      Py_ssize_t r) except -1:
     """Sampled members of an exact set/frozenset (iteration runs no user code;
-    the set keeps the members alive, so borrowed pointers are safe)."""
-    cdef Py_ssize_t idx = 0, j = 0, target = _position(0, m, r, q, rem)
-    cdef PyObject* it = PyObject_GetIter(s)
+    the set keeps the members alive until Python code runs)."""
+    cdef Py_ssize_t idx = 0, j = 0
+    cdef PyObject* it = _set_iter(s)
     cdef PyObject* item
+    cdef mc_cursor cur
+    mc_cursor_init(&cur, n, m, r)
     try:
         mc_buf_reserve(buf, m)
         while j < m:
             item = PyIter_Next(it)
             if item == NULL:
+                if PyErr_Occurred():
+                    return -1
                 break
             Py_DECREF(item)
-            if idx == target:
+            if idx == mc_cursor_pos(&cur):
                 buf.items[buf.len] = item
                 buf.len += 1
                 j += 1
-                target = _position(j, m, r, q, rem)
+                mc_cursor_next(&cur)
             idx += 1
     finally:
         Py_DECREF(it)
@@ -873,12 +554,14 @@ cdef int _iter_sample(PyObject* s, mc_buf* buf, Py_ssize_t m, Py_ssize_t r, Py_s
 
 
 cdef int _iter_all(PyObject* s, mc_buf* buf) except -1:
-    cdef PyObject* it = PyObject_GetIter(s)
+    cdef PyObject* it = _set_iter(s)
     cdef PyObject* item
     try:
         while True:
             item = PyIter_Next(it)
             if item == NULL:
+                if PyErr_Occurred():
+                    return -1
                 break
             Py_DECREF(item)
             mc_buf_push(buf, item)
@@ -887,7 +570,27 @@ cdef int _iter_all(PyObject* s, mc_buf* buf) except -1:
     return 0
 
 
+cdef inline void _unpin(mc_buf* buf, Py_ssize_t* lo, Py_ssize_t* hi) noexcept:
+    """Drops the references _walk took on buf.items[lo:hi]. The decrefs can
+    run finalizers: only when nothing borrowed is used any more."""
+    cdef Py_ssize_t i = lo[0], end = hi[0]
+    lo[0] = 0
+    hi[0] = 0
+    while i < end:
+        Py_DECREF(buf.items[i])
+        i += 1
+
+
 cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
+    """The general walk. Memory rules: the stack holds strong references; the
+    buffer ``buf`` holds borrowed pointers to the children of ``o`` (which the
+    walk owns), valid only while no Python code runs. Python code can run in
+    _own_size (before the buffer is filled), in _set_iter (before) and in
+    _slow_getsizeof for a child leaf: before that call the children not yet
+    examined are pinned (increfed), since a collection started by its
+    allocations can run a finalizer that empties ``o``. After _own_size the
+    type of ``o`` is read again (a user ``__sizeof__`` may assign
+    ``__class__``; the layout, and so the dict-ness, cannot change)."""
     cdef PyObject* ro = <PyObject*>root
     cdef PyTypeObject* t = mc_type(ro)
     cdef Py_ssize_t size, n
@@ -898,6 +601,8 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
     size = _leaf_size(ro, t)
     if size == -2:
         return 0
+    if size == -3:
+        return _slow_getsizeof(ro)
     if size >= 0:
         return size
     if _node_shared(ro, t):
@@ -911,11 +616,14 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
     cdef mc_stack stack
     cdef mc_set seen, once, dups
     cdef mc_buf buf
+    cdef mc_cursor cur, ahead
     cdef PyObject* o = NULL
     cdef PyObject* c
     cdef PyObject** items
+    cdef PyTypeObject* ot
     cdef double w, wc, cw
-    cdef Py_ssize_t a, m, used, r, j, q, rem, i, pushed, ca, start, pos
+    cdef Py_ssize_t a, m, used, r, j, i, pushed, ca, start, pos
+    cdef Py_ssize_t pin_lo = 0, pin_hi = 0, single
     cdef bint is_root = True, pairs, have_refs, sampling, dedup_all
     cdef Py_ssize_t hard_cap = (budget * _SMALL_CAP_FACTOR
                                 if budget <= PY_SSIZE_T_MAX // _SMALL_CAP_FACTOR else PY_SSIZE_T_MAX)
@@ -932,25 +640,27 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
             o = stack.items[stack.len].obj   # we now own this reference
             w = stack.items[stack.len].w
             a = stack.items[stack.len].a
-            t = mc_type(o)
+            ot = mc_type(o)
             buf.len = 0
             have_refs = False
             dedup_all = False
             # ---- own size
-            size = _own_size(o, t, is_root, &buf, &have_refs)
+            size = _own_size(o, ot, is_root, &buf, &have_refs)
             is_root = False
-            _charge(wk, size, w)
+            _charge_node(wk, size, w)
+            ot = mc_type(o)
 
             # ---- units
-            pairs = t == &PyDict_Type
-            if t == &PyList_Type or t == &PyTuple_Type or pairs or t == &PySet_Type or t == &PyFrozenSet_Type:
+            pairs = ot == &PyDict_Type
+            if (ot == &PyList_Type or ot == &PyTuple_Type or pairs or ot == &PySet_Type
+                    or ot == &PyFrozenSet_Type):
                 n = mc_var_size(o) if not pairs else PyDict_GET_SIZE(o)
-                if t == &PySet_Type or t == &PyFrozenSet_Type:
+                if ot == &PySet_Type or ot == &PyFrozenSet_Type:
                     n = len(<object>o)
             else:
                 if not have_refs:
                     mc_traverse(o, &buf)
-                if _type_info(t) & MC_TI_DICT:
+                if _type_info(ot) & MC_TI_DICT:
                     # entries and dict_traverse both reach the values: the
                     # single-reference shortcut does not hold here
                     dedup_all = True
@@ -965,21 +675,21 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
                 o = NULL
                 continue
 
-            if n > a and n <= _SMALL_UNITS and w != 1.0 and wk.units + n > hard_cap:
+            if n > a and n <= _SMALL_UNITS and w != 1.0 and n > hard_cap - wk.units:
                 Py_DECREF(o)
                 o = NULL
                 continue
-            sampling = n > a and not (n <= _SMALL_UNITS and wk.units + n <= hard_cap)
+            sampling = n > a and not (n <= _SMALL_UNITS and n <= hard_cap - wk.units)
             if not sampling:
                 used = n
-                if t == &PyList_Type or t == &PyTuple_Type:
+                if ot == &PyList_Type or ot == &PyTuple_Type:
                     mc_buf_reserve(&buf, n)
                     for i in range(n):
                         buf.items[i] = mc_seq_item(o, i)
                     buf.len = n
                 elif pairs:
                     mc_dict_entries(o, &buf)
-                elif t == &PySet_Type or t == &PyFrozenSet_Type:
+                elif ot == &PySet_Type or ot == &PyFrozenSet_Type:
                     _iter_all(o, &buf)
                 wc = w
             else:
@@ -987,34 +697,43 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
                 m = a if a > 0 else 1
                 used = m
                 r = <Py_ssize_t>(mc_phase(<uint64_t>wk.sampled) % <uint64_t>n)
-                q = n // m
-                rem = n % m
                 mc_set_free(&once)
                 mc_set_free(&dups)
-                if t == &PyList_Type or t == &PyTuple_Type:
+                if ot == &PyList_Type or ot == &PyTuple_Type:
                     mc_buf_reserve(&buf, m)
                     items = mc_seq_items(o)
+                    mc_cursor_init(&cur, n, m, r)
+                    mc_cursor_init(&ahead, n, m, r)
+                    for j in range(16 if m > 16 else 0):
+                        mc_cursor_next(&ahead)
                     for j in range(m):
                         if j + 16 < m:
-                            mc_prefetch(&items[_position(j + 16, m, r, q, rem)])
-                        pos = _position(j, m, r, q, rem)
+                            mc_prefetch(&items[mc_cursor_pos(&ahead)])
+                            mc_cursor_next(&ahead)
+                        pos = mc_cursor_pos(&cur)
                         c = items[pos]
                         buf.items[j] = c
-                        if items[pos + 1 if pos + 1 < n else pos - 1] == c:
+                        if items[mc_neighbour(pos, n)] == c:
                             mc_set_add(&dups, c)
+                        mc_cursor_next(&cur)
                     buf.len = m
                 elif pairs:
-                    _dict_sample(o, &buf, m, r, q, rem)
-                elif t == &PySet_Type or t == &PyFrozenSet_Type:
-                    _iter_sample(o, &buf, m, r, q, rem)
+                    _dict_sample(o, &buf, n, m, r)
+                elif ot == &PySet_Type or ot == &PyFrozenSet_Type:
+                    _iter_sample(o, &buf, n, m, r)
                 else:
+                    mc_cursor_init(&cur, n, m, r)
                     for j in range(m):
-                        pos = _position(j, m, r, q, rem)
+                        pos = mc_cursor_pos(&cur)
                         c = buf.items[pos]
-                        if buf.items[pos + 1 if pos + 1 < n else pos - 1] == c:
+                        if buf.items[mc_neighbour(pos, n)] == c:
                             mc_set_add(&dups, c)
+                        mc_cursor_next(&cur)
+                    # in place: position j is at or after j
+                    mc_cursor_init(&cur, n, m, r)
                     for j in range(m):
-                        buf.items[j] = buf.items[_position(j, m, r, q, rem)]
+                        buf.items[j] = buf.items[mc_cursor_pos(&cur)]
+                        mc_cursor_next(&cur)
                     buf.len = m
                 wc = w * <double>n / <double>m
                 # objects met twice or more in the sample are shared: weight w
@@ -1024,9 +743,11 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
                         mc_set_add(&dups, c)
             wk.units += used
 
-            # ---- examine the children
+            # ---- examine the children (borrowed from o: see "pinning" above)
             pushed = 0
             start = stack.len
+            pin_lo = pin_hi = buf.len
+            single = 1
             for i in range(buf.len):
                 c = buf.items[i]
                 if sampling and i + 8 < buf.len:
@@ -1035,17 +756,25 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
                 size = _leaf_size(c, t)
                 if size == -2:
                     continue
+                if size == -3:
+                    if pin_lo == pin_hi:
+                        pin_lo = i
+                        pin_hi = buf.len
+                        for j in range(pin_lo, pin_hi):
+                            Py_INCREF(buf.items[j])
+                        single = 2  # from here on each child carries our reference too
+                    size = _slow_getsizeof(c)
                 if size == -1 and _node_shared(c, t):
                     continue
                 # an object with a single reference can be reached only once:
                 # no need to remember it (most leaves and fresh containers)
-                if (dedup_all or mc_refcnt(c) > 1) and not mc_set_add(&seen, c):
+                if (dedup_all or mc_refcnt(c) > single) and not mc_set_add(&seen, c):
                     continue
                 cw = wc
                 if sampling and dups.used and mc_set_has(&dups, c):
                     cw = w
                 if size >= 0:
-                    _charge(wk, size, cw)
+                    _charge_leaf(wk, size, cw)
                 else:
                     mc_stack_push(&stack, c, cw, 0)
                     pushed += 1
@@ -1054,9 +783,12 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
                 if ca:
                     for i in range(start, stack.len):
                         stack.items[i].a = ca
+            if pin_lo < pin_hi:
+                _unpin(&buf, &pin_lo, &pin_hi)
             Py_DECREF(o)
             o = NULL
     finally:
+        _unpin(&buf, &pin_lo, &pin_hi)
         if o != NULL:
             Py_DECREF(o)
         mc_stack_free(&stack)
@@ -1064,7 +796,7 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
         mc_set_free(&once)
         mc_set_free(&dups)
         mc_buf_free(&buf)
-    return wk.total_i + <Py_ssize_t>(wk.total_f + 0.5)
+    return mc_total(wk.total_i, wk.total_f)
 
 
 # ------------------------------------------------------------- entry points
@@ -1118,6 +850,12 @@ def deep_sizeof(obj, *, budget=DEFAULT_BUDGET):
     if budget is DEFAULT_BUDGET:
         return c_deep_sizeof(obj)
     return _walk(obj, _budget_arg(budget), &wk)
+
+
+def _live_blocks():
+    """C memory blocks the walks hold now: 0 between calls, failed ones
+    included (for the tests)."""
+    return mc_live_blocks
 
 
 def _deep_sizeof_stats(obj, *, budget=DEFAULT_BUDGET):

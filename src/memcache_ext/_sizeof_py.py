@@ -36,7 +36,13 @@ the README ("Measuring entries: deep_sizeof") and summarised here:
 * Exceptions: the top-level object's ``__sizeof__`` errors propagate (as from
   ``sys.getsizeof``); a nested object whose ``__sizeof__`` raises any Exception
   (or returns a non-int, negative or huge value) is charged its basic size
-  ``object.__sizeof__(o)`` plus its header instead.
+  ``object.__sizeof__(o)`` plus its header instead. A MemoryError always
+  propagates, wherever it is raised: a walk that lost a measurement cannot
+  return a right size; so does a SystemError (the interpreter's own failure,
+  which CPython 3.10 raises for some failed allocations in Python code).
+* The result saturates at ``sys.maxsize`` (``PY_SSIZE_T_MAX``, what a cache can
+  hold): user ``__sizeof__`` values up to MAX_OBJECT_SIZE each, and sampled
+  weights that multiply along chains of sampled containers, could exceed it.
 """
 
 from __future__ import annotations
@@ -45,7 +51,6 @@ import enum
 import gc
 import sys
 import types
-from itertools import islice
 from typing import Any, Callable
 
 __all__ = ["deep_sizeof", "DEFAULT_BUDGET"]
@@ -290,6 +295,21 @@ def check_budget(budget: Any) -> int:
     return min(int(budget), sys.maxsize)
 
 
+def _entries(d: dict[Any, Any]) -> list[Any]:
+    """``[k0, v0, k1, v1, ...]`` of any dict (subclasses too: no user code
+    runs), read in two C calls."""
+    keys = list(dict.keys(d))
+    values = list(dict.values(d))
+    n = len(keys)
+    if len(values) != n:  # a finalizer changed d between the two reads
+        n = min(n, len(values))
+        del keys[n:], values[n:]
+    out: list[Any] = [None] * (2 * n)
+    out[::2] = keys
+    out[1::2] = values
+    return out
+
+
 def _walk(root: Any, budget: int) -> tuple[int, int, int]:
     """Return ``(nbytes, units, sampled)`` for ``root``.
 
@@ -343,6 +363,8 @@ def _walk(root: Any, budget: int) -> tuple[int, int, int]:
                 size = _getsizeof(o)
                 if size > MAX_OBJECT_SIZE:
                     raise ValueError(f"__sizeof__() returned an implausible size: {size}")
+            except (MemoryError, SystemError):
+                raise
             except Exception:
                 if is_root:
                     raise
@@ -367,22 +389,22 @@ def _walk(root: Any, budget: int) -> tuple[int, int, int]:
         else:
             total_f += size * w
 
-        # ---- units: dict entries (key, value) or single children
+        # ---- units: dict entries (key, value) or single children. A collection
+        # can run a finalizer between any two bytecodes, and a finalizer can
+        # change these containers: they are read in single C calls (list(),
+        # dict views), never iterated step by step (which would raise).
         pairs = t is dict
         if t is list or t is tuple:
             seq = o
             n = len(o)
-        elif pairs:
-            seq = None
-            n = len(o)
-        elif t is set or t is frozenset:
+        elif pairs or t is set or t is frozenset:
             seq = None
             n = len(o)
         else:
             if refs is None:
                 refs = _get_referents(o)
             if issubclass(t, dict):
-                seq = [x for kv in dict.items(o) for x in kv]
+                seq = _entries(o)
                 seq.extend(refs)
             else:
                 seq = refs
@@ -399,7 +421,7 @@ def _walk(root: Any, budget: int) -> tuple[int, int, int]:
             if seq is not None:
                 children = list(seq) if seq is o else seq
             elif pairs:
-                children = [x for kv in o.items() for x in kv]
+                children = _entries(o)
             else:
                 children = list(o)
             weights = None
@@ -412,25 +434,26 @@ def _walk(root: Any, budget: int) -> tuple[int, int, int]:
             positions = [(j * n + r) // m for j in range(m)]
             repeated: set[int] = set()
             if seq is not None:
-                children = [seq[p] for p in positions]
-                # an item equal (identical) to its neighbour is a repeated
-                # object, like [x] * k: charge it once, not n / m times
-                for p in positions:
-                    c = seq[p]
-                    if seq[p + 1 if p + 1 < n else p - 1] is c:
-                        repeated.add(id(c))
-            else:
-                it = iter(o.items()) if pairs else iter(o)
                 children = []
-                last = 0
                 for p in positions:
-                    item = next(islice(it, p - last, None))
-                    last = p + 1
-                    if pairs:
-                        children.append(item[0])
-                        children.append(item[1])
-                    else:
-                        children.append(item)
+                    try:
+                        c = seq[p]
+                        # an item equal (identical) to its neighbour is a
+                        # repeated object, like [x] * k: charge it once, not
+                        # n / m times
+                        nb = seq[p + 1 if p + 1 < n else p - 1]
+                    except IndexError:  # a finalizer shrank the list meanwhile
+                        break
+                    children.append(c)
+                    if nb is c:
+                        repeated.add(id(c))
+            elif pairs:
+                ents = _entries(o)
+                children = [x for p in positions if 2 * p + 1 < len(ents)
+                            for x in (ents[2 * p], ents[2 * p + 1])]
+            else:
+                members = list(o)
+                children = [members[p] for p in positions if p < len(members)]
             counts: dict[int, int] = {}
             for c in children:
                 counts[id(c)] = counts.get(id(c), 0) + 1
@@ -465,7 +488,19 @@ def _walk(root: Any, budget: int) -> tuple[int, int, int]:
             ca = rest // len(pushed) if rest > 0 else 0
             for c, cw in zip(pushed, pushed_w):
                 stack.append((c, cw, ca))
-    return total_i + int(total_f + 0.5), units, sampled
+    return _total(total_i, total_f), units, sampled
+
+
+_MAXSIZE_F = float(sys.maxsize)
+
+
+def _total(exact: int, weighted: float) -> int:
+    """The walk's result: ``exact`` plus ``weighted`` rounded half up, at most
+    ``sys.maxsize`` (an infinite or NaN weighted part gives ``sys.maxsize``)."""
+    rest = weighted + 0.5
+    if not rest < _MAXSIZE_F:
+        return sys.maxsize
+    return min(exact + int(rest), sys.maxsize)
 
 
 def deep_sizeof(obj: Any, *, budget: int = DEFAULT_BUDGET) -> int:

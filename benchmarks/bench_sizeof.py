@@ -22,7 +22,8 @@ import gc
 import sys
 import time
 import tracemalloc
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -197,8 +198,10 @@ def main() -> None:
 
     found = tools()
     built = {name: truth(build) for name, build in SHAPES.items()}
-    print(f"Python {platform.python_version()} on {platform.machine()}; "
-          f"best of repeated runs; error vs tracemalloc truth\n")
+    print(
+        f"Python {platform.python_version()} on {platform.machine()}; "
+        f"best of repeated runs; error vs tracemalloc truth\n"
+    )
     header = f"{'tool':<24}" + "".join(f"{'(' + s + ') ms':>10}{'err':>8}" for s in SHAPES)
     header += f"{'(b) rows':>10}{'rows/whole':>12}"
     print(header)
@@ -218,14 +221,17 @@ def main() -> None:
         line += f"{per_row:>10}{(per_row - whole) / whole * 100:>+11.1f}%"
         print(line)
     print()
-    print("truth (tracemalloc bytes): " + ", ".join(
-        f"({s}) {real}" for s, (_, real) in built.items()))
+    print(
+        "truth (tracemalloc bytes): " + ", ".join(f"({s}) {real}" for s, (_, real) in built.items())
+    )
     ref = "deep_sizeof (C)"
     if ref in times:
         for other in ("pympler.asizeof", "objsize"):
             if other in times:
-                print(f"{ref} speed-up vs {other}: " + ", ".join(
-                    f"({s}) {times[other][s] / times[ref][s]:.0f}x" for s in SHAPES))
+                print(
+                    f"{ref} speed-up vs {other}: "
+                    + ", ".join(f"({s}) {times[other][s] / times[ref][s]:.0f}x" for s in SHAPES)
+                )
     try:
         from memcache_ext import _sizeof_c
     except ImportError:
@@ -236,8 +242,10 @@ def main() -> None:
     cold = (time.perf_counter() - t0) * 1e3
     warm = best_ms(_sizeof_c.deep_sizeof, big)
     exact = sys.getsizeof(big) + len(big) * sys.getsizeof(1.0)
-    print(f"10M-float list, deep_sizeof (C, default budget): first call {cold:.3f} ms, "
-          f"best {warm:.3f} ms, error {(est - exact) / exact * 100:+.2f}%")
+    print(
+        f"10M-float list, deep_sizeof (C, default budget): first call {cold:.3f} ms, "
+        f"best {warm:.3f} ms, error {(est - exact) / exact * 100:+.2f}%"
+    )
     # small values, as a cache with max_bytes measures them on every insert
     reps = 10_000
     small = []

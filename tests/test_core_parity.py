@@ -55,7 +55,7 @@ def test_setdefault_never_overwrites_a_value_stored_meanwhile(cache_cls: type) -
     def measuring(obj: Any) -> int:
         if obj == "default" and not box:
             box.append(1)
-            c["k"] = "stored meanwhile"   # another writer, between the miss and the store
+            c["k"] = "stored meanwhile"  # another writer, between the miss and the store
         return 1
 
     c = cache_cls(10, max_bytes=100, sizeof=measuring)
@@ -71,8 +71,11 @@ def test_a_failing_measurement_leaves_the_statistics_as_they_were(cache_cls: typ
 
     c = cache_cls(10, max_bytes=100, sizeof=measuring)
     before = c.stats()
-    for call in (lambda: c.setdefault("k", "bad"), lambda: c.get_or_set("k", lambda: "bad"),
-                 lambda: c.set("k", "bad")):
+    for call in (
+        lambda: c.setdefault("k", "bad"),
+        lambda: c.get_or_set("k", lambda: "bad"),
+        lambda: c.set("k", "bad"),
+    ):
         with pytest.raises(ZeroDivisionError):
             call()
     assert c.stats() == before and len(c) == 0
@@ -80,13 +83,13 @@ def test_a_failing_measurement_leaves_the_statistics_as_they_were(cache_cls: typ
 
 def test_resize_to_a_byte_bound_measures_entries_with_a_ttl(cache_cls: type) -> None:
     c = cache_cls(10, ttl=1000)
-    c.update({"a": [1, 2, 3], "b": [4, 5, 6]})   # lists: never shared, always counted
+    c.update({"a": [1, 2, 3], "b": [4, 5, 6]})  # lists: never shared, always counted
     c.set("c", [7, 8, 9], ttl=5)
     c.resize(max_bytes=10**6)
     from memcache_ext import deep_sizeof
 
     assert c.nbytes == sum(deep_sizeof(k) + deep_sizeof(v) for k, v in c.items())
-    c.resize(max_bytes=c.nbytes - 1)   # the bound is enforced: one entry goes
+    c.resize(max_bytes=c.nbytes - 1)  # the bound is enforced: one entry goes
     assert len(c) == 2
 
 

@@ -12,12 +12,14 @@ import collections
 import dataclasses
 import enum
 import gc
+import itertools
 import os
 import subprocess
 import sys
 import textwrap
 import tracemalloc
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -52,8 +54,10 @@ def mod(request: pytest.FixtureRequest) -> Any:
         return P
     if C is None:
         if REQUIRE_EXT:
-            pytest.fail(f"MEMCACHE_EXT_REQUIRE_EXTENSIONS is set but memcache_ext._sizeof_c "
-                        f"failed to import: {C_ERROR}")
+            pytest.fail(
+                f"MEMCACHE_EXT_REQUIRE_EXTENSIONS is set but memcache_ext._sizeof_c "
+                f"failed to import: {C_ERROR}"
+            )
         pytest.skip(f"compiled deep_sizeof not available: {C_ERROR}")
     return C
 
@@ -73,6 +77,7 @@ def both() -> list[Any]:
 
 # --------------------------------------------------------------- exact sizes
 
+
 class Slotted:
     __slots__ = ("a", "b")
 
@@ -88,9 +93,22 @@ class Plain:
 
 
 def test_leaves_are_sys_getsizeof(ds: Callable[..., int]) -> None:
-    values = [1000, -1000, 2**30, 2**62, 10**40, -(10**40), 1.5, 2 + 3j,
-              fresh("hello world, not interned"), fresh("héllo wörld"), fresh("日本語のテキスト"),
-              fresh("emoji \U0001F600 text"), b"some bytes", bytearray(b"xyz" * 20)]
+    values = [
+        1000,
+        -1000,
+        2**30,
+        2**62,
+        10**40,
+        -(10**40),
+        1.5,
+        2 + 3j,
+        fresh("hello world, not interned"),
+        fresh("héllo wörld"),
+        fresh("日本語のテキスト"),
+        fresh("emoji \U0001f600 text"),
+        b"some bytes",
+        bytearray(b"xyz" * 20),
+    ]
     for v in values:
         assert ds(v) == gs(v), repr(v)
 
@@ -113,8 +131,9 @@ def test_nested_exact(ds: Callable[..., int]) -> None:
     inner = [1.25, 3.5]
     val = fresh("v a l")
     obj = {"rows": [inner, (val,)], "n": 12345}
-    expected = (gs(obj) + gs(obj["rows"]) + gs(inner) + 2 * gs(1.0) + gs((val,)) + gs(val)
-                + gs(12345))
+    expected = (
+        gs(obj) + gs(obj["rows"]) + gs(inner) + 2 * gs(1.0) + gs((val,)) + gs(val) + gs(12345)
+    )
     assert ds(obj) == expected  # "rows" and "n" are interned literals: 0
 
 
@@ -122,11 +141,40 @@ def test_shared_objects_cost_nothing(ds: Callable[..., int]) -> None:
     class Color(enum.Enum):
         RED = 1
 
-    shared = [None, True, False, Ellipsis, NotImplemented, 0, 1, 256, -5, "", "a", "\xe9",
-              "interned_literal", sys.intern(fresh("made interned")), b"", b"x", (),
-              int, Plain, sys, len, print, lambda: 1, test_nested_exact, Plain.__init__,
-              "".join, [].append, (lambda: 0).__code__, str.upper, Color.RED, Slotted.a,
-              type.__dict__["__name__"]]
+    shared = [
+        None,
+        True,
+        False,
+        Ellipsis,
+        NotImplemented,
+        0,
+        1,
+        256,
+        -5,
+        "",
+        "a",
+        "\xe9",
+        "interned_literal",
+        sys.intern(fresh("made interned")),
+        b"",
+        b"x",
+        (),
+        int,
+        Plain,
+        sys,
+        len,
+        print,
+        lambda: 1,
+        test_nested_exact,
+        Plain.__init__,
+        "".join,
+        [].append,
+        (lambda: 0).__code__,
+        str.upper,
+        Color.RED,
+        Slotted.a,
+        type.__dict__["__name__"],
+    ]
     for o in shared:
         assert ds(o) == 0, repr(o)
     assert ds(shared) == gs(shared)
@@ -227,6 +275,7 @@ def test_slots_and_dict_instances(ds: Callable[..., int]) -> None:
         vars(m)  # materialize the dict: its size replaces the inline values
         assert ds(m) == gs(m) + gs(m.__dict__) + gs(2.5) + gs(v)
         return
+
     # CPython 3.13 stores the attributes in a values block embedded in the
     # object, after tp_basicsize; sys.getsizeof(m) omits it (gh-128762). Its
     # capacity is per instance: a class's shared keys start with room for 30
@@ -373,8 +422,11 @@ def test_pydantic_model(mod: Any) -> None:
 
 # ----------------------------------------------------- never change the value
 
-@pytest.mark.skipif(sys.version_info < (3, 11),
-                    reason="before 3.11 every instance owns its __dict__: nothing to materialize")
+
+@pytest.mark.skipif(
+    sys.version_info < (3, 11),
+    reason="before 3.11 every instance owns its __dict__: nothing to materialize",
+)
 def test_walk_does_not_materialize_instance_dicts(ds: Callable[..., int]) -> None:
     objs = [Plain(float(i), i + 1000) for i in range(2000)]
     assert all(not any(type(r) is dict for r in gc.get_referents(o)) for o in objs)
@@ -395,6 +447,7 @@ def test_walk_does_not_materialize_instance_dicts(ds: Callable[..., int]) -> Non
 
 
 # ------------------------------------------------------------- bad input
+
 
 class RaisingSizeof:
     __slots__ = ()
@@ -435,8 +488,13 @@ class Empty:
     __slots__ = ()
 
 
-BAD = [(RaisingSizeof, RuntimeError), (NegativeSizeof, ValueError), (FloatSizeof, TypeError),
-       (HugeSizeof, ValueError), (OverflowSizeof, OverflowError)]
+BAD = [
+    (RaisingSizeof, RuntimeError),
+    (NegativeSizeof, ValueError),
+    (FloatSizeof, TypeError),
+    (HugeSizeof, ValueError),
+    (OverflowSizeof, OverflowError),
+]
 
 
 @pytest.mark.parametrize("cls,exc", BAD, ids=[c.__name__ for c, _ in BAD])
@@ -446,8 +504,9 @@ def test_bad_sizeof_top_level_propagates(ds: Callable[..., int], cls: type, exc:
 
 
 @pytest.mark.parametrize("cls,exc", BAD, ids=[c.__name__ for c, _ in BAD])
-def test_bad_sizeof_nested_falls_back_to_basic_size(ds: Callable[..., int], cls: type,
-                                                     exc: type) -> None:
+def test_bad_sizeof_nested_falls_back_to_basic_size(
+    ds: Callable[..., int], cls: type, exc: type
+) -> None:
     bad = cls()
     basic = gs(Empty())  # same layout: object.__sizeof__ + GC header
     assert ds([bad]) == gs([bad]) + basic
@@ -476,8 +535,14 @@ def test_proxies_and_opaque_objects(ds: Callable[..., int]) -> None:
 
 
 def test_budget_argument_checked(ds: Callable[..., int]) -> None:
-    for bad, exc in ((0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError),
-                     ("10", TypeError), (None, TypeError)):
+    for bad, exc in (
+        (0, ValueError),
+        (-1, ValueError),
+        (1.5, TypeError),
+        (True, TypeError),
+        ("10", TypeError),
+        (None, TypeError),
+    ):
         with pytest.raises(exc):
             ds([1.5], budget=bad)
     assert ds([1.5], budget=10**30) == ds([1.5])  # clamped to sys.maxsize
@@ -486,6 +551,7 @@ def test_budget_argument_checked(ds: Callable[..., int]) -> None:
 
 
 # --------------------------------------------------------------- sampling
+
 
 def test_huge_list_is_sampled_within_budget(mod: Any) -> None:
     n = 2_000_000
@@ -502,15 +568,22 @@ def test_huge_list_is_sampled_within_budget(mod: Any) -> None:
 def test_ten_million_items_examined_within_budget(mod: Any) -> None:
     shared = 3.5
     big = [shared] * 10_000_000
-    size, units, sampled = mod._deep_sizeof_stats(big)
+    size, units, _sampled = mod._deep_sizeof_stats(big)
     assert units <= P.DEFAULT_BUDGET
     # an object repeated in the sample is charged once, not n/m times
     assert size == gs(big) + gs(shared)
 
 
 def test_sampled_heterogeneous_estimate_is_close(mod: Any) -> None:
-    rows = [{"id": i + 1000, "name": fresh(f"user number {i}"), "score": i * 0.5,
-             "tags": [fresh(f"t{i % 7} x")] * (i % 5)} for i in range(5000)]
+    rows = [
+        {
+            "id": i + 1000,
+            "name": fresh(f"user number {i}"),
+            "score": i * 0.5,
+            "tags": [fresh(f"t{i % 7} x")] * (i % 5),
+        }
+        for i in range(5000)
+    ]
     exact = mod.deep_sizeof(rows, budget=sys.maxsize)
     assert mod._deep_sizeof_stats(rows, budget=5000) == (exact, 35_000, 0)  # within 8x budget
     for budget in (2000, 1000, 300, 100):
@@ -539,9 +612,19 @@ def test_linked_graph_is_not_inflated_by_sampling(mod: Any) -> None:
 
 
 def test_row_by_row_sum_matches_whole(mod: Any) -> None:
-    rows = [{"id": i + 1000, "name": fresh(f"user {i}"), "email": fresh(f"u{i}@example.com"),
-             "score": i * 1.5, "active": i % 2 == 0, "age": 20 + i % 50,
-             "city": fresh("Amsterdam x"), "balance": float(i)} for i in range(10_000)]
+    rows = [
+        {
+            "id": i + 1000,
+            "name": fresh(f"user {i}"),
+            "email": fresh(f"u{i}@example.com"),
+            "score": i * 1.5,
+            "active": i % 2 == 0,
+            "age": 20 + i % 50,
+            "city": fresh("Amsterdam x"),
+            "balance": float(i),
+        }
+        for i in range(10_000)
+    ]
     whole = mod.deep_sizeof(rows)
     per_row = sum(mod.deep_sizeof(r) for r in rows)
     exact = mod.deep_sizeof(rows, budget=sys.maxsize)
@@ -551,11 +634,13 @@ def test_row_by_row_sum_matches_whole(mod: Any) -> None:
 
 # ----------------------------------------------------------------- parity
 
+
 def _parity_shapes() -> list[Any]:
-    rows = [{"id": i + 1000, "name": fresh(f"n {i}"), "v": [float(i)] * (i % 4)}
-            for i in range(300)]
+    rows = [
+        {"id": i + 1000, "name": fresh(f"n {i}"), "v": [float(i)] * (i % 4)} for i in range(300)
+    ]
     objs = [Plain(i + 1000, Slotted(float(i), fresh(f"s {i}"))) for i in range(200)]
-    for a, b in zip(objs, objs[1:]):
+    for a, b in itertools.pairwise(objs):
         a.b.b = b
     big = {fresh(f"key {i}"): [float(j) for j in range(10)] for i in range(1000)}
     # the memory-safety regressions (tests/test_sizeof_memory.py): deep
@@ -565,13 +650,26 @@ def _parity_shapes() -> list[Any]:
     for _ in range(20_000):
         deep = [deep]
     ones = [[fresh(f"one {i}")] for i in range(40)] + [(float(i),) for i in range(40)]
-    return [rows, objs, big, {1, 2.5, fresh("x y")}, frozenset({3000, 4000}),
-            collections.OrderedDict(a=[1.5]), collections.deque(range(1000, 1100)),
-            [RaisingSizeof(), [HugeSizeof()]], [bytearray(100), memoryview(b"abc" * 10)],
-            (1, (2, (3, (fresh("deep tuple"),)))), [[3.5] * 50] * 50,
-            deep, ones, sampled_chain(30), [10**30 + i for i in range(50)],
-            {fresh(f"m {i}") for i in range(3000)}, {i + 1000: float(i) for i in range(3000)},
-            [HugeButPlausible() for _ in range(40_000)]]
+    return [
+        rows,
+        objs,
+        big,
+        {1, 2.5, fresh("x y")},
+        frozenset({3000, 4000}),
+        collections.OrderedDict(a=[1.5]),
+        collections.deque(range(1000, 1100)),
+        [RaisingSizeof(), [HugeSizeof()]],
+        [bytearray(100), memoryview(b"abc" * 10)],
+        (1, (2, (3, (fresh("deep tuple"),)))),
+        [[3.5] * 50] * 50,
+        deep,
+        ones,
+        sampled_chain(30),
+        [10**30 + i for i in range(50)],
+        {fresh(f"m {i}") for i in range(3000)},
+        {i + 1000: float(i) for i in range(3000)},
+        [HugeButPlausible() for _ in range(40_000)],
+    ]
 
 
 @pytest.mark.parametrize("budget", [1, 2, 7, 50, 300, 1000, P.DEFAULT_BUDGET, sys.maxsize])
@@ -579,19 +677,30 @@ def test_parity_on_shapes(budget: int) -> None:
     py, c = both()
     for shape in _parity_shapes():
         assert py._deep_sizeof_stats(shape, budget=budget) == c._deep_sizeof_stats(
-            shape, budget=budget), (budget, repr(shape)[:80])
+            shape, budget=budget
+        ), (budget, repr(shape)[:80])
 
 
-leaves = (st.none() | st.booleans() | st.integers(-(10**30), 10**30)
-          | st.floats(allow_nan=False) | st.text(max_size=30) | st.binary(max_size=20)
-          | st.complex_numbers(allow_nan=False))
-hashables = st.integers(-10**6, 10**6) | st.text(max_size=10) | st.floats(allow_nan=False)
+leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**30), 10**30)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=30)
+    | st.binary(max_size=20)
+    | st.complex_numbers(allow_nan=False)
+)
+hashables = st.integers(-(10**6), 10**6) | st.text(max_size=10) | st.floats(allow_nan=False)
 structures = st.recursive(
     leaves,
-    lambda kids: (st.lists(kids, max_size=12) | st.tuples(kids, kids)
-                  | st.dictionaries(st.text(max_size=8), kids, max_size=8)
-                  | st.frozensets(hashables, max_size=8)
-                  | st.builds(Slotted, kids, kids) | st.builds(Plain, kids, kids)),
+    lambda kids: (
+        st.lists(kids, max_size=12)
+        | st.tuples(kids, kids)
+        | st.dictionaries(st.text(max_size=8), kids, max_size=8)
+        | st.frozensets(hashables, max_size=8)
+        | st.builds(Slotted, kids, kids)
+        | st.builds(Plain, kids, kids)
+    ),
     max_leaves=60,
 )
 
@@ -603,21 +712,31 @@ def test_parity_hypothesis(obj: Any, budget: int) -> None:
     shared = [obj, obj]  # every node reached twice: dedup must agree too
     assert py._deep_sizeof_stats(obj, budget=budget) == c._deep_sizeof_stats(obj, budget=budget)
     assert py._deep_sizeof_stats(shared, budget=budget) == c._deep_sizeof_stats(
-        shared, budget=budget)
+        shared, budget=budget
+    )
     assert py.deep_sizeof(obj) == c.deep_sizeof(obj)
 
 
 def one_item_chain(kind: str, depth: int) -> Any:
     x: Any = fresh("bottom of the chain")
     for i in range(depth):
-        x = {"list": lambda: [x], "tuple": lambda: (x,), "dict": lambda: {fresh(f"k {i}"): x},
-             "frozenset": lambda: frozenset([x])}[kind]()
+        if kind == "list":
+            x = [x]
+        elif kind == "tuple":
+            x = (x,)
+        elif kind == "dict":
+            x = {fresh(f"k {i}"): x}
+        else:
+            x = frozenset([x])
     return x
 
 
 @settings(max_examples=150, deadline=None)
-@given(kind=st.sampled_from(["list", "tuple", "dict", "frozenset"]),
-       depth=st.integers(1, 300), budget=st.integers(1, 40))
+@given(
+    kind=st.sampled_from(["list", "tuple", "dict", "frozenset"]),
+    depth=st.integers(1, 300),
+    budget=st.integers(1, 40),
+)
 def test_parity_one_item_chains(kind: str, depth: int, budget: int) -> None:
     """Chains of one-item containers across the node cap (8 * budget units)."""
     py, c = both()
@@ -628,13 +747,23 @@ def test_parity_one_item_chains(kind: str, depth: int, budget: int) -> None:
 def test_c_fast_path_matches_general_walk() -> None:
     py, c = both()
     x = 12.5
-    for obj in ([], {}, [x, x], {fresh("a b"): x, fresh("c d"): x}, (x, 1000, 1000),
-                [fresh("q r")] * 3, {fresh("k l"): None, fresh("m n"): True},
-                [1.5] * 32, [1.5] * 33, {fresh(f"k{i} "): i + 1000 for i in range(40)}):
+    for obj in (
+        [],
+        {},
+        [x, x],
+        {fresh("a b"): x, fresh("c d"): x},
+        (x, 1000, 1000),
+        [fresh("q r")] * 3,
+        {fresh("k l"): None, fresh("m n"): True},
+        [1.5] * 32,
+        [1.5] * 33,
+        {fresh(f"k{i} "): i + 1000 for i in range(40)},
+    ):
         assert c.deep_sizeof(obj) == c.deep_sizeof(obj, budget=10**6) == py.deep_sizeof(obj)
 
 
 # --------------------------------------------------------------- selector
+
 
 def test_selector_exports() -> None:
     from memcache_ext import _sizeof

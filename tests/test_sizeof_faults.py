@@ -28,7 +28,8 @@ from test_sizeof_memory import impl, run_case  # noqa: F401  (impl is a fixture)
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("_testcapi") is None
     or not hasattr(importlib.import_module("_testcapi"), "set_nomemory"),
-    reason="_testcapi.set_nomemory is not available in this interpreter")
+    reason="_testcapi.set_nomemory is not available in this interpreter",
+)
 
 INJECT = '''
 import _testcapi
@@ -52,7 +53,8 @@ def shape(name):
                 + [Slotted(float(i), (i + 1000, slow_leaf(i)), Plain(1.5, None)) for i in range(n)]
                 + [Sized(fresh(f"z {{i}}")) for i in range(n)]), None
     if name == "sets":
-        big = {{fresh(f"m {{i}}") for i in range(N(20000, 300))}} | {{slow_leaf(i) for i in range(3)}}
+        big = ({{fresh(f"m {{i}}") for i in range(N(20000, 300))}}
+               | {{slow_leaf(i) for i in range(3)}})
         return [big, frozenset({{1.5, 2.5, fresh("x y")}}), {{3.5}}], None
     if name == "deep":
         x = []

@@ -102,8 +102,10 @@ def impl_module(impl: str) -> Any:
         return P
     if C is None:
         if REQUIRE_EXT:
-            pytest.fail(f"MEMCACHE_EXT_REQUIRE_EXTENSIONS is set but memcache_ext._sizeof_c "
-                        f"failed to import: {C_ERROR}")
+            pytest.fail(
+                f"MEMCACHE_EXT_REQUIRE_EXTENSIONS is set but memcache_ext._sizeof_c "
+                f"failed to import: {C_ERROR}"
+            )
         pytest.skip(f"compiled deep_sizeof not available: {C_ERROR}")
     return C
 
@@ -124,8 +126,13 @@ def run_case(code: str, impl: str, timeout: float = 120.0) -> str:
         env["PYTHONMALLOC"] = "malloc"
     src = PRELUDE.format(impl=impl) + textwrap.dedent(code)
     try:
-        proc = subprocess.run([sys.executable, "-X", "faulthandler", "-c", src], env=env,
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, "-X", "faulthandler", "-c", src],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"timed out after {timeout}s\nstdout: {exc.stdout}\nstderr: {exc.stderr}")
     report = f"exit code {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-6000:]}"
@@ -140,21 +147,27 @@ UAF_SHAPES = {
     # exact list small enough for the C fast path (no heap, one recursion)
     "small-list": ("[slow_leaf(0), 1.5, 2.5, [3.5], (4.5, 5.5), slow_leaf(1), 6.5]", "o.clear()"),
     # the general walk: the items are copied to the child buffer first
-    "list": ("[slow_leaf(i) for i in range(3)] + [float(i) + 0.5 for i in range(200)]"
-             " + [[float(i)] for i in range(50)]", "o.clear()"),
+    "list": (
+        "[slow_leaf(i) for i in range(3)] + [float(i) + 0.5 for i in range(200)]"
+        " + [[float(i)] for i in range(50)]",
+        "o.clear()",
+    ),
     # sampled: more items than the budget
-    "sampled-list": ("[slow_leaf(i) for i in range(40)] + [float(i) + 0.5 for i in range(30000)]",
-                     "o.clear()"),
-    "small-dict": ("{fresh('k a'): slow_leaf(0), fresh('k b'): 1.5, fresh('k c'): [2.5]}",
-                   "o.clear()"),
-    "dict": ("{fresh(f'key {i}'): (slow_leaf(i) if i % 50 == 0 else float(i)) for i in range(300)}",
-             "o.clear()"),
-    "set": ("{slow_leaf(i) for i in range(8)} | {float(i) + 0.5 for i in range(300)}",
-            "o.clear()"),
-    "instance": ("Plain(slow_leaf(0), [1.5, 2.5], fresh('attr c'))",
-                 "o.__dict__.clear()"),
-    "slots": ("Slotted(slow_leaf(0), [1.5, 2.5], fresh('attr c'))",
-              "o.b = o.c = None"),
+    "sampled-list": (
+        "[slow_leaf(i) for i in range(40)] + [float(i) + 0.5 for i in range(30000)]",
+        "o.clear()",
+    ),
+    "small-dict": (
+        "{fresh('k a'): slow_leaf(0), fresh('k b'): 1.5, fresh('k c'): [2.5]}",
+        "o.clear()",
+    ),
+    "dict": (
+        "{fresh(f'key {i}'): (slow_leaf(i) if i % 50 == 0 else float(i)) for i in range(300)}",
+        "o.clear()",
+    ),
+    "set": ("{slow_leaf(i) for i in range(8)} | {float(i) + 0.5 for i in range(300)}", "o.clear()"),
+    "instance": ("Plain(slow_leaf(0), [1.5, 2.5], fresh('attr c'))", "o.__dict__.clear()"),
+    "slots": ("Slotted(slow_leaf(0), [1.5, 2.5], fresh('attr c'))", "o.b = o.c = None"),
 }
 
 
@@ -171,7 +184,8 @@ def test_finalizer_empties_the_container_being_walked(impl: str, shape: str) -> 
     than the sizes of the two states added (the compiled walk: exactly what it
     had read, when the finalizer runs among the children)."""
     build, mutate = UAF_SHAPES[shape]
-    out = run_case(f"""
+    out = run_case(
+        f"""
         def build():
             return {build}
 
@@ -220,7 +234,9 @@ def test_finalizer_empties_the_container_being_walked(impl: str, shape: str) -> 
                 assert r == before, (r, before, after)
         gc.callbacks.remove(plant)
         print(len(sizes), sizes)
-    """, impl)
+    """,
+        impl,
+    )
     mutated_during_walk = int(out.split()[0])
     if GC_IN_C_CALLS or impl == "py":
         assert mutated_during_walk > 0, out  # the hazard was really exercised
@@ -229,7 +245,8 @@ def test_finalizer_empties_the_container_being_walked(impl: str, shape: str) -> 
 def test_sizeof_that_frees_its_class(impl: str) -> None:
     """A nested object's ``__sizeof__`` assigns ``__class__`` and collects the
     old class: the walk must not read the freed type afterwards."""
-    run_case("""
+    run_case(
+        """
         class Other:
             pass
 
@@ -248,15 +265,19 @@ def test_sizeof_that_frees_its_class(impl: str) -> None:
             assert all(type(x) is Other for x in o)
         gc.collect()
         print("ok")
-    """, impl)
+    """,
+        impl,
+    )
 
 
 # --------------------------------------------------- out-of-bounds sampling
 
+
 def test_deep_nested_lists_default_budget(impl: str) -> None:
     """100,000-deep ``[[[...]]]`` and ``((...),)``: past the node cap every
     one-item container is "sampled" with weight 1."""
-    run_case("""
+    run_case(
+        """
         depth = 100_000
         x = []
         for _ in range(depth):
@@ -275,14 +296,18 @@ def test_deep_nested_lists_default_budget(impl: str) -> None:
         c["deep"] = x
         assert c.nbytes == ds("deep") + ds(x)
         print("ok")
-    """, impl, timeout=300)
+    """,
+        impl,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize("budget", [1, 2, 3, 5, 8])
 def test_one_item_containers_at_the_cap(impl: str, budget: int) -> None:
     """Chains of one-item lists, tuples, dicts and sets longer than the cap
     (8 * budget units): the containers past it are sampled with m == n == 1."""
-    run_case(f"""
+    run_case(
+        f"""
         budget = {budget}
         for depth in (8 * budget - 1, 8 * budget, 8 * budget + 1, 200):
             lst, tup, dct, fset = [], (), {{}}, frozenset()
@@ -294,13 +319,17 @@ def test_one_item_containers_at_the_cap(impl: str, budget: int) -> None:
             assert ds(lst, budget=budget) == depth * gs([None]) + gs([])
             assert ds(tup, budget=budget) == depth * gs((None,))
             assert P.deep_sizeof(lst, budget=budget) == ds(lst, budget=budget)
-            assert P._deep_sizeof_stats(dct, budget=budget) == M._deep_sizeof_stats(dct, budget=budget)
-            assert P._deep_sizeof_stats(fset, budget=budget) == M._deep_sizeof_stats(fset, budget=budget)
+            for obj in (dct, fset):
+                want = M._deep_sizeof_stats(obj, budget=budget)
+                assert P._deep_sizeof_stats(obj, budget=budget) == want
         print("ok")
-    """, impl)
+    """,
+        impl,
+    )
 
 
 # ----------------------------------------------------------- saturation
+
 
 class HugeButPlausible:
     """Reports just under MAX_OBJECT_SIZE (2**48): accepted as is."""
@@ -335,7 +364,7 @@ def test_sum_of_sizes_saturates(impl: str, budget: int) -> None:
 def test_weights_multiplied_along_a_chain_saturate(impl: str, depth: int) -> None:
     mod = impl_module(impl)
     chain = sampled_chain(depth)
-    size, units, sampled = mod._deep_sizeof_stats(chain, budget=1)
+    size, _units, sampled = mod._deep_sizeof_stats(chain, budget=1)
     assert sampled == depth  # each level was sampled, the weight grew by 9
     if depth == 5:
         assert 0 < size < sys.maxsize

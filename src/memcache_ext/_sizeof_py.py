@@ -51,7 +51,8 @@ import enum
 import gc
 import sys
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["deep_sizeof", "DEFAULT_BUDGET"]
 
@@ -86,6 +87,7 @@ def sample_phase(counter: int, n: int) -> int:
     z ^= z >> 31
     return z % n
 
+
 _PTR = 8 if sys.maxsize > 2**32 else 4
 
 # --- calibration of what sys.getsizeof adds to __sizeof__ -------------------
@@ -95,7 +97,7 @@ TPFLAGS_HAVE_GC = 1 << 14
 TPFLAGS_MANAGED_DICT = (1 << 4) if sys.version_info >= (3, 11) else 0
 TPFLAGS_PREHEADER = TPFLAGS_MANAGED_DICT | ((1 << 3) if sys.version_info >= (3, 12) else 0)
 
-_type_flags: Callable[[type], int] = type.__dict__["__flags__"].__get__  # type: ignore[attr-defined]
+_type_flags: Callable[[type], int] = type.__dict__["__flags__"].__get__
 
 GC_HEAD = sys.getsizeof([]) - [].__sizeof__()
 
@@ -120,28 +122,30 @@ INLINE_VALUES = sys.implementation.name == "cpython" and (3, 11) <= sys.version_
 #: carry up to ~270 bytes of slots. (The shrink happens after the allocation is
 #: sized: until the keys settle at attribute count + 1, each instance holds one
 #: slot more than its capacity byte says, which the walk cannot see: 8 bytes,
-#: or 16, under per such instance; exact in steady state.) A materialized ``__dict__`` (``vars(obj)``)
-#: is then only a dict header that borrows those values: it allocates
+#: or 16, under per such instance; exact in steady state.) A materialized
+#: ``__dict__`` (``vars(obj)``) is then only a dict header that borrows those values: it allocates
 #: ``sys.getsizeof({})`` (64) bytes, although ``sys.getsizeof`` of it reports
 #: the borrowed values as well, and the object's tp_traverse does not report it
 #: (it visits the inline values as long as they are valid). Both are read in
 #: place (read-only): the capacity byte of the values block and the managed
 #: dict pointer of the pre-header. Enabled only if a probe matches the layout.
 #: Not enabled on 3.14+, whose layout has not been checked.
-TPFLAGS_INLINE_VALUES = (1 << 2) if (
-    sys.implementation.name == "cpython" and sys.version_info[:2] == (3, 13)) else 0
+TPFLAGS_INLINE_VALUES = (
+    (1 << 2) if (sys.implementation.name == "cpython" and sys.version_info[:2] == (3, 13)) else 0
+)
 
 #: What a materialized dict that borrows inline values allocates: its header.
 DICT_SHELL = sys.getsizeof({})
 
-_type_basicsize: Callable[[type], int] = type.__dict__["__basicsize__"].__get__  # type: ignore[attr-defined]
+_type_basicsize: Callable[[type], int] = type.__dict__["__basicsize__"].__get__
 
 
 def header_size(tp: type) -> int:
     """What ``sys.getsizeof`` adds to ``__sizeof__`` for instances of ``tp``."""
     flags = _type_flags(tp)
     return (GC_HEAD if flags & TPFLAGS_HAVE_GC else 0) + (
-        PREHEADER if flags & TPFLAGS_PREHEADER else 0)
+        PREHEADER if flags & TPFLAGS_PREHEADER else 0
+    )
 
 
 def inline_values_size(k: int) -> int:
@@ -179,7 +183,8 @@ def _make_inline_extra() -> Callable[[Any, type], int] | None:
             base = id(o) + _type_basicsize(t)
             size = inline_block_size(c_uint8.from_address(base).value)
             # valid (byte 3): the values are live; a dict, if any, borrows them
-            if c_uint8.from_address(base + 3).value and c_void_p.from_address(id(o) - dict_slot).value:
+            borrowed = c_void_p.from_address(id(o) - dict_slot).value
+            if c_uint8.from_address(base + 3).value and borrowed:
                 size += DICT_SHELL
             return size
 
@@ -191,20 +196,24 @@ def _make_inline_extra() -> Callable[[Any, type], int] | None:
         probes = [_Inline() for _ in range(4)]
         fresh = _Inline()
         caps = [c_uint8.from_address(id(p) + _type_basicsize(_Inline)).value for p in probes]
-        ok = (_type_flags(_Inline) & TPFLAGS_INLINE_VALUES
-              and all(2 <= c <= 30 for c in caps)
-              and c_uint8.from_address(id(fresh) + _type_basicsize(_Inline) + 1).value == 2  # size
-              and not c_void_p.from_address(id(fresh) - dict_slot).value)
+        ok = (
+            _type_flags(_Inline) & TPFLAGS_INLINE_VALUES
+            and all(2 <= c <= 30 for c in caps)
+            and c_uint8.from_address(id(fresh) + _type_basicsize(_Inline) + 1).value == 2  # size
+            and not c_void_p.from_address(id(fresh) - dict_slot).value
+        )
         if ok:
             plain = inline_extra(fresh, _Inline)
             d = vars(fresh)
-            ok = (c_void_p.from_address(id(fresh) - dict_slot).value == id(d)
-                  and inline_extra(fresh, _Inline) == plain + DICT_SHELL
-                  and not any(type(r) is dict for r in gc.get_referents(fresh)))
+            ok = (
+                c_void_p.from_address(id(fresh) - dict_slot).value == id(d)
+                and inline_extra(fresh, _Inline) == plain + DICT_SHELL
+                and not any(type(r) is dict for r in gc.get_referents(fresh))
+            )
         if ok:
             return inline_extra
-    except Exception:  # pragma: no cover - unexpected layout
-        pass
+    except Exception:  # noqa: BLE001, S110 - any surprise in the probe: no inline-values layout
+        pass  # pragma: no cover
     return None  # pragma: no cover
 
 
@@ -214,6 +223,7 @@ if inline_extra is None:
 
 
 # --- interned strings --------------------------------------------------------
+
 
 def _make_is_interned() -> Callable[[str], bool]:
     fn = getattr(sys, "_is_interned", None)
@@ -233,11 +243,15 @@ def _make_is_interned() -> Callable[[str], bool]:
 
             fresh = "".join(["memcache_ext", "_probe_", "not_interned"])
             mine = sys.intern("".join(["memcache_ext", "_probe_", "interned"]))
-            if (not _is_interned(fresh) and _is_interned(mine)
-                    and _is_interned("deep_sizeof") and not _is_interned(str(10**20))):
+            if (
+                not _is_interned(fresh)
+                and _is_interned(mine)
+                and _is_interned("deep_sizeof")
+                and not _is_interned(str(10**20))
+            ):
                 return _is_interned
-        except Exception:  # pragma: no cover - unexpected layout
-            pass
+        except Exception:  # noqa: BLE001, S110 - any surprise in the probe: fall back below
+            pass  # pragma: no cover
 
     def _approx(s: str) -> bool:  # pragma: no cover - non-CPython only
         # No way to ask: identifier-like strings are what compilers intern.
@@ -251,10 +265,17 @@ is_interned = _make_is_interned()
 # --- what is shared by the whole process -------------------------------------
 
 SHARED_TYPES: tuple[type, ...] = (
-    type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType,
-    types.MethodType, types.CodeType, types.MethodDescriptorType,
-    types.WrapperDescriptorType, types.MethodWrapperType,
-    types.GetSetDescriptorType, types.MemberDescriptorType,
+    type,
+    types.ModuleType,
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    types.MethodType,
+    types.CodeType,
+    types.MethodDescriptorType,
+    types.WrapperDescriptorType,
+    types.MethodWrapperType,
+    types.GetSetDescriptorType,
+    types.MemberDescriptorType,
     types.ClassMethodDescriptorType,
 )
 ENUM_META: type = enum.EnumMeta
@@ -265,7 +286,7 @@ LEAF_TYPES = frozenset((int, float, str, bytes, complex))
 def is_shared(o: Any, t: type) -> bool:
     """True if ``o`` (of exact type ``t``) is shared by the process: charged 0."""
     if t is int:
-        return -5 <= o <= 256
+        return bool(-5 <= o <= 256)
     if t is str:
         n = len(o)
         return n == 0 or (n == 1 and ord(o) < 256) or is_interned(o)
@@ -345,7 +366,9 @@ def _walk(root: Any, budget: int) -> tuple[int, int, int]:
 
     seen = {id(root)}
     stack: list[tuple[Any, float, int]] = [(root, 1.0, budget)]
-    hard_cap = budget * SMALL_CAP_FACTOR if budget <= sys.maxsize // SMALL_CAP_FACTOR else sys.maxsize
+    hard_cap = (
+        budget * SMALL_CAP_FACTOR if budget <= sys.maxsize // SMALL_CAP_FACTOR else sys.maxsize
+    )
     total_i = 0
     total_f = 0.0
     units = 0
@@ -449,8 +472,12 @@ def _walk(root: Any, budget: int) -> tuple[int, int, int]:
                         repeated.add(id(c))
             elif pairs:
                 ents = _entries(o)
-                children = [x for p in positions if 2 * p + 1 < len(ents)
-                            for x in (ents[2 * p], ents[2 * p + 1])]
+                children = [
+                    x
+                    for p in positions
+                    if 2 * p + 1 < len(ents)
+                    for x in (ents[2 * p], ents[2 * p + 1])
+                ]
             else:
                 members = list(o)
                 children = [members[p] for p in positions if p < len(members)]
@@ -486,7 +513,7 @@ def _walk(root: Any, budget: int) -> tuple[int, int, int]:
         if pushed:
             rest = a - used
             ca = rest // len(pushed) if rest > 0 else 0
-            for c, cw in zip(pushed, pushed_w):
+            for c, cw in zip(pushed, pushed_w, strict=True):
                 stack.append((c, cw, ca))
     return _total(total_i, total_f), units, sampled
 

@@ -140,10 +140,18 @@ def test_no_progress_through_a_pipe(tmp_path: Path) -> None:
     assert data["summary"] == lines[0] and data["results"][0]["get_hit"] > 0
 
 
-@posix_only
-def test_no_progress_when_the_terminal_is_dumb() -> None:
-    r = on_pty(cli("--help"), {"TERM": "dumb"})
-    assert r.returncode == 0 and "\x1b[K" not in r.out
+def test_no_progress_when_the_terminal_is_dumb(monkeypatch: pytest.MonkeyPatch) -> None:
+    from memcache_ext.tools.progress import enabled_for
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setenv("TERM", "xterm")
+    assert enabled_for(Tty())
+    monkeypatch.setenv("TERM", "dumb")
+    assert not enabled_for(Tty())
+    assert not enabled_for(io.StringIO())
 
 
 # -- the table, the legend --------------------------------------------------------------
@@ -306,3 +314,52 @@ def test_worker_reports_its_phases() -> None:
 
 if sys.platform == "win32":  # pragma: no cover
     pytestmark = pytest.mark.skip(reason="the bench's workers and the pty runs are POSIX-tested")
+
+
+# -- benchmarks/bench_hitratio.py ----------------------------------------------------------
+
+
+def bench_hitratio() -> Any:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_hitratio.py"
+    if not path.exists():
+        pytest.skip("benchmarks/ is not part of this copy")
+    spec = importlib.util.spec_from_file_location("bench_hitratio", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cost_targets_report_met_and_missed() -> None:
+    bh = bench_hitratio()
+    cost = {
+        "CLruCache": {"get_hit": 15.0, "set_evict": 40.0, "bytes_per_entry": 56.7},
+        "CLruCache s3fifo": {"get_hit": 14.0, "set_evict": 52.0, "bytes_per_entry": 65.2},
+    }
+    got = list(bh.cost_targets(cost))
+    assert got == [
+        ("get hit under s3fifo costs no more than under lru", "14.0 vs 15.0 ns: 0.93x", True),
+        ("set with eviction at most 1.2x lru's", "52.0 vs 40.0 ns: 1.30x", False),
+        ("at most 64 bytes per entry, ghost included", "65.2 B (lru: 56.7 B)", False),
+    ]
+    text = bh.render_cost(cost, {"rounds": 3, "repeats": 7})
+    assert "CLruCache s3fifo" in text and max(map(len, text.splitlines())) <= 100
+
+
+@pytest.mark.slow
+def test_bench_hitratio_quick_writes_what_the_docs_read(tmp_path: Path) -> None:
+    pytest.importorskip("libcachesim")
+    out = tmp_path / "hitratio.json"
+    script = str(Path(__file__).resolve().parents[1] / "benchmarks" / "bench_hitratio.py")
+    bench_hitratio()  # skips where benchmarks/ is absent
+    r = on_pipe(python(script, "--quick", "--no-cost", "--json", str(out)), timeout=600)
+    assert r.returncode == 0, r.err
+    assert r.err == ""
+    assert "Targets (issue 15)" in r.out
+    assert "  met     lru hits == libCacheSim LRU hits on every row: equal on every row" in r.out
+    data = json.loads(out.read_text())
+    names = [row["name"] for row in data["results"]]
+    assert names[0] == "Zipf 0.8, 1%" and "loop 1.2x, 10%" in names
+    assert {"environment", "size", "rounds", "repeats", "targets"} <= set(data)

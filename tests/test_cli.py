@@ -150,7 +150,7 @@ def test_info_names_the_import_error() -> None:
         "import runpy, sys; sys.modules['memcache_ext._core_c'] = None; "
         "sys.argv = ['memcache_ext', 'info']; runpy.run_module('memcache_ext', run_name='__main__')"
     )
-    r = on_pipe(python("-c", code))
+    r = on_pipe(python("-c", code), {"MEMCACHE_EXT_PURE_PYTHON": ""})
     assert r.returncode == 0, r.err
     assert "core:          pure-Python: the compiled core does not import: " in r.out
     assert "memcache_ext._core_c" in r.out

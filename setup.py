@@ -138,9 +138,9 @@ class pure_record_build_py(build_py):
     def run(self) -> None:
         super().run()
         if not self.distribution.ext_modules:
-            reason = ("MEMCACHE_EXT_PURE_PYTHON or a non-CPython interpreter" if PURE
-                      else "Cython was not available")
-            record = dict(BUILD, compiled=[], failed={}, reason=f"pure-Python build: {reason}")
+            reason = ("MEMCACHE_EXT_PURE_PYTHON was set, or the interpreter is not CPython"
+                      if PURE else "Cython was not available")
+            record = dict(BUILD, compiled=[], failed={}, reason=reason)
             _write_record(os.path.join(self.build_lib, "memcache_ext"), record)
 
 

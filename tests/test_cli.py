@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import pytest
 
@@ -171,3 +172,54 @@ def test_summary_of_each_state() -> None:
     assert "compiled core (gcc 12.2.0, Cython 3.1.2)" in info.summary(data)
     data["extras"] = {"bench": {"a": "1", "b": None}, "plot": {"matplotlib": None}}
     assert "extras: bench (partly) (not installed: plot)" in info.summary(data)
+
+
+def test_a_reader_that_goes_away_is_no_error() -> None:
+    import subprocess
+
+    proc = subprocess.Popen(cli("info"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # as `| head -1` does once it has its line
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) in (0, 141), err
+    assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+@pytest.mark.parametrize(
+    "record, state, why",
+    [
+        (
+            {"compiled": [], "failed": {}, "reason": "MEMCACHE_EXT_PURE_PYTHON was set"},
+            "pure-Python (built without the extension)",
+            "MEMCACHE_EXT_PURE_PYTHON was set",
+        ),
+        (
+            {"compiled": [], "failed": {"*": "command 'false' failed: No such file"}},
+            "pure-Python (the build fell back)",
+            "the C extension could not be compiled: command 'false' failed: No such file",
+        ),
+        (
+            None,
+            "pure-Python",
+            "the compiled core does not import: No module named 'memcache_ext._core_c'",
+        ),
+    ],
+    ids=["pure-build", "fell-back", "no-record"],
+)
+def test_info_says_why_for_each_kind_of_pure_install(
+    monkeypatch: pytest.MonkeyPatch, record: Any, state: str, why: str
+) -> None:
+    from memcache_ext import _core
+    from memcache_ext.tools import info
+
+    monkeypatch.setattr(info, "build_record", lambda: record)
+    monkeypatch.setattr(info, "PURE_PYTHON", False)
+    monkeypatch.setattr(_core, "IMPLEMENTATION", "python")
+    monkeypatch.setattr(_core, "IMPORT_ERROR", " (No module named 'memcache_ext._core_c')")
+    core = info.core()
+    assert (core["state"], core["why"]) == (state, why)
+    data = dict(info.collect(), core=core)
+    text = info.render(data)
+    assert f"core:          {state}: {why}" in text
+    assert "pip install --only-binary memcache-ext memcache-ext" in text
+    assert f"PURE-PYTHON core ({why[:67]}" in info.summary(data)

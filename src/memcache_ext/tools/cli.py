@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 import sys
 from typing import Optional
 
@@ -68,4 +69,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return usage_error(f"unknown command {first!r} (commands: {names}){hint}")
     module = importlib.import_module(COMMANDS[first][0])
-    return int(module.main(argv[1:]))
+    try:
+        return int(module.main(argv[1:]))
+    except BrokenPipeError:  # `... | head`: the reader has gone, as for any Unix tool
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
+        return 141

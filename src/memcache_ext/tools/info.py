@@ -80,7 +80,7 @@ def core() -> dict[str, Any]:
         out["state"] = "pure-Python (the build fell back)"
         out["why"] = "the C extension could not be compiled: " + str(next(iter(failed.values())))
     elif record is not None and record.get("reason"):
-        out["state"] = "pure-Python"
+        out["state"] = "pure-Python (built without the extension)"
         out["why"] = str(record["reason"])
     else:
         out["state"] = "pure-Python"
@@ -218,7 +218,7 @@ def render(d: dict[str, Any]) -> str:
         for name, error in (build.get("failed") or {}).items():
             lines.append(f"               failed: {name}: {error}")
         if build.get("reason"):
-            lines.append(f"               {build['reason']}")
+            lines.append(f"               why: {build['reason']}")
     lines.append(f"deep_sizeof:   {'compiled' if c['deep_sizeof'] == 'c' else 'pure-Python'}")
     limit = d["memory_limit"]
     lines.append(f"memory limit:  {limit['bytes'] / MIB:,.0f} MB, from {limit['source']}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
+import time
 import weakref
 from typing import Any
 
@@ -479,3 +481,314 @@ def test_keys_follow_make_key_on_both_paths(cache_cls: type, call: Any) -> None:
     assert cache.keys() == [make_key(args, kwargs)]
     assert cache.stats()["hits"] == 1 and cache.stats()["misses"] == 1
     assert wrapped.__name__ == "f" and wrapped.__wrapped__ is f and wrapped.cache is cache
+
+
+# -- the forms of the decorator --------------------------------------------------------
+
+FORMS = (
+    "use @cached, @cached(), @cached(maxsize=..., ttl=..., max_bytes=..., policy=...) "
+    "(each builds an LruCache), or @cached(cache) with a cache instance such as "
+    "@cached(LruCache(maxsize=1024))"
+)
+
+
+def test_forms_that_build_an_lru_cache() -> None:
+    from memcache_ext import LruCache
+
+    calls: list[Any] = []
+
+    @cached
+    def bare(x: int) -> int:
+        calls.append(("bare", x))
+        return x
+
+    @cached()
+    def empty(x: int) -> int:
+        calls.append(("empty", x))
+        return x
+
+    @cached(maxsize=10, ttl=60, max_bytes=10_000, policy="s3fifo")
+    def tuned(x: int) -> int:
+        calls.append(("tuned", x))
+        return x
+
+    @cached(key=lambda x: x % 2)
+    def parity(x: int) -> int:
+        calls.append(("parity", x))
+        return x % 2
+
+    for f in (bare, empty, tuned, parity):
+        assert f(1) == f(1)
+        assert isinstance(f.cache, LruCache)
+    assert calls == [("bare", 1), ("empty", 1), ("tuned", 1), ("parity", 1)]
+    assert parity(3) == 1 and len(calls) == 4
+    assert bare.cache.maxsize == empty.cache.maxsize == 128 and bare.cache is not empty.cache
+    c = tuned.cache
+    assert (c.maxsize, c.ttl, c.max_bytes, c.policy) == (10, 60, 10_000, "s3fifo")
+    assert bare.__name__ == "bare" and bare.__wrapped__.__name__ == "bare"
+
+
+def test_bare_form_on_async_functions_and_methods() -> None:
+    @cached
+    async def fetch(x: int) -> int:
+        await asyncio.sleep(0)
+        return x + 1
+
+    class Repo:
+        @cached
+        def load(self, x: int) -> int:
+            return x * 2
+
+    assert asyncio.run(fetch(1)) == 2 and fetch.cache.stats()["misses"] == 1
+    r = Repo()
+    assert r.load(2) == 4 and r.load(2) == 4 and Repo.load.cache.stats()["hits"] == 1
+
+
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        (
+            {},
+            "cached() needs a cache with get(), peek(), set() and clear(); "
+            "dict has no peek(), set(): ",
+        ),
+        (
+            10,
+            "cached(10): the first argument is the cache to use, not its size: "
+            "write @cached(maxsize=10); ",
+        ),
+        (object(), "object has no get(), peek(), set(), clear(): "),
+        ("users", "str has no get(), peek(), set(), clear(): "),
+    ],
+    ids=["dict", "int", "object", "str"],
+)
+def test_a_wrong_first_argument_names_the_right_forms(bad: Any, says: str) -> None:
+    with pytest.raises(TypeError) as err:
+        cached(bad)
+    assert says in str(err.value) and str(err.value).endswith(FORMS)
+
+
+def test_a_cache_class_instead_of_an_instance(cache_cls: type) -> None:
+    name = cache_cls.__name__
+    with pytest.raises(TypeError) as err:
+        cached(cache_cls)
+    assert str(err.value) == (
+        f"cached() needs a cache instance, not the class {name}: "
+        f"write @cached({name}(maxsize=...)); {FORMS}"
+    )
+
+
+def test_a_cache_and_settings_together(cache_cls: type) -> None:
+    with pytest.raises(
+        TypeError,
+        match=r"takes a cache or the settings of a new one, not both"
+        r" \(got a \w+ and maxsize=, ttl=\): write @cached\(maxsize=\.\.\., "
+        r"ttl=\.\.\.\) for a new LruCache",
+    ):
+        cached(cache_cls(), maxsize=5, ttl=1)
+
+
+def test_bad_settings_and_bad_targets() -> None:
+    with pytest.raises(ValueError, match="maxsize must be >= 0"):
+        cached(maxsize=-1)
+    with pytest.raises(ValueError, match="'lru', 's3fifo'"):
+        cached(policy="arc")
+    with pytest.raises(TypeError) as err:
+        cached()(5)  # type: ignore[type-var]  # deliberately wrong
+    assert str(err.value) == f"cached decorates a function or method, not 'int'; {FORMS}"
+
+
+# -- leases: a write during the computation is never overwritten ---------------------------
+
+
+def blocked_loader(calls: list[Any]) -> tuple[Any, threading.Event, threading.Event]:
+    started, go = threading.Event(), threading.Event()
+
+    def load(user: int) -> str:
+        calls.append(user)
+        started.set()
+        assert go.wait(10), "the writer never let the computation finish"
+        return f"old {user}"
+
+    return load, started, go
+
+
+WRITES = {
+    "invalidate": lambda c: c.invalidate(7),
+    "set": lambda c: c.set(7, "new 7"),
+    "setitem": lambda c: c.__setitem__(7, "new 7"),
+    "pop": lambda c: c.pop(7, None),
+    "clear": lambda c: c.clear(),
+}
+
+
+@pytest.mark.parametrize("write", list(WRITES))
+def test_a_write_during_the_computation_wins(cache_cls: type, write: str) -> None:
+    """The cache-aside race: the reader misses and loads the old row, the writer
+    commits and invalidates, then the reader would store the old row."""
+    cache = cache_cls(maxsize=10)
+    calls: list[Any] = []
+    load, started, go = blocked_loader(calls)
+    wrapped = cached(cache)(load)
+    results: list[Any] = []
+    reader = threading.Thread(target=lambda: results.append(wrapped(7)))
+    second = threading.Thread(target=lambda: results.append(wrapped(7)))
+    reader.start()
+    assert started.wait(10)
+    second.start()  # joins the computation in flight
+    time.sleep(0.2)
+    WRITES[write](cache)
+    go.set()
+    reader.join(10)
+    second.join(10)
+    assert results == ["old 7", "old 7"]  # both callers get the value computed
+    assert calls == [7]  # single-flight kept
+    if write in ("set", "setitem"):
+        assert cache.peek(7) == "new 7"  # the writer's value, not the stale one
+        assert wrapped(7) == "new 7"
+    else:
+        assert 7 not in cache  # not stored
+        go.set()
+        assert wrapped(7) == "old 7" and calls == [7, 7]  # computed again, stored this time
+        assert cache.peek(7) == "old 7"
+    assert wrapped._inflight == {}
+
+
+def test_a_write_during_an_async_computation_wins(cache_cls: type) -> None:
+    cache = cache_cls(maxsize=10)
+    calls: list[int] = []
+
+    async def main() -> list[Any]:
+        started, go = asyncio.Event(), asyncio.Event()
+
+        @cached(cache)
+        async def load(user: int) -> str:
+            calls.append(user)
+            started.set()
+            await go.wait()
+            return f"old {user}"
+
+        first, second = asyncio.ensure_future(load(7)), asyncio.ensure_future(load(7))
+        await started.wait()
+        cache.invalidate(7)
+        go.set()
+        return list(await asyncio.gather(first, second))
+
+    assert asyncio.run(main()) == ["old 7", "old 7"]
+    assert calls == [7] and 7 not in cache
+
+
+def test_a_clear_during_a_method_computation_wins(cache_cls: type) -> None:
+    cache = cache_cls(maxsize=10)
+    calls: list[Any] = []
+    load, started, go = blocked_loader(calls)
+
+    class Repo:
+        @cached(cache)
+        def user(self, user_id: int) -> str:
+            return str(load(user_id))
+
+    repo = Repo()
+    results: list[Any] = []
+    t = threading.Thread(target=lambda: results.append(repo.user(7)))
+    t.start()
+    assert started.wait(10)
+    cache.clear()
+    go.set()
+    t.join(10)
+    assert results == ["old 7"] and len(cache) == 0
+
+
+class LeaseLog:
+    """A cache of this package behind a proxy that records the lease calls."""
+
+    def __init__(self, cache: Any) -> None:
+        self.cache = cache
+        self.log: list[str] = []
+        self.get, self.peek, self.clear = cache.get, cache.peek, cache.clear
+
+    def set(self, key: Any, value: Any) -> Any:
+        self.log.append("set")
+        return self.cache.set(key, value)
+
+    def lease(self, key: Any) -> Any:
+        self.log.append("lease")
+        return self.cache.lease(key)
+
+    def fill(self, key: Any, value: Any, token: Any) -> Any:
+        self.log.append("fill")
+        return self.cache.fill(key, value, token)
+
+    def drop_lease(self, token: Any) -> None:
+        self.log.append("drop_lease")
+        self.cache.drop_lease(token)
+
+
+def test_the_miss_path_takes_a_lease_and_drops_it_on_error(cache_cls: type) -> None:
+    proxy = LeaseLog(cache_cls(maxsize=10))
+    fail = [True]
+
+    @cached(proxy)
+    def load(x: int) -> int:
+        if fail[0]:
+            raise KeyError(x)
+        return x
+
+    with pytest.raises(KeyError):
+        load(1)
+    assert proxy.log == ["lease", "drop_lease"]
+    fail[0] = False
+    assert load(1) == 1 and load(1) == 1
+    assert proxy.log == ["lease", "drop_lease", "lease", "fill"]
+
+    async def aload_ok() -> int:
+        @cached(proxy)
+        async def aload(x: int) -> int:
+            if fail[0]:
+                raise KeyError(x)
+            return x + 100
+
+        fail[0] = True
+        with pytest.raises(KeyError):
+            await aload(2)
+        fail[0] = False
+        return await aload(2)
+
+    proxy.log.clear()
+    assert asyncio.run(aload_ok()) == 102
+    assert proxy.log == ["lease", "drop_lease", "lease", "fill"]
+
+
+def test_a_cache_without_leases_keeps_working() -> None:
+    class DictCache:
+        """get/peek/set/clear only, as a cache of one's own may be."""
+
+        def __init__(self) -> None:
+            self.data: dict[Any, Any] = {}
+
+        def get(self, key: Any, default: Any = None) -> Any:
+            return self.data.get(key, default)
+
+        peek = get
+
+        def set(self, key: Any, value: Any) -> bool:
+            self.data[key] = value
+            return True
+
+        def clear(self) -> None:
+            self.data.clear()
+
+    calls: list[int] = []
+    store = DictCache()
+
+    @cached(store)
+    def square(x: int) -> int:
+        calls.append(x)
+        return x * x
+
+    @cached(store, key=lambda x: ("async", x))
+    async def asquare(x: int) -> int:
+        return x * x
+
+    assert square(3) == 9 and square(3) == 9 and calls == [3]
+    assert asyncio.run(asquare(4)) == 16 and store.data == {3: 9, ("async", 4): 16}

@@ -386,6 +386,8 @@ def test_stats_endpoint_content() -> None:
     MemoryStats.model_validate(body)
     assert set(body["caches"]) == {"users", "pages"}
     assert body["caches"]["users"]["misses"] == 1 and body["caches"]["users"]["maxsize"] == 10
+    users = body["caches"]["users"]
+    assert users["lookups"] == users["hits"] + users["misses"]
     assert body["limit"]["mb"] == 1000 and body["limit"]["source"] == "configured"
     assert body["process"]["rss_mb"] == 200
     assert len(body["cleanups"]) == 1 and body["cleanups"][0]["reason"] == "forced"
@@ -422,6 +424,7 @@ def test_stats_schema_in_openapi() -> None:
         assert name in schemas
     assert "memory" in op["tags"]
     assert schemas["HighMemoryRequest"]["properties"]["route"]["description"]
+    assert "`in` and peek do not" in schemas["CacheStats"]["properties"]["lookups"]["description"]
 
 
 def test_dependencies_protect_the_stats_router() -> None:

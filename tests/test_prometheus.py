@@ -51,6 +51,7 @@ def test_metric_names_types_and_values() -> None:
     counters = {
         "memcache_ext_cache_hits",
         "memcache_ext_cache_misses",
+        "memcache_ext_cache_lookups",
         "memcache_ext_cache_evictions",
         "memcache_ext_cache_expirations",
         "memcache_ext_cache_rejected",
@@ -76,6 +77,7 @@ def test_metric_names_types_and_values() -> None:
         assert fams[name].type == "gauge", name
     assert samples(fams["memcache_ext_cache_hits"], cache="users") == [1]
     assert samples(fams["memcache_ext_cache_misses"], cache="users") == [1]
+    assert samples(fams["memcache_ext_cache_lookups"], cache="users") == [2]
     assert samples(fams["memcache_ext_cache_evictions"], cache="users", reason="capacity") == [1]
     assert samples(fams["memcache_ext_cache_evictions"], cache="users", reason="trim") == [0]
     assert samples(fams["memcache_ext_cache_entries"], cache="users") == [2]

@@ -229,3 +229,82 @@ def test_nested_singletons_across_threads() -> None:
         timeout=30,
     )
     assert out.strip() == "ok"
+
+
+# -- arguments are compared as the constructor binds them ------------------------------
+
+
+def test_positional_and_keyword_are_the_same_call() -> None:
+    class B(metaclass=SingletonMeta):
+        def __init__(self, x: int, y: int = 2) -> None:
+            self.x, self.y = x, y
+
+    b = B(1)
+    assert B(x=1) is b and B(1, 2) is b and B(1, y=2) is b and B(y=2, x=1) is b
+
+
+def test_the_default_value_is_the_same_call_as_leaving_it_out() -> None:
+    class D(metaclass=SingletonMeta):
+        def __init__(self, conn: object = None, *, retries: int = 3) -> None:
+            self.conn = conn
+
+    d = D()
+    assert D(None) is d and D(conn=None) is d and D(None, retries=3) is d
+
+
+def test_different_arguments_name_both_calls_and_the_way_out() -> None:
+    class B(metaclass=SingletonMeta):
+        def __init__(self, x: int, y: int = 2) -> None:
+            pass
+
+    B(1)
+    with pytest.raises(TypeError) as err:
+        B(1, y=3)
+    assert str(err.value) == (
+        "B is a singleton already created with different arguments: B(1, 2), and this call "
+        "asks for B(1, 3); call it without arguments, or SingletonMeta.reset(B) first"
+    )
+
+
+def test_arguments_the_constructor_refuses_are_named() -> None:
+    class B(metaclass=SingletonMeta):
+        def __init__(self, x: int = 0) -> None:
+            pass
+
+    class N(metaclass=SingletonMeta):
+        pass
+
+    B()
+    N()
+    with pytest.raises(TypeError, match=r"^B\(\): got an unexpected keyword argument 'z'$"):
+        B(z=1)
+    with pytest.raises(TypeError, match=r"^N\(\): too many positional arguments$"):
+        N(1)
+
+
+def test_star_arguments_and_new() -> None:
+    class V(metaclass=SingletonMeta):
+        def __init__(self, *args: int, **kwargs: int) -> None:
+            pass
+
+    class W(metaclass=SingletonMeta):
+        def __new__(cls, size: int = 4) -> W:
+            return super().__new__(cls)
+
+    v, w = V(1, a=2), W()
+    assert V(1, a=2) is v and W(4) is w and W(size=4) is w
+    with pytest.raises(TypeError, match="different arguments"):
+        V(1)
+    with pytest.raises(TypeError, match=r"W\(4\), and this call asks for W\(5\)"):
+        W(5)
+
+
+def test_long_arguments_are_shortened_in_the_message() -> None:
+    class C(metaclass=SingletonMeta):
+        def __init__(self, text: str) -> None:
+            pass
+
+    C("a" * 1000)
+    with pytest.raises(TypeError) as err:
+        C("b" * 1000)
+    assert len(str(err.value)) < 300 and "..." in str(err.value)

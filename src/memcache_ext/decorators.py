@@ -1,12 +1,22 @@
-"""``cached(cache, key=None)``: memoize sync and async functions and methods.
+"""``cached``: memoize sync and async functions and methods.
 
     from memcache_ext import LruCache, cached
 
-    @cached(LruCache(maxsize=1024, ttl=60))
+    @cached                                  # a new LruCache() (128 entries)
+    def parse(text: str) -> dict: ...
+
+    @cached(maxsize=1024, ttl=60)            # a new LruCache(maxsize=1024, ttl=60)
     def user_context(user_id: int) -> dict: ...
 
-    @cached(LruCache(maxsize=256))
+    @cached(LruCache(maxsize=256, policy="s3fifo"))   # a cache of your own
     async def fetch(url: str) -> bytes: ...
+
+The forms: ``@cached``, ``@cached()``, ``@cached(maxsize=..., ttl=...,
+max_bytes=..., policy=...)`` (each builds an ``LruCache`` with those
+settings), and ``@cached(cache)`` with any cache of this package (or any
+object with ``get``, ``peek``, ``set`` and ``clear`` of the same meaning).
+``key=`` and ``method=`` go with any of them. A wrong form raises TypeError
+naming the right ones.
 
 Semantics:
 
@@ -24,6 +34,13 @@ Semantics:
   and asyncio tasks await it (on any event loop). The result is stored, then
   handed to every waiter. An exception is not cached and is raised in every
   waiter; the next call computes again.
+* Leases (caches with ``lease``/``fill``/``drop_lease``, as every cache of
+  this package): the computation runs under a lease on its key, taken before
+  it starts. If the key is written or invalidated meanwhile (``invalidate``,
+  ``del``, ``pop``, ``set``, ``clear``), the result is still returned to the
+  callers but not stored, so a value read before a writer's change never
+  outlives it in the cache. A value another fill stored meanwhile wins and is
+  returned instead. Other caches get a plain ``set`` of the result.
 * Async: the computation runs in its own task, and every caller (the first
   one included) awaits it through ``asyncio.shield``: cancelling one caller
   does not cancel the computation or the other callers, and the result is
@@ -54,15 +71,36 @@ import inspect
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any, Optional, TypeVar
+from typing import Any, Optional, Protocol, TypeVar, overload
 
 from . import _fastcall, _fastcall_py
-from ._constants import MISSING
+from ._constants import MISSING, UNSET
+from ._core import LruCache
 from .keys import KWARGS_MARK, make_key
 
 __all__ = ["cached", "make_key"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: The methods ``cached`` needs of a cache.
+CACHE_METHODS = ("get", "peek", "set", "clear")
+FORMS = (
+    "use @cached, @cached(), @cached(maxsize=..., ttl=..., max_bytes=..., policy=...) "
+    "(each builds an LruCache), or @cached(cache) with a cache instance such as "
+    "@cached(LruCache(maxsize=1024))"
+)
+
+
+class CacheLike(Protocol):
+    """What ``cached`` needs of a cache (every cache of this package has it)."""
+
+    def get(self, key: Any, default: Any, /) -> Any: ...
+
+    def peek(self, key: Any, default: Any, /) -> Any: ...
+
+    def set(self, key: Any, value: Any, /) -> Any: ...
+
+    def clear(self) -> None: ...
 
 
 class _Token:
@@ -144,25 +182,99 @@ def _looks_like_method(func: Callable[..., Any]) -> bool:
     return code is not None and code.co_argcount >= 1 and code.co_varnames[0] in ("self", "cls")
 
 
-def cached(
-    cache: Any, key: Optional[Callable[..., Any]] = None, *, method: Optional[bool] = None
-) -> Callable[[F], F]:
-    """Decorate a sync or async function or method to memoize it in ``cache``.
+def _not_a_cache(cache: Any) -> str:
+    """Why ``cache`` cannot be the cache of ``cached``, with the forms that work."""
+    name = type(cache).__name__
+    if isinstance(cache, type):
+        return (
+            f"cached() needs a cache instance, not the class {cache.__name__}: "
+            f"write @cached({cache.__name__}(maxsize=...)); {FORMS}"
+        )
+    if isinstance(cache, int) and not isinstance(cache, bool):
+        return (
+            f"cached({cache!r}): the first argument is the cache to use, not its size: "
+            f"write @cached(maxsize={cache!r}); {FORMS}"
+        )
+    lacks = ", ".join(f"{m}()" for m in CACHE_METHODS if not callable(getattr(cache, m, None)))
+    return (
+        f"cached() needs a cache with get(), peek(), set() and clear(); "
+        f"{name} has no {lacks}: {FORMS}"
+    )
 
-    ``cache`` is any cache of this package (or any object with ``get``,
-    ``peek``, ``set`` and ``clear`` of the same meaning). ``key`` builds the
-    cache key from the call's arguments; ``method`` overrides the detection of
-    methods. See the module docstring for the full contract.
+
+def _is_cache(obj: Any) -> bool:
+    return not isinstance(obj, type) and all(callable(getattr(obj, m, None)) for m in CACHE_METHODS)
+
+
+@overload
+def cached(cache: F, /) -> F: ...
+
+
+@overload
+def cached(
+    cache: Optional[CacheLike] = None,
+    key: Optional[Callable[..., Any]] = None,
+    *,
+    method: Optional[bool] = None,
+    maxsize: Optional[int] = ...,
+    ttl: Optional[float] = ...,
+    max_bytes: Optional[int] = ...,
+    policy: str = ...,
+) -> Callable[[F], F]: ...
+
+
+def cached(
+    cache: Any = None,
+    key: Optional[Callable[..., Any]] = None,
+    *,
+    method: Optional[bool] = None,
+    maxsize: Any = UNSET,
+    ttl: Any = UNSET,
+    max_bytes: Any = UNSET,
+    policy: Any = UNSET,
+) -> Any:
+    """Memoize a sync or async function or method (see the module docstring).
+
+    ``@cached`` and ``@cached()`` use a new ``LruCache()``;
+    ``@cached(maxsize=..., ttl=..., max_bytes=..., policy=...)`` a new
+    ``LruCache`` with those settings; ``@cached(cache)`` the cache given (any
+    cache of this package, or an object with ``get``, ``peek``, ``set`` and
+    ``clear`` of the same meaning). ``key`` builds the cache key from the
+    call's arguments; ``method`` overrides the detection of methods.
     """
-    for name in ("get", "peek", "set", "clear"):
-        if not callable(getattr(cache, name, None)):
-            raise TypeError(f"cache must have a {name}() method, not {type(cache).__name__}")
+    settings = {
+        name: value
+        for name, value in (
+            ("maxsize", maxsize),
+            ("ttl", ttl),
+            ("max_bytes", max_bytes),
+            ("policy", policy),
+        )
+        if value is not UNSET
+    }
+    func: Any = None
+    if cache is not None and not _is_cache(cache):
+        if callable(cache) and not isinstance(cache, type):
+            func, cache = cache, None  # @cached, without parentheses
+        else:
+            raise TypeError(_not_a_cache(cache))
+    elif cache is not None and settings:
+        raise TypeError(
+            f"cached() takes a cache or the settings of a new one, not both "
+            f"(got a {type(cache).__name__} and {', '.join(f'{k}=' for k in settings)}): "
+            f"write @cached({', '.join(f'{k}=...' for k in settings)}) for a new LruCache, "
+            f"or give those settings to the cache you pass"
+        )
     if key is not None and not callable(key):
         raise TypeError(f"key must be callable or None, not {type(key).__name__}")
+    if cache is None:
+        cache = LruCache(**settings)
 
     def decorator(func: F) -> F:
         if not callable(func):
-            raise TypeError(f"cached() needs a callable, not {type(func).__name__}")
+            raise TypeError(
+                f"cached decorates a function or method, not {type(func).__name__!r}; {FORMS}"
+            )
         is_method = _looks_like_method(func) if method is None else bool(method)
         if inspect.iscoroutinefunction(func):
             wrapper = _async_wrapper(func, cache, key, is_method)
@@ -173,7 +285,18 @@ def cached(
         wrapper.cache_clear = cache.clear  # type: ignore[attr-defined]  # attributes of the wrapper
         return wrapper  # type: ignore[return-value]  # same signature as func
 
-    return decorator
+    return decorator if func is None else decorator(func)
+
+
+_Call = Callable[..., Any]
+
+
+def _leases(cache: Any) -> Optional[tuple[_Call, _Call, _Call]]:
+    """(lease, fill, drop_lease) of ``cache``, or None for a cache without leases."""
+    lease, fill, drop = (getattr(cache, n, None) for n in ("lease", "fill", "drop_lease"))
+    if callable(lease) and callable(fill) and callable(drop):
+        return lease, fill, drop
+    return None
 
 
 def _key_builders(
@@ -204,10 +327,26 @@ def _sync_wrapper(
     func: Callable[..., Any], cache: Any, key: Optional[Callable[..., Any]], is_method: bool
 ) -> Callable[..., Any]:
     get, peek, store = cache.get, cache.peek, cache.set
+    leases = _leases(cache)
     lock = threading.RLock()  # RLock: a key's __eq__ may call the function again
     inflight: dict[Any, _Flight] = {}
     build, tokens = _key_builders(key, is_method)
     get_ident = threading.get_ident
+
+    def compute(k: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Call the function and store its result (under a lease, when the cache has them)."""
+        if leases is None:
+            value = func(*args, **kwargs)
+            store(k, value)
+            return value
+        lease, fill, drop_lease = leases
+        token = lease(k)
+        try:
+            value = func(*args, **kwargs)
+        except BaseException:
+            drop_lease(token)
+            raise
+        return fill(k, value, token)  # not stored if k was written or invalidated meanwhile
 
     def miss(k: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         me = get_ident()
@@ -224,8 +363,7 @@ def _sync_wrapper(
         try:
             value = peek(k, MISSING)  # someone may have stored it since our miss
             if value is MISSING:
-                value = func(*args, **kwargs)
-                store(k, value)
+                value = compute(k, args, kwargs)
         except BaseException as exc:
             with lock:
                 if inflight.get(k) is flight:
@@ -289,9 +427,25 @@ def _async_wrapper(
     func: Callable[..., Any], cache: Any, key: Optional[Callable[..., Any]], is_method: bool
 ) -> Callable[..., Any]:
     get, peek, store = cache.get, cache.peek, cache.set
+    leases = _leases(cache)
     lock = threading.RLock()
     inflight: dict[Any, _Flight] = {}
     build, tokens = _key_builders(key, is_method)
+
+    async def call_and_store(k: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Await the function and store its result (under a lease, when the cache has them)."""
+        if leases is None:
+            value = await func(*args, **kwargs)
+            store(k, value)
+            return value
+        lease, fill, drop_lease = leases
+        token = lease(k)
+        try:
+            value = await func(*args, **kwargs)
+        except BaseException:  # CancelledError too
+            drop_lease(token)
+            raise
+        return fill(k, value, token)  # not stored if k was written or invalidated meanwhile
 
     def finish(k: Any, flight: _Flight) -> None:
         with lock:
@@ -304,8 +458,7 @@ def _async_wrapper(
         try:
             value = peek(k, MISSING)
             if value is MISSING:
-                value = await func(*args, **kwargs)
-                store(k, value)
+                value = await call_and_store(k, args, kwargs)
         except asyncio.CancelledError:
             finish(k, flight)
             flight.future.cancel()

@@ -82,6 +82,8 @@ _CORE_DESCRIPTIONS = {
     "max_bytes": "Byte bound (null: none)",
     "evictions": "capacity + bytes + trim evictions",
     "rejected": "Entries refused as larger than max_bytes",
+    "lookups": "Counted lookups, hits + misses: get, [], setdefault and get_or_set "
+    "count; `in` and peek do not (so `if k in c: c[k]` reports only hits)",
 }
 _MODELS: dict[Any, type[BaseModel]] = {}
 

@@ -18,6 +18,7 @@ Prometheus scrapes. Metric families (prefix ``memcache_ext_``):
 name                                                type     labels
 ==================================================  =======  ======================
 cache_hits_total / cache_misses_total               counter  cache
+cache_lookups_total                                 counter  cache
 cache_evictions_total                               counter  cache, reason
 cache_expirations_total / cache_rejected_total      counter  cache
 cache_entries / cache_max_entries                   gauge    cache
@@ -119,6 +120,12 @@ class MemcacheCollector(Collector):
             "misses": c(
                 n("cache_misses"),
                 "Cache lookups that found nothing (or an expired entry)",
+                labels=["cache"],
+            ),
+            "lookups": c(
+                n("cache_lookups"),
+                "Counted lookups, hits + misses (get, [], setdefault, get_or_set; "
+                "`in` and peek count nothing)",
                 labels=["cache"],
             ),
             "evictions": c(
@@ -246,6 +253,9 @@ class MemcacheCollector(Collector):
                 continue
             fams["hits"].add_metric([name], cs.get("hits", 0))
             fams["misses"].add_metric([name], cs.get("misses", 0))
+            fams["lookups"].add_metric(
+                [name], cs.get("lookups", cs.get("hits", 0) + cs.get("misses", 0))
+            )
             by_reason = cs.get("evictions_by_reason") or {}
             for reason in _EVICTED:
                 fams["evictions"].add_metric([name, reason], by_reason.get(reason, 0))

@@ -12,10 +12,13 @@ Rules:
 * A constructor that calls its own class again (on the same thread) raises
   RuntimeError instead of recursing or deadlocking.
 * Arguments on later calls: a call with no arguments, or with arguments equal
-  to the first call's, returns the instance. A call with *different* arguments
-  raises TypeError: silently returning an instance configured differently
-  from what the caller asked for hides bugs. The first call's arguments are
-  kept (strongly) for that comparison until ``reset``.
+  to the first call's, returns the instance. Arguments are compared as the
+  constructor binds them, defaults applied: ``B(1)`` and ``B(x=1)`` are the
+  same call, and so are ``D()`` and ``D(None)`` when None is the default. A
+  call with *different* arguments raises TypeError naming both calls:
+  silently returning an instance configured differently from what the caller
+  asked for hides bugs. The first call's arguments are kept (strongly) for that
+  comparison until ``reset``.
 * If the constructor raises, nothing is stored and the next call tries again.
 * ``SingletonMeta.reset()`` forgets every instance; ``SingletonMeta.reset(cls)``
   or ``cls.reset()`` forgets one class's (not its subclasses'). Meant for
@@ -27,6 +30,8 @@ can still deadlock (a genuine lock cycle); construct such pairs eagerly.
 
 from __future__ import annotations
 
+import inspect
+import reprlib
 import threading
 import weakref
 from typing import Any, Optional
@@ -39,6 +44,52 @@ _INSTANCE = "_SingletonMeta__instance"
 _ARGS = "_SingletonMeta__args"
 _LOCK = "_SingletonMeta__lock"
 _BUILDER = "_SingletonMeta__builder"
+_SIGNATURE = "_SingletonMeta__signature"
+_NO_SIGNATURE = object()
+
+
+def _signature(cls: type) -> Any:
+    """The constructor's signature without ``self``/``cls``, or _NO_SIGNATURE (builtins)."""
+    sig = cls.__dict__.get(_SIGNATURE)
+    if sig is not None:
+        return sig
+    init: Any = getattr(cls, "__init__")  # noqa: B009 - mypy refuses cls.__init__
+    new: Any = getattr(cls, "__new__")  # noqa: B009
+    try:
+        if init is not object.__init__:
+            full = inspect.signature(init)
+        elif new is not object.__new__:
+            full = inspect.signature(new)
+        else:
+            full = inspect.Signature()  # object's: no arguments
+            type.__setattr__(cls, _SIGNATURE, full)
+            return full
+        sig = full.replace(parameters=list(full.parameters.values())[1:])
+    except (TypeError, ValueError):  # no signature to read: compare the calls as given
+        sig = _NO_SIGNATURE
+    type.__setattr__(cls, _SIGNATURE, sig)
+    return sig
+
+
+def _normalized(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """(args, kwargs) as the constructor binds them, defaults applied."""
+    sig = _signature(cls)
+    if sig is _NO_SIGNATURE:
+        return args, kwargs
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"{cls.__name__}(): {exc}") from None
+    bound.apply_defaults()
+    return bound.args, bound.kwargs
+
+
+def _call_repr(cls: type, call: Any) -> str:
+    args, kwargs = call
+    shown = reprlib.Repr()
+    shown.maxstring = shown.maxother = 40
+    parts = [shown.repr(a) for a in args] + [f"{k}={shown.repr(v)}" for k, v in kwargs.items()]
+    return f"{cls.__name__}({', '.join(parts)})"
 
 
 def _reset(cls: Optional[type] = None) -> None:
@@ -102,7 +153,7 @@ class SingletonMeta(type):
                 inst = super().__call__(*args, **kwargs)
             finally:
                 type.__delattr__(cls, _BUILDER)
-            type.__setattr__(cls, _ARGS, (args, kwargs))
+            type.__setattr__(cls, _ARGS, _normalized(cls, args, kwargs))
             type.__setattr__(cls, _INSTANCE, inst)
         with SingletonMeta._registry_lock:
             SingletonMeta._classes.add(cls)
@@ -110,8 +161,9 @@ class SingletonMeta(type):
 
     def _check_args(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         first = cls.__dict__.get(_ARGS, ((), {}))
+        this = _normalized(cls, args, kwargs)
         try:
-            same = bool(first == (args, kwargs))
+            same = bool(first == this)
         except Exception as exc:
             raise TypeError(
                 f"{cls.__qualname__} is a singleton and its arguments "
@@ -119,8 +171,9 @@ class SingletonMeta(type):
             ) from exc
         if not same:
             raise TypeError(
-                f"{cls.__qualname__} is a singleton already created with different "
-                f"arguments; call it without arguments, or SingletonMeta.reset() first"
+                f"{cls.__name__} is a singleton already created with different arguments: "
+                f"{_call_repr(cls, first)}, and this call asks for {_call_repr(cls, this)}; "
+                f"call it without arguments, or SingletonMeta.reset({cls.__name__}) first"
             )
 
     def reset(cls: Optional[type] = None) -> None:

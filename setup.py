@@ -94,8 +94,9 @@ def _compiler_version(compiler: object) -> tuple:
     if isinstance(command, (list, tuple)) and command:
         exe = str(command[0])
         try:
-            out = subprocess.run([exe, "--version"], capture_output=True, text=True,
-                                 timeout=30, check=False).stdout
+            out = subprocess.run(
+                [exe, "--version"], capture_output=True, text=True, timeout=30, check=False
+            ).stdout
         except (OSError, subprocess.SubprocessError):
             out = ""
         return exe, (out.strip().splitlines() or [exe])[0]
@@ -143,8 +144,11 @@ class PureRecordBuildPy(build_py):
     def run(self) -> None:
         super().run()
         if not self.distribution.ext_modules:
-            reason = ("MEMCACHE_EXT_PURE_PYTHON was set, or the interpreter is not CPython"
-                      if PURE else "Cython was not available")
+            reason = (
+                "MEMCACHE_EXT_PURE_PYTHON was set, or the interpreter is not CPython"
+                if PURE
+                else "Cython was not available"
+            )
             record = dict(BUILD, compiled=[], failed={}, reason=reason)
             _write_record(os.path.join(self.build_lib, "memcache_ext"), record)
 
@@ -168,8 +172,9 @@ class OptionalBuildExt(build_ext):
         if "*" in self._failed:
             built = []
         cmd, version = _compiler_version(getattr(self, "compiler", None))
-        record = dict(BUILD, compiled=built, failed=self._failed, compiler=version,
-                      compiler_command=cmd)
+        record = dict(
+            BUILD, compiled=built, failed=self._failed, compiler=version, compiler_command=cmd
+        )
         _write_record(os.path.join(self.build_lib, "memcache_ext"), record)
         if inplace:  # pip install -e / build_ext --inplace: next to the sources
             package_dir = self.get_finalized_command("build_py").get_package_dir("memcache_ext")
@@ -231,5 +236,7 @@ def extensions() -> list:
     return cythonize(exts, compiler_directives=DIRECTIVES, force=True)
 
 
-setup(ext_modules=extensions(),
-      cmdclass={"build_ext": OptionalBuildExt, "build_py": PureRecordBuildPy})
+setup(
+    ext_modules=extensions(),
+    cmdclass={"build_ext": OptionalBuildExt, "build_py": PureRecordBuildPy},
+)

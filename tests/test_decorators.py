@@ -792,3 +792,68 @@ def test_a_cache_without_leases_keeps_working() -> None:
 
     assert square(3) == 9 and square(3) == 9 and calls == [3]
     assert asyncio.run(asquare(4)) == 16 and store.data == {3: 9, ("async", 4): 16}
+
+
+def test_a_caller_after_a_write_does_not_share_the_stale_computation(cache_cls: type) -> None:
+    """Single-flight stops at a write: a caller that arrives after an
+    invalidation, while the computation that read the old row still runs, gets
+    a computation of its own instead of the stale result."""
+    cache = cache_cls(maxsize=10)
+    db = {7: "old"}
+    first_started, release_first = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    @cached(cache)
+    def user(user_id: int) -> str:
+        row = db[user_id]
+        calls.append(row)
+        if row == "old":
+            first_started.set()
+            assert release_first.wait(10)
+        return row
+
+    results: dict[str, Any] = {}
+    first = threading.Thread(target=lambda: results.__setitem__("first", user(7)))
+    first.start()
+    assert first_started.wait(10)
+    db[7] = "new"
+    cache.invalidate(7)
+    second = threading.Thread(target=lambda: results.__setitem__("second", user(7)))
+    second.start()  # arrives after the write: must not wait for the "old" computation
+    second.join(10)
+    stuck = second.is_alive()
+    release_first.set()
+    first.join(10)
+    second.join(10)
+    assert not stuck, "the caller after the write joined the stale computation"
+    assert results == {"first": "old", "second": "new"} and calls == ["old", "new"]
+    assert cache[7] == "new"
+
+
+def test_an_async_caller_after_a_write_does_not_share_the_stale_computation(
+    cache_cls: type,
+) -> None:
+    cache = cache_cls(maxsize=10)
+    db = {7: "old"}
+
+    async def main() -> tuple[str, str]:
+        started, release = asyncio.Event(), asyncio.Event()
+
+        @cached(cache)
+        async def user(user_id: int) -> str:
+            row = db[user_id]
+            if row == "old":
+                started.set()
+                await release.wait()
+            return row
+
+        first = asyncio.ensure_future(user(7))
+        await started.wait()
+        db[7] = "new"
+        cache.invalidate(7)
+        second = await user(7)
+        release.set()
+        return await first, second
+
+    assert asyncio.run(main()) == ("old", "new")
+    assert cache[7] == "new"

@@ -976,6 +976,14 @@ cdef class CLruCache:
         """End a lease without storing (the fill failed)."""
         self._lease_end(self._lease_slot(lease))
 
+    def lease_valid(self, lease):
+        """Whether a fill through this lease would still store (no write since):
+        False once the key was written or removed, or the lease ended."""
+        try:
+            return self.leases[self._lease_slot(lease)].state == L_VALID
+        except ValueError:
+            return False
+
     def update(self, other=(), **kwargs):
         """Insert every pair of other (a mapping or pairs) and of kwargs."""
         for key, value in iter_pairs(other, kwargs):

@@ -801,6 +801,14 @@ class PyLruCache(Generic[K, V]):
         """End a lease without storing (the fill failed)."""
         self._lease_end(self._lease_slot(lease))
 
+    def lease_valid(self, lease: int) -> bool:
+        """Whether a fill through this lease would still store (no write since):
+        False once the key was written or removed, or the lease ended."""
+        try:
+            return self._leases[self._lease_slot(lease)][2] == _L_VALID
+        except ValueError:
+            return False
+
     def update(self, other: Any = (), /, **kwargs: V) -> None:
         """Insert every pair of ``other`` (a mapping or pairs) and ``kwargs``."""
         for key, value in iter_pairs(other, kwargs):

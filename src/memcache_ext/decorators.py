@@ -155,12 +155,22 @@ class _InstanceTokens:
 class _Flight:
     """One computation in progress, shared by every caller of its key."""
 
-    __slots__ = ("future", "owner", "task")
+    __slots__ = ("future", "owner", "task", "lease")
 
     def __init__(self, owner: int) -> None:
         self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self.owner = owner
         self.task: Optional[asyncio.Task[Any]] = None
+        self.lease: Optional[int] = None  # the cache's lease, once the computation took it
+
+
+def _joinable(flight: Optional[_Flight], lease_valid: Optional[_Call]) -> bool:
+    """Whether a caller may share this computation: not once a write made its
+    result stale (a caller that arrives after a write must not get a value
+    computed before it)."""
+    if flight is None:
+        return False
+    return flight.lease is None or lease_valid is None or bool(lease_valid(flight.lease))
 
 
 def _retrieve(fut: Any) -> None:
@@ -328,19 +338,20 @@ def _sync_wrapper(
 ) -> Callable[..., Any]:
     get, peek, store = cache.get, cache.peek, cache.set
     leases = _leases(cache)
+    lease_valid = getattr(cache, "lease_valid", None) if leases else None
     lock = threading.RLock()  # RLock: a key's __eq__ may call the function again
     inflight: dict[Any, _Flight] = {}
     build, tokens = _key_builders(key, is_method)
     get_ident = threading.get_ident
 
-    def compute(k: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def compute(k: Any, flight: _Flight, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Call the function and store its result (under a lease, when the cache has them)."""
         if leases is None:
             value = func(*args, **kwargs)
             store(k, value)
             return value
         lease, fill, drop_lease = leases
-        token = lease(k)
+        token = flight.lease = lease(k)
         try:
             value = func(*args, **kwargs)
         except BaseException:
@@ -352,8 +363,8 @@ def _sync_wrapper(
         me = get_ident()
         with lock:
             flight = inflight.get(k)
-            leader = flight is None
-            if leader:
+            leader = not _joinable(flight, lease_valid)
+            if leader:  # none, or one whose result a write made stale
                 flight = inflight[k] = _Flight(me)
         assert flight is not None
         if not leader:
@@ -363,7 +374,7 @@ def _sync_wrapper(
         try:
             value = peek(k, MISSING)  # someone may have stored it since our miss
             if value is MISSING:
-                value = compute(k, args, kwargs)
+                value = compute(k, flight, args, kwargs)
         except BaseException as exc:
             with lock:
                 if inflight.get(k) is flight:
@@ -428,18 +439,21 @@ def _async_wrapper(
 ) -> Callable[..., Any]:
     get, peek, store = cache.get, cache.peek, cache.set
     leases = _leases(cache)
+    lease_valid = getattr(cache, "lease_valid", None) if leases else None
     lock = threading.RLock()
     inflight: dict[Any, _Flight] = {}
     build, tokens = _key_builders(key, is_method)
 
-    async def call_and_store(k: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    async def call_and_store(
+        k: Any, flight: _Flight, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         """Await the function and store its result (under a lease, when the cache has them)."""
         if leases is None:
             value = await func(*args, **kwargs)
             store(k, value)
             return value
         lease, fill, drop_lease = leases
-        token = lease(k)
+        token = flight.lease = lease(k)
         try:
             value = await func(*args, **kwargs)
         except BaseException:  # CancelledError too
@@ -458,7 +472,7 @@ def _async_wrapper(
         try:
             value = peek(k, MISSING)
             if value is MISSING:
-                value = await call_and_store(k, args, kwargs)
+                value = await call_and_store(k, flight, args, kwargs)
         except asyncio.CancelledError:
             finish(k, flight)
             flight.future.cancel()
@@ -475,8 +489,8 @@ def _async_wrapper(
         loop = asyncio.get_running_loop()
         with lock:
             flight = inflight.get(k)
-            leader = flight is None
-            if leader:
+            leader = not _joinable(flight, lease_valid)
+            if leader:  # none, or one whose result a write made stale
                 flight = inflight[k] = _Flight(0)
                 # Created under the lock so a waiter never sees a flight
                 # without its task; the task starts on the next loop turn.

@@ -119,8 +119,11 @@ def test_lease_and_fill_by_hand(cache_cls: type) -> None:
     with pytest.raises(ValueError, match="not an outstanding lease"):
         c.fill("k", 2, token)  # a lease ends with its fill
     token = c.lease("k")
+    assert c.lease_valid(token)
     c["k"] = 3  # a write: the fill is refused
+    assert not c.lease_valid(token)
     assert c.fill("k", 4, token) == 4 and c["k"] == 3
+    assert not c.lease_valid(token) and not c.lease_valid("junk")  # ended, unknown
     token = c.lease("x")
     c.drop_lease(token)
     with pytest.raises(ValueError):

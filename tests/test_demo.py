@@ -456,7 +456,9 @@ def test_redis_down_at_start_is_a_warning(
     )
     assert profile.status_code == again.status_code == put.status_code == 200
     tier = app.state.service.tiers["profiles"].stats()
-    assert tier["redis_errors"] >= 1 and tier["loads"] == 1 and tier["local_hits"] >= 1
+    # no invalidation channel yet: the local tier is bypassed (bounded staleness), so
+    # both reads load from the database
+    assert tier["redis_errors"] >= 1 and tier["loads"] == 2 and tier["local_bypassed"]
     assert _db_name(small_db, 4) == "Still Works"
 
 

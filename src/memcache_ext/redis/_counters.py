@@ -23,6 +23,7 @@ class TierCounters(TypedDict):
     deletes: int
     version_refusals: Annotated[int, "Writes and fills refused: Redis holds a newer version"]
     skipped_writes: Annotated[int, "Writes and deletes not sent while Redis was away"]
+    expired_writes: Annotated[int, "Writes that reached Redis past their deadline: not applied"]
     invalidations_sent: Annotated[int, "Invalidations published (writes, deletes, clears)"]
     invalidations_received: Annotated[int, "Other instances' invalidations applied here"]
     invalidations_ignored_own: int

@@ -204,6 +204,9 @@ class TierDriver(Listener):
         self._pending: dict[str, Optional[int]] = {}  # key -> version, written while away
         self._pending_dropped = 0
         self._closed = False
+        self._clock_offset_us: Optional[float] = None  # Redis TIME minus our monotonic, in us
+        self._clock_at = 0.0
+        self._late_us = deadline * 1e6 / 2
 
     @property
     def serializer(self) -> Serializer:
@@ -341,6 +344,7 @@ class TierDriver(Listener):
             return None
         px = 0 if ttl is None else max(1, int(ttl * 1000))
         mode = "auto" if version is None and self.version_of is None else "caller"
+        offset = self._clock_offset_us
         args = (
             op,
             mode,
@@ -351,6 +355,7 @@ class TierDriver(Listener):
             message_head(self.instance_id, key),
             observed,
             "1" if bad else "0",
+            "" if offset is None else str(int(time.monotonic() * 1e6 + offset + self._late_us)),
         )
         try:
             res = yield RedisCall(self._script, keys=[self._prefix + key], args=args)
@@ -358,6 +363,9 @@ class TierDriver(Listener):
             self._failed(exc, "write" if op != "del" else "delete")
             return None
         status, ver, had = int(res[0]), parse_version(res[1]), bool(int(res[2]))
+        if status == 3:
+            self.counts.add("expired_writes")
+            return None
         if status == 0:
             self.counts.add("version_refusals")
         elif status == 1:
@@ -478,11 +486,29 @@ class TierDriver(Listener):
 
     def _subscribed_flow(self) -> Flow:
         """Load the write script now (a restarted Redis has forgotten it), so that the first
-        write does not pay two more round trips inside its deadline."""
+        write does not pay two more round trips inside its deadline, and measure Redis's
+        clock."""
         try:
             yield RedisCall(self.redis.script_load, WRITE_SCRIPT)
         except REDIS_ERRORS as exc:
             self._failed(exc, "SCRIPT LOAD")
+        yield from self._clock_flow()
+
+    def _clock_flow(self) -> Flow:
+        """Redis's clock against our monotonic one (us), for the writes' deadlines."""
+        t0 = time.monotonic()
+        try:
+            sec, usec = yield RedisCall(self.redis.time)
+        except REDIS_ERRORS as exc:
+            self._failed(exc, "TIME")
+            return
+        t1 = time.monotonic()
+        self._clock_offset_us = sec * 1e6 + usec - (t0 + t1) / 2 * 1e6
+        self._clock_at = t1
+        # A late write must be refused before the caller can have given up on it; the
+        # measure is off by at most half the round trip.
+        margin = (t1 - t0) / 2 * 1e6 + 1000
+        self._late_us = max(self.deadline * 1e6 / 2, self.deadline * 1e6 - margin)
 
     def _flush_flow(self) -> Flow:
         """Tombstone (and invalidate) the keys changed while Redis was away."""

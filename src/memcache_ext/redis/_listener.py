@@ -58,6 +58,7 @@ class Listener(Freshness):
     counts: Counters
     breaker: Breaker
     log: RateLimitedLog
+    _clock_at: float
     _pending: dict[str, Optional[int]]
 
     def __init__(self, local: Any) -> None:
@@ -95,6 +96,10 @@ class Listener(Freshness):
         """Once (re)subscribed: what the driver prepares (its script loaded, say)."""
         yield from ()
 
+    def _clock_flow(self) -> Flow:
+        """Measure Redis's clock against ours."""
+        yield from ()
+
     @property
     def connected(self) -> bool:
         """Whether the invalidation channel is up now (subscribed and heard from lately)."""
@@ -117,6 +122,8 @@ class Listener(Freshness):
                         retry_at = min(retry_at, now)  # Redis is back: subscribe at once
                 if self._pending and self.breaker.closed:
                     yield from self._flush_flow()
+                if self._ever_subscribed and now - self._clock_at > 60.0 and self.breaker.closed:
+                    yield from self._clock_flow()
                 if pubsub is None and now >= retry_at:
                     pubsub = self.redis.pubsub()
                     opened_at = ping_at = time.monotonic()

@@ -24,6 +24,12 @@ Where versions come from (the tier's ``version_of``):
   writes by when they reach Redis: concurrent writers of one key must be
   serialized by the caller (use the database's versions otherwise).
 
+A write that reaches Redis after its deadline (queued in a frozen server, run
+when it resumes) is not applied: the caller gave up on it, counted it as
+failed and will replay a tombstone once Redis answers, and a late write must
+not land after that tombstone. The deadline is sent in Redis's clock, from an
+offset the tier measures (``TIME``) at each subscription and every minute.
+
 Messages: ``[instance_id, "k", key, version, redis_time_us]`` (JSON) for a
 write or delete of ``key``, ``[instance_id, "*", ""]`` for a clear. Older
 three-field messages are still understood (no version: always applied).
@@ -40,12 +46,17 @@ __all__ = ["WRITE_SCRIPT", "check_version", "message_head", "parse_message", "pa
 #: KEYS[1]: the value's key. ARGV: 1 op ("set", "fill", "del"), 2 mode ("auto", "caller"),
 #: 3 version ("" in auto mode, and for a delete without one), 4 data, 5 expiry in ms (0: none),
 #: 6 channel, 7 message head (the JSON list up to the version), 8 the version the reader
-#: saw ("" for none; auto fills), 9 "1" when the value there could not be used (replace it).
+#: saw ("" for none; auto fills), 9 "1" when the value there could not be used (replace it),
+#: 10 the call's deadline in Redis time (us; "" for none).
 #: Returns {status, version, had}: status 1 written, 0 refused (newer in Redis),
-#: 2 unchanged (that version is there already); had: 1 if the key held a value.
+#: 2 unchanged (that version is there already), 3 too late (past the deadline: the caller
+#: has given up on it and will replay a tombstone); had: 1 if the key held a value.
 WRITE_SCRIPT = """
 if redis.replicate_commands then redis.replicate_commands() end
 local key, op, mode, ver = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local now = redis.call('TIME')
+local now_us = string.format('%d', tonumber(now[1]) * 1000000 + tonumber(now[2]))
+if ARGV[10] ~= '' and tonumber(now_us) > tonumber(ARGV[10]) then return {3, '', 0} end
 local function older(a, b)
   if #a ~= #b then return #a < #b end
   return a < b
@@ -62,8 +73,6 @@ if kind == 'hash' then
   if cur and not string.match(cur, '^%d+$') then cur = false end
 end
 local had = has and 1 or 0
-local now = redis.call('TIME')
-local now_us = string.format('%d', tonumber(now[1]) * 1000000 + tonumber(now[2]))
 if mode == 'auto' then
   if op == 'fill' then
     local base = ARGV[8]

@@ -165,6 +165,82 @@ def test_a_write_during_a_load_in_one_process_wins(make: Any) -> None:
     assert tier.local.peek("k") == "written" and tier.get("k") == "written"
 
 
+# -- own writes and reads in flight (found by benchmarks/bench_consistency.py) -----------------
+
+
+class Gate:
+    """Wraps a callable: calls wait until ``open()``; ``entered`` is set at the first call."""
+
+    def __init__(self, fn: Any, only_first: bool = True) -> None:
+        self.fn = fn
+        self.entered = threading.Event()
+        self.released = threading.Event()
+        self.only_first = only_first
+        self.calls = 0
+
+    def __call__(self, *args: Any, **kw: Any) -> Any:
+        self.calls += 1
+        if self.calls == 1 or not self.only_first:
+            self.entered.set()
+            assert self.released.wait(DEADLINE), "gate never opened"
+        return self.fn(*args, **kw)
+
+    def open(self) -> None:
+        self.released.set()
+
+
+def test_an_own_write_replaces_what_a_read_in_flight_filled(make: Any) -> None:
+    """A read leased the key after our write had invalidated it, read the older value
+    from Redis and filled it before our write landed: our write must still replace it
+    (a fill never replaces a live value, so the write must not be a fill)."""
+    tier, other = make(version_of=lambda r: r["v"]), make(version_of=lambda r: r["v"])
+    other.set("k", {"v": 8})
+    gate = Gate(tier._script)
+    tier._script = gate
+    t = threading.Thread(target=lambda: tier.set("k", {"v": 9}))
+    t.start()
+    assert gate.entered.wait(DEADLINE)  # our write invalidated the key, its script waits
+    assert tier.get("k") == {"v": 8}  # a read in flight: Redis still has 8, filled locally
+    gate.open()
+    t.join(DEADLINE)
+    assert tier.local.peek("k") == {"v": 9} and tier.get("k") == {"v": 9}
+
+
+def test_a_refused_fill_does_not_hide_a_later_invalidation(make: Any) -> None:
+    """A read's fill that stored nothing must not count its version as seen: the
+    listener would then ignore the message about the value the local tier does hold."""
+    tier, other = make(version_of=lambda r: r["v"]), make(version_of=lambda r: r["v"])
+    listen = Gate(tier._on_message, only_first=False)
+    tier._on_message = listen  # messages wait
+    read = Gate(tier.redis.hmget)
+    tier.redis.hmget = read
+    t = threading.Thread(target=lambda: tier.get("k"))
+    t.start()
+    assert read.entered.wait(DEADLINE)  # the read has its lease, its HMGET waits
+    assert tier.set("k", {"v": 14}) is True  # our write: stored locally
+    assert other.set("k", {"v": 15}) is True  # a newer one elsewhere; its message waits
+    read.open()
+    t.join(DEADLINE)  # the read got 15; its fill refused (our 14 is live)
+    listen.open()
+    eventually(lambda: tier.local.peek("k") != {"v": 14}, what="15's message applied")
+    assert tier.get("k") == {"v": 15}
+
+
+def test_a_delete_drops_what_a_read_filled_before_its_tombstone(make: Any) -> None:
+    tier, other = make(), make()  # the tier's own versions: the delete's is not known yet
+    other.set("k", "old")
+    gate = Gate(tier._script)
+    tier._script = gate
+    t = threading.Thread(target=lambda: tier.delete("k"))
+    t.start()
+    assert gate.entered.wait(DEADLINE)  # invalidated here; the tombstone waits
+    assert tier.get("k") == "old"  # a read fills what Redis still has
+    gate.open()
+    t.join(DEADLINE)
+    assert tier.local.peek("k") is None  # our own message is ignored: dropped by the delete
+    assert tier.get_or_set("k", lambda: "new") == "new"
+
+
 # -- concurrent writers ------------------------------------------------------------------------
 
 WRITER = textwrap.dedent("""

@@ -374,6 +374,13 @@ class TierDriver(Listener):
                 self.counts.add("invalidations_sent")
         if op != "fill":
             self._pending.pop(key, None)  # written since: nothing to replay
+        if op == "del" and status != 0:
+            # A read may have filled the value this tombstone replaces while it was on its
+            # way, and our own message is ignored when it comes back: drop it here.
+            with self._state_lock:
+                if ver is not None:
+                    self._note(key, ver)
+                self.local.invalidate(key)
         return status, ver, had
 
     def _get_flow(self, key: str, default: Any) -> Flow:
@@ -435,28 +442,23 @@ class TierDriver(Listener):
             # Refused: an older value must not be served in its place.
             yield from self._delete_flow(key, v)
             return False
-        self.local.invalidate(key)
-        lease = self.local.lease(key)
-        ended = False
-        try:
-            res = yield from self._write_flow(key, "set", data, ttl, v)
-            if res is None:
-                self.counts.add("skipped_writes")
-                self._add_pending(key, v)
-                ended = True
-                self._fill(key, value, lease, self._local_ttl(ttl), None)  # read your writes
-                return False
-            status, stored, _ = res
-            if status == 0:
+        epoch = self._seen_epoch
+        self.local.invalidate(key)  # no read in flight keeps what it read before this write
+        res = yield from self._write_flow(key, "set", data, ttl, v)
+        if res is None:
+            self.counts.add("skipped_writes")
+            self._add_pending(key, v)
+            self._own(key, value, self._local_ttl(ttl), None, epoch)  # read your writes
+            return False
+        status, stored, _ = res
+        if status == 0:
+            with self._state_lock:
                 if stored is not None:
                     self._note(key, stored)
-                return False
-            ended = True
-            self._fill(key, value, lease, self._local_ttl(ttl), stored)
-            return True
-        finally:
-            if not ended:
-                self.local.drop_lease(lease)
+                self.local.invalidate(key)
+            return False
+        self._own(key, value, self._local_ttl(ttl), stored, epoch)
+        return True
 
     def _delete_flow(self, key: str, version: Any = None) -> Flow:
         v = None if version is None else check_version(version)
@@ -467,11 +469,9 @@ class TierDriver(Listener):
             self.counts.add("skipped_writes")
             self._add_pending(key, v)
             return was_local
-        status, stored, had = res
+        status, _, had = res
         if status == 1:
             self.counts.add("deletes")
-        if stored is not None:
-            self._note(key, stored)
         return had and status == 1
 
     def _probe_flow(self) -> Flow:

@@ -1,15 +1,22 @@
 """Freshness of the local tier: leases, the versions seen, and the bypass.
 
-Every store into the local tier is a *fill* through a lease of the local
-cache (``lease`` before the remote step, ``fill`` after it): a write, a delete,
-an invalidation message or a clear of the key that comes in between refuses
-the fill, so a slow read can never reinstall a value that was replaced while it
-was in flight, whatever the thread or task. Writes first invalidate the key
-locally, then lease it, so the value they store is theirs.
+Every store of a value *read* (from Redis, or from the loader) into the local
+tier is a *fill* through a lease of the local cache (``lease`` before the
+remote step, ``fill`` after it): a write, a delete, an invalidation message or
+a clear of the key that comes in between refuses the fill, so a slow read can
+never reinstall a value that was replaced while it was in flight, whatever the
+thread or task; and a fill never replaces a value stored meanwhile.
 
-On top of the leases, the tier remembers the newest version it has seen per
-key (bounded): an invalidation message older than it, or a value read from
-Redis older than it, is ignored.
+This instance's own writes replace the local value (``set``: it invalidates
+every lease on the key), once Redis has taken them, unless a newer version is
+already known here: the comparison with the newest version seen and the store
+are one step under ``_state_lock``, the lock the listener takes to apply an
+invalidation, so a newer write from elsewhere is never overwritten by ours.
+
+The tier remembers the newest version it has seen per key (bounded; when the
+table is full it is emptied and ``_seen_epoch`` moves, so that a write in
+flight across it keeps nothing): an invalidation message older than it, or a
+value read from Redis older than it, is ignored.
 
 The *bypass*: while invalidations cannot arrive (no subscription yet, the
 channel lost for longer than ``max_stale``), the local tier is emptied and
@@ -20,6 +27,7 @@ the bypass clears the local cache, which refuses every fill in flight.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Optional
 
 __all__ = ["Freshness"]
@@ -27,6 +35,7 @@ __all__ = ["Freshness"]
 logger = logging.getLogger("memcache_ext.redis")
 
 _MAX_SEEN = 65_536  # versions remembered; past it, forgotten (only ignoring old messages suffers)
+_ABSENT: Any = object()
 
 
 class Freshness:
@@ -38,12 +47,16 @@ class Freshness:
         self.local = local
         self._bypass = True  # until the listener has subscribed
         self._seen: dict[str, int] = {}
+        self._seen_epoch = 0
+        # Versions seen, the bypass, own stores and applied invalidations: one at a time.
+        self._state_lock = threading.Lock()
 
     def _note(self, key: str, version: int) -> None:
         seen = self._seen
         if version > seen.get(key, -1):
             if len(seen) >= _MAX_SEEN:
                 seen.clear()
+                self._seen_epoch += 1
             seen[key] = version
 
     def _older(self, key: str, version: Optional[int]) -> bool:
@@ -52,23 +65,60 @@ class Freshness:
     def _fill(
         self, key: str, value: Any, lease: int, ttl: Optional[float], version: Optional[int]
     ) -> None:
-        """End ``lease``: store ``value`` unless bypassed, older than seen, or refused."""
+        """End ``lease``: store ``value`` unless bypassed, older than seen, or refused.
+
+        Its version counts as seen only if the fill stored it: a version noted for a
+        value the local tier does not hold would make the listener ignore the
+        invalidation of the (older) value it does hold."""
         local = self.local
-        if self._bypass or self._older(key, version):
-            local.drop_lease(lease)
-            return
-        if version is not None:
-            self._note(key, version)
-        try:
-            local.fill(key, value, lease, ttl)
-        except Exception as exc:  # noqa: BLE001 - e.g. a sizeof that raises: not cached
-            logger.warning(
-                "redis tier %r: local store of %r failed: %s: %s",
-                self.namespace,
-                key,
-                type(exc).__name__,
-                exc,
-            )
+        with self._state_lock:
+            if self._bypass or self._older(key, version):
+                local.drop_lease(lease)
+                return
+            try:
+                kept = local.fill(key, value, lease, ttl)
+            except Exception as exc:  # noqa: BLE001 - e.g. a sizeof that raises: not cached
+                logger.warning(
+                    "redis tier %r: local store of %r failed: %s: %s",
+                    self.namespace,
+                    key,
+                    type(exc).__name__,
+                    exc,
+                )
+                return
+            if version is not None and kept is value and local.peek(key, _ABSENT) is value:
+                self._note(key, version)
+
+    def _own(
+        self, key: str, value: Any, ttl: Optional[float], version: Optional[int], epoch: int
+    ) -> None:
+        """After this instance's write of ``value`` (Redis holds ``version``; None: Redis
+        was not written, the local tier keeps it for read-your-writes)."""
+        local = self.local
+        with self._state_lock:
+            if (
+                self._bypass
+                or epoch != self._seen_epoch
+                or (version is not None and version < self._seen.get(key, -1))
+            ):
+                local.invalidate(key)
+                return
+            if version is not None:
+                self._note(key, version)
+            try:
+                if ttl is None:
+                    local.set(key, value)
+                else:
+                    local.set(key, value, ttl=ttl)
+            except Exception as exc:  # noqa: BLE001 - e.g. a sizeof that raises: not cached
+                local.invalidate(key)
+                logger.warning(
+                    "redis tier %r: local store of %r failed: %s: %s",
+                    self.namespace,
+                    key,
+                    type(exc).__name__,
+                    exc,
+                )
 
     def _forget_key(self, key: str, version: Optional[int] = None) -> bool:
         """Drop ``key`` locally (fills in flight refused); whether it was there."""

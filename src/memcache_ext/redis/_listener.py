@@ -65,7 +65,6 @@ class Listener(Freshness):
         super().__init__(local)
         self._stop = threading.Event()  # set when the worker must end
         self._ready = threading.Event()  # set once the worker has subscribed
-        self._state_lock = threading.Lock()  # channel state and bypass transitions
         self._connected = False  # subscribed, and heard from lately
         self._ever_subscribed = False
         self._channel_changed_at = time.monotonic()
@@ -284,10 +283,11 @@ class Listener(Freshness):
             self.counts.add("invalidations_received")
             self.counts.add("local_clears")
             return
-        if version is not None and version <= self._seen.get(key, -1):
-            self.counts.add("invalidations_ignored_old")
-            return
-        self._forget_key(key, version)
+        with self._state_lock:  # against an own write storing its older version meanwhile
+            if version is not None and version <= self._seen.get(key, -1):
+                self.counts.add("invalidations_ignored_old")
+                return
+            self._forget_key(key, version)
         self.counts.add("invalidations_received")
 
     def _note_lag(self, lag: float) -> None:

@@ -241,6 +241,24 @@ def test_a_delete_drops_what_a_read_filled_before_its_tombstone(make: Any) -> No
     assert tier.get_or_set("k", lambda: "new") == "new"
 
 
+def test_with_redis_unavailable_an_older_version_is_not_kept_locally(make: Any) -> None:
+    """The breaker open (a timeout, say) while the channel is up: a newer version's message
+    has arrived; this instance's write or load of an older row must not be kept locally
+    (found by the checker after a freeze: the skipped write kept its row unchecked)."""
+    tier = make(version_of=lambda r: r["v"], probe_interval=30.0)
+    other = make(version_of=lambda r: r["v"])
+    other.set("w", {"v": 11})
+    other.set("l", {"v": 11})
+    eventually(lambda: tier.stats()["invalidations_received"] >= 2, what="both messages")
+    tier.breaker.fail(TimeoutError("a call timed out"))  # requests skip Redis now
+    assert tier.set("w", {"v": 10}) is False  # skipped (tombstoned later), not kept here
+    assert tier.local.peek("w") is None
+    assert tier.get_or_set("l", lambda: {"v": 10}) == {"v": 10}  # loaded, not kept here
+    assert tier.local.peek("l") is None
+    assert tier.set("w", {"v": 12}) is False  # newer than anything seen: read your writes
+    assert tier.local.peek("w") == {"v": 12}
+
+
 # -- concurrent writers ------------------------------------------------------------------------
 
 WRITER = textwrap.dedent("""

@@ -374,9 +374,10 @@ class TierDriver(Listener):
                 self.counts.add("invalidations_sent")
         if op != "fill":
             self._pending.pop(key, None)  # written since: nothing to replay
-        if op == "del" and status != 0:
+        if op == "del":
             # A read may have filled the value this tombstone replaces while it was on its
-            # way, and our own message is ignored when it comes back: drop it here.
+            # way, and our own message is ignored when it comes back: drop it here (refused,
+            # the tombstone says Redis holds a newer version than our local copy may be).
             with self._state_lock:
                 if ver is not None:
                     self._note(key, ver)
@@ -427,7 +428,9 @@ class TierDriver(Listener):
                     if status == 0:
                         return value  # Redis holds a newer version: keep ours nowhere
             ended = True
-            self._fill(key, value, lease, self._local_ttl(ttl), stored)
+            # Not written to Redis (unavailable): still compared with the versions seen.
+            version = stored if stored is not None else fill_version
+            self._fill(key, value, lease, self._local_ttl(ttl), version)
             return value
         finally:
             if not ended:
@@ -448,7 +451,8 @@ class TierDriver(Listener):
         if res is None:
             self.counts.add("skipped_writes")
             self._add_pending(key, v)
-            self._own(key, value, self._local_ttl(ttl), None, epoch)  # read your writes
+            # Read your writes, unless a newer version has come from elsewhere meanwhile.
+            self._own(key, value, self._local_ttl(ttl), v, epoch)
             return False
         status, stored, _ = res
         if status == 0:

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -122,24 +123,32 @@ class Replicas:
 
     def __init__(self, argvs: Sequence[list[str]], ports: Sequence[int], env: dict[str, str]):
         self.ports = list(ports)
+        # stderr to files, not pipes: a pipe nobody reads until the end would block a
+        # server that logs more than its buffer, and show up as a slow request
+        self.logs = [tempfile.TemporaryFile() for _ in argvs]
         self.procs = [
             subprocess.Popen(
                 argv,
                 env=env,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
+                stderr=log,
                 start_new_session=True,
             )
-            for argv in argvs
+            for argv, log in zip(argvs, self.logs, strict=True)
         ]
+
+    def output(self, i: int) -> str:
+        log = self.logs[i]
+        log.seek(0)
+        return log.read().decode(errors="replace")
 
     def wait_ready(self, timeout: float = 120.0, path: str = "/health") -> None:
         def ready() -> bool:
-            for proc in self.procs:
+            for i, proc in enumerate(self.procs):
                 if proc.poll() is not None:
-                    _, err = proc.communicate()
-                    raise RuntimeError(f"a server exited with {proc.returncode}:\n{err[-3000:]}")
+                    raise RuntimeError(
+                        f"a server exited with {proc.returncode}:\n{self.output(i)[-3000:]}"
+                    )
             return all(http_ok(p, path=path) for p in self.ports)
 
         poll(ready, timeout, what="the servers answer", pause=0.1)
@@ -147,13 +156,10 @@ class Replicas:
     def stop(self) -> list[str]:
         """Stop them all (SIGTERM, then SIGKILL); their stderr."""
         errs = []
-        for proc in self.procs:
+        for i, proc in enumerate(self.procs):
             stop_process(proc, 20.0)
-            try:
-                _, err = proc.communicate(timeout=10)
-            except (subprocess.TimeoutExpired, ValueError):
-                err = ""
-            errs.append(err or "")
+            errs.append(self.output(i))
+            self.logs[i].close()
         return errs
 
 

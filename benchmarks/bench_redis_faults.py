@@ -162,6 +162,8 @@ class Load:
         self.lock = threading.Lock()
         # (phase, route kind) -> latencies (s); failures: (phase, kind, what)
         self.samples: dict[tuple[str, str], list[float]] = {}
+        self.slowest: dict[tuple[str, str], tuple[float, float]] = {}  # (latency, sent at)
+        self.phase_start: dict[str, float] = {}
         self.failures: list[tuple[str, str, str]] = []
         self.threads = [
             threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)
@@ -198,6 +200,8 @@ class Load:
                 status, body, took = conn.request("GET", f"/{kind}/users/{user}")
             with self.lock:
                 self.samples.setdefault((phase, kind), []).append(took)
+                if took > self.slowest.get((phase, kind), (0.0, 0.0))[0]:
+                    self.slowest[(phase, kind)] = (took, time.monotonic() - took)
                 if status != 200:
                     self.failures.append((phase, kind, f"{status} {body[:120]!r}"))
         for c in conns:
@@ -319,6 +323,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if action:
                 getattr(faults, action)()
             t0 = time.monotonic()
+            load.phase_start[phase] = t0
             load.phase = phase
             if action:
                 # scraped every 0.1 s from the fault on: when does each breaker's transition
@@ -350,6 +355,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "p50_ms": percentile(xs, 0.50) * 1e3,
                     "p99_ms": percentile(xs, 0.99) * 1e3,
                     "max_ms": max(xs) * 1e3,
+                    "max_at_s": load.slowest[(phase, kind)][1] - load.phase_start[phase],
                 }
             )
     return {
@@ -404,13 +410,14 @@ def render(result: dict[str, Any]) -> str:
         f"{s['deadline'] * 1e3:g} ms, {WRITE_SHARE:.0%} writes",
         "",
         f"{'phase':10} {'tier':6} {'requests':>9} {'errors':>7} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'max ms':>8}",
+        f"{'max ms':>8} {'max at s':>9}",
     ]
     for r in result["rows"]:
         out.append(
             f"{r['phase']:10} {r['tier']:6} {r['requests']:>9,} {r['errors']:>7} "
-            f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['max_ms']:>8.1f}"
+            f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['max_ms']:>8.1f} {r['max_at_s']:>9.2f}"
         )
+    out.append("(max at: when the slowest request of the phase was sent, from the phase's start)")
     out.append("")
     out.append("breaker transitions in /metrics (scraped every 0.1 s from the fault on):")
     for v in result["visible"]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -202,6 +203,7 @@ class TierDriver(Listener):
         self._script = own.register_script(WRITE_SCRIPT)
         self._lget = local.get  # the hit path: one bound C call
         self._pending: dict[str, Optional[int]] = {}  # key -> version, written while away
+        self._pending_lock = threading.Lock()
         self._pending_dropped = 0
         self._closed = False
         self._clock_offset_us: Optional[float] = None  # Redis TIME minus our monotonic, in us
@@ -285,17 +287,18 @@ class TierDriver(Listener):
             )
 
     def _add_pending(self, key: str, version: Optional[int]) -> None:
-        pending = self._pending
-        if key in pending:
-            old = pending[key]
-            if version is not None and (old is None or version > old):
-                pending[key] = version
-            return
-        if len(pending) >= self.max_pending:
-            self._pending_dropped += 1
-            self.counts.add("invalidations_dropped")
-            return
-        pending[key] = version
+        with self._pending_lock:
+            pending = self._pending
+            if key in pending:
+                old = pending[key]
+                if version is not None and (old is None or version > old):
+                    pending[key] = version
+                return
+            if len(pending) >= self.max_pending:
+                self._pending_dropped += 1
+                self.counts.add("invalidations_dropped")
+                return
+            pending[key] = version
 
     # -- the operations, as flows ---------------------------------------------------
 
@@ -373,7 +376,8 @@ class TierDriver(Listener):
             if op != "fill":
                 self.counts.add("invalidations_sent")
         if op != "fill":
-            self._pending.pop(key, None)  # written since: nothing to replay
+            with self._pending_lock:
+                self._pending.pop(key, None)  # written since: nothing to replay
         if op == "del":
             # A read may have filled the value this tombstone replaces while it was on its
             # way, and our own message is ignored when it comes back: drop it here (refused,
@@ -466,7 +470,8 @@ class TierDriver(Listener):
 
     def _delete_flow(self, key: str, version: Any = None) -> Flow:
         v = None if version is None else check_version(version)
-        was_local = self._forget_key(key, v)
+        with self._state_lock:
+            was_local = self._forget_key(key, v)
         ttl = _TOMBSTONE_TTL if self.ttl is None else min(self.ttl, _TOMBSTONE_TTL)
         res = yield from self._write_flow(key, "del", b"", ttl, v)
         if res is None:
@@ -516,7 +521,8 @@ class TierDriver(Listener):
 
     def _flush_flow(self) -> Flow:
         """Tombstone (and invalidate) the keys changed while Redis was away."""
-        batch = list(itertools.islice(self._pending.items(), 256))
+        with self._pending_lock:
+            batch = list(itertools.islice(self._pending.items(), 256))
         ttl = _TOMBSTONE_TTL if self.ttl is None else min(self.ttl, _TOMBSTONE_TTL)
         sent = 0
         for key, version in batch:
@@ -545,7 +551,8 @@ class TierDriver(Listener):
                     break
             yield RedisCall(self.redis.publish, self.channel, clear_message(self.instance_id))
             self.counts.add("invalidations_sent")
-            self._pending.clear()  # nothing left to tombstone
+            with self._pending_lock:
+                self._pending.clear()  # nothing left to tombstone
         except REDIS_ERRORS as exc:
             self._failed(exc, "clear")
         return None
@@ -599,7 +606,7 @@ class TierDriver(Listener):
             "deadline": self.deadline,
             "listener_lag_seconds": lag_last,
             "listener_lag_max_seconds": lag_max,
-            "pending_invalidations": len(self._pending),
+            "pending_invalidations": len(self._pending),  # a len(): atomic
             "pending_dropped": self._pending_dropped,
             "max_value_bytes": self.codec.max_bytes,
             "closed": self._closed,
@@ -619,8 +626,10 @@ class TierDriver(Listener):
         hook(name or f"redis:{self.namespace}", self.stats)
 
     def __repr__(self) -> str:
+        breaker = getattr(self, "breaker", None)
         return (
-            f"<{type(self).__name__} namespace={self.namespace!r} "
-            f"channel={'up' if self._connected else 'down'} breaker={self.breaker.state}"
-            f"{' closed' if self._closed else ''} local={type(self.local).__name__}>"
+            f"<{type(self).__name__} namespace={getattr(self, 'namespace', '?')!r} "
+            f"channel={'up' if getattr(self, '_connected', False) else 'down'} "
+            f"breaker={getattr(breaker, 'state', '?')}"
+            f"{' closed' if getattr(self, '_closed', False) else ''}>"
         )

@@ -164,8 +164,14 @@ class Replicas:
 
 
 def python_env() -> dict[str, str]:
-    """The environment for a child that imports this source tree."""
-    return {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    """The environment for a child: it imports memcache_ext from where we do (this source
+    tree with ``PYTHONPATH=src``, else the installed package, compiled core and all)."""
+    import memcache_ext
+
+    env = dict(os.environ)
+    if Path(memcache_ext.__file__).resolve().is_relative_to(Path(SRC).resolve()):
+        env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    return env
 
 
 def percentile(values: Sequence[float], q: float) -> float:

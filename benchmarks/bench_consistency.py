@@ -212,7 +212,12 @@ def run_scenario(scenario: str, args: argparse.Namespace, work: str) -> dict[str
     if scenario != "one-process":
         faults = Faults()
         faults.start()
-    demo = start_demo(scenario, db, faults, args)
+    try:
+        demo = start_demo(scenario, db, faults, args)
+    except BaseException:
+        if faults is not None:
+            faults.stop()
+        raise
     ports = demo.ports
     n = len(ports)
     outage = scenario in ("redis-kill", "redis-freeze")

@@ -316,7 +316,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ports = [port, port + 1]
     argv = [python(), str(Path(__file__).resolve()), "--serve", "--db", db, "--redis", faults.url]
     argv += ["--max-stale", str(args.max_stale), "--deadline", str(args.deadline)]
-    replicas = Replicas([[*argv, "--port", str(p)] for p in ports], ports, python_env())
+    try:
+        replicas = Replicas([[*argv, "--port", str(p)] for p in ports], ports, python_env())
+    except BaseException:
+        faults.stop()  # never leave a redis-server of ours behind
+        raise
     visible: list[dict[str, Any]] = []
     load = Load(ports, args.users, args.clients, args.rate)
     scraper = Scraper(ports, args.scrape_interval)

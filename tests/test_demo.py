@@ -324,7 +324,9 @@ def test_profile_update_writes_and_refreshes_the_caches(
         ("GET", "/users/3", None),
     )
     assert put.status_code == 200, put.text
-    assert put.json() == dict(before.json(), name="Grace Hopper", birth_year=1906)
+    # the row's version goes up with every write (the Redis tier orders writes by it)
+    version = before.json()["version"] + 1
+    assert put.json() == dict(before.json(), name="Grace Hopper", birth_year=1906, version=version)
     assert after.json() == put.json()  # the cached profile was replaced
     assert summary.json()["name"] == before.json()["name"]
     assert summary2.json()["name"] == "Grace Hopper"  # the cached summary was dropped
@@ -456,7 +458,9 @@ def test_redis_down_at_start_is_a_warning(
     )
     assert profile.status_code == again.status_code == put.status_code == 200
     tier = app.state.service.tiers["profiles"].stats()
-    assert tier["redis_errors"] >= 1 and tier["loads"] == 1 and tier["local_hits"] >= 1
+    # no invalidation channel yet: the local tier is bypassed (bounded staleness), so
+    # both reads load from the database
+    assert tier["redis_errors"] >= 1 and tier["loads"] == 2 and tier["local_bypassed"]
     assert _db_name(small_db, 4) == "Still Works"
 
 

@@ -116,10 +116,11 @@ def test_cleanup_service_stats() -> None:
 
 
 def test_tier_stats() -> None:
-    pytest.importorskip("redis")
+    redis = pytest.importorskip("redis")
     from memcache_ext.redis import COUNTERS, TierCounters, TieredCache, TierStats
 
-    tier = TieredCache(PyLruCache(10), object(), "shapes", start=False)
+    # the client only gives connection settings: nothing connects before a call
+    tier = TieredCache(PyLruCache(10), redis.Redis(port=1), "shapes", start=False)
     assert tuple(tier.counters()) == COUNTERS
     assert_shape(tier.counters(), TierCounters)
     assert_shape(tier.stats(), TierStats)

@@ -39,8 +39,17 @@ http_requests_total                                 counter  route
 http_high_memory_requests_total                     counter  route
 http_request_duration_seconds_total                 counter  route
 http_request_max_memory_delta_bytes                 gauge    route
-tier_<counter>_total (every name in redis.COUNTERS)  counter  namespace
-tier_connected / tier_pending_invalidations         gauge    namespace
+tier_hits_total / tier_misses_total                 counter  namespace, tier
+tier_redis_errors_total                             counter  namespace, kind
+tier_breaker_transitions_total                      counter  namespace, to
+tier_invalidations_total                            counter  namespace, event
+tier_<counter>_total (the other redis.COUNTERS)     counter  namespace
+tier_breaker_state                                  gauge    namespace, state
+tier_breaker_state_seconds                          gauge    namespace
+tier_connected / tier_channel_state_seconds         gauge    namespace
+tier_local_bypassed / tier_max_stale_seconds        gauge    namespace
+tier_listener_lag_seconds / _lag_max_seconds        gauge    namespace
+tier_pending_invalidations                          gauge    namespace
 ==================================================  =======  ======================
 
 ``cache_max_*`` are only exported for caches that have that bound; the GC
@@ -49,7 +58,14 @@ with a ``monitor`` (``MemoryMonitorMiddleware(...).monitor`` or a shared
 ``RequestMemoryMonitor``; label values are route templates, so their number is
 bounded by the app's routes); the ``tier_*`` families only with ``tiers``
 (Redis tiers, ``TieredCache``/``AsyncTieredCache``, read at each scrape, so a
-live view such as ``dict.values()`` follows tiers created later).
+live view such as ``dict.values()`` follows tiers created later). For a tier:
+``tier`` is ``local`` or ``redis``; ``kind`` one of ``redis.ERROR_KINDS``
+(timeouts and connection errors open the breaker); ``to`` and ``state`` one of
+``redis.BREAKER_STATES`` (``state`` is one-hot: 1 for the current one);
+``event`` is ``published``, ``received``, ``ignored_own``, ``ignored_old``
+(older than the version seen), ``dropped`` (neither sent nor queued) or
+``unparseable``; ``tier_connected`` is 1 while the invalidation channel is up,
+and ``tier_channel_state_seconds`` how long it has been up or down.
 
 The cleanup byte counters are accumulated by the collector from the manager's
 event history as it sees new events; events pushed out of the bounded history
@@ -79,6 +95,29 @@ PREFIX = "memcache_ext"
 _EVICTED = tuple(r for r in EVICTION_REASONS if r != "expired")
 
 Family = Union[CounterMetricFamily, GaugeMetricFamily]
+
+#: Redis tier counters shown as one labelled family: name -> (family, label value).
+#: ("", "") drops a counter that another family already covers (the total of errors).
+_TIER_GROUPED: dict[str, tuple[str, str]] = {
+    "local_hits": ("tier_hits", "local"),
+    "remote_hits": ("tier_hits", "redis"),
+    "local_misses": ("tier_misses", "local"),
+    "remote_misses": ("tier_misses", "redis"),
+    "errors_timeout": ("tier_redis_errors", "timeout"),
+    "errors_connection": ("tier_redis_errors", "connection"),
+    "errors_response": ("tier_redis_errors", "response"),
+    "errors_other": ("tier_redis_errors", "other"),
+    "redis_errors": ("", ""),
+    "breaker_opened": ("tier_breaker_transitions", "open"),
+    "breaker_half_opened": ("tier_breaker_transitions", "half_open"),
+    "breaker_closed": ("tier_breaker_transitions", "closed"),
+    "invalidations_sent": ("tier_invalidations", "published"),
+    "invalidations_received": ("tier_invalidations", "received"),
+    "invalidations_ignored_own": ("tier_invalidations", "ignored_own"),
+    "invalidations_ignored_old": ("tier_invalidations", "ignored_old"),
+    "invalidations_dropped": ("tier_invalidations", "dropped"),
+    "bad_messages": ("tier_invalidations", "unparseable"),
+}
 
 
 class MemcacheCollector(Collector):
@@ -222,22 +261,77 @@ class MemcacheCollector(Collector):
                 }
             )
         if self.tiers:
-            from .redis import COUNTERS
+            fams.update(self._tier_families())
+        return fams
 
-            for name in COUNTERS:
+    def _tier_families(self) -> dict[str, Family]:
+        from .redis import COUNTERS
+
+        n = self._name
+        c, g = CounterMetricFamily, GaugeMetricFamily
+        ns = ["namespace"]
+        fams: dict[str, Family] = {
+            "tier_hits": c(
+                n("tier_hits"), "Redis tier: lookups answered, by tier", labels=[*ns, "tier"]
+            ),
+            "tier_misses": c(
+                n("tier_misses"), "Redis tier: lookups not answered, by tier", labels=[*ns, "tier"]
+            ),
+            "tier_redis_errors": c(
+                n("tier_redis_errors"),
+                "Redis tier: failed Redis calls, by kind (timeout and connection open the breaker)",
+                labels=[*ns, "kind"],
+            ),
+            "tier_breaker_transitions": c(
+                n("tier_breaker_transitions"),
+                "Redis tier: breaker transitions, by the state entered",
+                labels=[*ns, "to"],
+            ),
+            "tier_invalidations": c(
+                n("tier_invalidations"),
+                "Redis tier: invalidation messages, by what happened to them",
+                labels=[*ns, "event"],
+            ),
+        }
+        for name in COUNTERS:
+            if name not in _TIER_GROUPED:
                 fams[f"tier_{name}"] = c(
-                    n(f"tier_{name}"), f"Redis tier: {name.replace('_', ' ')}", labels=["namespace"]
+                    n(f"tier_{name}"), f"Redis tier: {name.replace('_', ' ')}", labels=ns
                 )
-            fams["tier_connected"] = g(
-                n("tier_connected"),
-                "Redis tier: 1 while its invalidation listener is subscribed",
-                labels=["namespace"],
-            )
-            fams["tier_pending"] = g(
-                n("tier_pending_invalidations"),
+        gauges = {
+            "tier_breaker_state": (
+                "Redis tier: 1 for the breaker's current state (closed, open, half_open)",
+                [*ns, "state"],
+            ),
+            "tier_breaker_state_seconds": ("Redis tier: seconds in the breaker's state", ns),
+            "tier_connected": ("Redis tier: 1 while the invalidation channel is up", ns),
+            "tier_channel_state_seconds": (
+                "Redis tier: seconds since the invalidation channel went up or down",
+                ns,
+            ),
+            "tier_local_bypassed": (
+                "Redis tier: 1 while the local tier is dropped and bypassed (max_stale ran out)",
+                ns,
+            ),
+            "tier_max_stale_seconds": (
+                "Redis tier: longest local entries are served once the channel is lost",
+                ns,
+            ),
+            "tier_listener_lag_seconds": (
+                "Redis tier: publish-to-apply delay of the last invalidation received",
+                ns,
+            ),
+            "tier_listener_lag_max_seconds": (
+                "Redis tier: largest publish-to-apply delay in the last minute",
+                ns,
+            ),
+            "tier_pending_invalidations": (
                 "Redis tier: keys to delete in Redis once it answers again",
-                labels=["namespace"],
-            )
+                ns,
+            ),
+        }
+        for key, (doc, labels) in gauges.items():
+            fams[key] = g(n(key), doc, labels=labels)
         return fams
 
     def describe(self) -> Iterable[Metric]:
@@ -297,15 +391,29 @@ class MemcacheCollector(Collector):
         return list(fams.values())
 
     def _collect_tiers(self, fams: dict[str, Family]) -> None:
-        from .redis import COUNTERS
+        from .redis import BREAKER_STATES, COUNTERS
 
         for tier in list(self.tiers):
-            st = tier.stats()
-            label = [st["namespace"]]
+            st: dict[str, Any] = dict(tier.stats())
+            ns = st["namespace"]
+            label = [ns]
             for name in COUNTERS:
-                fams[f"tier_{name}"].add_metric(label, st[name])
+                grouped = _TIER_GROUPED.get(name)
+                if grouped is None:
+                    fams[f"tier_{name}"].add_metric(label, st[name])
+                elif grouped[0]:
+                    fams[grouped[0]].add_metric([ns, grouped[1]], st[name])
+            for state in BREAKER_STATES:
+                fams["tier_breaker_state"].add_metric([ns, state], int(st["breaker"] == state))
+            fams["tier_breaker_state_seconds"].add_metric(label, st["breaker_state_seconds"])
             fams["tier_connected"].add_metric(label, 1 if st["connected"] else 0)
-            fams["tier_pending"].add_metric(label, st["pending_invalidations"])
+            fams["tier_channel_state_seconds"].add_metric(label, st["channel_state_seconds"])
+            fams["tier_local_bypassed"].add_metric(label, 1 if st["local_bypassed"] else 0)
+            fams["tier_max_stale_seconds"].add_metric(label, st["max_stale"])
+            lag = st["listener_lag_seconds"]
+            fams["tier_listener_lag_seconds"].add_metric(label, 0.0 if lag is None else lag)
+            fams["tier_listener_lag_max_seconds"].add_metric(label, st["listener_lag_max_seconds"])
+            fams["tier_pending_invalidations"].add_metric(label, st["pending_invalidations"])
 
     def _account_cleanups(self, st: ManagerStats) -> None:
         """Add the bytes of cleanup events not seen by an earlier scrape."""

@@ -4,48 +4,41 @@
     from memcache_ext import LruCache
     from memcache_ext.redis import TieredCache
 
-    client = redis.Redis(host="127.0.0.1", socket_timeout=0.1, socket_connect_timeout=0.1)
+    client = redis.Redis(host="127.0.0.1")       # its settings; the tier has its own policy
     users = TieredCache(LruCache(maxsize=10_000), client, "users", ttl=300)
     user = users.get_or_set("42", lambda: load_user(42))
 
 Reads hit the local cache first, then Redis, then the caller's loader. Writes
-go to Redis and to the local tier; writes and deletes publish an invalidation
-on the channel ``{namespace}:invalidate`` carrying the key and this
-instance's id, and a background listener (a thread for :class:`TieredCache`,
+go to Redis and to the local tier; a write or delete publishes, in the same
+step in Redis, an invalidation on ``{namespace}:invalidate`` naming the key
+and its version, and a background worker (a thread for :class:`TieredCache`,
 a task for :class:`AsyncTieredCache`) drops the local copy of every key
 another instance changed. Only this package imports redis-py: importing
 ``memcache_ext`` never does.
 
 Design, precisely:
 
-* Keys are ``str`` (or pass ``key_encoder``, a function from your key to a
-  ``str``). Redis key: ``f"{namespace}:{key}"``; the local tier is keyed by
-  the encoded key and should be dedicated to one tier.
-* Values are serialized by a pluggable serializer (``serializers``:
-  :class:`PickleSerializer`, the default, for trusted deployments only:
-  whoever can write to Redis can run code in every instance;
-  :class:`JsonSerializer`; :class:`MsgpackSerializer` when msgpack is
-  installed). A serialized value
-  longer than ``max_value_bytes`` is neither written nor, when read back from
-  Redis, deserialized (the raw length is checked first); such values and
-  values that fail to (de)serialize are misses, logged and counted, never
-  raised into the request.
-* Freshness: every invalidation (received, or one of our own writes) bumps a
-  generation; a value read from Redis (or written by us) is stored locally
-  only if no invalidation of its key arrived since the read started, so a
-  slow read cannot reinstall a value another instance has just replaced.
-* Redis down or slow: any ``RedisError``/``OSError`` from a command is
-  counted, opens a short circuit breaker (``retry_interval`` seconds during
-  which Redis is not tried), and the request goes on: reads fall back to the
-  local tier and the loader, writes are skipped (counted) and keys written or
-  deleted meanwhile are remembered and deleted from Redis, with an
-  invalidation, once it answers again. The listener retries with exponential
-  backoff and jitter; every (re)subscription after the first clears the local
-  tier (invalidations may have been missed), counted in ``reconnects`` and
-  ``local_clears``.
-* Pub/sub is at-most-once: between a write and the arrival of its
-  invalidation another instance may serve its old local copy; ``local_ttl``
-  bounds how long any local copy can live.
+* Keys are ``str`` (or pass ``key_encoder``). Redis key ``f"{namespace}:{key}"``,
+  a hash of the value and its version (``_versions``). A namespace that would
+  break key or channel names is a ValueError.
+* Versions: a write or a fill never replaces a newer version in Redis (one Lua
+  script); the version is the caller's (``version_of``, ``version=``: a row
+  version, ``updated_at``) or a per-key counter the tier keeps in Redis.
+* Values are serialized as JSON by default (``serializers``: msgpack, or a
+  pickle signed with an HMAC key); an oversized, unverifiable or undecodable
+  value is a miss, counted, logged at most once a minute.
+* Freshness: every local store goes through a lease of the local cache, so an
+  invalidation that arrives while a read is in flight refuses its fill
+  (``_freshness``). While invalidations cannot arrive, local entries are
+  served for at most ``max_stale`` seconds after the channel was last heard
+  from; every resubscription drops the local tier (``_listener``).
+* Redis down, slow or frozen: the tier's own client bounds each call by
+  ``deadline`` (50 ms), retries nothing but a broken pooled connection, once,
+  and a breaker opened by the first connection error or timeout keeps
+  requests off Redis until a background probe finds it back (``_policy``).
+  Keys written meanwhile are tombstoned in Redis when it answers again.
+* Misuse: the client of the other flavour, or operations after ``close()``,
+  raise TypeError / :class:`TierClosedError`.
 """
 
 from __future__ import annotations
@@ -60,18 +53,29 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ._async import AsyncTieredCache
 from ._counters import COUNTERS, TierCounters
-from ._driver import REDIS_ERRORS, TierStats
+from ._driver import REDIS_ERRORS, TierClosedError, TierStats
+from ._policy import BREAKER_STATES, ERROR_KINDS
 from ._sync import TieredCache
-from .serializers import JsonSerializer, MsgpackSerializer, PickleSerializer, Serializer
+from .serializers import (
+    BadSignatureError,
+    JsonSerializer,
+    MsgpackSerializer,
+    PickleSerializer,
+    Serializer,
+)
 
 __all__ = [
     "TieredCache",
     "AsyncTieredCache",
+    "TierClosedError",
     "Serializer",
-    "PickleSerializer",
     "JsonSerializer",
     "MsgpackSerializer",
+    "PickleSerializer",
+    "BadSignatureError",
     "COUNTERS",
+    "ERROR_KINDS",
+    "BREAKER_STATES",
     "REDIS_ERRORS",
     "TierCounters",
     "TierStats",

@@ -4,25 +4,41 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Optional, Union
 
 from .._constants import MISSING
 from ._driver import TierDriver
-from ._flow import Flow, advance
+from ._flow import Flow, RedisCall, advance
 
 __all__ = ["AsyncTieredCache"]
+
+if sys.version_info >= (3, 11):
+
+    async def _within(awaitable: Awaitable[Any], seconds: float) -> Any:
+        async with asyncio.timeout(seconds):
+            return await awaitable
+
+else:  # pragma: no cover - Python 3.10
+
+    async def _within(awaitable: Awaitable[Any], seconds: float) -> Any:
+        return await asyncio.wait_for(awaitable, seconds)
 
 
 class AsyncTieredCache(TierDriver):
     """The same tier for a ``redis.asyncio.Redis`` client; methods are coroutines.
 
-    Start the listener task with ``await tier.start()`` or ``async with``;
+    Same constructor as :class:`TieredCache` (no ``start``). Start the
+    background worker (a task) with ``await tier.start()`` or ``async with``;
     ``await tier.aclose()`` stops it. One instance belongs to one event loop.
-    Concurrent ``get_or_set`` calls for a key share one load (a task:
-    cancelling one caller cancels neither the load nor the others).
+    Every Redis call is awaited under the ``deadline``. Concurrent
+    ``get_or_set`` calls for a key share one load (a task: cancelling one
+    caller cancels neither the load nor the others).
     """
+
+    _ASYNC = True
 
     def __init__(self, local: Any, redis_client: Any, namespace: str, **options: Any) -> None:
         super().__init__(local, redis_client, namespace, **options)
@@ -32,21 +48,20 @@ class AsyncTieredCache(TierDriver):
     # -- the adapter: calls made and awaited ---------------------------------------------
 
     async def _run(self, flow: Flow) -> Any:
+        deadline = self.deadline
         done, out = advance(flow, None, None)
         while not done:
             try:
                 value, error = out(), None
                 if inspect.isawaitable(value):
-                    value = await value
+                    if type(out) is RedisCall:
+                        value = await _within(value, deadline)
+                    else:
+                        value = await value
             except BaseException as exc:  # noqa: BLE001 - handed to the flow, which decides
                 value, error = None, exc
             done, out = advance(flow, value, error)
         return out
-
-    async def _pipeline(self, queue: Callable[[Any], None]) -> Any:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            queue(pipe)
-            return await pipe.execute()
 
     async def _sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)  # aclose() cancels it
@@ -58,6 +73,9 @@ class AsyncTieredCache(TierDriver):
     # -- public API ---------------------------------------------------------------------
 
     async def get(self, key: Any, default: Any = None) -> Any:
+        """As ``TieredCache.get``."""
+        if self._closed:
+            self._check_open()
         enc = self.key_encoder
         k = key if enc is None else self._key(key)
         value = self._lget(k, MISSING)
@@ -72,6 +90,7 @@ class AsyncTieredCache(TierDriver):
         ttl: Optional[float] = None,
     ) -> Any:
         """As ``TieredCache.get_or_set``; ``loader`` may be sync or return an awaitable."""
+        self._check_open()
         value, k = self._local_first(key)
         if value is not MISSING:
             return value
@@ -91,19 +110,28 @@ class AsyncTieredCache(TierDriver):
             self.counts.add("shared_loads")
         return await asyncio.shield(task)
 
-    async def set(self, key: Any, value: Any, ttl: Optional[float] = None) -> bool:
-        return bool(await self._run(self._set_flow(self._key(key), value, ttl)))
+    async def set(
+        self, key: Any, value: Any, ttl: Optional[float] = None, *, version: Optional[int] = None
+    ) -> bool:
+        """As ``TieredCache.set``."""
+        self._check_open()
+        return bool(await self._run(self._set_flow(self._key(key), value, ttl, version)))
 
-    async def delete(self, key: Any) -> bool:
-        return bool(await self._run(self._delete_flow(self._key(key))))
+    async def delete(self, key: Any, *, version: Optional[int] = None) -> bool:
+        """As ``TieredCache.delete``."""
+        self._check_open()
+        return bool(await self._run(self._delete_flow(self._key(key), version)))
 
     async def clear(self, remote: bool = True) -> None:
+        """As ``TieredCache.clear``."""
+        self._check_open()
         await self._run(self._clear_flow(remote))
 
-    # -- listener -------------------------------------------------------------------------
+    # -- the background worker ------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the listener task on the running loop (idempotent)."""
+        """Start the background worker task on the running loop (idempotent)."""
+        self._check_open()
         if self._task is not None and not self._task.done():
             return
         self._stop.clear()
@@ -112,7 +140,7 @@ class AsyncTieredCache(TierDriver):
         )
 
     async def wait_ready(self, timeout: Optional[float] = None) -> bool:
-        """Wait until the listener has subscribed once; False on timeout."""
+        """Wait until the worker has subscribed once; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._ready.is_set():
             if deadline is not None and time.monotonic() >= deadline:
@@ -121,13 +149,24 @@ class AsyncTieredCache(TierDriver):
         return True
 
     async def aclose(self) -> None:
-        """Stop the listener task (the client is the caller's to close)."""
+        """Stop the worker and close the tier's own connections (idempotent); the client
+        passed in is the caller's to close. Afterwards every operation raises
+        TierClosedError; ``stats()`` still answers."""
+        if self._closed:
+            return
+        self._closed = True
         self._stop.set()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         self._connected = False
+        self._bypass = True
+        try:
+            await self.redis.aclose()
+            await self.redis.connection_pool.disconnect()
+        except Exception:  # noqa: BLE001, S110 - closing connections to a server that is gone
+            pass
 
     async def __aenter__(self) -> AsyncTieredCache:
         await self.start()

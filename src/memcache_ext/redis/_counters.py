@@ -19,20 +19,34 @@ class TierCounters(TypedDict):
     loads: int
     load_errors: int
     shared_loads: Annotated[int, "Callers that waited for another caller's load"]
-    writes: int
+    writes: Annotated[int, "Values and tombstones written to Redis by set, delete and fills"]
     deletes: int
+    version_refusals: Annotated[int, "Writes and fills refused: Redis holds a newer version"]
     skipped_writes: Annotated[int, "Writes and deletes not sent while Redis was away"]
-    invalidations_sent: int
-    invalidations_received: int
+    expired_writes: Annotated[int, "Writes that reached Redis past their deadline: not applied"]
+    invalidations_sent: Annotated[int, "Invalidations published (writes, deletes, clears)"]
+    invalidations_received: Annotated[int, "Other instances' invalidations applied here"]
     invalidations_ignored_own: int
-    bad_messages: int
-    redis_errors: int
-    reconnects: int
+    invalidations_ignored_old: Annotated[int, "Messages older than the version seen here"]
+    invalidations_dropped: Annotated[int, "Invalidations neither sent nor queued (queue full)"]
+    bad_messages: Annotated[int, "Unparseable messages on the channel (ignored)"]
+    redis_errors: Annotated[int, "Failed Redis calls, every kind"]
+    errors_timeout: int
+    errors_connection: int
+    errors_response: int
+    errors_other: int
+    breaker_opened: int
+    breaker_half_opened: Annotated[int, "Background probes started"]
+    breaker_closed: int
+    channel_losses: Annotated[int, "Times the invalidation channel was lost"]
+    reconnects: Annotated[int, "Resubscriptions after a loss (each drops the local tier)"]
+    stale_bypasses: Annotated[int, "Times max_stale ran out and the local tier was dropped"]
     local_clears: int
     oversized_writes: int
     oversized_reads: int
     serialization_failures: int
     deserialization_failures: int
+    bad_signatures: Annotated[int, "Signed values whose signature did not verify (misses)"]
 
 
 #: The counters' names, in order.

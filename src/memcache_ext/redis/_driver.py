@@ -1,14 +1,16 @@
-"""The tier's logic, once: keys, the breaker, the operations as flows, stats.
+"""The tier's logic, once: keys, versions, the call policy, the operations as flows, stats.
 
-See ``_flow`` for how the sync and async adapters run the flows.
+See ``_flow`` for how the sync and async adapters run the flows, ``_policy``
+for the call policy (own client, deadline, breaker), ``_versions`` for what a
+key holds in Redis and the one script that writes it, ``_freshness`` and
+``_listener`` for the local tier's freshness.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
-import json
-import logging
+import re
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -18,21 +20,43 @@ import redis.exceptions as _redis_exc
 
 from .._constants import MISSING
 from ._counters import COUNTERS, Counters, TierCounters
-from ._flow import Flow
+from ._flow import Flow, RedisCall
 from ._listener import Listener
-from .serializers import Codec, Serializer, make_serializer
-
-__all__ = ["TierDriver", "TierCounters", "TierStats", "COUNTERS", "REDIS_ERRORS"]
-
-logger = logging.getLogger("memcache_ext.redis")
-
-#: Errors that mean "Redis did not answer properly": counted, never raised.
-REDIS_ERRORS: tuple[type[BaseException], ...] = (_redis_exc.RedisError, OSError)
-_DOWN_ERRORS: tuple[type[BaseException], ...] = (
-    _redis_exc.ConnectionError,
-    _redis_exc.TimeoutError,
-    OSError,
+from ._policy import (
+    DEFAULT_DEADLINE,
+    DEFAULT_PROBE_INTERVAL,
+    REDIS_ERRORS,
+    Breaker,
+    error_kind,
+    own_client,
 )
+from ._versions import (
+    WRITE_SCRIPT,
+    check_version,
+    clear_message,
+    message_head,
+    parse_version,
+)
+from .serializers import Codec, RateLimitedLog, Serializer, make_serializer
+
+__all__ = [
+    "TierDriver",
+    "TierCounters",
+    "TierStats",
+    "TierClosedError",
+    "COUNTERS",
+    "REDIS_ERRORS",
+]
+
+#: A namespace: letters, digits and ``_ . : / - + = @ { }``, starting with a letter, digit or
+#: ``_``. Glob characters (``* ? [ ] \``) would break ``clear()``'s SCAN pattern, and
+#: spaces, quotes or control characters have no place in key or channel names.
+_NAMESPACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/+=@{}-]{0,199}")
+_TOMBSTONE_TTL = 3600.0  # a delete's tombstone lives this long when the tier has no ttl
+
+
+class TierClosedError(RuntimeError):
+    """An operation on a tier after ``close()``/``aclose()``."""
 
 
 class TierStats(TierCounters):
@@ -44,21 +68,33 @@ class TierStats(TierCounters):
     channel: str
     instance_id: str
     serializer: str
-    connected: Annotated[bool, "Whether the invalidation listener is subscribed"]
-    redis_available: Annotated[bool, "False while the breaker is open"]
+    versions: Annotated[str, "'redis-counter' (the tier's own) or 'caller' (version_of)"]
+    connected: Annotated[bool, "Whether the invalidation channel is up"]
+    channel_state: Annotated[str, "'up' or 'down'"]
+    channel_state_seconds: Annotated[float, "Seconds since the channel went up or down"]
+    channel_heard_seconds: Annotated[Optional[float], "Seconds since the channel was last heard"]
+    local_bypassed: Annotated[bool, "True while the local tier is dropped and bypassed"]
+    max_stale: float
+    breaker: Annotated[str, "'closed' (Redis in use), 'open' or 'half_open' (one probe out)"]
+    breaker_state_seconds: float
+    redis_available: Annotated[bool, "False while the breaker is not closed"]
+    deadline: Annotated[float, "Seconds a Redis call may take"]
+    listener_lag_seconds: Annotated[Optional[float], "Publish-to-apply delay of the last message"]
+    listener_lag_max_seconds: Annotated[float, "Largest such delay in the last minute"]
     pending_invalidations: Annotated[int, "Keys to delete in Redis once it answers again"]
     pending_dropped: int
     max_value_bytes: Optional[int]
+    closed: bool
     local: Annotated[dict[str, Any], "The local tier's own stats()"]
 
 
-def _opt_seconds(name: str, value: Any) -> Optional[float]:
-    if value is None:
+def _seconds(name: str, value: Any, *, allow_none: bool = False, allow_zero: bool = False) -> Any:
+    if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number or None")
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
+        raise TypeError(f"{name} must be a number of seconds{' or None' if allow_none else ''}")
+    if not (value >= 0 if allow_zero else value > 0):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
     return float(value)
 
 
@@ -67,12 +103,13 @@ def _glob_escape(text: str) -> str:
 
 
 class TierDriver(Listener):
-    """Everything but the I/O: keys, serialization, freshness, the breaker, stats.
+    """Everything but the I/O: keys, serialization, versions, freshness, the breaker, stats.
 
-    Adapters provide ``_pipeline(queue)`` (run ``queue(pipe)`` on a fresh
-    non-transactional pipeline and execute it), ``_sleep(seconds)`` and
-    ``_close_pubsub(pubsub)``, and drive the flows.
+    Adapters provide ``_sleep(seconds)`` and ``_close_pubsub(pubsub)``, and drive
+    the flows.
     """
+
+    _ASYNC = False
 
     def __init__(
         self,
@@ -85,26 +122,33 @@ class TierDriver(Listener):
         serializer: Union[str, Serializer, None] = None,
         max_value_bytes: Optional[int] = 1 << 20,
         key_encoder: Optional[Callable[[Any], str]] = None,
-        retry_interval: float = 1.0,
-        backoff: tuple[float, float] = (0.05, 5.0),
+        version_of: Optional[Callable[[Any], int]] = None,
+        deadline: float = DEFAULT_DEADLINE,
+        probe_interval: float = DEFAULT_PROBE_INTERVAL,
+        max_stale: float = 1.0,
+        backoff: tuple[float, float] = (0.05, 1.0),
         poll_interval: float = 0.2,
         max_pending: int = 10_000,
     ) -> None:
-        if not isinstance(namespace, str) or not namespace:
-            raise ValueError("namespace must be a non-empty str")
-        for method in ("get", "set", "pop", "clear", "stats"):
+        if not isinstance(namespace, str):
+            raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
+        if not _NAMESPACE.fullmatch(namespace):
+            raise ValueError(
+                f"namespace {namespace!r} would break Redis key or channel names: use 1 to 200 "
+                f"letters, digits and _ . : / - + = @ {{ }}, starting with a letter, digit or _"
+            )
+        for method in ("get", "set", "clear", "stats", "lease", "fill", "drop_lease", "invalidate"):
             if not callable(getattr(local, method, None)):
-                raise TypeError(f"local must be a cache of this package (no {method}())")
+                raise TypeError(
+                    f"local must be a cache of this package (CLruCache, PyLruCache, LruCache): "
+                    f"it has no {method}()"
+                )
         if redis_client is None:
             raise TypeError("redis_client is required")
-        kwargs_of = getattr(redis_client, "get_connection_kwargs", None)
-        if callable(kwargs_of) and kwargs_of().get("decode_responses"):
-            raise ValueError(
-                "the Redis client must not decode responses "
-                "(decode_responses=False): values are bytes"
-            )
         if key_encoder is not None and not callable(key_encoder):
             raise TypeError("key_encoder must be callable")
+        if version_of is not None and not callable(version_of):
+            raise TypeError("version_of must be callable (value -> int >= 0) or None")
         if max_value_bytes is not None:
             if isinstance(max_value_bytes, bool) or not isinstance(max_value_bytes, int):
                 raise TypeError("max_value_bytes must be an int or None")
@@ -115,36 +159,56 @@ class TierDriver(Listener):
         lo, hi = backoff
         if not 0 < lo <= hi:
             raise ValueError(f"backoff must be (min, max) with 0 < min <= max, got {backoff!r}")
+        deadline = _seconds("deadline", deadline)
+        probe_interval = _seconds("probe_interval", probe_interval)
+        max_stale = _seconds("max_stale", max_stale, allow_zero=True)
+        poll_interval = _seconds("poll_interval", poll_interval)
+        ttl = _seconds("ttl", ttl, allow_none=True)
+        local_ttl = _seconds("local_ttl", local_ttl, allow_none=True)
+        serializer_obj = make_serializer(serializer)
+        # The tier's own client (TypeError for the wrong flavour) comes last: nothing to undo.
+        own = own_client(redis_client, deadline, self._ASYNC)
         super().__init__(local)
-        self.redis = redis_client
+        self.user_client = redis_client
+        self.redis = own
         self.namespace = namespace
         self.channel = f"{namespace}:invalidate"
-        self.ttl = _opt_seconds("ttl", ttl)
-        self.local_ttl = _opt_seconds("local_ttl", local_ttl)
+        self.ttl = ttl
+        self.local_ttl = local_ttl
+        self.version_of = version_of
+        self.deadline = deadline
+        self.max_stale = max_stale
+        self.poll_interval = poll_interval
+        beat = min(poll_interval, max_stale / 4) if max_stale else poll_interval
+        self.heartbeat = max(0.005, beat)
+        # Silent this long: lost (and resubscribed). Not sooner than max_stale: a busy
+        # process can starve the worker thread of the GIL for a while.
+        self.channel_timeout = max(max_stale, 3 * self.heartbeat + deadline)
+        self.backoff = (float(lo), float(hi))
+        self.max_pending = max_pending
         self.counts = Counters()
+        self.log = RateLimitedLog(60.0)
+        self.breaker = Breaker(namespace, probe_interval)
         self.codec = Codec(
-            make_serializer(serializer),
+            serializer_obj,
             max_value_bytes,
             self.counts.add,
             f"redis tier {namespace!r}",
             MISSING,
+            self.log,
         )
         self.key_encoder = key_encoder
-        self.retry_interval = float(_opt_seconds("retry_interval", retry_interval) or 0)
-        self.poll_interval = float(_opt_seconds("poll_interval", poll_interval) or 0.2)
-        self.backoff = (float(lo), float(hi))
-        self.max_pending = max_pending
         self.instance_id = uuid.uuid4().hex
         self._prefix = f"{namespace}:"
+        self._script = own.register_script(WRITE_SCRIPT)
         self._lget = local.get  # the hit path: one bound C call
-        self._pending: dict[str, None] = {}  # keys written/deleted while Redis was away
+        self._pending: dict[str, Optional[int]] = {}  # key -> version, written while away
+        self._pending_lock = threading.Lock()
         self._pending_dropped = 0
-        self._down_until = 0.0  # circuit breaker
-
-    # -- what the adapters provide -------------------------------------------------
-
-    def _pipeline(self, queue: Callable[[Any], None]) -> Any:
-        raise NotImplementedError
+        self._closed = False
+        self._clock_offset_us: Optional[float] = None  # Redis TIME minus our monotonic, in us
+        self._clock_at = 0.0
+        self._late_us = deadline * 1e6 / 2
 
     @property
     def serializer(self) -> Serializer:
@@ -154,7 +218,17 @@ class TierDriver(Listener):
     def max_value_bytes(self) -> Optional[int]:
         return self.codec.max_bytes
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     # -- small helpers -------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TierClosedError(
+                f"{type(self).__name__} {self.namespace!r} is closed: create a new one"
+            )
 
     def _local_first(self, key: Any) -> tuple[Any, Any]:
         """(the local tier's value or MISSING, the key to use from here on: the
@@ -184,195 +258,301 @@ class TierDriver(Listener):
         ttls = [t for t in (ttl, self.local_ttl) if t is not None]
         return min(ttls) if ttls else None
 
-    def _message(self, op: str, key: str = "") -> bytes:
-        return json.dumps(
-            [self.instance_id, op, key], separators=(",", ":"), ensure_ascii=False
-        ).encode()
+    def _version(self, version: Any, value: Any) -> Optional[int]:
+        """The caller's version of a write: ``version``, else ``version_of(value)``, else None."""
+        if version is not None:
+            return check_version(version)
+        if self.version_of is not None:
+            return check_version(self.version_of(value))
+        return None
 
-    def _remote_available(self) -> bool:
-        return self._down_until == 0.0 or time.monotonic() >= self._down_until
+    def _count_error(self, exc: BaseException) -> str:
+        kind = error_kind(exc)
+        self.counts.add("redis_errors")
+        self.counts.add(f"errors_{kind}")
+        return kind
 
     def _failed(self, exc: BaseException, what: str) -> None:
-        self.counts.add("redis_errors")
-        if isinstance(exc, _DOWN_ERRORS):
-            first = self._down_until == 0.0
-            self._down_until = time.monotonic() + self.retry_interval
-            if first:
-                logger.warning(
-                    "redis tier %r: %s failed (%s: %s); serving from the local tier and the loader",
-                    self.namespace,
-                    what,
-                    type(exc).__name__,
-                    exc,
-                )
+        kind = self._count_error(exc)
+        if kind in ("timeout", "connection"):
+            self.breaker.fail(exc)  # logs once per outage
         else:
-            logger.warning(
-                "redis tier %r: %s failed: %s: %s", self.namespace, what, type(exc).__name__, exc
+            self.log.report(
+                f"error:{what}",
+                "redis tier %r: %s failed: %s: %s",
+                self.namespace,
+                what,
+                type(exc).__name__,
+                exc,
             )
 
-    def _redis_ok(self) -> None:
-        if self._down_until != 0.0:
-            self._down_until = 0.0
-            logger.info("redis tier %r: Redis answers again", self.namespace)
-
-    def _add_pending(self, key: str) -> None:
-        with self._lock:
-            if key in self._pending:
+    def _add_pending(self, key: str, version: Optional[int]) -> None:
+        with self._pending_lock:
+            pending = self._pending
+            if key in pending:
+                old = pending[key]
+                if version is not None and (old is None or version > old):
+                    pending[key] = version
                 return
-            if len(self._pending) >= self.max_pending:
+            if len(pending) >= self.max_pending:
                 self._pending_dropped += 1
+                self.counts.add("invalidations_dropped")
                 return
-            self._pending[key] = None
-
-    def _with_messages(
-        self, command: str, args: tuple[Any, ...], kwargs: dict[str, Any], keys: list[str]
-    ) -> Callable[[], Any]:
-        """``command(*args, **kwargs)`` and an invalidation of each key, in one pipeline."""
-        msgs = [self._message("k", k) for k in keys]
-
-        def queue(pipe: Any) -> None:
-            getattr(pipe, command)(*args, **kwargs)
-            for msg in msgs:
-                pipe.publish(self.channel, msg)
-
-        return functools.partial(self._pipeline, queue)
+            pending[key] = version
 
     # -- the operations, as flows ---------------------------------------------------
 
-    def _read_flow(self, key: str, since: int, ttl: Optional[float]) -> Flow:
-        """Redis after a local miss: returns (value or MISSING, found_bad_value)."""
-        if not self._remote_available():
+    def _read_flow(self, key: str) -> Flow:
+        """Redis after a local miss: (value or MISSING, its version, the version field as
+        read, '' if none, or None when Redis was not read, whether an unusable value is there)."""
+        if not self.breaker.closed:
             self.counts.add("remote_skipped")
-            return MISSING, False
+            return MISSING, None, None, False
         try:
-            raw = yield functools.partial(self.redis.get, self._prefix + key)
+            raw_v, raw_d = yield RedisCall(self.redis.hmget, self._prefix + key, "v", "d")
+        except _redis_exc.ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                self._failed(exc, "HMGET")
+                return MISSING, None, None, False
+            # Not one of ours (written by hand, or by an older version): a miss, replaced.
+            self.counts.add("deserialization_failures")
+            return MISSING, None, "", True
         except REDIS_ERRORS as exc:
-            self._failed(exc, "GET")
-            return MISSING, False
-        self._redis_ok()
-        if raw is None:
+            self._failed(exc, "HMGET")
+            return MISSING, None, None, False
+        version = parse_version(raw_v)
+        observed = "" if version is None else str(version)
+        if raw_d is None:
             self.counts.add("remote_misses")
-            return MISSING, False
-        value = self.codec.decode(key, raw)
+            return MISSING, version, observed, False
+        value = self.codec.decode(key, raw_d)
         if value is MISSING:
-            return MISSING, True
+            return MISSING, version, observed, True
         self.counts.add("remote_hits")
-        self._store_if_fresh(key, value, since, self._local_ttl(ttl))
-        return value, False
+        return value, version, observed, False
+
+    def _write_flow(
+        self,
+        key: str,
+        op: str,
+        data: bytes,
+        ttl: Optional[float],
+        version: Optional[int],
+        observed: str = "",
+        bad: bool = False,
+    ) -> Flow:
+        """The write script: (status, version written or there, had a value), or None when
+        Redis was not written (breaker open, or the call failed)."""
+        if not self.breaker.closed:
+            return None
+        px = 0 if ttl is None else max(1, int(ttl * 1000))
+        mode = "auto" if version is None and self.version_of is None else "caller"
+        offset = self._clock_offset_us
+        args = (
+            op,
+            mode,
+            "" if version is None else str(version),
+            data,
+            px,
+            self.channel,
+            message_head(self.instance_id, key),
+            observed,
+            "1" if bad else "0",
+            "" if offset is None else str(int(time.monotonic() * 1e6 + offset + self._late_us)),
+        )
+        try:
+            res = yield RedisCall(self._script, keys=[self._prefix + key], args=args)
+        except REDIS_ERRORS as exc:
+            self._failed(exc, "write" if op != "del" else "delete")
+            return None
+        status, ver, had = int(res[0]), parse_version(res[1]), bool(int(res[2]))
+        if status == 3:
+            self.counts.add("expired_writes")
+            return None
+        if status == 0:
+            self.counts.add("version_refusals")
+        elif status == 1:
+            self.counts.add("writes")
+            if op != "fill":
+                self.counts.add("invalidations_sent")
+        if op != "fill":
+            with self._pending_lock:
+                self._pending.pop(key, None)  # written since: nothing to replay
+        if op == "del":
+            # A read may have filled the value this tombstone replaces while it was on its
+            # way, and our own message is ignored when it comes back: drop it here (refused,
+            # the tombstone says Redis holds a newer version than our local copy may be).
+            with self._state_lock:
+                if ver is not None:
+                    self._note(key, ver)
+                self.local.invalidate(key)
+        return status, ver, had
 
     def _get_flow(self, key: str, default: Any) -> Flow:
-        value, _ = yield from self._read_flow(key, self._gen, None)
-        return default if value is MISSING else value
-
-    def _load_flow(self, key: str, ttl: Optional[float], loader: Callable[[], Any]) -> Flow:
-        since = self._gen
-        value, bad = yield from self._read_flow(key, since, ttl)
-        if value is not MISSING:
-            return value
+        lease = self.local.lease(key)
         try:
-            value = yield loader
+            value, version, _, _ = yield from self._read_flow(key)
         except BaseException:
-            self.counts.add("load_errors")
+            self.local.drop_lease(lease)
             raise
-        self.counts.add("loads")
-        # A fill does not overwrite a value someone wrote meanwhile (NX), but
-        # it does replace a value that could not be used (oversized, garbage).
-        yield from self._write_flow(key, value, ttl, since, nx=not bad)
+        if value is MISSING:
+            self.local.drop_lease(lease)
+            return default
+        self._fill(key, value, lease, self._local_ttl(None), version)
         return value
 
-    def _set_flow(self, key: str, value: Any, ttl: Optional[float]) -> Flow:
-        return (yield from self._write_flow(key, value, ttl, self._gen, nx=False))
+    def _load_flow(self, key: str, ttl: Optional[float], loader: Callable[[], Any]) -> Flow:
+        if ttl is None:
+            ttl = self.ttl
+        lease = self.local.lease(key)
+        ended = False
+        try:
+            value, version, observed, bad = yield from self._read_flow(key)
+            if value is not MISSING:
+                ended = True
+                self._fill(key, value, lease, self._local_ttl(ttl), version)
+                return value
+            try:
+                value = yield loader
+            except BaseException:
+                self.counts.add("load_errors")
+                raise
+            self.counts.add("loads")
+            fill_version = self._version(None, value)
+            data = self.codec.encode(key, value)
+            if data is None:
+                return value  # refused (oversized, not serializable): cached nowhere
+            stored: Optional[int] = None
+            if observed is not None:  # Redis answered the read: fill it too
+                res = yield from self._write_flow(
+                    key, "fill", data, ttl, fill_version, observed, bad
+                )
+                if res is not None:
+                    status, stored, _ = res
+                    if status == 0:
+                        return value  # Redis holds a newer version: keep ours nowhere
+            ended = True
+            # Not written to Redis (unavailable): still compared with the versions seen.
+            version = stored if stored is not None else fill_version
+            self._fill(key, value, lease, self._local_ttl(ttl), version)
+            return value
+        finally:
+            if not ended:
+                self.local.drop_lease(lease)
 
-    def _write_flow(self, key: str, value: Any, ttl: Optional[float], since: int, nx: bool) -> Flow:
+    def _set_flow(self, key: str, value: Any, ttl: Optional[float], version: Any) -> Flow:
+        v = self._version(version, value)
         if ttl is None:
             ttl = self.ttl
         data = self.codec.encode(key, value)
         if data is None:
             # Refused: an older value must not be served in its place.
-            yield from self._delete_flow(key)
+            yield from self._delete_flow(key, v)
             return False
-        local_ttl = self._local_ttl(ttl)
-        if not self._remote_available():
-            return self._skip_write(key, value, since, local_ttl, pending=not nx)
-        px = None if ttl is None else max(1, int(ttl * 1000))
+        epoch = self._seen_epoch
+        self.local.invalidate(key)  # no read in flight keeps what it read before this write
+        res = yield from self._write_flow(key, "set", data, ttl, v)
+        if res is None:
+            self.counts.add("skipped_writes")
+            self._add_pending(key, v)
+            # Read your writes, unless a newer version has come from elsewhere meanwhile.
+            self._own(key, value, self._local_ttl(ttl), v, epoch)
+            return False
+        status, stored, _ = res
+        if status == 0:
+            with self._state_lock:
+                if stored is not None:
+                    self._note(key, stored)
+                self.local.invalidate(key)
+            return False
+        self._own(key, value, self._local_ttl(ttl), stored, epoch)
+        return True
+
+    def _delete_flow(self, key: str, version: Any = None) -> Flow:
+        v = None if version is None else check_version(version)
+        with self._state_lock:
+            was_local = self._forget_key(key, v)
+        ttl = _TOMBSTONE_TTL if self.ttl is None else min(self.ttl, _TOMBSTONE_TTL)
+        res = yield from self._write_flow(key, "del", b"", ttl, v)
+        if res is None:
+            self.counts.add("skipped_writes")
+            self._add_pending(key, v)
+            return was_local
+        status, _, had = res
+        if status == 1:
+            self.counts.add("deletes")
+        return had and status == 1
+
+    def _probe_flow(self) -> Flow:
         try:
-            res = yield self._with_messages(
-                "set", (self._prefix + key, data), {"px": px, "nx": nx}, [key]
-            )
+            yield RedisCall(self.redis.ping)
         except REDIS_ERRORS as exc:
-            self._failed(exc, "SET")
-            return self._skip_write(key, value, since, local_ttl, pending=not nx)
-        self._redis_ok()
-        stored = bool(res[0])
-        self.counts.add("invalidations_sent")
-        if stored:
-            self.counts.add("writes")
-        self._own_change(key, value, since, local_ttl, store=stored)
-        return stored
+            self._count_error(exc)
+            self.breaker.end_probe(False)
+            return False
+        self.breaker.end_probe(True)
+        return True
 
-    def _skip_write(
-        self, key: str, value: Any, since: int, ttl: Optional[float], pending: bool
-    ) -> bool:
-        self.counts.add("skipped_writes")
-        if pending:
-            self._add_pending(key)
-        self._own_change(key, value, since, ttl, store=True)  # this instance reads its write
-        return False
+    def _subscribed_flow(self) -> Flow:
+        """Load the write script now (a restarted Redis has forgotten it), so that the first
+        write does not pay two more round trips inside its deadline, and measure Redis's
+        clock."""
+        try:
+            yield RedisCall(self.redis.script_load, WRITE_SCRIPT)
+        except REDIS_ERRORS as exc:
+            self._failed(exc, "SCRIPT LOAD")
+        yield from self._clock_flow()
 
-    def _delete_flow(self, key: str) -> Flow:
-        if self._remote_available():
-            try:
-                res = yield self._with_messages("delete", (self._prefix + key,), {}, [key])
-            except REDIS_ERRORS as exc:
-                self._failed(exc, "DEL")
-            else:
-                self._redis_ok()
-                self.counts.add("deletes")
-                self.counts.add("invalidations_sent")
-                self._own_change(key, None, 0, None, store=False)
-                return bool(res[0])
-        self.counts.add("skipped_writes")
-        self._add_pending(key)
-        return self._forget_key(key)
+    def _clock_flow(self) -> Flow:
+        """Redis's clock against our monotonic one (us), for the writes' deadlines."""
+        t0 = time.monotonic()
+        try:
+            sec, usec = yield RedisCall(self.redis.time)
+        except REDIS_ERRORS as exc:
+            self._failed(exc, "TIME")
+            return
+        t1 = time.monotonic()
+        self._clock_offset_us = sec * 1e6 + usec - (t0 + t1) / 2 * 1e6
+        self._clock_at = t1
+        # A late write must be refused before the caller can have given up on it; the
+        # measure is off by at most half the round trip.
+        margin = (t1 - t0) / 2 * 1e6 + 1000
+        self._late_us = max(self.deadline * 1e6 / 2, self.deadline * 1e6 - margin)
 
     def _flush_flow(self) -> Flow:
-        """Delete (and invalidate) the keys changed while Redis was away."""
-        with self._lock:
-            keys = list(itertools.islice(self._pending, 256))
-        if not keys:
-            return 0
-        try:
-            yield self._with_messages("delete", tuple(self._prefix + k for k in keys), {}, keys)
-        except REDIS_ERRORS as exc:
-            self._failed(exc, "DEL (pending)")
-            return 0
-        self._redis_ok()
-        with self._lock:
-            for k in keys:
-                self._pending.pop(k, None)
-        self.counts.add("invalidations_sent", len(keys))
-        return len(keys)
+        """Tombstone (and invalidate) the keys changed while Redis was away."""
+        with self._pending_lock:
+            batch = list(itertools.islice(self._pending.items(), 256))
+        ttl = _TOMBSTONE_TTL if self.ttl is None else min(self.ttl, _TOMBSTONE_TTL)
+        sent = 0
+        for key, version in batch:
+            res = yield from self._write_flow(key, "del", b"", ttl, version)
+            if res is None:
+                break  # Redis went away again: the rest waits
+            sent += 1
+        return sent
 
     def _clear_flow(self, remote: bool) -> Flow:
         """The local tier; with ``remote``, every key of the namespace in Redis (SCAN +
         UNLINK, 500 at a time) and, through a message, every other instance's local tier."""
         self._forget_local()
+        self.counts.add("local_clears")
         if not remote:
             return None
         match, cursor, batch = _glob_escape(self._prefix) + "*", 0, []
         try:
             while True:
-                cursor, keys = yield functools.partial(
-                    self.redis.scan, cursor, match=match, count=1000
-                )
+                cursor, keys = yield RedisCall(self.redis.scan, cursor, match=match, count=1000)
                 batch += keys
                 while len(batch) >= 500 or (batch and not cursor):
-                    yield functools.partial(self.redis.unlink, *batch[:500])
+                    yield RedisCall(self.redis.unlink, *batch[:500])
                     del batch[:500]
                 if not cursor:
                     break
-            yield functools.partial(self.redis.publish, self.channel, self._message("*"))
+            yield RedisCall(self.redis.publish, self.channel, clear_message(self.instance_id))
             self.counts.add("invalidations_sent")
+            with self._pending_lock:
+                self._pending.clear()  # nothing left to tombstone
         except REDIS_ERRORS as exc:
             self._failed(exc, "clear")
         return None
@@ -386,18 +566,23 @@ class TierDriver(Listener):
             local_hits, local_misses = int(lst.get("hits", 0)), int(lst.get("misses", 0))
         except Exception:  # noqa: BLE001 - a broken local tier counts nothing
             local_hits = local_misses = 0
-        return self.counts.snapshot(local_hits, local_misses)
+        c = self.counts.snapshot(local_hits, local_misses)
+        t = self.breaker.transitions
+        c["breaker_opened"] = t["open"]
+        c["breaker_half_opened"] = t["half_open"]
+        c["breaker_closed"] = t["closed"]
+        return c
 
     def stats(self) -> TierStats:
         """Counters, state, and the local tier's own stats under ``local``."""
+        now = time.monotonic()
         c = self.counters()
         lookups = c["local_hits"] + c["local_misses"]
-        with self._lock:
-            pending = len(self._pending)
         try:
             local: dict[str, Any] = dict(self.local.stats())
         except Exception as exc:  # noqa: BLE001 - reported in its place
             local = {"error": f"{type(exc).__name__}: {exc}"}
+        lag_last, lag_max = self.lag()
         return {
             **c,
             "oversized_refusals": c["oversized_writes"] + c["oversized_reads"],
@@ -406,11 +591,25 @@ class TierDriver(Listener):
             "channel": self.channel,
             "instance_id": self.instance_id,
             "serializer": getattr(self.serializer, "name", type(self.serializer).__name__),
+            "versions": "caller" if self.version_of is not None else "redis-counter",
             "connected": self._connected,
-            "redis_available": self._remote_available(),
-            "pending_invalidations": pending,
+            "channel_state": "up" if self._connected else "down",
+            "channel_state_seconds": max(0.0, now - self._channel_changed_at),
+            "channel_heard_seconds": (
+                max(0.0, now - self._heard_at) if self._ever_subscribed else None
+            ),
+            "local_bypassed": self._bypass,
+            "max_stale": self.max_stale,
+            "breaker": self.breaker.state,
+            "breaker_state_seconds": self.breaker.seconds_in_state(now),
+            "redis_available": self.breaker.closed,
+            "deadline": self.deadline,
+            "listener_lag_seconds": lag_last,
+            "listener_lag_max_seconds": lag_max,
+            "pending_invalidations": len(self._pending),  # a len(): atomic
             "pending_dropped": self._pending_dropped,
             "max_value_bytes": self.codec.max_bytes,
+            "closed": self._closed,
             "local": local,
         }
 
@@ -427,7 +626,10 @@ class TierDriver(Listener):
         hook(name or f"redis:{self.namespace}", self.stats)
 
     def __repr__(self) -> str:
+        breaker = getattr(self, "breaker", None)
         return (
-            f"<{type(self).__name__} namespace={self.namespace!r} "
-            f"connected={self._connected} local={type(self.local).__name__}>"
+            f"<{type(self).__name__} namespace={getattr(self, 'namespace', '?')!r} "
+            f"channel={'up' if getattr(self, '_connected', False) else 'down'} "
+            f"breaker={getattr(breaker, 'state', '?')}"
+            f"{' closed' if getattr(self, '_closed', False) else ''}>"
         )

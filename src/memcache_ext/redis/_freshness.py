@@ -1,10 +1,27 @@
-"""Freshness: a value read before its key was invalidated is never stored locally.
+"""Freshness of the local tier: leases, the versions seen, and the bypass.
 
-Every invalidation (received, or one of this instance's own writes) bumps a
-generation; a read remembers the generation it started at, and its value is
-stored in the local tier only if no invalidation of its key (or of
-everything) came since. So a slow read cannot reinstall a value another
-instance has just replaced.
+Every store of a value *read* (from Redis, or from the loader) into the local
+tier is a *fill* through a lease of the local cache (``lease`` before the
+remote step, ``fill`` after it): a write, a delete, an invalidation message or
+a clear of the key that comes in between refuses the fill, so a slow read can
+never reinstall a value that was replaced while it was in flight, whatever the
+thread or task; and a fill never replaces a value stored meanwhile.
+
+This instance's own writes replace the local value (``set``: it invalidates
+every lease on the key), once Redis has taken them, unless a newer version is
+already known here: the comparison with the newest version seen and the store
+are one step under ``_state_lock``, the lock the listener takes to apply an
+invalidation, so a newer write from elsewhere is never overwritten by ours.
+
+The tier remembers the newest version it has seen per key (bounded; when the
+table is full it is emptied and ``_seen_epoch`` moves, so that a write in
+flight across it keeps nothing): an invalidation message older than it, or a
+value read from Redis older than it, is ignored.
+
+The *bypass*: while invalidations cannot arrive (no subscription yet, the
+channel lost for longer than ``max_stale``), the local tier is emptied and
+nothing is stored in it, so every read goes to Redis or the loader. Entering
+the bypass clears the local cache, which refuses every fill in flight.
 """
 
 from __future__ import annotations
@@ -17,76 +34,98 @@ __all__ = ["Freshness"]
 
 logger = logging.getLogger("memcache_ext.redis")
 
-_MAX_KEY_GENS = 65_536  # per-key generations kept; past it, everything in flight is stale
-# pop()'s default here: not _constants.MISSING, which the cores take as "no default given".
+_MAX_SEEN = 65_536  # versions remembered; past it, forgotten (only ignoring old messages suffers)
 _ABSENT: Any = object()
 
 
 class Freshness:
-    """The local tier and the generations that guard it (``_lock`` guards both)."""
+    """The local tier, the versions seen, the bypass flag."""
 
     namespace: str
 
     def __init__(self, local: Any) -> None:
         self.local = local
-        self._lock = threading.RLock()  # generations + local stores; never held over I/O
-        self._gen = 0  # bumped by every invalidation
-        self._floor_gen = 0  # reads started before this are stale
-        self._key_gen: dict[str, int] = {}
+        self._bypass = True  # until the listener has subscribed
+        self._seen: dict[str, int] = {}
+        self._seen_epoch = 0
+        # Versions seen, the bypass, own stores and applied invalidations: one at a time.
+        self._state_lock = threading.Lock()
 
-    def _bump(self, key: str) -> None:
-        """Under ``_lock``: ``key`` changed; reads of it in flight are stale."""
-        self._gen += 1
-        if len(self._key_gen) >= _MAX_KEY_GENS:
-            self._key_gen.clear()
-            self._floor_gen = self._gen
-        self._key_gen[key] = self._gen
+    def _note(self, key: str, version: int) -> None:
+        seen = self._seen
+        if version > seen.get(key, -1):
+            if len(seen) >= _MAX_SEEN:
+                seen.clear()
+                self._seen_epoch += 1
+            seen[key] = version
 
-    def _stale(self, key: str, since: int) -> bool:
-        return since < self._floor_gen or self._key_gen.get(key, 0) > since
+    def _older(self, key: str, version: Optional[int]) -> bool:
+        return version is not None and version < self._seen.get(key, -1)
+
+    def _fill(
+        self, key: str, value: Any, lease: int, ttl: Optional[float], version: Optional[int]
+    ) -> None:
+        """End ``lease``: store ``value`` unless bypassed, older than seen, or refused.
+
+        Its version counts as seen only if the fill stored it: a version noted for a
+        value the local tier does not hold would make the listener ignore the
+        invalidation of the (older) value it does hold."""
+        local = self.local
+        with self._state_lock:
+            if self._bypass or self._older(key, version):
+                local.drop_lease(lease)
+                return
+            try:
+                kept = local.fill(key, value, lease, ttl)
+            except Exception as exc:  # noqa: BLE001 - e.g. a sizeof that raises: not cached
+                logger.warning(
+                    "redis tier %r: local store of %r failed: %s: %s",
+                    self.namespace,
+                    key,
+                    type(exc).__name__,
+                    exc,
+                )
+                return
+            if version is not None and kept is value and local.peek(key, _ABSENT) is value:
+                self._note(key, version)
+
+    def _own(
+        self, key: str, value: Any, ttl: Optional[float], version: Optional[int], epoch: int
+    ) -> None:
+        """After this instance's write of ``value`` (Redis holds ``version``; None: Redis
+        was not written, the local tier keeps it for read-your-writes)."""
+        local = self.local
+        with self._state_lock:
+            if (
+                self._bypass
+                or epoch != self._seen_epoch
+                or (version is not None and version < self._seen.get(key, -1))
+            ):
+                local.invalidate(key)
+                return
+            if version is not None:
+                self._note(key, version)
+            try:
+                if ttl is None:
+                    local.set(key, value)
+                else:
+                    local.set(key, value, ttl=ttl)
+            except Exception as exc:  # noqa: BLE001 - e.g. a sizeof that raises: not cached
+                local.invalidate(key)
+                logger.warning(
+                    "redis tier %r: local store of %r failed: %s: %s",
+                    self.namespace,
+                    key,
+                    type(exc).__name__,
+                    exc,
+                )
+
+    def _forget_key(self, key: str, version: Optional[int] = None) -> bool:
+        """Drop ``key`` locally (fills in flight refused); whether it was there."""
+        if version is not None:
+            self._note(key, version)
+        return bool(self.local.invalidate(key))
 
     def _forget_local(self) -> None:
-        """Clear the local tier; reads in flight must not refill it with what they read."""
-        with self._lock:
-            self._gen += 1
-            self._floor_gen = self._gen
-            self._key_gen.clear()
-            self.local.clear()
-
-    def _forget_key(self, key: str) -> bool:
-        """Drop ``key`` locally (reads of it in flight are stale); whether it was there."""
-        with self._lock:
-            self._bump(key)
-            return self.local.pop(key, _ABSENT) is not _ABSENT
-
-    def _store_if_fresh(self, key: str, value: Any, since: int, ttl: Optional[float]) -> None:
-        with self._lock:
-            if not self._stale(key, since):
-                self._store_local(key, value, ttl)
-
-    def _store_local(self, key: str, value: Any, ttl: Optional[float]) -> None:
-        try:
-            if ttl is None:
-                self.local.set(key, value)
-            else:
-                self.local.set(key, value, ttl=ttl)
-        except Exception as exc:  # noqa: BLE001 - e.g. a sizeof that raises: not cached
-            logger.warning(
-                "redis tier %r: local store of %r failed: %s: %s",
-                self.namespace,
-                key,
-                type(exc).__name__,
-                exc,
-            )
-
-    def _own_change(
-        self, key: str, value: Any, since: int, ttl: Optional[float], store: bool
-    ) -> None:
-        """After this instance's write (``store``: keep ``value``) or delete of ``key``."""
-        with self._lock:
-            fresh = not self._stale(key, since)
-            self._bump(key)
-            if store and fresh:
-                self._store_local(key, value, ttl)
-            else:
-                self.local.pop(key, None)
+        """Clear the local tier; every fill in flight is refused."""
+        self.local.clear()

@@ -1,16 +1,23 @@
 """Serializers for the Redis tier: what a value becomes in Redis, and back.
 
-:class:`PickleSerializer` (the default, for trusted deployments only: whoever
-can write to Redis can run code in every instance), :class:`JsonSerializer`,
-and :class:`MsgpackSerializer` when msgpack is installed. Any object with
-``dumps(value) -> bytes`` and ``loads(bytes)`` will do.
+:class:`JsonSerializer` (the default: safe on data anyone may have written),
+:class:`MsgpackSerializer` when msgpack is installed, and
+:class:`PickleSerializer`, opt-in and signed: it needs an HMAC key, signs
+every value it writes and refuses (a counted miss) any value whose signature
+does not verify, so that whoever can write a Redis key cannot make the tier
+unpickle it. Any object with ``dumps(value) -> bytes`` and ``loads(bytes)``
+will do.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import pickle
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, Optional, Union
 
@@ -19,11 +26,40 @@ __all__ = [
     "PickleSerializer",
     "JsonSerializer",
     "MsgpackSerializer",
+    "BadSignatureError",
     "make_serializer",
     "Codec",
+    "RateLimitedLog",
 ]
 
 logger = logging.getLogger("memcache_ext.redis")
+
+
+class RateLimitedLog:
+    """A warning at most once per ``interval`` seconds per kind, with the count held back."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._next: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def report(self, kind: str, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next.get(kind, 0.0):
+                self._held[kind] = self._held.get(kind, 0) + 1
+                return
+            self._next[kind] = now + self.interval
+            held = self._held.pop(kind, 0)
+        if held:
+            msg += " (%d more like it since the last such warning)"
+            args = (*args, held)
+        logger.warning(msg, *args)
+
+
+class BadSignatureError(ValueError):
+    """A signed value whose signature does not verify: never deserialized."""
 
 
 class Serializer:
@@ -42,22 +78,62 @@ class Serializer:
 
 
 class PickleSerializer(Serializer):
-    """pickle, for trusted deployments only (unpickling runs code chosen by whoever wrote)."""
+    """pickle, signed with HMAC-SHA256: ``PickleSerializer(key=...)``, the key >= 16 bytes.
 
-    name = "pickle"
+    Every value written is ``b"MXP1" + HMAC(key, pickle) + pickle``; ``loads``
+    checks the signature (constant time) before unpickling anything and raises
+    :class:`BadSignatureError` otherwise, which the tier counts as a miss
+    (``bad_signatures``). Every instance of a namespace needs the same key.
+    Read it from the environment or a file, never from the command line::
 
-    def __init__(self, protocol: int = pickle.HIGHEST_PROTOCOL) -> None:
+        PickleSerializer(key=os.environ["CACHE_HMAC_KEY"])
+    """
+
+    name = "pickle-hmac"
+    MAGIC = b"MXP1"
+    _MAC_BYTES = 32
+
+    def __init__(
+        self, key: Union[bytes, str, None] = None, protocol: int = pickle.HIGHEST_PROTOCOL
+    ) -> None:
+        if key is None:
+            raise TypeError(
+                "PickleSerializer needs an HMAC key (key=..., 16 bytes or more, read from "
+                "the environment or a file): an unsigned pickle in Redis lets whoever can "
+                "write a key run code in every instance. Or use the default JSON serializer."
+            )
+        if isinstance(key, str):
+            key = key.encode()
+        if not isinstance(key, (bytes, bytearray)):
+            raise TypeError(f"key must be bytes or str, not {type(key).__name__}")
+        if len(key) < 16:
+            raise ValueError(f"the HMAC key must be at least 16 bytes, got {len(key)}")
+        self._key = bytes(key)
         self.protocol = protocol
 
+    def _mac(self, payload: bytes) -> bytes:
+        return hmac.new(self._key, payload, hashlib.sha256).digest()
+
     def dumps(self, value: Any) -> bytes:
-        return pickle.dumps(value, protocol=self.protocol)
+        payload = pickle.dumps(value, protocol=self.protocol)
+        return self.MAGIC + self._mac(payload) + payload
 
     def loads(self, data: bytes) -> Any:
-        return pickle.loads(data)
+        head = len(self.MAGIC) + self._MAC_BYTES
+        data = bytes(data)
+        if len(data) < head or not data.startswith(self.MAGIC):
+            raise BadSignatureError("not a signed value")
+        mac, payload = data[len(self.MAGIC) : head], data[head:]
+        if not hmac.compare_digest(mac, self._mac(payload)):
+            raise BadSignatureError("the signature does not verify (another key, or forged)")
+        return pickle.loads(payload)  # verified: written with our key
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(key=<{len(self._key)} bytes>)"
 
 
 class JsonSerializer(Serializer):
-    """JSON (UTF-8): safe on untrusted data; tuples come back as lists."""
+    """JSON (UTF-8), the default: safe on untrusted data; tuples come back as lists."""
 
     name = "json"
 
@@ -93,22 +169,27 @@ class MsgpackSerializer(Serializer):
 
 
 _SERIALIZERS: dict[str, Callable[[], Serializer]] = {
-    "pickle": PickleSerializer,
     "json": JsonSerializer,
     "msgpack": MsgpackSerializer,
 }
 
 
 def make_serializer(serializer: Union[str, Serializer, None]) -> Serializer:
-    """The serializer named, or given (checked), or the default."""
+    """The serializer named, or given (checked), or the default (JSON)."""
     if serializer is None:
-        return PickleSerializer()
+        return JsonSerializer()
     if isinstance(serializer, str):
+        if serializer in ("pickle", "pickle-hmac"):
+            raise ValueError(
+                "serializer='pickle' is not available by name: pickle needs an HMAC key, "
+                "pass serializer=PickleSerializer(key=...) (key from the environment or a file)"
+            )
         try:
             return _SERIALIZERS[serializer]()
         except KeyError:
             raise ValueError(
-                f"unknown serializer {serializer!r}; expected one of {sorted(_SERIALIZERS)}"
+                f"unknown serializer {serializer!r}; expected one of {sorted(_SERIALIZERS)} "
+                f"or a PickleSerializer(key=...)"
             ) from None
     if not (
         callable(getattr(serializer, "dumps", None))
@@ -123,8 +204,9 @@ class Codec:
 
     ``encode`` returns None for a value it refuses (not serializable, or
     longer than ``max_bytes``); ``decode`` returns ``missing`` for data it
-    cannot use (longer than ``max_bytes``, checked before deserializing, or
-    garbage). ``count(name)`` is told which.
+    cannot use (longer than ``max_bytes``, checked before deserializing, a bad
+    signature, or garbage). ``count(name)`` is told which; the warnings about
+    data read from Redis come at most once a minute per kind.
     """
 
     def __init__(
@@ -134,12 +216,14 @@ class Codec:
         count: Callable[[str], None],
         what: str,
         missing: Any = None,
+        log: Optional[RateLimitedLog] = None,
     ) -> None:
         self.serializer = serializer
         self.max_bytes = max_bytes
         self._count = count
         self._what = what
         self.missing = missing
+        self.log = log if log is not None else RateLimitedLog()
 
     def encode(self, key: str, value: Any) -> Optional[bytes]:
         try:
@@ -148,7 +232,8 @@ class Codec:
                 raise TypeError(f"dumps() returned {type(data).__name__}, not bytes")
         except Exception as exc:  # noqa: BLE001 - a bad value is refused, not raised
             self._count("serialization_failures")
-            logger.warning(
+            self.log.report(
+                "serialize",
                 "%s: cannot serialize the value of %r: %s: %s",
                 self._what,
                 key,
@@ -158,7 +243,8 @@ class Codec:
             return None
         if self.max_bytes is not None and len(data) > self.max_bytes:
             self._count("oversized_writes")
-            logger.warning(
+            self.log.report(
+                "oversized_write",
                 "%s: value of %r refused: %d bytes > max_value_bytes=%d",
                 self._what,
                 key,
@@ -171,7 +257,8 @@ class Codec:
     def decode(self, key: str, raw: bytes) -> Any:
         if self.max_bytes is not None and len(raw) > self.max_bytes:
             self._count("oversized_reads")
-            logger.warning(
+            self.log.report(
+                "oversized_read",
                 "%s: value of %r in Redis ignored: %d bytes > max_value_bytes=%d",
                 self._what,
                 key,
@@ -181,9 +268,20 @@ class Codec:
             return self.missing
         try:
             return self.serializer.loads(raw)
+        except BadSignatureError as exc:
+            self._count("bad_signatures")
+            self.log.report(
+                "signature",
+                "%s: value of %r in Redis refused: %s; treated as a miss",
+                self._what,
+                key,
+                exc,
+            )
+            return self.missing
         except Exception as exc:  # noqa: BLE001 - a bad value is a miss
             self._count("deserialization_failures")
-            logger.warning(
+            self.log.report(
+                "deserialize",
                 "%s: value of %r in Redis does not deserialize (%s: %s); treated as a miss",
                 self._what,
                 key,

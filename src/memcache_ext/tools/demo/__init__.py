@@ -2,7 +2,8 @@
 
     python -m memcache_ext demo [--host 127.0.0.1] [--port 8000] [--db PATH]
                                 [--users N] [--days D] [--unbounded]
-                                [--redis URL [--replicas N]]
+                                [--redis URL [--replicas N] [--max-stale S]]
+                                [--token-file PATH | --insecure]
 
 On first start the SQLite database at ``--db`` is created and filled
 (``--users`` users, ``--days`` days of hourly readings each). The service
@@ -16,6 +17,15 @@ behind the bounded caches; ``--replicas N`` (needs ``--redis``) runs N
 uvicorn processes of the same app on ports ``port .. port+N-1``, supervised
 by this process: it forwards SIGINT/SIGTERM to them, stops them all when one
 dies, and exits non-zero when one fails to start.
+
+Secrets never go on a command line, where ``ps`` shows them to every user:
+the Redis password comes from ``MEMCACHE_EXT_REDIS_PASSWORD`` or
+``--redis-password-file`` (or a whole URL from ``MEMCACHE_EXT_REDIS_URL``; a
+``--redis`` URL with a password is refused), the token from
+``MEMCACHE_EXT_DEMO_TOKEN`` or ``--token-file``; the supervisor hands both to
+its replicas in their environment. The service binds 127.0.0.1 by default;
+any other address needs a token (which then protects ``/memory/*``,
+``/metrics`` and the docs) or an explicit ``--insecure``.
 """
 
 from __future__ import annotations
@@ -36,6 +46,13 @@ from ..procs import http_ok, port_free, send_signal, stop_process
 __all__ = ["main", "build_parser"]
 
 DEFAULT_DB = "memcache-ext-demo.sqlite3"
+ENV_REDIS_URL = "MEMCACHE_EXT_REDIS_URL"
+ENV_REDIS_PASSWORD = "MEMCACHE_EXT_REDIS_PASSWORD"
+ENV_TOKEN = "MEMCACHE_EXT_DEMO_TOKEN"
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message says what to do."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m memcache_ext demo",
         description="The memcache-ext demo service: user health data from SQLite, cached.",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1); another one needs --token-file or "
+        f"${ENV_TOKEN}, or --insecure",
+    )
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument(
         "--db",
@@ -94,7 +116,35 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         default=None,
         help="Redis second tier behind the caches, e.g. redis://127.0.0.1:6379/0 "
-        "(needs redis-py); a Redis that is down is a warning, not an error",
+        f"(needs redis-py; default ${ENV_REDIS_URL} when set); no password in it: "
+        f"${ENV_REDIS_PASSWORD} or --redis-password-file. A Redis that is down is a "
+        "warning, not an error",
+    )
+    p.add_argument(
+        "--redis-password-file",
+        metavar="PATH",
+        default=None,
+        help=f"read the Redis password from this file (or set ${ENV_REDIS_PASSWORD})",
+    )
+    p.add_argument(
+        "--max-stale",
+        type=float,
+        default=1.0,
+        help="seconds a replica serves its local copies once invalidations cannot "
+        "arrive (Redis down or frozen); 0: not at all (default 1)",
+    )
+    p.add_argument(
+        "--token-file",
+        metavar="PATH",
+        default=None,
+        help=f"protect /memory/*, /metrics and /docs with the token in this file "
+        f"(or set ${ENV_TOKEN}); needed to bind anything but loopback",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="bind a non-loopback --host without a token: /memory/*, /metrics and /docs "
+        "are then open to anyone who can reach it",
     )
     p.add_argument(
         "--redis-prefix",
@@ -117,9 +167,105 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _read_secret(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = f.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} from {path}: {exc}") from None
+    if not value:
+        raise ConfigError(f"the {what} file {path} is empty")
+    return value
+
+
+def _has_password(url: str) -> bool:
+    from urllib.parse import parse_qs, urlsplit
+
+    try:
+        parts = urlsplit(url)
+        return parts.password is not None or "password" in parse_qs(parts.query)
+    except ValueError:
+        return False
+
+
+def _without_password(url: str) -> str:
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if ":" in netloc:
+        netloc = f"[{netloc}]"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    if parts.username:
+        netloc = f"{parts.username}@{netloc}"
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"])
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def resolve_secrets(args: argparse.Namespace, environ: Any = os.environ) -> None:
+    """Set ``args.redis`` (no password), ``args.redis_password`` and ``args.token`` from
+    the flags, the environment and files; ConfigError for a secret on the command line,
+    an unreadable file, or a non-loopback address without a token nor ``--insecure``."""
+    if args.redis and _has_password(args.redis):
+        raise ConfigError(
+            "--redis URL carries a password, which `ps` shows to every user of this "
+            f"machine: put the password in ${ENV_REDIS_PASSWORD} or --redis-password-file "
+            f"(or the whole URL in ${ENV_REDIS_URL})"
+        )
+    url = args.redis or environ.get(ENV_REDIS_URL) or None
+    password: Optional[str] = None
+    if url and _has_password(url):
+        from urllib.parse import parse_qs, unquote, urlsplit
+
+        parts = urlsplit(url)
+        password = (
+            unquote(parts.password)
+            if parts.password is not None
+            else parse_qs(parts.query)["password"][0]
+        )
+        url = _without_password(url)
+    if args.redis_password_file:
+        password = _read_secret(args.redis_password_file, "Redis password")
+    elif environ.get(ENV_REDIS_PASSWORD):
+        password = environ[ENV_REDIS_PASSWORD]
+    args.redis, args.redis_password = url, password
+    token: Optional[str] = None
+    if args.token_file:
+        token = _read_secret(args.token_file, "token")
+    elif environ.get(ENV_TOKEN):
+        token = environ[ENV_TOKEN].strip() or None
+    args.token = token
+    if not _is_loopback(args.host) and token is None and not args.insecure:
+        raise ConfigError(
+            f"--host {args.host} is reachable from other machines: protect /memory/*, "
+            f"/metrics and /docs with a token (--token-file PATH or ${ENV_TOKEN}), or "
+            "pass --insecure to serve them to anyone"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     err = sys.stderr
+    try:
+        resolve_secrets(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=err)
+        return 2
+    if args.max_stale < 0:
+        print("error: --max-stale must be >= 0", file=err)
+        return 2
     for name, value in (("--users", args.users), ("--days", args.days)):
         if value < 1:
             print(f"error: {name} must be >= 1", file=err)
@@ -201,15 +347,22 @@ def main(argv: Optional[list[str]] = None) -> int:
             cleanup_interval=args.cleanup_interval,
             redis_url=args.redis,
             redis_prefix=args.redis_prefix,
+            redis_password=args.redis_password,
+            max_stale=args.max_stale,
+            token=args.token,
         )
     except (DatabaseError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=err)
         return 2
     tier = f", Redis tier at {safe_url(args.redis)}" if args.redis else ""
     if args.replica_of is None:
+        guard = "token required" if args.token else "open: loopback only"
+        if args.token is None and not _is_loopback(args.host):
+            guard = "OPEN TO ANYONE: --insecure"
         print(
             f"memcache-ext demo ({'unbounded dict' if args.unbounded else 'bounded'} caches"
-            f"{tier}) on http://{args.host}:{args.port}  (/docs, /memory/stats, /metrics)",
+            f"{tier}) on http://{args.host}:{args.port}  (/docs, /memory/stats, /metrics: "
+            f"{guard})",
             file=err,
             flush=True,
         )
@@ -246,7 +399,8 @@ class Supervisor:
     """``--replicas N``: N child processes running the same app on consecutive ports.
 
     Each child is ``python -m memcache_ext demo`` with ``--port PORT+i`` and
-    ``--replicas 1``, in its own process group (so a terminal's Ctrl-C reaches
+    ``--replicas 1`` (and no secret on its command line: the Redis password and
+    the token go in its environment), in its own process group (so a terminal's Ctrl-C reaches
     the supervisor only, which forwards it once) and watching the supervisor
     (it stops itself if the supervisor dies). The supervisor waits until every
     replica answers ``/health``; if one exits first it stops the others and
@@ -291,9 +445,11 @@ class Supervisor:
             "--log-level",
             a.log_level,
             "--redis",
-            a.redis,
+            a.redis,  # without a password: resolve_secrets took it out
             "--redis-prefix",
             a.redis_prefix,
+            "--max-stale",
+            str(a.max_stale),
             "--replicas",
             "1",
             "--replica-of",
@@ -303,7 +459,22 @@ class Supervisor:
             argv += ["--memory-limit-mb", str(a.memory_limit_mb)]
         if a.access_log:
             argv.append("--access-log")
+        if a.insecure:
+            argv.append("--insecure")
         return argv
+
+    def child_env(self) -> dict[str, str]:
+        """The replicas' environment: ours, with the secrets they need and none they don't."""
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in (ENV_REDIS_URL, ENV_REDIS_PASSWORD, ENV_TOKEN)
+        }
+        if self.args.redis_password is not None:
+            env[ENV_REDIS_PASSWORD] = self.args.redis_password
+        if self.args.token is not None:
+            env[ENV_TOKEN] = self.args.token
+        return env
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._signal is None:
@@ -337,7 +508,11 @@ class Supervisor:
 
     def _run(self) -> int:
         for port in self.ports:
-            self.procs.append(subprocess.Popen(self.child_argv(port), start_new_session=True))
+            self.procs.append(
+                subprocess.Popen(
+                    self.child_argv(port), env=self.child_env(), start_new_session=True
+                )
+            )
         deadline = time.monotonic() + self.args.start_timeout
         pending = set(range(len(self.procs)))
         while pending:

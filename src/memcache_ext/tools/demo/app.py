@@ -12,6 +12,11 @@ Endpoints:
   summary dropped, in every replica when the Redis tier is on);
 * ``GET /health``; ``GET /memory/stats``; ``GET /metrics`` (Prometheus).
 
+With a ``token``, ``/memory/*``, ``/metrics`` and the API docs (``/docs``,
+``/redoc``, ``/openapi.json``) answer only requests that carry it, as
+``Authorization: Bearer <token>`` or as the password of HTTP Basic (what a
+browser asks for on ``/docs``); the service endpoints and ``/health`` stay open.
+
 Three caches hold profiles, readings lists and summaries: bounded caches
 created through a ``CacheManager`` (maxsize, ttl and max_bytes), or, with
 ``unbounded=True``, the plain dicts a service starts with (the "before" of
@@ -28,10 +33,13 @@ under ``sources`` in ``/memory/stats``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import hmac
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Annotated, Any, Optional, TypeVar
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request
@@ -62,6 +70,7 @@ __all__ = [
     "ProfileUpdate",
     "reset_singletons",
     "connect_redis",
+    "TokenGuard",
 ]
 
 log = logging.getLogger("memcache_ext.demo")
@@ -108,12 +117,73 @@ def safe_url(url: str) -> str:
         return "<unparsable URL>"
 
 
-def connect_redis(url: str, timeout: float = 0.5) -> Any:
-    """A redis-py client for ``url`` (bytes responses, bounded timeouts, one retry).
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class TokenGuard:
+    """Pure ASGI: requests to ``protected`` paths need the token, else 401.
+
+    The token comes as ``Authorization: Bearer <token>`` or as the password of
+    HTTP Basic (any user name), compared in constant time. A 401 asks for Basic,
+    so a browser opening ``/docs`` prompts for it.
+    """
+
+    PROTECTED = ("/memory", "/metrics", "/docs", "/redoc", "/openapi.json")
+
+    def __init__(self, app: Any, token: str, protected: tuple[str, ...] = PROTECTED) -> None:
+        if not token:
+            raise ValueError("the token must not be empty")
+        self.app = app
+        self._token = token.encode()
+        self.protected = protected
+
+    def _guarded(self, path: str) -> bool:
+        return any(path == p or path.startswith(p.rstrip("/") + "/") for p in self.protected)
+
+    def _allowed(self, scope: Scope) -> bool:
+        for name, value in scope.get("headers") or ():
+            if name.lower() != b"authorization":
+                continue
+            kind, _, cred = value.partition(b" ")
+            if kind.lower() == b"bearer":
+                return hmac.compare_digest(cred.strip(), self._token)
+            if kind.lower() == b"basic":
+                try:
+                    decoded = base64.b64decode(cred.strip(), validate=True)
+                except (binascii.Error, ValueError):
+                    return False
+                return hmac.compare_digest(decoded.partition(b":")[2], self._token)
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self._guarded(scope["path"]) and not self._allowed(scope):
+            body = b'{"detail":"this path needs the demo\'s token"}'
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 401,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"www-authenticate", b'Basic realm="memcache-ext demo"'),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
+def connect_redis(url: str, timeout: float = 0.5, password: Optional[str] = None) -> Any:
+    """A redis-py client for ``url`` (bytes responses, bounded timeouts, one retry);
+    ``password`` (from the environment or a file) overrides the URL's.
 
     Never fails because Redis is down: a server that does not answer now is
     logged as a warning and the tier falls back to the local caches and the
-    database until it answers. A malformed URL raises ValueError.
+    database until it answers. A malformed URL raises ValueError. The tiers
+    take only the connection settings from it: each runs its own call policy.
     """
     try:
         import redis
@@ -123,12 +193,14 @@ def connect_redis(url: str, timeout: float = 0.5) -> Any:
         raise ValueError(
             f"--redis needs redis-py: pip install 'memcache-ext[redis]' ({exc})"
         ) from exc
+    extra = {} if password is None else {"password": password}
     client = redis.Redis.from_url(
         url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 1),
         decode_responses=False,
+        **extra,
     )
     try:
         client.ping()
@@ -154,6 +226,9 @@ def create_app(
     redis_url: Optional[str] = None,
     redis_client: Any = None,
     redis_prefix: str = "demo",
+    redis_password: Optional[str] = None,
+    max_stale: float = 1.0,
+    token: Optional[str] = None,
 ) -> FastAPI:
     """The demo FastAPI app over the database at ``db_path`` (which must exist).
 
@@ -164,7 +239,10 @@ def create_app(
     prometheus-client). ``redis_url`` (or an existing ``redis_client``):
     put a Redis second tier behind the bounded caches (namespaces
     ``{redis_prefix}:{cache}``); Redis being down at start is a warning, not an
-    error. The app closes the tiers (and a client it created) on shutdown.
+    error; ``redis_password`` overrides the URL's, ``max_stale`` bounds how long
+    local entries are served once invalidations cannot arrive. The app closes
+    the tiers (and a client it created) on shutdown. ``token``: protect
+    ``/memory/*``, ``/metrics`` and the docs with it (see :class:`TokenGuard`).
     """
     manager = manager if manager is not None else cache_manager
     own_client = None
@@ -173,10 +251,10 @@ def create_app(
             raise ValueError("pass redis_url or redis_client, not both")
         if unbounded:
             raise ValueError("the Redis tier needs the bounded caches (drop --unbounded)")
-        redis_client = own_client = connect_redis(redis_url)
+        redis_client = own_client = connect_redis(redis_url, password=redis_password)
     try:
         # Without a tier, the singleton's arguments are the same as they always were.
-        tier_args = () if redis_client is None else (redis_client, redis_prefix)
+        tier_args = () if redis_client is None else (redis_client, redis_prefix, max_stale)
         service = HealthService(db_path, unbounded, manager, *tier_args)
     except BaseException:
         if own_client is not None:
@@ -216,6 +294,9 @@ def create_app(
     app.state.cleanup = cleanup
     app.state.monitor = monitor
     app.add_middleware(MemoryMonitorMiddleware, manager=manager, monitor=monitor)
+    if token is not None:
+        app.add_middleware(TokenGuard, token=token)  # outermost: checked first
+    app.state.protected = token is not None
     app.include_router(memory_router(manager, monitor=monitor, cleanup_service=cleanup))
 
     if metrics:

@@ -32,6 +32,12 @@ CACHE_SETTINGS: dict[str, dict[str, Any]] = {
 # Module level: the endpoints' annotations are strings, resolved in this namespace.
 
 _PROFILE_COLUMNS = ("name", "email", "birth_year")  # what PUT /users/{id}/profile may change
+_PROFILE_SELECT = "SELECT id, name, email, birth_year, created_at, version FROM users WHERE id = ?"
+
+
+def _row_version(value: Any) -> int:
+    """The version a cached value was made from: its profile row's (0: no such user)."""
+    return int(value["version"]) if isinstance(value, dict) and "version" in value else 0
 
 
 class UserRepository(metaclass=SingletonMeta):
@@ -53,6 +59,25 @@ class UserRepository(metaclass=SingletonMeta):
                 db_path,
                 exc,
             )
+        self._add_row_versions()
+
+    def _add_row_versions(self) -> None:
+        """A ``version`` column on users (once per database; replicas may race to add it):
+        every profile write increments it in the same transaction, so it orders the
+        writes as the database committed them, which the Redis tier's versioned writes
+        follow (a cache write of an older version never replaces a newer one)."""
+        conn = self._writer_connection()
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(users)")}
+                if "version" not in columns:
+                    conn.execute("ALTER TABLE users ADD COLUMN version INTEGER NOT NULL DEFAULT 1")
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
 
     def _writer_connection(self) -> sqlite3.Connection:
         """The one read-write connection (lazily; use under ``_write_lock`` after init)."""
@@ -69,9 +94,7 @@ class UserRepository(metaclass=SingletonMeta):
         return self.db.end
 
     def profile(self, user_id: int) -> Optional[dict[str, Any]]:
-        rows = self.db.query(
-            "SELECT id, name, email, birth_year, created_at FROM users WHERE id = ?", (user_id,)
-        )
+        rows = self.db.query(_PROFILE_SELECT, (user_id,))
         return dict(rows[0]) if rows else None
 
     def readings(self, user_id: int, since: int) -> list[dict[str, Any]]:
@@ -81,8 +104,16 @@ class UserRepository(metaclass=SingletonMeta):
         )
         return [{"ts": ts, "heart_rate": hr, "steps": steps} for ts, hr, steps in rows]
 
-    def update_profile(self, user_id: int, changes: dict[str, Any]) -> Optional[dict[str, Any]]:
-        """Write ``changes`` (columns of ``_PROFILE_COLUMNS``); the new profile, None if unknown."""
+    def update_profile(
+        self,
+        user_id: int,
+        changes: dict[str, Any],
+        committed: Optional[Callable[[dict[str, Any]], None]] = None,
+    ) -> Optional[dict[str, Any]]:
+        """Write ``changes`` (columns of ``_PROFILE_COLUMNS``) and bump the row's version;
+        the new profile, None if unknown. ``committed(profile)`` runs after the commit,
+        still under this process's write lock, so the caches of one process are updated
+        in commit order."""
         bad = set(changes) - set(_PROFILE_COLUMNS)
         if bad or not changes:
             raise ValueError(f"cannot change {sorted(bad) or 'nothing'}")
@@ -92,20 +123,21 @@ class UserRepository(metaclass=SingletonMeta):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 cur = conn.execute(
-                    f"UPDATE users SET {assignments} WHERE id = ?", (*changes.values(), user_id)
+                    f"UPDATE users SET {assignments}, version = version + 1 WHERE id = ?",
+                    (*changes.values(), user_id),
                 )
                 row = None
                 if cur.rowcount:
-                    row = conn.execute(
-                        "SELECT id, name, email, birth_year, created_at FROM users WHERE id = ?",
-                        (user_id,),
-                    ).fetchone()
+                    row = conn.execute(_PROFILE_SELECT, (user_id,)).fetchone()
                 conn.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise
-        return dict(row) if row is not None else None
+            profile = dict(row) if row is not None else None
+            if profile is not None and committed is not None:
+                committed(profile)
+        return profile
 
     def close(self) -> None:
         self.db.close()
@@ -120,8 +152,14 @@ class HealthService(metaclass=SingletonMeta):
     """Profiles, readings and summaries, each behind a cache (one instance per process).
 
     With ``redis_client``, each bounded cache is the local tier of a
-    ``TieredCache`` over Redis (namespace ``{redis_prefix}:{name}``, str keys),
-    registered with the manager as the stats source ``redis:{namespace}``.
+    ``TieredCache`` over Redis (namespace ``{redis_prefix}:{name}``, str keys,
+    JSON values), registered with the manager as the stats source
+    ``redis:{namespace}``. Versions come from the database: a profile and a
+    summary carry their user row's ``version`` (readings never change: 0), so
+    a cache write or a load of an older row never replaces a newer one, in any
+    replica. Reads fill every cache through a lease (``get_or_set``, or
+    ``lease``/``fill`` for the bounded caches without Redis): a write that
+    lands while a read is loading refuses that read's fill.
     """
 
     def __init__(
@@ -131,6 +169,7 @@ class HealthService(metaclass=SingletonMeta):
         manager: Optional[CacheManager] = None,
         redis_client: Any = None,
         redis_prefix: str = "demo",
+        max_stale: float = 1.0,
     ) -> None:
         if redis_client is not None and unbounded:
             raise ValueError("the Redis tier needs the bounded caches (drop --unbounded)")
@@ -151,7 +190,13 @@ class HealthService(metaclass=SingletonMeta):
 
             for name, settings in CACHE_SETTINGS.items():
                 tier = TieredCache(
-                    self.caches[name], redis_client, f"{redis_prefix}:{name}", ttl=settings["ttl"]
+                    self.caches[name],
+                    redis_client,
+                    f"{redis_prefix}:{name}",
+                    ttl=settings["ttl"],
+                    serializer="json",
+                    version_of=(lambda _value: 0) if name == "readings" else _row_version,
+                    max_stale=max_stale,
                 )
                 tier.register(self.manager)
                 self.tiers[name] = tier
@@ -173,19 +218,35 @@ class HealthService(metaclass=SingletonMeta):
         cache = self.caches[name]
         value: _T = cache.get(key)
         if value is None:
-            value = loader()
-            if value is not None:
-                cache[key] = value
+            if isinstance(cache, dict):  # the unbounded "before" case: as a service starts
+                value = loader()
+                if value is not None:
+                    cache[key] = value
+                return value
+            # A lease, taken before the database read: a write that lands before the
+            # fill (cache.set or pop below) refuses it, so a read that raced a write
+            # never stores the row it read before the write.
+            lease = cache.lease(key)
+            try:
+                value = loader()
+            except BaseException:
+                cache.drop_lease(lease)
+                raise
+            if value is None:
+                cache.drop_lease(lease)
+            else:
+                value = cache.fill(key, value, lease)
         return value
 
-    def _replace(self, name: str, key: Any, value: Any) -> None:
-        """After a write: ``value`` replaces the cached one (None: dropped), in every replica."""
+    def _replace(self, name: str, key: Any, value: Any, version: int) -> None:
+        """After a write of row ``version``: ``value`` replaces the cached one (None:
+        dropped, with a tombstone at that version in Redis), in every replica."""
         tier = self.tiers.get(name)
         if tier is not None:
             if value is None:
-                tier.delete(key)
+                tier.delete(key, version=version)
             else:
-                tier.set(key, value)
+                tier.set(key, value, version=version)
         elif value is None:
             self.caches[name].pop(key, None)
         else:
@@ -207,13 +268,15 @@ class HealthService(metaclass=SingletonMeta):
 
     def update_profile(self, user_id: int, changes: dict[str, Any]) -> Optional[dict[str, Any]]:
         """Write to the database, then replace the cached profile and drop the summary
-        (it shows the name). None if the user does not exist."""
-        profile = self.repo.update_profile(user_id, changes)
-        if profile is not None:
+        (it shows the name), both at the row's new version. None if the user does not
+        exist."""
+
+        def committed(profile: dict[str, Any]) -> None:
             key = self._key(user_id)
-            self._replace("profiles", key, profile)
-            self._replace("summaries", key, None)
-        return profile
+            self._replace("profiles", key, profile, profile["version"])
+            self._replace("summaries", key, None, profile["version"])
+
+        return self.repo.update_profile(user_id, changes, committed)
 
     def summary(self, user_id: int) -> Optional[dict[str, Any]]:
         return self._cached(
@@ -223,6 +286,9 @@ class HealthService(metaclass=SingletonMeta):
         )
 
     def _compute_summary(self, user_id: int) -> Optional[dict[str, Any]]:
+        # The summary carries the version of the profile it was made from: made from a
+        # cached copy older than what the cache already knows, it is refused (older than
+        # the write's tombstone in Redis), and a write after its lease refuses it locally.
         profile = self.profile(user_id)
         if profile is None:
             return None
@@ -252,6 +318,7 @@ class HealthService(metaclass=SingletonMeta):
         total_steps = sum(d["steps"] for d in daily)
         summary = {
             "user_id": user_id,
+            "version": profile["version"],
             "name": profile["name"],
             "days": len(daily),
             "readings": len(rows),

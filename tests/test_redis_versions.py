@@ -1,0 +1,517 @@
+"""No stale data after a write (issue 13): versioned writes, leases, bounded staleness.
+
+Against a real redis-server on loopback; the write/write races run in two
+processes (children with a timeout). Races are forced, not hoped for: a loader
+blocks on an event until the writer is done. "Eventually" is a poll with a
+generous deadline; staleness is measured and bounded with a margin for a
+loaded machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support import DEADLINE, RedisServer, eventually, require_redis
+
+require_redis(module_level=True)
+
+pytestmark = pytest.mark.integration
+
+import redis  # noqa: E402 - after require_redis
+
+from memcache_ext import LruCache  # noqa: E402 - after require_redis
+from memcache_ext.redis import TieredCache  # noqa: E402 - after require_redis
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    srv = RedisServer()
+    srv.start()
+    try:
+        yield srv
+    finally:
+        if srv.proc is not None and srv.proc.poll() is None:
+            os.kill(srv.proc.pid, signal.SIGCONT)
+        srv.stop()
+
+
+@pytest.fixture
+def srv(server: RedisServer) -> Iterator[RedisServer]:
+    server.ensure_up()
+    yield server
+    if server.proc is not None and server.proc.poll() is None:
+        os.kill(server.proc.pid, signal.SIGCONT)
+
+
+@pytest.fixture
+def ns() -> str:
+    return f"v{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def make(srv: RedisServer, ns: str) -> Iterator[Any]:
+    made: list[Any] = []
+
+    def make_tier(**kw: Any) -> TieredCache:
+        client = redis.Redis(host="127.0.0.1", port=srv.port)
+        kw.setdefault("poll_interval", 0.05)
+        tier = TieredCache(LruCache(1000), client, ns, **kw)
+        made.append((tier, client))
+        assert tier.wait_ready(DEADLINE)
+        return tier
+
+    yield make_tier
+    for tier, client in made:
+        tier.close()
+        client.close()
+
+
+# -- a fill never lands after a newer write --------------------------------------------------
+
+
+@pytest.mark.parametrize("write", ["set", "delete"])
+def test_a_slow_load_never_replaces_a_newer_write(make: Any, write: str) -> None:
+    """The cache-aside race, forced: the loader reads the database, then the writer
+    commits and updates the cache, then the loader's value arrives. It must land
+    nowhere: not in Redis, not in the local tier, not in the other replica."""
+    reader, other = make(), make()
+    db = {"name": "old"}
+    read_done, write_done = threading.Event(), threading.Event()
+
+    def slow_load() -> dict[str, str]:
+        row = dict(db)  # the read, before the write commits
+        read_done.set()
+        assert write_done.wait(DEADLINE)
+        return row
+
+    got: list[Any] = []
+    t = threading.Thread(target=lambda: got.append(reader.get_or_set("u", slow_load)))
+    t.start()
+    assert read_done.wait(DEADLINE)
+    db["name"] = "new"  # the write commits ...
+    if write == "set":  # ... then updates the cache (from the other replica)
+        assert other.set("u", dict(db)) is True
+    else:
+        other.delete("u")
+    write_done.set()
+    t.join(DEADLINE)
+    assert got == [{"name": "old"}]  # the caller still gets what it loaded
+    eventually(lambda: reader.local.peek("u") is None or reader.get("u") == db, what="reader")
+    for tier in (reader, other):
+        for _ in range(3):
+            assert tier.get_or_set("u", lambda: dict(db)) == db
+    assert reader.stats()["version_refusals"] >= (1 if write == "delete" else 0)
+
+
+def test_a_slow_load_with_row_versions(make: Any) -> None:
+    reader = make(version_of=lambda row: row["v"])
+    writer = make(version_of=lambda row: row["v"])
+    db = {"name": "old", "v": 1}
+    read_done, write_done = threading.Event(), threading.Event()
+
+    def slow_load() -> dict[str, Any]:
+        row = dict(db)
+        read_done.set()
+        assert write_done.wait(DEADLINE)
+        return row
+
+    t = threading.Thread(target=lambda: reader.get_or_set("u", slow_load))
+    t.start()
+    assert read_done.wait(DEADLINE)
+    db.update(name="new", v=2)
+    assert writer.delete("u", version=2) is False  # nothing cached yet: a tombstone at 2
+    write_done.set()
+    t.join(DEADLINE)
+    assert reader.stats()["version_refusals"] == 1  # the fill of version 1: refused
+    assert reader.get_or_set("u", lambda: dict(db)) == db  # version 2 replaces the tombstone
+    assert writer.get("u") == db
+    assert writer.set("u", {"name": "older", "v": 1}) is False  # older than Redis: refused
+    assert writer.set("u", dict(db)) is True  # the version Redis holds: unchanged, True
+    eventually(lambda: reader.get("u") == db, what="reader sees version 2")
+
+
+def test_a_write_during_a_load_in_one_process_wins(make: Any) -> None:
+    """Leases: the set() of another thread, between the load's start and its fill, wins."""
+    tier = make()
+    started, go = threading.Event(), threading.Event()
+
+    def slow_load() -> str:
+        started.set()
+        assert go.wait(DEADLINE)
+        return "loaded-before-the-write"
+
+    t = threading.Thread(target=lambda: tier.get_or_set("k", slow_load))
+    t.start()
+    assert started.wait(DEADLINE)
+    assert tier.set("k", "written") is True
+    go.set()
+    t.join(DEADLINE)
+    assert tier.local.peek("k") == "written" and tier.get("k") == "written"
+
+
+# -- own writes and reads in flight (found by benchmarks/bench_consistency.py) -----------------
+
+
+class Gate:
+    """Wraps a callable: calls wait until ``open()``; ``entered`` is set at the first call."""
+
+    def __init__(self, fn: Any, only_first: bool = True) -> None:
+        self.fn = fn
+        self.entered = threading.Event()
+        self.released = threading.Event()
+        self.only_first = only_first
+        self.calls = 0
+
+    def __call__(self, *args: Any, **kw: Any) -> Any:
+        self.calls += 1
+        if self.calls == 1 or not self.only_first:
+            self.entered.set()
+            assert self.released.wait(DEADLINE), "gate never opened"
+        return self.fn(*args, **kw)
+
+    def open(self) -> None:
+        self.released.set()
+
+
+def test_an_own_write_replaces_what_a_read_in_flight_filled(make: Any) -> None:
+    """A read leased the key after our write had invalidated it, read the older value
+    from Redis and filled it before our write landed: our write must still replace it
+    (a fill never replaces a live value, so the write must not be a fill)."""
+    tier, other = make(version_of=lambda r: r["v"]), make(version_of=lambda r: r["v"])
+    other.set("k", {"v": 8})
+    gate = Gate(tier._script)
+    tier._script = gate
+    t = threading.Thread(target=lambda: tier.set("k", {"v": 9}))
+    t.start()
+    assert gate.entered.wait(DEADLINE)  # our write invalidated the key, its script waits
+    assert tier.get("k") == {"v": 8}  # a read in flight: Redis still has 8, filled locally
+    gate.open()
+    t.join(DEADLINE)
+    assert tier.local.peek("k") == {"v": 9} and tier.get("k") == {"v": 9}
+
+
+def test_a_refused_fill_does_not_hide_a_later_invalidation(make: Any) -> None:
+    """A read's fill that stored nothing must not count its version as seen: the
+    listener would then ignore the message about the value the local tier does hold."""
+    tier, other = make(version_of=lambda r: r["v"]), make(version_of=lambda r: r["v"])
+    listen = Gate(tier._on_message, only_first=False)
+    tier._on_message = listen  # messages wait
+    read = Gate(tier.redis.hmget)
+    tier.redis.hmget = read
+    t = threading.Thread(target=lambda: tier.get("k"))
+    t.start()
+    assert read.entered.wait(DEADLINE)  # the read has its lease, its HMGET waits
+    assert tier.set("k", {"v": 14}) is True  # our write: stored locally
+    assert other.set("k", {"v": 15}) is True  # a newer one elsewhere; its message waits
+    read.open()
+    t.join(DEADLINE)  # the read got 15; its fill refused (our 14 is live)
+    listen.open()
+    eventually(lambda: tier.local.peek("k") != {"v": 14}, what="15's message applied")
+    assert tier.get("k") == {"v": 15}
+
+
+def test_a_delete_drops_what_a_read_filled_before_its_tombstone(make: Any) -> None:
+    tier, other = make(), make()  # the tier's own versions: the delete's is not known yet
+    other.set("k", "old")
+    gate = Gate(tier._script)
+    tier._script = gate
+    t = threading.Thread(target=lambda: tier.delete("k"))
+    t.start()
+    assert gate.entered.wait(DEADLINE)  # invalidated here; the tombstone waits
+    assert tier.get("k") == "old"  # a read fills what Redis still has
+    gate.open()
+    t.join(DEADLINE)
+    assert tier.local.peek("k") is None  # our own message is ignored: dropped by the delete
+    assert tier.get_or_set("k", lambda: "new") == "new"
+
+
+def test_with_redis_unavailable_an_older_version_is_not_kept_locally(make: Any) -> None:
+    """The breaker open (a timeout, say) while the channel is up: a newer version's message
+    has arrived; this instance's write or load of an older row must not be kept locally
+    (found by the checker after a freeze: the skipped write kept its row unchecked)."""
+    tier = make(version_of=lambda r: r["v"], probe_interval=30.0)
+    other = make(version_of=lambda r: r["v"])
+    other.set("w", {"v": 11})
+    other.set("l", {"v": 11})
+    eventually(lambda: tier.stats()["invalidations_received"] >= 2, what="both messages")
+    tier.breaker.fail(TimeoutError("a call timed out"))  # requests skip Redis now
+    assert tier.set("w", {"v": 10}) is False  # skipped (tombstoned later), not kept here
+    assert tier.local.peek("w") is None
+    assert tier.get_or_set("l", lambda: {"v": 10}) == {"v": 10}  # loaded, not kept here
+    assert tier.local.peek("l") is None
+    assert tier.set("w", {"v": 12}) is False  # newer than anything seen: read your writes
+    assert tier.local.peek("w") == {"v": 12}
+
+
+# -- concurrent writers ------------------------------------------------------------------------
+
+WRITER = textwrap.dedent("""
+    import json, random, sys
+    import redis
+    from memcache_ext import LruCache
+    from memcache_ext.redis import TieredCache
+    port, ns, seed = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    versions = json.loads(sys.argv[4])
+    random.Random(seed).shuffle(versions)
+    client = redis.Redis(host="127.0.0.1", port=port)
+    tier = TieredCache(LruCache(100), client, ns, version_of=lambda v: v["v"], deadline=2.0)
+    assert tier.wait_ready(15)
+    for v in versions:
+        tier.set("hot", {"v": v, "by": seed})
+    print(json.dumps(tier.stats()["version_refusals"]), flush=True)
+    tier.close()
+""")
+
+
+def test_concurrent_versioned_writes_keep_the_newest(srv: RedisServer, ns: str, make: Any) -> None:
+    """Eight threads here and two other processes write versions 0..599 of one key in
+    random orders: Redis and every local tier end on version 599, whatever the
+    interleaving (the compare and the write are one step in Redis)."""
+    tiers = [make(version_of=lambda v: v["v"], deadline=2.0) for _ in range(2)]
+    versions = list(range(600))
+    mine, theirs = versions[::2], versions[1::2]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(srv.port), ns, str(seed), json.dumps(part)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": SRC},
+        )
+        for seed, part in ((1, theirs[: len(theirs) // 2]), (2, theirs[len(theirs) // 2 :]))
+    ]
+
+    def write(i: int) -> None:
+        rnd = random.Random(i)
+        part = mine[i::8]
+        rnd.shuffle(part)
+        for v in part:
+            tiers[i % 2].set("hot", {"v": v, "by": "here"})
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    refused = 0
+    for child in children:
+        out, _ = child.communicate(timeout=120)
+        assert child.returncode == 0
+        refused += json.loads(out)
+    raw = redis.Redis(host="127.0.0.1", port=srv.port)
+    stored = raw.hgetall(f"{ns}:hot")
+    raw.close()
+    assert int(stored[b"v"]) == 599 and json.loads(stored[b"d"])["v"] == 599
+    for tier in tiers:
+        eventually(lambda tier=tier: tier.get("hot")["v"] == 599, what="a tier on 599")
+    refused += sum(t.stats()["version_refusals"] for t in tiers)
+    print(f"\n600 versioned writes from 3 processes: {refused} refused as older")
+    assert refused > 0
+
+
+PAIR = textwrap.dedent("""
+    import json, sys
+    import redis
+    from memcache_ext import LruCache
+    from memcache_ext.redis import TieredCache
+    port, ns = int(sys.argv[1]), sys.argv[2]
+    client = redis.Redis(host="127.0.0.1", port=port)
+    tier = TieredCache(LruCache(100), client, ns, version_of=lambda row: row["v"])
+    assert tier.wait_ready(15)
+    print("READY", flush=True)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd[0] == "set":
+            out = tier.set(cmd[1], cmd[2])
+        elif cmd[0] == "get":
+            out = tier.get(cmd[1])
+        else:
+            break
+        print(json.dumps(out), flush=True)
+    tier.close()
+""")
+
+
+def test_writes_reaching_redis_out_of_commit_order(srv: RedisServer, ns: str, make: Any) -> None:
+    """Two replicas commit versions 2 then 3 to the database; their cache writes reach
+    Redis in the other order. Every replica ends on version 3 (the old code kept the
+    last write to arrive: version 2, for the whole TTL)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", PAIR, str(srv.port), ns],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC},
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        assert child.stdout.readline().strip() == "READY"
+        here = make(version_of=lambda row: row["v"])
+        assert here.set("user", {"name": "B", "v": 3}) is True  # committed second, arrives first
+
+        def call(*cmd: Any) -> Any:
+            assert child.stdin is not None and child.stdout is not None
+            child.stdin.write(json.dumps(cmd) + "\n")
+            child.stdin.flush()
+            return json.loads(child.stdout.readline())
+
+        assert call("set", "user", {"name": "A", "v": 2}) is False  # late and older: refused
+        assert call("get", "user") == {"name": "B", "v": 3}
+        eventually(lambda: here.get("user") == {"name": "B", "v": 3}, what="here on 3")
+        child.stdin.close()
+        assert child.wait(60) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_messages_carry_versions_and_older_ones_are_ignored(
+    srv: RedisServer, ns: str, make: Any
+) -> None:
+    tier = make(version_of=lambda row: row["v"])
+    assert tier.set("k", {"v": 10}) is True
+    raw = redis.Redis(host="127.0.0.1", port=srv.port)
+    try:
+        # what a write publishes: [instance, "k", key, version, redis time in us]
+        pubsub = raw.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(f"{ns}:invalidate")
+        eventually(lambda: pubsub.get_message(timeout=0.05) is None, what="subscribed")
+        other = make(version_of=lambda row: row["v"])
+        other.set("k", {"v": 11})
+        msg = eventually(lambda: pubsub.get_message(timeout=0.05), what="message")
+        src, op, key, version, sent_us = json.loads(msg["data"])
+        assert (src, op, key, version) == (other.instance_id, "k", "k", 11)
+        assert abs(sent_us / 1e6 - time.time()) < 60
+        pubsub.close()
+        eventually(lambda: tier.get("k") == {"v": 11}, what="tier on 11")
+        before = tier.stats()["invalidations_ignored_old"]
+        raw.publish(f"{ns}:invalidate", json.dumps(["someone", "k", "k", 7, 0]))
+        eventually(lambda: tier.stats()["invalidations_ignored_old"] == before + 1, what="ignored")
+        assert tier.local.peek("k") == {"v": 11}  # kept: the message was older
+        raw.publish(f"{ns}:invalidate", json.dumps(["someone", "k", "k", 12, 0]))
+        eventually(lambda: tier.local.peek("k") is None, what="newer message applied")
+    finally:
+        raw.close()
+
+
+def test_bad_versions_are_refused_at_the_call(make: Any) -> None:
+    tier = make()
+    for bad, err in (("1", TypeError), (1.5, TypeError), (True, TypeError), (-1, ValueError)):
+        with pytest.raises(err, match="version"):
+            tier.set("k", 1, version=bad)
+        with pytest.raises(err, match="version"):
+            tier.delete("k", version=bad)
+    by_value = make(version_of=lambda row: row["v"])
+    with pytest.raises(TypeError, match="version"):
+        by_value.set("k", {"v": "x"})
+    with pytest.raises(TypeError, match="version"):
+        by_value.get_or_set("k2", lambda: {"v": None})
+    assert by_value.get("k2") is None and by_value.local.peek("k2") is None
+    assert tier.set("k", 1, version=2**70) is True  # any size
+    assert tier.set("k", 2, version=2**70 - 1) is False
+
+
+# -- bounded staleness ---------------------------------------------------------------------------
+
+
+def _served_until(tier: TieredCache, stale: Any, t0: float) -> float:
+    """Poll ``tier`` until it stops answering ``stale`` from its local tier; seconds since t0."""
+    end = time.monotonic() + DEADLINE
+    while tier.get_or_set("k", lambda: "from the loader") == stale:
+        assert time.monotonic() < end, "the local copy was served past the deadline"
+        time.sleep(0.005)
+    return time.monotonic() - t0
+
+
+@pytest.mark.parametrize("fault", ["kill", "freeze"])
+def test_local_entries_served_at_most_max_stale_in_an_outage(
+    srv: RedisServer, make: Any, fault: str
+) -> None:
+    """The old code served its local copy for as long as the outage lasted."""
+    if fault == "freeze" and os.name != "posix":
+        pytest.skip("SIGSTOP")
+    max_stale = 1.0  # the default
+    tier = make()
+    tier.set("k", "cached")
+    assert tier.get("k") == "cached" and tier.local.peek("k") == "cached"
+    heard = tier.stats().get("channel_heard_seconds") or 0.0
+    t0 = time.monotonic() - heard  # the last news from the channel
+    if fault == "kill":
+        srv.kill()
+    else:
+        assert srv.proc is not None
+        os.kill(srv.proc.pid, signal.SIGSTOP)
+    try:
+        served = _served_until(tier, "cached", t0)
+        print(f"\n{fault}: local copy served {served * 1e3:.0f} ms after the last news")
+        assert served <= max_stale + 0.35, served
+        st = tier.stats()
+        assert st["local_bypassed"] and st["stale_bypasses"] == 1 and len(tier.local) == 0
+        assert tier.get_or_set("k", lambda: "again") == "again"  # bypassed: nothing kept
+        assert len(tier.local) == 0
+    finally:
+        if fault == "kill":
+            srv.start()
+        else:
+            assert srv.proc is not None
+            os.kill(srv.proc.pid, signal.SIGCONT)
+    eventually(lambda: tier.connected and not tier.stats()["local_bypassed"], what="back")
+    assert tier.stats()["reconnects"] >= 1
+    tier.set("k", "after")
+    assert tier.get("k") == "after" and tier.local.peek("k") == "after"
+
+
+def test_max_stale_zero_bypasses_as_soon_as_the_loss_is_seen(srv: RedisServer, make: Any) -> None:
+    tier = make(max_stale=0, probe_interval=0.05)
+    tier.set("k", "cached")
+    assert tier.get("k") == "cached"
+    t0 = time.monotonic()
+    srv.kill()
+    try:
+        served = _served_until(tier, "cached", t0)
+        print(f"\nmax_stale=0: local copy served {served * 1e3:.0f} ms after the kill")
+        assert served < 0.35
+    finally:
+        srv.start()
+    eventually(lambda: tier.connected, what="back")
+
+
+def test_a_write_during_an_outage_is_tombstoned_when_redis_is_back(
+    srv: RedisServer, make: Any
+) -> None:
+    """Frozen Redis keeps the old value; the write made meanwhile is replayed as a
+    tombstone when it answers, so no replica serves the old value afterwards."""
+    if os.name != "posix":
+        pytest.skip("SIGSTOP")
+    writer, reader = make(probe_interval=0.05), make(probe_interval=0.05)
+    writer.set("k", "v1")
+    assert reader.get("k") == "v1"
+    assert srv.proc is not None
+    os.kill(srv.proc.pid, signal.SIGSTOP)
+    try:
+        writer.set("k", "v2")  # times out (or the breaker is open): pending
+        eventually(lambda: writer.stats()["breaker"] != "closed", what="writer's breaker open")
+        assert writer.set("k", "v3") is False  # skipped while open
+        assert writer.stats()["pending_invalidations"] == 1
+    finally:
+        os.kill(srv.proc.pid, signal.SIGCONT)
+    eventually(lambda: writer.stats()["pending_invalidations"] == 0, what="replayed")
+    eventually(lambda: reader.connected and writer.connected, what="channels back")
+    assert reader.get_or_set("k", lambda: "v3") == "v3"
+    assert writer.get_or_set("k", lambda: "v3") == "v3"

@@ -112,3 +112,36 @@ def run_isolated(code: str, impl: str, timeout: float = 60.0) -> subprocess.Comp
 def isolated(impl: str) -> Any:
     """``isolated(code, timeout=...)``: run_isolated bound to this test's implementation."""
     return lambda code, timeout=60.0: run_isolated(code, impl, timeout)
+
+
+# -- a real redis-server, shared by the Redis test modules ---------------------
+
+
+@pytest.fixture(scope="module")
+def server() -> Any:
+    """One redis-server per module (the test modules that use it skip without one)."""
+    from support import RedisServer
+
+    srv = RedisServer()
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.resume()
+        srv.stop()
+
+
+@pytest.fixture
+def srv(server: Any) -> Any:
+    """The module's server, up (a previous test may have killed it) and not frozen after."""
+    server.ensure_up()
+    yield server
+    server.resume()
+
+
+@pytest.fixture
+def ns() -> str:
+    """A namespace of its own for each test."""
+    import uuid
+
+    return f"t{uuid.uuid4().hex[:10]}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any, Optional
@@ -17,7 +18,8 @@ from typing import Any, Optional
 import pytest
 
 from memcache_ext.tools import procs
-from memcache_ext.tools.procs import RedisServer, free_port
+from memcache_ext.tools.procs import RedisServer as _ProcsRedisServer
+from memcache_ext.tools.procs import free_port
 
 __all__ = [
     "DEADLINE",
@@ -82,3 +84,36 @@ def require_redis(module_level: bool = False) -> None:
     if REQUIRE_REDIS:
         pytest.fail(f"MEMCACHE_EXT_REQUIRE_REDIS is set but {why}", pytrace=False)
     pytest.skip(why, allow_module_level=module_level)
+
+
+class RedisServer(_ProcsRedisServer):
+    """The real redis-server of the tests, with clients configured for them."""
+
+    def options(self, **kw: Any) -> dict[str, Any]:
+        """Client options for tests: short timeouts, no hidden retries; ``kw`` wins."""
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        return {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "socket_timeout": 1.0,
+            "socket_connect_timeout": 1.0,
+            "retry": Retry(NoBackoff(), 0),
+            **kw,
+        }
+
+    def client(self, **kw: Any) -> Any:
+        import redis
+
+        return redis.Redis(**self.options(**kw))
+
+    def async_client(self, **kw: Any) -> Any:
+        import redis.asyncio as aredis
+
+        return aredis.Redis(**self.options(**kw))
+
+    def resume(self) -> None:
+        """SIGCONT, in case a test left the server frozen."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)

@@ -3,10 +3,8 @@ have their S3-FIFO form, and the ghost holds no references."""
 
 from __future__ import annotations
 
-import bisect
 import gc
 import pickle
-import random
 import sys
 import weakref
 from typing import Any
@@ -15,17 +13,7 @@ import pytest
 
 from conftest import CLruCache
 from memcache_ext._core_py import PyLruCache
-
-
-def zipf_trace(n_obj: int, n_req: int, alpha: float, seed: int) -> list[int]:
-    rnd = random.Random(seed)
-    cum, total = [], 0.0
-    for i in range(1, n_obj + 1):
-        total += 1.0 / i**alpha
-        cum.append(total)
-    perm = list(range(n_obj))
-    rnd.shuffle(perm)
-    return [perm[bisect.bisect_left(cum, rnd.random() * total)] for _ in range(n_req)]
+from memcache_ext.tools.hitratio import zipf_trace
 
 
 def hit_sequence(cache: Any, trace: list[Any]) -> list[bool]:

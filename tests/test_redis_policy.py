@@ -16,8 +16,6 @@ import pickle
 import signal
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,31 +39,6 @@ from memcache_ext.redis import (  # noqa: E402 - after require_redis
 
 #: A request may take this long at most during an outage (issue 14: no request over 250 ms).
 SLOW = 0.25
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    srv = RedisServer()
-    srv.start()
-    try:
-        yield srv
-    finally:
-        if srv.proc is not None and srv.proc.poll() is None:
-            os.kill(srv.proc.pid, signal.SIGCONT)  # a test may have left it frozen
-        srv.stop()
-
-
-@pytest.fixture
-def srv(server: RedisServer) -> Iterator[RedisServer]:
-    server.ensure_up()
-    yield server
-    if server.proc is not None and server.proc.poll() is None:
-        os.kill(server.proc.pid, signal.SIGCONT)
-
-
-@pytest.fixture
-def ns() -> str:
-    return f"p{uuid.uuid4().hex[:10]}"
 
 
 def readme_client(port: int) -> redis.Redis:

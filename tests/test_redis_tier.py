@@ -17,15 +17,13 @@ import sys
 import textwrap
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from support import DEADLINE, eventually, posix_only, require_redis
-from support import RedisServer as _BaseServer
+from support import DEADLINE, RedisServer, eventually, posix_only, require_redis
 
 require_redis(module_level=True)
 
@@ -33,9 +31,6 @@ require_redis(module_level=True)
 pytestmark = pytest.mark.integration
 
 import redis  # noqa: E402 - after require_redis
-import redis.asyncio as aredis  # noqa: E402 - after require_redis
-from redis.backoff import NoBackoff  # noqa: E402 - after require_redis
-from redis.retry import Retry  # noqa: E402 - after require_redis
 
 from memcache_ext import LruCache  # noqa: E402 - after require_redis
 from memcache_ext.redis import (  # noqa: E402 - after require_redis
@@ -49,46 +44,9 @@ from memcache_ext.redis import (  # noqa: E402 - after require_redis
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
-class RedisServer(_BaseServer):
-    """The shared test server plus clients configured for these tests."""
-
-    def options(self, **kw: Any) -> dict[str, Any]:
-        """Client options for these tests: short timeouts, no hidden retries; ``kw`` wins."""
-        return {
-            "host": "127.0.0.1",
-            "port": self.port,
-            "socket_timeout": 1.0,
-            "socket_connect_timeout": 1.0,
-            "retry": Retry(NoBackoff(), 0),
-            **kw,
-        }
-
-    def client(self, **kw: Any) -> redis.Redis:
-        return redis.Redis(**self.options(**kw))
-
-    def async_client(self, **kw: Any) -> aredis.Redis:
-        return aredis.Redis(**self.options(**kw))
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    srv = RedisServer()
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
 @pytest.fixture
-def redis_server(server: RedisServer) -> RedisServer:
-    server.ensure_up()  # a previous test may have killed it
-    return server
-
-
-@pytest.fixture
-def ns() -> str:
-    return f"t{uuid.uuid4().hex[:10]}"
+def redis_server(srv: RedisServer) -> RedisServer:
+    return srv
 
 
 @pytest.fixture

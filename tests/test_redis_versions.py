@@ -18,7 +18,6 @@ import sys
 import textwrap
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,31 +36,6 @@ from memcache_ext import LruCache  # noqa: E402 - after require_redis
 from memcache_ext.redis import TieredCache  # noqa: E402 - after require_redis
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    srv = RedisServer()
-    srv.start()
-    try:
-        yield srv
-    finally:
-        if srv.proc is not None and srv.proc.poll() is None:
-            os.kill(srv.proc.pid, signal.SIGCONT)
-        srv.stop()
-
-
-@pytest.fixture
-def srv(server: RedisServer) -> Iterator[RedisServer]:
-    server.ensure_up()
-    yield server
-    if server.proc is not None and server.proc.poll() is None:
-        os.kill(server.proc.pid, signal.SIGCONT)
-
-
-@pytest.fixture
-def ns() -> str:
-    return f"v{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture

@@ -132,11 +132,8 @@ class Listener(Freshness):
                         pubsub = None
                         raise
                     except Exception as exc:  # noqa: BLE001 - the worker must survive anything
-                        yield from self._drop_pubsub(pubsub)
+                        retry_at, delay = yield from self._lost(pubsub, exc, delay, hi)
                         pubsub = None
-                        self._channel_failed(exc)
-                        retry_at = time.monotonic() + random.uniform(delay / 2, delay)
-                        delay = min(delay * 2, hi)
                 if pubsub is not None:
                     try:
                         wait = self._wait(
@@ -165,11 +162,8 @@ class Listener(Freshness):
                         pubsub = None
                         raise
                     except Exception as exc:  # noqa: BLE001 - the worker must survive anything
-                        yield from self._drop_pubsub(pubsub)
+                        retry_at, delay = yield from self._lost(pubsub, exc, delay, hi)
                         pubsub = None
-                        self._channel_failed(exc)
-                        retry_at = time.monotonic() + random.uniform(delay / 2, delay)
-                        delay = min(delay * 2, hi)
                 else:
                     yield functools.partial(self._sleep, self._wait(time.monotonic(), [retry_at]))
                 self._check_stale(time.monotonic())
@@ -192,6 +186,13 @@ class Listener(Freshness):
             yield functools.partial(self._close_pubsub, pubsub)
         except Exception:  # noqa: BLE001, S110 - closing a broken connection
             pass
+
+    def _lost(self, pubsub: Any, exc: BaseException, delay: float, hi: float) -> Flow:
+        """The channel failed: drop it, say so, and back off (jittered, doubling up to
+        ``hi``); returns (when to retry, the next delay)."""
+        yield from self._drop_pubsub(pubsub)
+        self._channel_failed(exc)
+        return time.monotonic() + random.uniform(delay / 2, delay), min(delay * 2, hi)
 
     # -- channel state ----------------------------------------------------------------------
 

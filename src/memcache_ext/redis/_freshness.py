@@ -78,13 +78,7 @@ class Freshness:
             try:
                 kept = local.fill(key, value, lease, ttl)
             except Exception as exc:  # noqa: BLE001 - e.g. a sizeof that raises: not cached
-                logger.warning(
-                    "redis tier %r: local store of %r failed: %s: %s",
-                    self.namespace,
-                    key,
-                    type(exc).__name__,
-                    exc,
-                )
+                self._store_failed(key, exc)
                 return
             if version is not None and kept is value and local.peek(key, _ABSENT) is value:
                 self._note(key, version)
@@ -112,13 +106,16 @@ class Freshness:
                     local.set(key, value, ttl=ttl)
             except Exception as exc:  # noqa: BLE001 - e.g. a sizeof that raises: not cached
                 local.invalidate(key)
-                logger.warning(
-                    "redis tier %r: local store of %r failed: %s: %s",
-                    self.namespace,
-                    key,
-                    type(exc).__name__,
-                    exc,
-                )
+                self._store_failed(key, exc)
+
+    def _store_failed(self, key: str, exc: BaseException) -> None:
+        logger.warning(
+            "redis tier %r: local store of %r failed: %s: %s",
+            self.namespace,
+            key,
+            type(exc).__name__,
+            exc,
+        )
 
     def _forget_key(self, key: str, version: Optional[int] = None) -> bool:
         """Drop ``key`` locally (fills in flight refused); whether it was there."""

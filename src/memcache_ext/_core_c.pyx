@@ -468,7 +468,8 @@ cdef class CLruCache:
     cdef Py_ssize_t _ghost_limit(self) noexcept:
         """The ghost keeps as many hashes as 90% of the entries the cache may hold."""
         if self._maxsize >= 0:
-            return self._maxsize - self._maxsize // 10
+            # floor(0.9 * maxsize), as libCacheSim sizes it, without overflow
+            return self._maxsize - self._maxsize // 10 - (1 if self._maxsize % 10 else 0)
         return max(self.count, self.ghost.limit * 10 // 9) * 9 // 10
 
     # -- time -----------------------------------------------------------------

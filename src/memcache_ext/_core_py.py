@@ -323,7 +323,7 @@ class PyLruCache(Generic[K, V]):
 
     def _ghost_size(self) -> int:
         if self._maxsize is not None:
-            return self._maxsize - self._maxsize // 10
+            return self._maxsize * 9 // 10  # as libCacheSim sizes it
         count = len(self._main) + len(self._small)
         return max(count, self._ghost_limit * 10 // 9) * 9 // 10
 

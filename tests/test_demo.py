@@ -96,7 +96,9 @@ def test_endpoints(db_path: str, fresh: None) -> None:
     st = manager.stats()["caches"]
     assert set(st) == {"profiles", "readings", "summaries"}
     assert st["profiles"]["hits"] >= 1 and st["profiles"]["max_bytes"] is not None
-    assert st["readings"]["size"] == 2 and st["readings"]["nbytes"] > 0
+    # One readings entry per user: the 1-day and the 7-day windows are slices of it.
+    assert st["readings"]["size"] == 1 and st["readings"]["nbytes"] > 0
+    assert st["readings"]["hits"] == 1 and st["readings"]["misses"] == 1
 
 
 def test_unknown_user_and_bad_input(db_path: str, fresh: None) -> None:
@@ -423,7 +425,7 @@ def test_tier_serves_and_invalidates_across_instances(
         assert prof["loads"] >= 1 and prof["writes"] >= 2 and prof["redis_errors"] == 0
         assert prof["invalidations_received"] >= 1 and prof["connected"] is True
         assert sources[f"redis:{prefix}:readings"]["loads"] == 1
-        assert client.exists(f"{prefix}:readings:2:1") == 1  # str keys, one per (user, days)
+        assert client.exists(f"{prefix}:readings:2") == 1  # str keys, one per user
         (health,) = request_all(app, ("GET", "/health", None))
         assert health.json()["redis"]["connected"] is True
     finally:

@@ -32,7 +32,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Annotated, Any, Optional, TypedDict
+from typing import Annotated, Any, Optional, TypedDict, Union
 
 from . import _procmem
 from ._constants import MIB
@@ -61,7 +61,7 @@ class CleanupEventDict(TypedDict):
     gc_duration: Annotated[float, "Seconds spent in gc.collect()"]
     malloc_trim_duration: Annotated[float, "Seconds spent in malloc_trim(0)"]
     steps: Annotated[int, "Steps the cleanup ran in (expire per cache, trim slices, gc, trim)"]
-    longest_step: Annotated[float, "Seconds: the longest step (what it held its thread for)"]
+    longest_step: Annotated[float, "Seconds of CPU: the longest step (what it held its thread)"]
     caches_trimmed: list[str]
     skipped: list[str]
     errors: list[str]
@@ -125,7 +125,7 @@ def sweep(
     event: CleanupEvent,
     caches: Sequence[tuple[str, Any, Callable[[], bool]]],
     fraction: float,
-    collect: bool,
+    collect: Union[bool, int],
 ) -> None:
     """Steps 1-4 of a pass over ``(name, cache, still_registered)``, LRU cache first.
 
@@ -144,7 +144,7 @@ def sweep_steps(
     event: CleanupEvent,
     caches: Sequence[tuple[str, Any, Callable[[], bool]]],
     fraction: float,
-    collect: bool,
+    collect: Union[bool, int],
     *,
     slice_seconds: float = SLICE_SECONDS,
 ) -> Iterator[None]:
@@ -154,9 +154,14 @@ def sweep_steps(
     as many entries as fit in about ``slice_seconds``, learnt from the
     previous slice), ``gc.collect()`` or ``malloc_trim(0)``. The caller may do
     other work between two steps (the cleanup service lets the event loop
-    run). ``event.longest_step`` records the longest step.
+    run). ``event.longest_step`` records the longest step. ``collect``: True
+    for a full ``gc.collect()``, a generation (0 or 1) for a young collection
+    only (bounded in time: the young generations are bounded in size; a full
+    collection walks every object the interpreter tracks), False for none.
     """
-    clock = time.perf_counter
+    # CPU time of this thread: what a step held its thread (the event loop's, in
+    # the service) for; wall time would add the waits for the GIL and a CPU.
+    clock = time.thread_time
 
     def timed(t0: float) -> None:
         event.steps += 1
@@ -198,6 +203,10 @@ def sweep_steps(
             if not size:
                 break
             count = min(step, goal - done)
+            if need is not None and cache.nbytes:
+                # No more than the entries that should cover what is still needed.
+                left = need - event.accounted_bytes_released - (before["nbytes"] - cache.nbytes)
+                count = max(1, min(count, math.ceil(left / (cache.nbytes / size))))
             t0 = clock()
             try:
                 done += cache.trim(min(1.0, count / size))
@@ -224,20 +233,21 @@ def sweep_steps(
             0, after["evictions_by_reason"]["trim"] - before["evictions_by_reason"]["trim"]
         )
         event.accounted_bytes_released += max(0, before["nbytes"] - after["nbytes"])
-    if collect:  # 3. collect
-        t0 = clock()
+    if collect is not False:  # 3. collect
+        t0, w0 = clock(), time.perf_counter()
+        generation = 2 if collect is True else int(collect)
         try:
-            event.objects_collected = gc.collect()
+            event.objects_collected = gc.collect(generation)
         except Exception as exc:  # noqa: BLE001 - a finalizer raised
             _failed(event, "gc.collect", exc)
-        event.gc_duration = clock() - t0
+        event.gc_duration = time.perf_counter() - w0
         timed(t0)
         yield
     event.rss_before_malloc_trim = _procmem.rss_bytes()
-    t0 = clock()
+    t0, w0 = clock(), time.perf_counter()
     try:  # 4. give freed heap back to the kernel
         event.malloc_trimmed = _procmem.malloc_trim(0)
     except Exception as exc:  # noqa: BLE001 - recorded
         _failed(event, "malloc_trim", exc)
-    event.malloc_trim_duration = clock() - t0
+    event.malloc_trim_duration = time.perf_counter() - w0
     timed(t0)

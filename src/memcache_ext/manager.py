@@ -44,7 +44,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from . import _procmem
 from ._budget import BudgetError, BudgetGrant, BudgetInfo, headroom_error, split
@@ -495,13 +495,18 @@ class CacheManager:
         return _drain(self._steps("high_water", rss, target, blocking=False))
 
     def cleanup(
-        self, reason: str = "forced", *, fraction: Optional[float] = None, collect: bool = True
+        self,
+        reason: str = "forced",
+        *,
+        fraction: Optional[float] = None,
+        collect: Union[bool, int] = True,
     ) -> Optional[CleanupEvent]:
         """Run one cleanup now, trimming every cache; returns its event.
 
         ``fraction`` overrides ``cleanup_fraction`` for this run, ``collect=False``
-        skips ``gc.collect()``. Waits for a cleanup running on another thread;
-        returns None when called from inside a cleanup on this thread.
+        skips ``gc.collect()`` and ``collect=1`` collects the young generations only.
+        Waits for a cleanup running on another thread; returns None when called
+        from inside a cleanup on this thread.
         """
         if fraction is not None:
             fraction = _check_fraction("fraction", fraction)
@@ -516,7 +521,7 @@ class CacheManager:
         reason: Optional[str] = None,
         *,
         fraction: Optional[float] = None,
-        collect: bool = True,
+        collect: Union[bool, int] = True,
     ) -> Generator[None, None, Optional[CleanupEvent]]:
         """A cleanup in bounded steps: a generator to advance with ``next()`` or ``yield from``.
 
@@ -554,7 +559,7 @@ class CacheManager:
         *,
         blocking: bool,
         fraction: Optional[float] = None,
-        collect: bool = True,
+        collect: Union[bool, int] = True,
     ) -> Generator[None, None, Optional[CleanupEvent]]:
         if self._cleanup_thread == threading.get_ident():
             return None  # re-entered from a callback of the running cleanup

@@ -18,7 +18,9 @@ Policy, precisely:
   ``low_water * limit`` (default ``high_water - 0.1``, or half of
   ``high_water`` when that is 0.1 or less).
 * One cleanup expires, trims least recently used caches first, collects,
-  trims the heap and records the event: see ``_cleanup_pass``.
+  trims the heap and records the event: see ``_cleanup_pass``. It runs in
+  short steps; ``cleanup_steps()`` hands them out one at a time so that an
+  event loop can run between them (the cleanup service does).
 * "Last used" for a cache: see ``_observe``.
 * Errors: a cache removed while a cleanup runs is skipped (listed under
   ``skipped``); a cache whose ``on_evict`` (or anything else) raises during
@@ -33,8 +35,9 @@ Policy, precisely:
   total by hand. See ``_budget`` for the arithmetic; ``stats()["budget"]``
   reports it.
 * Thread safety: one lock guards the registry, timestamps and history. It is
-  never held while calling into a cache (trim, expire, stats, clear), since
-  those run user callbacks that may call back into the manager.
+  never held while calling into a cache (trim, expire, stats, clear, resize),
+  since those run user callbacks that may call back into the manager; a
+  second, re-entrant lock serializes budget splits.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ no HTTP client or server around it:
 * ``bare``: a tiny raw ASGI app (response start + body);
 * ``anchor``: the same app under the smallest pure ASGI middleware that reads
   RSS twice (what any such middleware must pay);
-* ``MemoryMonitorMiddleware`` (default options, and ``expose_headers=True``);
+* ``MemoryMonitorMiddleware`` (default options, ``expose_headers=True``, and
+  with its RSS probe off: two reads a request, as before issue 12);
+* ``MemoryGuard`` around ``MemoryMonitorMiddleware`` (one shared probe);
 * ``BaseHTTPMiddleware`` with a pass-through ``dispatch`` (for comparison);
 * the same, around a FastAPI app with one ``/users/{user_id}`` route.
 
@@ -35,7 +37,7 @@ from fastapi import FastAPI
 from starlette.middleware.base import BaseHTTPMiddleware
 
 from memcache_ext import CacheManager, _procmem
-from memcache_ext.fastapi import MemoryMonitorMiddleware, memory_router
+from memcache_ext.fastapi import MemoryGuard, MemoryMonitorMiddleware, memory_router
 
 N_CACHES, N_ENTRIES, HISTORY = 20, 1_000, 256
 
@@ -118,6 +120,12 @@ def apps() -> dict[str, Any]:
         "raw: MemoryMonitorMiddleware(expose_headers)": MemoryMonitorMiddleware(
             bare_app, expose_headers=True
         ),
+        "raw: MemoryMonitorMiddleware, 2 reads (no probe)": MemoryMonitorMiddleware(
+            bare_app, probe=_procmem.RssProbe(max_age=0)
+        ),
+        "raw: MemoryGuard + MemoryMonitorMiddleware": MemoryGuard(
+            MemoryMonitorMiddleware(bare_app), limit_mb=4096, max_body_bytes=2**20
+        ),
         "raw: BaseHTTPMiddleware": BaseHTTPMiddleware(bare_app, dispatch=_passthrough),
     }
     for name, mw in (
@@ -163,6 +171,27 @@ def per_request(
         return out
     finally:
         loop.close()
+
+
+def reads_per_request(n: int = 10_000) -> dict[str, float]:
+    """RSS reads a request costs, back to back, for each way of reading it."""
+    out = {}
+    for name, max_age, guarded in (
+        ("MemoryMonitorMiddleware, no probe (before issue 12)", 0.0, False),
+        ("MemoryMonitorMiddleware (probe)", 0.002, False),
+        ("MemoryGuard + MemoryMonitorMiddleware (shared probe)", 0.002, True),
+    ):
+        probe = _procmem.RssProbe(max_age=max_age)
+        app: Any = MemoryMonitorMiddleware(bare_app, probe=probe)
+        if guarded:
+            app = MemoryGuard(app, limit_mb=4096, probe=probe)
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(_drive(app, n))
+        finally:
+            loop.close()
+        out[name] = probe.reads / n
+    return out
 
 
 def stats_app() -> tuple[FastAPI, MemoryMonitorMiddleware]:
@@ -256,6 +285,9 @@ def main() -> int:
         med = statistics.median(runs)
         over = med - base[name.split(":")[0]]
         print(f"{name:48s} {med * 1e6:8.2f} ({min(runs) * 1e6:5.2f}) {over * 1e6:+9.2f}")
+    print("\nRSS reads per request, 10,000 back-to-back requests:")
+    for name, reads in reads_per_request().items():
+        print(f"  {name:56s} {reads:.3f}")
     app, _ = stats_app()
     times, size = stats_latency(app)
     times.sort()

@@ -24,7 +24,7 @@ N_CACHES, N_ENTRIES = 10, 10_000
 
 
 def _filled_manager(cls: Any) -> CacheManager:
-    m = CacheManager(memory_limit_mb=1024, cache_class=cls, rss=lambda: 0)
+    m = CacheManager(memory_limit_mb=1024, cache_class=cls, rss=lambda: 0, cache_share=None)
     for c in range(N_CACHES):
         cache = m.create_cache(f"c{c}", maxsize=None)
         for i in range(N_ENTRIES):
@@ -104,6 +104,18 @@ def main() -> None:
             assert ev is not None
         rows.append((f"cleanup 10 caches x 10k, no gc ({name})", f"{min(times) * 1e3:.2f} ms"))
         rows.append((f"  gc.collect() inside a cleanup ({name})", f"{min(gcs) * 1e3:.2f} ms"))
+        steps = []
+        for _ in range(5):
+            ev = _filled_manager(cls).cleanup(collect=1)
+            assert ev is not None
+            steps.append((ev.longest_step, ev.steps))
+        longest, count = min(steps)
+        rows.append(
+            (
+                f"  longest step of it, young gc ({name})",
+                f"{longest * 1e3:.2f} ms ({count} steps)",
+            )
+        )
     for name, cls in IMPLS:
         f, get = _cached_pair(cls)
         hit = _ns(lambda f=f: f(5), 200_000)

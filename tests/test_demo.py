@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +24,13 @@ httpx = pytest.importorskip("httpx")
 from memcache_ext import CacheManager  # noqa: E402 - after importorskip
 from memcache_ext.tools.demo import main  # noqa: E402 - after importorskip
 from memcache_ext.tools.demo.app import HealthService, create_app, reset_singletons  # noqa: E402 - after importorskip
-from memcache_ext.tools.demo.db import DatabaseError, check_database, create_database  # noqa: E402 - after importorskip
+from memcache_ext.tools.demo.db import (  # noqa: E402 - after importorskip
+    Database,
+    DatabaseError,
+    check_database,
+    create_database,
+)
+from memcache_ext.tools.demo.service import DEFAULT_POLICY  # noqa: E402 - after importorskip
 from memcache_ext.tools.procs import port_in_use  # noqa: E402 - after importorskip
 from support import RedisServer, eventually, free_port, posix_only, require_redis  # noqa: E402 - after importorskip
 
@@ -96,7 +104,9 @@ def test_endpoints(db_path: str, fresh: None) -> None:
     st = manager.stats()["caches"]
     assert set(st) == {"profiles", "readings", "summaries"}
     assert st["profiles"]["hits"] >= 1 and st["profiles"]["max_bytes"] is not None
-    assert st["readings"]["size"] == 2 and st["readings"]["nbytes"] > 0
+    # One readings entry per user: the 1-day and the 7-day windows are slices of it.
+    assert st["readings"]["size"] == 1 and st["readings"]["nbytes"] > 0
+    assert st["readings"]["hits"] == 1 and st["readings"]["misses"] == 1
 
 
 def test_unknown_user_and_bad_input(db_path: str, fresh: None) -> None:
@@ -159,6 +169,89 @@ def test_lifespan_starts_and_stops_cleanup(db_path: str, fresh: None) -> None:
 
     assert asyncio.run(go()) is True
     assert not app.state.cleanup.running
+
+
+def test_database_connections_stay_bounded_as_threads_come_and_go(db_path: str) -> None:
+    """issue 12: one connection per thread that ever asked, never closed, was the demo's
+    leak (92 connections for 28 live threads). Threads come and go as a server's pool
+    retires idle ones: the number of connections must not follow them."""
+    db = Database(db_path, pool_size=4)
+    opened_by: set[int] = set()
+
+    def ask() -> None:
+        for _ in range(5):
+            assert db.query("SELECT count(*) FROM users")[0][0] == USERS
+        opened_by.add(threading.get_ident())
+
+    try:
+        for _ in range(10):  # 10 waves of 8 short-lived threads: 80 threads in all
+            wave = [threading.Thread(target=ask) for _ in range(8)]
+            for t in wave:
+                t.start()
+            for t in wave:
+                t.join(30)
+        st = db.stats()
+        assert st["open"] <= 4 and st["opened_total"] <= 4, st
+        assert st["in_use"] == 0
+        db.resize(2)  # the app sizes it to the server's thread count
+        assert db.stats()["open"] <= 2 and db.pool_size == 2
+    finally:
+        db.close()
+    assert db.stats()["open"] == 0
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        db.query("SELECT 1")
+
+
+def test_a_busy_pool_makes_the_query_wait_then_fail_clearly(db_path: str) -> None:
+    db = Database(db_path, timeout=0.2, pool_size=1)
+    try:
+        with db.connection():
+            started = time.monotonic()
+            with pytest.raises(sqlite3.OperationalError, match="all 1 database connections busy"):
+                db.query("SELECT 1")
+            assert time.monotonic() - started >= 0.19
+        assert db.query("SELECT 1")[0][0] == 1 and db.stats()["waits"] >= 1
+    finally:
+        db.close()
+
+
+def test_database_creation_reports_progress(tmp_path: Path) -> None:
+    seen: list[tuple[int, int]] = []
+    create_database(str(tmp_path / "p.sqlite3"), 250, 1, progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (250, 250) and len(seen) >= 50
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_guard_and_body_limit_are_wired_in(db_path: str, fresh: None) -> None:
+    app, _ = _app(db_path)
+    (big, health, stats) = request_all(
+        app,
+        ("PUT", "/users/1/profile", {"name": "x" * (2 * 2**20)}),
+        ("GET", "/health", None),
+        ("GET", "/memory/stats", None),
+    )
+    assert big.status_code == 413
+    assert health.json()["policy"] == DEFAULT_POLICY
+    db = health.json()["database"]
+    assert db["pool_size"] >= 1 and db["open"] <= db["pool_size"]
+    body = stats.json()
+    assert body["guard"]["body_rejected_total"] == 1 and body["guard"]["max_body_bytes"] == 2**20
+    assert body["budget"]["source"] == "derived" and body["loop"] is not None
+
+
+def test_a_limit_below_the_baseline_stops_the_demo_at_start(
+    db_path: str, capsys: pytest.CaptureFixture[str], fresh: None
+) -> None:
+    rc = main(
+        ["--db", db_path, "--users", str(USERS), "--days", str(DAYS), "--memory-limit-mb", "20"]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert re.search(
+        r"memory limit \(20\.0 MB, configured\) is below the process's "
+        r"baseline RSS \(\d+\.\d MB\)",
+        err,
+    ), err
 
 
 def test_missing_and_broken_database(tmp_path: Path, fresh: None) -> None:
@@ -425,7 +518,7 @@ def test_tier_serves_and_invalidates_across_instances(
         assert prof["loads"] >= 1 and prof["writes"] >= 2 and prof["redis_errors"] == 0
         assert prof["invalidations_received"] >= 1 and prof["connected"] is True
         assert sources[f"redis:{prefix}:readings"]["loads"] == 1
-        assert client.exists(f"{prefix}:readings:2:1") == 1  # str keys, one per (user, days)
+        assert client.exists(f"{prefix}:readings:2") == 1  # str keys, one per user
         (health,) = request_all(app, ("GET", "/health", None))
         assert health.json()["redis"]["connected"] is True
     finally:

@@ -508,6 +508,9 @@ def test_cleanup_service_survives_failing_cleanup(caplog: pytest.LogCaptureFixtu
         def cleanup_if_needed(self) -> Any:
             raise OSError("disk on fire")
 
+        def cleanup_steps(self, *args: Any, **kwargs: Any) -> Any:  # what the service runs
+            raise OSError("disk on fire")
+
     manager = Broken(memory_limit_mb=1000)
     cache = manager.create_cache("c", maxsize=10)
 

@@ -63,7 +63,7 @@ LAYER_OF = {
         ),
         "memory",
     ),
-    **dict.fromkeys(("asgi", "cleanup", "fastapi", "prometheus", "redis"), "integrations"),
+    **dict.fromkeys(("asgi", "guard", "cleanup", "fastapi", "prometheus", "redis"), "integrations"),
     **dict.fromkeys(("tools", "__main__"), "tools"),
 }
 #: The only modules that may import a compiled *_c module at run time.

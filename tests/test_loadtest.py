@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import select
 import socket
 import subprocess
 import sys
@@ -130,6 +133,128 @@ def test_replicas_share_the_redis_tier(tmp_path: Path) -> None:
         "the load test left its redis-server running"
     )
     print(f"replicas load test took {elapsed:.0f} s")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--skew", "-1"], "argument --skew: must be a finite number >= 0, got '-1'"),
+        (["--skew", "nan"], "argument --skew: must be a finite number >= 0, got 'nan'"),
+        (["--skew", "lots"], "argument --skew: must be a number, got 'lots'"),
+        (["--duration", "0"], "argument --duration: must be a finite number of seconds > 0"),
+        (["--duration", "inf"], "argument --duration: must be a finite number of seconds > 0"),
+        (["--soak", "--duration", "10", "--warmup", "10"], "--warmup must be shorter than"),
+        (["--writes", "0.6", "--oversize", "0.6"], "together at most 1"),
+    ],
+)
+def test_bad_numbers_are_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    db = str(tmp_path / "never-created.sqlite3")
+    proc = loadtest(*args, "--db", db, timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not Path(db).exists() and not demo_servers(db)  # nothing was started
+
+
+def test_plot_without_matplotlib_is_said_before_any_work(tmp_path: Path) -> None:
+    fake = tmp_path / "fake" / "matplotlib"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no matplotlib here')\n")
+    db = str(tmp_path / "never-created.sqlite3")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(fake.parent), *sys.path]))
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "memcache_ext", "loadtest", "--plot", "x.png", "--db", db],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert proc.returncode == 2
+    assert "--plot needs matplotlib: pip install 'memcache-ext[plot]'" in proc.stderr
+    assert time.monotonic() - start < 20 and not Path(db).exists()
+
+
+def _run_in_pty(args: list[str], timeout: float) -> tuple[int, str]:
+    """Run the load test with stderr on a pseudo-terminal; (exit code, what it drew)."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memcache_ext", "loadtest", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+    )
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    return proc.wait(timeout=30), out.decode(errors="replace")
+
+
+def test_progress_on_a_terminal_and_none_in_a_pipe(tmp_path: Path) -> None:
+    db = str(tmp_path / "progress.sqlite3")
+    args = ["--only", "bounded", "--duration", "4", "--users", "300", "--uniform-phase", "0"]
+    code, drawn = _run_in_pty([*args, "--db", db], timeout=120)
+    assert code == 0, drawn
+    lines = [part for part in drawn.split("\r") if "requests, RSS" in part]
+    assert lines, drawn
+    assert re.search(
+        r"bounded \w+: \d+ s of 4 s \(\d+ s left\), [\d,]+ requests, RSS [\d.]+ MB", lines[-1]
+    ), lines[-1]
+    piped = loadtest(*args, "--db", db, timeout=120)
+    assert (
+        piped.returncode == 0 and "\r" not in piped.stderr and "requests, RSS" not in piped.stderr
+    )
+    assert "traffic: Zipf(1) user popularity" in piped.stdout
+    assert "uniform (skew 0)" in piped.stdout and "bounded s3fifo" in piped.stdout
+
+
+def test_a_limit_below_the_baseline_is_reported_and_nothing_is_left(tmp_path: Path) -> None:
+    db = str(tmp_path / "tiny.sqlite3")
+    proc = loadtest(
+        "--soak",
+        "--memory-limit-mb",
+        "20",
+        "--duration",
+        "5",
+        "--users",
+        "200",
+        "--db",
+        db,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "exited with code 2 before answering" in proc.stderr
+    assert "memory limit (20.0 MB, configured) is below the process's baseline RSS" in proc.stderr
+    assert not demo_servers(db)
+
+
+@pytest.mark.slow
+def test_soak_quick_holds_the_promises(tmp_path: Path) -> None:
+    """The CI form of the soak (about 60 s of load): issue 12's promises, smaller scale."""
+    out, db = tmp_path / "soak.json", str(tmp_path / "soak.sqlite3")
+    proc = loadtest("--soak", "--quick", "--json", str(out), "--db", db, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "soak: all promises held" in proc.stdout
+    (fig,) = json.loads(out.read_text())["runs"]
+    assert fig["rss_peak_mb"] <= fig["limit_mb"] == 150
+    assert fig["other_5xx"] == 0 and fig["connection_failures"] == 0
+    assert fig["oversized_statuses"] and set(fig["oversized_statuses"]) == {"413"}
+    assert fig["hit_rate_second_half"]["all"] >= 0.8
+    assert not demo_servers(db)
 
 
 def test_replicas_with_unbounded_is_a_clear_error() -> None:

@@ -19,7 +19,8 @@ MB = 2**20
 
 
 def _manager() -> CacheManager:
-    m = CacheManager(memory_limit_mb=512, rss=lambda: 300 * MB, min_interval=0)
+    # No derived byte budget: "pages" keeps no byte bound (the budget has its own test).
+    m = CacheManager(memory_limit_mb=512, rss=lambda: 300 * MB, min_interval=0, cache_share=None)
     users = m.create_cache("users", maxsize=2, ttl=60, max_bytes=100_000)
     # fresh objects only the cache refers to, so deep_sizeof charges them
     users["a"] = bytearray(1000)

@@ -79,7 +79,8 @@ def test_a_broken_cache_reports_an_error_in_its_place() -> None:
         def clear(self) -> None:
             pass
 
-    manager = CacheManager(memory_limit_mb=100, cache_class=lambda *a, **k: Broken())
+    # A limit well above this process's RSS: a limit below it is refused (the byte budget).
+    manager = CacheManager(memory_limit_mb=4096, cache_class=lambda *a, **k: Broken())
     manager.create_cache("broken")
     st = manager.stats()
     assert_shape(st, ManagerStats)

@@ -8,11 +8,18 @@
   stop on, so every cache is trimmed; with no target (``cleanup()``) too; (3)
   ``gc.collect()``; (4) ``malloc_trim(0)`` on glibc. The manager then reads RSS
   again and records the event.
+* Steps: ``sweep_steps`` runs the pass as a generator of bounded steps (one
+  cache's ``expire()``, a slice of a trim sized to about 2 ms, the collection,
+  ``malloc_trim``) so that the cleanup service can let the event loop run
+  between them; ``sweep`` runs them back to back.
 * Freed memory is reported honestly and twice: ``accounted_bytes_released``
   is the drop in the caches' own byte accounting (0 for caches without a byte
-  bound), ``rss_freed_bytes`` is RSS before minus RSS after. They differ:
-  the allocator keeps freed memory unless ``malloc_trim`` returns it, objects
-  referenced elsewhere survive eviction, and other threads allocate meanwhile.
+  bound), ``rss_freed_bytes`` is RSS before minus RSS after, and
+  ``rss_before_malloc_trim`` shows what ``malloc_trim`` gave back. They
+  differ: pymalloc keeps its arenas (freed blocks are reused by the next
+  allocations, not returned), objects referenced elsewhere survive eviction,
+  and other threads allocate meanwhile. A cleanup's purpose is that RSS stops
+  growing, not that it falls.
 * Errors: a cache removed meanwhile is skipped (``skipped``); a cache whose
   ``on_evict`` (or anything else) raises is recorded under ``errors`` and the
   pass goes on with the rest.
@@ -21,15 +28,16 @@
 from __future__ import annotations
 
 import gc
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Annotated, Any, Optional, TypedDict
+from typing import Annotated, Any, Optional, TypedDict, Union
 
 from . import _procmem
 from ._constants import MIB
 
-__all__ = ["CleanupEvent", "CleanupEventDict", "sweep"]
+__all__ = ["CleanupEvent", "CleanupEventDict", "sweep", "sweep_steps", "SLICE_SECONDS"]
 
 
 class CleanupEventDict(TypedDict):
@@ -46,8 +54,14 @@ class CleanupEventDict(TypedDict):
     entries_expired: int
     objects_collected: int
     malloc_trimmed: bool
-    duration: Annotated[float, "Seconds"]
+    rss_before_malloc_trim: Annotated[
+        int, "RSS after evicting and collecting, before malloc_trim (0: not read)"
+    ]
+    duration: Annotated[float, "Seconds, start to end (other work may run between steps)"]
     gc_duration: Annotated[float, "Seconds spent in gc.collect()"]
+    malloc_trim_duration: Annotated[float, "Seconds spent in malloc_trim(0)"]
+    steps: Annotated[int, "Steps the cleanup ran in (expire per cache, trim slices, gc, trim)"]
+    longest_step: Annotated[float, "Seconds of CPU: the longest step (what it held its thread)"]
     caches_trimmed: list[str]
     skipped: list[str]
     errors: list[str]
@@ -72,8 +86,12 @@ class CleanupEvent:
     entries_expired: int = 0
     objects_collected: int = 0  #: gc.collect()'s return value
     malloc_trimmed: bool = False
+    rss_before_malloc_trim: int = 0  #: RSS after evicting and collecting
     duration: float = 0.0  #: seconds, whole cleanup
     gc_duration: float = 0.0  #: seconds spent in gc.collect()
+    malloc_trim_duration: float = 0.0  #: seconds spent in malloc_trim(0)
+    steps: int = 0  #: bounded steps it ran in
+    longest_step: float = 0.0  #: seconds, the longest of them
     caches_trimmed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  #: removed while cleaning
     errors: list[str] = field(default_factory=list)
@@ -99,6 +117,17 @@ class CleanupEvent:
 _EVENT_FIELDS = tuple(f.name for f in fields(CleanupEvent))
 
 
+def _fraction_of(count: int, size: int) -> float:
+    """The largest fraction ``f`` with ``ceil(size * f) == count`` (``trim`` takes a
+    fraction; ``count / size`` can round up to one entry more)."""
+    if count >= size:
+        return 1.0
+    f = count / size
+    while math.ceil(size * f) > count:
+        f = math.nextafter(f, 0.0)
+    return f
+
+
 def _failed(event: CleanupEvent, what: str, exc: BaseException) -> None:
     event.errors.append(f"{what}: {type(exc).__name__}: {exc}")
 
@@ -107,23 +136,63 @@ def sweep(
     event: CleanupEvent,
     caches: Sequence[tuple[str, Any, Callable[[], bool]]],
     fraction: float,
-    collect: bool,
+    collect: Union[bool, int],
 ) -> None:
     """Steps 1-4 of a pass over ``(name, cache, still_registered)``, LRU cache first.
 
     Fills ``event`` in; its ``rss_before`` and ``target_bytes`` say when to stop.
     """
+    for _ in sweep_steps(event, caches, fraction, collect):
+        pass
+
+
+#: A trim slice aims at this many seconds of work (it adapts its entry count to it).
+SLICE_SECONDS = 0.002
+_FIRST_SLICE, _MIN_SLICE, _MAX_SLICE = 64, 8, 8192
+
+
+def sweep_steps(
+    event: CleanupEvent,
+    caches: Sequence[tuple[str, Any, Callable[[], bool]]],
+    fraction: float,
+    collect: Union[bool, int],
+    *,
+    slice_seconds: float = SLICE_SECONDS,
+) -> Iterator[None]:
+    """The same pass, one bounded step at a time: a generator that yields between steps.
+
+    A step is one cache's ``expire()``, one slice of a trim (a ``trim()`` of
+    as many entries as fit in about ``slice_seconds``, learnt from the
+    previous slice), ``gc.collect()`` or ``malloc_trim(0)``. The caller may do
+    other work between two steps (the cleanup service lets the event loop
+    run). ``event.longest_step`` records the longest step. ``collect``: True
+    for a full ``gc.collect()``, a generation (0 or 1) for a young collection
+    only (bounded in time: the young generations are bounded in size; a full
+    collection walks every object the interpreter tracks), False for none.
+    """
+    # CPU time of this thread: what a step held its thread (the event loop's, in
+    # the service) for; wall time would add the waits for the GIL and a CPU.
+    clock = time.thread_time
+
+    def timed(t0: float) -> None:
+        event.steps += 1
+        event.longest_step = max(event.longest_step, clock() - t0)
+
     for name, cache, registered in caches:  # 1. expired entries first
         if not registered():
             continue
+        t0 = clock()
         try:
             event.entries_expired += cache.expire()
         except Exception as exc:  # noqa: BLE001 - recorded, the rest goes on
             _failed(event, f"{name}: expire", exc)
+        timed(t0)
+        yield
     target = event.target_bytes
     need = None if target is None else event.rss_before - target
     if need is not None and not any(cache.nbytes for _, cache, _ in caches):
         need = None  # nothing accounted: no estimate to stop on
+    step = _FIRST_SLICE
     for name, cache, registered in caches:  # 2. trim, least recently used cache first
         if need is not None and event.accounted_bytes_released >= need:
             break
@@ -137,10 +206,34 @@ def sweep(
             continue
         if not before.get("size"):
             continue
-        try:
-            cache.trim(fraction)
-        except Exception as exc:  # noqa: BLE001 - on_evict raised; trim finished
-            _failed(event, f"{name}: trim", exc)
+        goal = math.ceil(before["size"] * fraction)
+        done = 0
+        failed = False
+        while done < goal:
+            size = len(cache)
+            if not size:
+                break
+            count = min(step, goal - done)
+            if need is not None and cache.nbytes:
+                # No more than the entries that should cover what is still needed.
+                left = need - event.accounted_bytes_released - (before["nbytes"] - cache.nbytes)
+                count = max(1, min(count, math.ceil(left / (cache.nbytes / size))))
+            t0 = clock()
+            try:
+                done += cache.trim(_fraction_of(count, size))
+            except Exception as exc:  # noqa: BLE001 - on_evict raised; that trim finished
+                done += count
+                if not failed:
+                    _failed(event, f"{name}: trim", exc)
+                    failed = True
+            spent = clock() - t0
+            timed(t0)
+            released = max(0, before["nbytes"] - cache.nbytes)
+            if spent > 0:
+                step = int(min(_MAX_SLICE, max(_MIN_SLICE, count * slice_seconds / spent)))
+            yield
+            if need is not None and event.accounted_bytes_released + released >= need:
+                break
         try:
             after = cache.stats()
         except Exception as exc:  # noqa: BLE001 - recorded, the rest goes on
@@ -151,14 +244,21 @@ def sweep(
             0, after["evictions_by_reason"]["trim"] - before["evictions_by_reason"]["trim"]
         )
         event.accounted_bytes_released += max(0, before["nbytes"] - after["nbytes"])
-    if collect:  # 3. collect
-        t0 = time.perf_counter()
+    if collect is not False:  # 3. collect
+        t0, w0 = clock(), time.perf_counter()
+        generation = 2 if collect is True else int(collect)
         try:
-            event.objects_collected = gc.collect()
+            event.objects_collected = gc.collect(generation)
         except Exception as exc:  # noqa: BLE001 - a finalizer raised
             _failed(event, "gc.collect", exc)
-        event.gc_duration = time.perf_counter() - t0
+        event.gc_duration = time.perf_counter() - w0
+        timed(t0)
+        yield
+    event.rss_before_malloc_trim = _procmem.rss_bytes()
+    t0, w0 = clock(), time.perf_counter()
     try:  # 4. give freed heap back to the kernel
         event.malloc_trimmed = _procmem.malloc_trim(0)
     except Exception as exc:  # noqa: BLE001 - recorded
         _failed(event, "malloc_trim", exc)
+    event.malloc_trim_duration = time.perf_counter() - w0
+    timed(t0)

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Optional, TypedDict, Union
 
+from ._budget import BudgetInfo
 from ._cleanup_pass import CleanupEventDict
 from ._constants import MIB
 from ._stats import CacheStats
@@ -82,6 +83,7 @@ class ManagerStats(TypedDict):
     process: ProcessMemory
     limit: MemoryLimitInfo
     max_total_bytes: Optional[int]
+    budget: Annotated[BudgetInfo, "How the caches' byte bounds follow from the limit"]
     cleanup_fraction: float
     min_interval: float
     caches: dict[str, Union[ManagedCacheStats, CacheError]]

@@ -23,12 +23,15 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, Optional
 
 __all__ = [
     "MemoryLimit",
     "RssReader",
+    "RssProbe",
+    "shared_probe",
     "rss",
     "rss_bytes",
     "rss_source",
@@ -182,6 +185,59 @@ def rss_source() -> str:
 def rss() -> tuple[int, str]:
     """``(rss_bytes, source)``."""
     return _reader.read(), _reader.source
+
+
+class RssProbe:
+    """RSS for per-request checks: at most one read per request on average under load.
+
+    ``read()`` reads RSS now and remembers it; ``recent()`` returns the last
+    reading when it is younger than ``max_age`` seconds, else reads. A request
+    middleware takes its "before" from ``recent()`` and its "after" from
+    ``read()``: back to back (or overlapping) requests then share readings,
+    so a busy server pays about one read per request, while a request that
+    arrives after a quiet spell still starts from a fresh figure. ``reads``
+    counts the reads actually made. Thread-safe enough for counters: a lost
+    update under a race costs one extra read, never a wrong figure.
+    """
+
+    __slots__ = ("_read", "max_age", "_clock", "_value", "_when", "reads")
+
+    def __init__(
+        self,
+        read: Optional[Callable[[], int]] = None,
+        max_age: float = 0.002,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if not max_age >= 0:
+            raise ValueError(f"max_age must be >= 0, got {max_age!r}")
+        self._read = read if read is not None else rss_bytes
+        self.max_age = float(max_age)
+        self._clock = clock
+        self._value = 0
+        self._when = -float("inf")
+        self.reads = 0
+
+    def read(self) -> int:
+        """RSS in bytes now (and the new "recent" figure)."""
+        value = int(self._read())
+        self._value, self._when = value, self._clock()
+        self.reads += 1
+        return value
+
+    def recent(self) -> int:
+        """The last reading if younger than ``max_age``, else a new one."""
+        if self._clock() - self._when <= self.max_age:
+            return self._value
+        return self.read()
+
+    @property
+    def last(self) -> int:
+        """The last reading, however old (0 before the first)."""
+        return self._value
+
+
+#: The process-wide probe the request middlewares share when given no other.
+shared_probe = RssProbe()
 
 
 # -- memory limit -------------------------------------------------------------

@@ -3,10 +3,14 @@
     app.add_middleware(MemoryMonitorMiddleware, memory_limit_mb=400)   # FastAPI/Starlette
     app = MemoryMonitorMiddleware(app, memory_limit_mb=400)            # any ASGI app
 
-``MemoryMonitorMiddleware`` reads RSS before and after every HTTP request
-(``_procmem.rss_bytes``: one ``pread`` of ``/proc/self/statm``, about a
-microsecond) and the duration, and hands them to a ``RequestMemoryMonitor``,
-which keeps:
+``MemoryMonitorMiddleware`` takes RSS before and after every HTTP request and
+the duration, and hands them to a ``RequestMemoryMonitor``. The figures come
+from an ``RssProbe`` (``_procmem``): "after" is a fresh read (one ``pread`` of
+``/proc/self/statm``, 1-5 microseconds depending on the machine), "before"
+reuses the last reading when it is younger than 2 ms (back-to-back or
+overlapping requests), so a busy server pays about one read per request; the
+probe is shared with the memory guard (``memcache_ext.guard``) and the
+manager. The monitor keeps:
 
 * per-route counters keyed by the route *template* (``scope["route"].path``,
   set by Starlette/FastAPI routing, e.g. ``/users/{user_id}``), never the raw
@@ -330,8 +334,10 @@ class MemoryMonitorMiddleware:
     ``expose_headers=True`` adds ``X-Memory-Usage-MB`` (RSS when the response
     starts) and ``X-Memory-Delta-MB`` (change since the request started) to
     every response; off by default, memory figures are internal information.
-    ``manager``: RSS is read through ``manager.rss_bytes`` (else the cheap
-    ``_procmem`` reader); ``rss``: any callable returning bytes (tests).
+    RSS comes from ``probe`` (an ``RssProbe``): by default the manager's
+    (``manager.probe``) or the process-wide one, shared with the memory guard;
+    ``rss``: any callable returning bytes (tests), read through a probe of
+    its own.
     ``monitor``: share a ``RequestMemoryMonitor`` (else one is built from the
     other arguments; it is ``self.monitor``).
 
@@ -354,6 +360,7 @@ class MemoryMonitorMiddleware:
         monitor: Optional[RequestMemoryMonitor] = None,
         rss: Optional[Callable[[], int]] = None,
         max_routes: int = 1000,
+        probe: Optional[_procmem.RssProbe] = None,
     ) -> None:
         self.app = app
         if monitor is None:
@@ -367,9 +374,14 @@ class MemoryMonitorMiddleware:
         self.monitor = monitor
         self.expose_headers = bool(expose_headers)
         self.manager = manager
-        if rss is None:
-            rss = manager.rss_bytes if manager is not None else _procmem.rss_bytes
-        self._rss = rss
+        if probe is None:
+            if rss is not None:
+                probe = _procmem.RssProbe(rss)
+            elif manager is not None:
+                probe = manager.probe
+            else:
+                probe = _procmem.shared_probe
+        self.probe = probe
 
     def stats(self) -> RequestMonitorStats:
         return self.monitor.stats()
@@ -380,10 +392,10 @@ class MemoryMonitorMiddleware:
             return
         monitor = self.monitor
         scope[SCOPE_KEY] = monitor
-        rss = self._rss
+        probe = self.probe
         expose = self.expose_headers
         status = 0
-        before = rss()
+        before = probe.recent()
         t0 = time.perf_counter()
 
         async def send_wrapper(message: Message) -> None:
@@ -391,7 +403,7 @@ class MemoryMonitorMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 if expose:
-                    now = rss()
+                    now = probe.recent()
                     headers = list(message.get("headers", ()))
                     headers.append((b"x-memory-usage-mb", b"%.1f" % (now / MB)))
                     headers.append((b"x-memory-delta-mb", b"%+.1f" % ((now - before) / MB)))
@@ -402,6 +414,8 @@ class MemoryMonitorMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         except BaseException:
-            monitor.record(scope, before, rss(), time.perf_counter() - t0, status or 500, True)
+            monitor.record(
+                scope, before, probe.read(), time.perf_counter() - t0, status or 500, True
+            )
             raise
-        monitor.record(scope, before, rss(), time.perf_counter() - t0, status)
+        monitor.record(scope, before, probe.read(), time.perf_counter() - t0, status)

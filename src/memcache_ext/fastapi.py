@@ -36,11 +36,21 @@ from .asgi import (
     RequestMemoryMonitor,
     RequestMonitorStats,
 )
-from .cleanup import CleanupServiceStats, MemoryCleanupService, cleanup_lifespan
+from .cleanup import (
+    CleanupServiceStats,
+    LoopStallMonitor,
+    LoopStallStats,
+    MemoryCleanupService,
+    cleanup_lifespan,
+)
 from .gcstats import GCSnapshot, GCStats, gc_stats
+from .guard import SCOPE_KEY as GUARD_SCOPE_KEY
+from .guard import GuardStats, MemoryGuard
 from .manager import CacheManager, ManagedCacheStats, ManagerStats, manager_or_default
 
 __all__ = [
+    "MemoryGuard",
+    "LoopStallMonitor",
     "MemoryMonitorMiddleware",
     "RequestMemoryMonitor",
     "memory_router",
@@ -63,6 +73,8 @@ class MemoryStatsDict(ManagerStats):
     ]
     cleanup_service: Optional[CleanupServiceStats]
     gc: GCSnapshot
+    guard: typing.Annotated[Optional[GuardStats], "null when no MemoryGuard guards the app"]
+    loop: typing.Annotated[Optional[LoopStallStats], "null unless a LoopStallMonitor is passed"]
 
 
 # -- pydantic models from the TypedDicts --------------------------------------------
@@ -145,6 +157,8 @@ def memory_router(
     cleanup_service: Optional[MemoryCleanupService] = None,
     gc: Optional[GCStats] = None,
     include_in_schema: bool = True,
+    guard: Optional[MemoryGuard] = None,
+    loop_monitor: Optional[LoopStallMonitor] = None,
 ) -> APIRouter:
     """An APIRouter with ``GET {prefix}/stats`` (response model ``MemoryStats``).
 
@@ -153,7 +167,9 @@ def memory_router(
     auth here: ``dependencies=[Depends(require_admin)]``). ``monitor``: the
     request monitor to report (default: the one of the MemoryMonitorMiddleware
     that wrapped this request, if any). ``gc``: GC statistics (default
-    ``gc_stats``, installed here).
+    ``gc_stats``, installed here). ``guard``, ``loop_monitor``: a MemoryGuard
+    and a LoopStallMonitor whose figures to report (default for the guard:
+    the one that guarded this request, if any).
     """
     mgr = manager_or_default(manager)
     gcs = gc if gc is not None else gc_stats
@@ -168,11 +184,14 @@ def memory_router(
     )
     async def memory_stats(request: Request) -> Mapping[str, Any]:
         mon = monitor if monitor is not None else request.scope.get(SCOPE_KEY)
+        grd = guard if guard is not None else request.scope.get(GUARD_SCOPE_KEY)
         st: MemoryStatsDict = {
             **mgr.stats(),
             "requests": mon.stats() if mon is not None else None,
             "cleanup_service": cleanup_service.stats() if cleanup_service is not None else None,
             "gc": gcs.snapshot(),
+            "guard": grd.stats() if grd is not None else None,
+            "loop": loop_monitor.stats() if loop_monitor is not None else None,
         }
         return st
 

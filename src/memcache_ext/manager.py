@@ -18,7 +18,9 @@ Policy, precisely:
   ``low_water * limit`` (default ``high_water - 0.1``, or half of
   ``high_water`` when that is 0.1 or less).
 * One cleanup expires, trims least recently used caches first, collects,
-  trims the heap and records the event: see ``_cleanup_pass``.
+  trims the heap and records the event: see ``_cleanup_pass``. It runs in
+  short steps; ``cleanup_steps()`` hands them out one at a time so that an
+  event loop can run between them (the cleanup service does).
 * "Last used" for a cache: see ``_observe``.
 * Errors: a cache removed while a cleanup runs is skipped (listed under
   ``skipped``); a cache whose ``on_evict`` (or anything else) raises during
@@ -26,12 +28,16 @@ Policy, precisely:
   with the rest. Only one cleanup runs at a time; ``cleanup_if_needed()`` while
   another runs returns None, and a cleanup started from inside a cleanup
   (an ``on_evict`` that calls it) returns None instead of deadlocking.
-* Total byte budget (``max_total_bytes``): every cache the manager creates
-  gets a byte bound and a ``sizeof`` wrapper that makes room in the least
-  recently used caches, or refuses the entry; see ``_budget``.
+* Byte budget: under a real limit (configured or a cgroup's), the caches the
+  manager creates share ``cache_share`` of the headroom between the
+  process's baseline RSS and the high-water mark, as byte bounds set through
+  each cache's own ``max_bytes``/``resize()``; ``max_total_bytes`` sets the
+  total by hand. See ``_budget`` for the arithmetic; ``stats()["budget"]``
+  reports it.
 * Thread safety: one lock guards the registry, timestamps and history. It is
-  never held while calling into a cache (trim, expire, stats, clear), since
-  those run user callbacks that may call back into the manager.
+  never held while calling into a cache (trim, expire, stats, clear, resize),
+  since those run user callbacks that may call back into the manager; a
+  second, re-entrant lock serializes budget splits.
 """
 
 from __future__ import annotations
@@ -40,18 +46,18 @@ import functools
 import math
 import threading
 import time
-import weakref
-from collections.abc import Callable, Iterator
-from typing import Any, Optional
+from collections.abc import Callable, Generator, Iterator
+from typing import Any, Optional, Union
 
 from . import _procmem
-from ._budget import BudgetSizeof, fit
-from ._cleanup_pass import CleanupEvent, sweep
+from ._budget import BudgetError, BudgetGrant, BudgetInfo, headroom_error, split
+from ._cleanup_pass import CleanupEvent, sweep_steps
 from ._constants import MIB, MISSING
 from ._manager_stats import ManagedCacheStats, ManagerStats, StatsSources, cache_stats
 from .deque import BoundedDeque
 
 __all__ = [
+    "BudgetError",
     "CacheManager",
     "CleanupEvent",
     "ManagerStats",
@@ -59,6 +65,16 @@ __all__ = [
     "cache_manager",
     "manager_or_default",
 ]
+
+
+def _drain(steps: Generator[None, None, Optional[CleanupEvent]]) -> Optional[CleanupEvent]:
+    """Run a generator of cleanup steps to its end; its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            result: Optional[CleanupEvent] = stop.value
+            return result
 
 
 def manager_or_default(manager: Optional[CacheManager]) -> CacheManager:
@@ -115,8 +131,11 @@ class CacheManager:
     ``high_water``/``low_water``: fractions of the limit where a cleanup starts
     and what it aims at. ``cleanup_fraction``: share of a cache's entries each
     trim evicts. ``min_interval``: seconds between automatic cleanups.
-    ``max_total_bytes``: optional budget on the sum of the caches' accounted
-    bytes. ``history``: how many cleanup events to keep.
+    ``cache_share``: share of the headroom above the baseline RSS that the
+    caches get as byte bounds under a real limit (None: no derived budget).
+    ``baseline_mb``: the baseline RSS (default: measured when the first cache
+    is created). ``max_total_bytes``: the caches' total byte budget, instead
+    of the derived one. ``history``: how many cleanup events to keep.
 
     For tests and special setups: ``cache_class`` (default ``LruCache``),
     ``rss`` (a callable returning RSS in bytes), ``cgroup_root`` (file-system
@@ -132,6 +151,8 @@ class CacheManager:
         low_water: Optional[float] = None,
         min_interval: float = 10.0,
         max_total_bytes: Optional[int] = None,
+        cache_share: Optional[float] = 0.5,
+        baseline_mb: Optional[float] = None,
         history: int = 100,
         cache_class: Optional[Callable[..., Any]] = None,
         rss: Optional[Callable[[], int]] = None,
@@ -152,6 +173,11 @@ class CacheManager:
             raise ValueError(f"min_interval must be >= 0, got {min_interval!r}")
         self.min_interval = float(min_interval)
         self.max_total_bytes = _check_positive("max_total_bytes", max_total_bytes, integer=True)
+        self.cache_share = (
+            None if cache_share is None else _check_fraction("cache_share", cache_share)
+        )
+        self._baseline_mb = _check_positive("baseline_mb", baseline_mb)
+        self._baseline: Optional[int] = None if baseline_mb is None else int(baseline_mb * MIB)
         if isinstance(history, bool) or not isinstance(history, int):
             raise TypeError("history must be an int")
         if history < 1:
@@ -163,6 +189,7 @@ class CacheManager:
         self._cache_class = cache_class
         self._rss = rss if rss is not None else _procmem.rss_bytes
         self._rss_source = None if rss is None else "injected"
+        self._probe = _procmem.shared_probe if rss is None else _procmem.RssProbe(self._rss)
         self._cgroup_root = cgroup_root
         self._clock = clock if clock is not None else time.monotonic
         self._lock = threading.RLock()
@@ -176,6 +203,8 @@ class CacheManager:
         self._cleanups = 0
         self._skipped_interval = 0
         self._sources = StatsSources()
+        # Serializes budget splits (re-entrant: a cache's on_evict may create a cache).
+        self._budget_lock = threading.RLock()
 
     # -- registry -------------------------------------------------------------
 
@@ -202,25 +231,20 @@ class CacheManager:
             entry = self._caches.get(name)
             if entry is not None:
                 return self._same(name, entry, settings)
-        # Build outside the lock: a cache class may run user code.
-        wrapper = None
-        ctor_kwargs = dict(kwargs)
-        real_max_bytes = max_bytes
-        if self.max_total_bytes is not None:
-            wrapper = BudgetSizeof(self, name, kwargs.get("sizeof"))
-            ctor_kwargs["sizeof"] = wrapper
-            if real_max_bytes is None:
-                real_max_bytes = self.max_total_bytes
-        cls = self._cache_class or _default_cache_class()
-        cache = cls(maxsize, ttl, max_bytes=real_max_bytes, **ctor_kwargs)
-        if wrapper is not None:
-            wrapper.cache_ref = weakref.ref(cache)
-        with self._lock:
-            entry = self._caches.get(name)
-            if entry is not None:  # another thread won the race
-                return self._same(name, entry, settings)
-            self._seq += 1
-            self._caches[name] = _Entry(cache, settings, self._clock(), self._seq)
+        with self._budget_lock:
+            # The cache's bound is its share of the budget with it counted in;
+            # the others shrink (or grow) to their new shares once it is registered.
+            granted = self._grants(extra=(name, max_bytes)).get(name, max_bytes)
+            # Build outside the registry lock: a cache class may run user code.
+            cls = self._cache_class or _default_cache_class()
+            cache = cls(maxsize, ttl, max_bytes=granted, **kwargs)
+            with self._lock:
+                entry = self._caches.get(name)
+                if entry is not None:  # another thread won the race
+                    return self._same(name, entry, settings)
+                self._seq += 1
+                self._caches[name] = _Entry(cache, settings, self._clock(), self._seq)
+            self._apply_budget()
         return cache
 
     def _same(self, name: str, entry: _Entry, settings: dict[str, Any]) -> Any:
@@ -255,12 +279,14 @@ class CacheManager:
         Returns whether it existed. The cache object itself keeps working for
         whoever still holds it, outside the manager's accounting.
         """
-        with self._lock:
-            entry = self._caches.pop(name, None)
-        if entry is None:
-            return False
-        if clear:
-            entry.cache.clear()
+        with self._budget_lock:
+            with self._lock:
+                entry = self._caches.pop(name, None)
+            if entry is None:
+                return False
+            if clear:
+                entry.cache.clear()
+            self._apply_budget()  # its share goes to the others
         return True
 
     def __contains__(self, name: object) -> bool:
@@ -293,6 +319,11 @@ class CacheManager:
     def rss_bytes(self) -> int:
         """The process's RSS in bytes."""
         return int(self._rss())
+
+    @property
+    def probe(self) -> _procmem.RssProbe:
+        """The RSS probe the request middlewares share (process-wide, or one over ``rss``)."""
+        return self._probe
 
     def memory_usage_mb(self) -> float:
         """The process's RSS in MiB."""
@@ -328,10 +359,9 @@ class CacheManager:
         """Update last-used times from counter changes; entries LRU-first.
 
         "Last used" for a cache is the last time the manager saw it used:
-        ``create_cache``/``get_cache``/``touch`` calls, an insert measured by the
-        manager's ``sizeof`` (caches under a total byte budget), or a change in its
+        ``create_cache``/``get_cache``/``touch`` calls, or a change in its
         counters (hits, misses, size, bytes) between two observations (each
-        cleanup, budget check and ``stats()`` observes every cache). Reads made
+        cleanup and ``stats()`` observes every cache). Reads made
         straight on a cache object are therefore seen at the next observation,
         with that observation's time. Ties go to the older cache by creation.
         """
@@ -351,31 +381,109 @@ class CacheManager:
         entries.sort(key=lambda item: (item[1].last_used, item[1].seq))
         return entries
 
-    # -- total byte budget ----------------------------------------------------
+    # -- byte budget ------------------------------------------------------------
 
-    def _make_room(self, name: str, cache: Any, incoming: int) -> bool:
-        """Make ``incoming`` more bytes fit the budget; False if they don't."""
-        budget = self.max_total_bytes
-        if budget is None:
-            return True
-        if incoming > budget:
-            return False  # cannot fit even in empty caches: trim nothing
+    def baseline_rss_bytes(self) -> int:
+        """The RSS the budget is counted from: configured, or measured once now."""
+        if self._baseline is None:
+            self._baseline = self.rss_bytes()
+        return self._baseline
+
+    def budget_total(self) -> tuple[Optional[int], str]:
+        """The caches' total byte budget (None: no budget) and where it comes from.
+
+        Raises BudgetError when the limit leaves the caches no room (both
+        figures in the message).
+        """
+        if self.max_total_bytes is not None:
+            return self.max_total_bytes, "max_total_bytes"
+        if self.cache_share is None:
+            return None, "none: cache_share=None"
+        limit = self.limit
+        if limit.source != "configured" and not limit.source.startswith("cgroup"):
+            return None, f"none: no memory limit ({limit.source})"
+        baseline = self.baseline_rss_bytes()
+        high = int(self.high_water * limit.nbytes)
+        problem = headroom_error(limit.nbytes, high, baseline, limit.source)
+        if problem:
+            raise BudgetError(problem)
+        return int(self.cache_share * (high - baseline)), "derived"
+
+    def _grants(self, extra: Optional[tuple[str, Optional[int]]] = None) -> dict[str, int]:
+        """Each registered cache's share of the budget ({} without a budget)."""
+        total, _ = self.budget_total()
+        if total is None:
+            return {}
         with self._lock:
-            entry = self._caches.get(name)
-            if entry is not None and entry.cache is cache:
-                entry.last_used = self._clock()
-            others = sorted(
-                (
-                    (e.last_used, e.seq, e.cache)
-                    for n, e in self._caches.items()
-                    if e.cache is not cache
-                ),
-                key=lambda t: (t[0], t[1]),
-            )
-            caches = [e.cache for e in self._caches.values()]
-        return fit(incoming, budget, cache, [c for _, _, c in others], caches)
+            requests = {n: e.settings.get("max_bytes") for n, e in self._caches.items()}
+        if extra is not None:
+            requests[extra[0]] = extra[1]
+        return split(total, requests)
+
+    def _apply_budget(self) -> None:
+        """Resize every registered cache whose share changed (outside the registry lock)."""
+        grants = self._grants()
+        if not grants:
+            return
+        for name, cache in self.caches().items():
+            grant = grants.get(name)
+            if grant is None or getattr(cache, "max_bytes", None) == grant:
+                continue
+            resize = getattr(cache, "resize", None)
+            if resize is None:
+                continue  # a cache class without resize() keeps the bound it was built with
+            try:
+                resize(max_bytes=grant)
+            except Exception:  # noqa: BLE001, S110 - an on_evict raised; the resize is done
+                pass
+
+    def _budget_info(self, caches: dict[str, Any]) -> BudgetInfo:
+        limit = self.limit
+        high = int(self.high_water * limit.nbytes)
+        try:
+            total, source = self.budget_total()
+        except BudgetError as exc:
+            total, source = None, f"none: {exc}"
+        baseline = self._baseline
+        with self._lock:
+            requested = {n: e.settings.get("max_bytes") for n, e in self._caches.items()}
+        grants: dict[str, BudgetGrant] = {}
+        for name, want in sorted(requested.items()):
+            st = caches.get(name) or {}
+            grants[name] = {
+                "requested_bytes": want,
+                "granted_bytes": st.get("max_bytes") if total is not None else None,
+            }
+        return {
+            "source": source,
+            "limit_bytes": limit.nbytes,
+            "high_water_bytes": high,
+            "baseline_rss_bytes": baseline,
+            "baseline_source": None
+            if baseline is None
+            else (
+                "configured" if self._baseline_mb is not None else "measured at first create_cache"
+            ),
+            "headroom_bytes": None if baseline is None else high - baseline,
+            "cache_share": self.cache_share if self.max_total_bytes is None else None,
+            "total_bytes": total,
+            "granted_bytes": sum(g["granted_bytes"] or 0 for g in grants.values()),
+            "accounted_bytes": sum(int((caches.get(n) or {}).get("nbytes", 0)) for n in grants),
+            "caches": grants,
+        }
 
     # -- cleanup --------------------------------------------------------------
+
+    def _due(self) -> Optional[int]:
+        """RSS when a high-water cleanup is due now, else None (counts interval skips)."""
+        rss = self.rss_bytes()
+        if rss <= self.high_water * self.limit.nbytes:
+            return None
+        last = self._last_cleanup_end
+        if last is not None and self._clock() - last < self.min_interval:
+            self._skipped_interval += 1
+            return None
+        return rss
 
     def cleanup_if_needed(self) -> Optional[CleanupEvent]:
         """Run a cleanup when RSS is above the high-water mark (see the module doc).
@@ -383,32 +491,70 @@ class CacheManager:
         Returns the event, or None when none ran (below the mark, within
         ``min_interval`` of the last one, or another cleanup is running).
         """
-        rss = self.rss_bytes()
-        limit = self.limit.nbytes
-        if rss <= self.high_water * limit:
+        rss = self._due()
+        if rss is None:
             return None
-        last = self._last_cleanup_end
-        if last is not None and self._clock() - last < self.min_interval:
-            self._skipped_interval += 1
-            return None
-        return self._run("high_water", rss, int(self.low_water * limit), blocking=False)
+        target = int(self.low_water * self.limit.nbytes)
+        return _drain(self._steps("high_water", rss, target, blocking=False))
 
     def cleanup(
-        self, reason: str = "forced", *, fraction: Optional[float] = None, collect: bool = True
+        self,
+        reason: str = "forced",
+        *,
+        fraction: Optional[float] = None,
+        collect: Union[bool, int] = True,
     ) -> Optional[CleanupEvent]:
         """Run one cleanup now, trimming every cache; returns its event.
 
         ``fraction`` overrides ``cleanup_fraction`` for this run, ``collect=False``
-        skips ``gc.collect()``. Waits for a cleanup running on another thread;
-        returns None when called from inside a cleanup on this thread.
+        skips ``gc.collect()`` and ``collect=1`` collects the young generations only.
+        Waits for a cleanup running on another thread; returns None when called
+        from inside a cleanup on this thread.
         """
         if fraction is not None:
             fraction = _check_fraction("fraction", fraction)
-        return self._run(
-            reason, self.rss_bytes(), None, blocking=True, fraction=fraction, collect=collect
+        return _drain(
+            self._steps(
+                reason, self.rss_bytes(), None, blocking=True, fraction=fraction, collect=collect
+            )
         )
 
-    def _run(
+    def cleanup_steps(
+        self,
+        reason: Optional[str] = None,
+        *,
+        fraction: Optional[float] = None,
+        collect: Union[bool, int] = True,
+    ) -> Generator[None, None, Optional[CleanupEvent]]:
+        """A cleanup in bounded steps: a generator to advance with ``next()`` or ``yield from``.
+
+        Without ``reason`` it is ``cleanup_if_needed()`` (nothing happens below
+        the high-water mark or within ``min_interval``); with one it is a
+        forced ``cleanup(reason)``. Each step is short (a trim slice aims at
+        2 ms); between two steps the caller may run other work, which is how
+        the cleanup service keeps the event loop answering. The generator's
+        return value is the event, or None when no cleanup ran (not due, or
+        another one is running: this form never waits for it). Only one
+        cleanup runs at a time; the cleanup lock is held from the first step
+        to the last, and released if the generator is closed early.
+        """
+        if fraction is not None:
+            fraction = _check_fraction("fraction", fraction)
+        if reason is None:
+            rss = self._due()
+            if rss is None:
+                return None
+            target: Optional[int] = int(self.low_water * self.limit.nbytes)
+            reason = "high_water"
+        else:
+            rss, target = self.rss_bytes(), None
+        return (
+            yield from self._steps(
+                reason, rss, target, blocking=False, fraction=fraction, collect=collect
+            )
+        )
+
+    def _steps(
         self,
         reason: str,
         rss_before: int,
@@ -416,17 +562,38 @@ class CacheManager:
         *,
         blocking: bool,
         fraction: Optional[float] = None,
-        collect: bool = True,
-    ) -> Optional[CleanupEvent]:
+        collect: Union[bool, int] = True,
+    ) -> Generator[None, None, Optional[CleanupEvent]]:
         if self._cleanup_thread == threading.get_ident():
             return None  # re-entered from a callback of the running cleanup
         if not self._cleanup_lock.acquire(blocking=blocking):
             return None
         self._cleanup_thread = threading.get_ident()
         try:
-            return self._cleanup(
-                reason, rss_before, target, fraction or self.cleanup_fraction, collect
+            started = time.perf_counter()
+            event = CleanupEvent(
+                time=time.time(),
+                reason=reason,
+                rss_before=rss_before,
+                limit_bytes=self.limit.nbytes,
+                target_bytes=target,
             )
+            entries = self._observe()
+            yield from sweep_steps(
+                event,
+                [
+                    (name, entry.cache, functools.partial(self._registered, name, entry))
+                    for name, entry in entries
+                ],
+                fraction or self.cleanup_fraction,
+                collect,
+            )
+            event.rss_after = self.rss_bytes()
+            event.duration = time.perf_counter() - started
+            self._history.append(event)
+            with self._lock:
+                self._cleanups += 1
+            return event
         finally:
             self._cleanup_thread = None
             self._last_cleanup_end = self._clock()
@@ -435,35 +602,6 @@ class CacheManager:
     def _registered(self, name: str, entry: _Entry) -> bool:
         with self._lock:
             return self._caches.get(name) is entry
-
-    def _cleanup(
-        self, reason: str, rss_before: int, target: Optional[int], fraction: float, collect: bool
-    ) -> CleanupEvent:
-        started = time.perf_counter()
-        limit = self.limit.nbytes
-        event = CleanupEvent(
-            time=time.time(),
-            reason=reason,
-            rss_before=rss_before,
-            limit_bytes=limit,
-            target_bytes=target,
-        )
-        entries = self._observe()
-        sweep(
-            event,
-            [
-                (name, entry.cache, functools.partial(self._registered, name, entry))
-                for name, entry in entries
-            ],
-            fraction,
-            collect,
-        )
-        event.rss_after = self.rss_bytes()
-        event.duration = time.perf_counter() - started
-        self._history.append(event)
-        with self._lock:
-            self._cleanups += 1
-        return event
 
     @property
     def history(self) -> list[CleanupEvent]:
@@ -505,6 +643,7 @@ class CacheManager:
                 "low_water_bytes": int(self.low_water * limit.nbytes),
             },
             "max_total_bytes": self.max_total_bytes,
+            "budget": self._budget_info(dict(caches)),
             "cleanup_fraction": self.cleanup_fraction,
             "min_interval": self.min_interval,
             "caches": caches,

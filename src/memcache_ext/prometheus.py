@@ -26,6 +26,8 @@ cache_bytes / cache_max_bytes                       gauge    cache
 process_resident_memory_bytes                       gauge
 memory_limit_bytes / memory_high_water_bytes        gauge
 memory_limit_info                                   gauge    source (value 1)
+memory_cache_budget_bytes                           gauge
+memory_baseline_bytes                               gauge
 cleanups_total                                      counter
 cleanup_accounted_freed_bytes_total                 counter
 cleanup_rss_freed_bytes_total                       counter
@@ -39,6 +41,14 @@ http_requests_total                                 counter  route
 http_high_memory_requests_total                     counter  route
 http_request_duration_seconds_total                 counter  route
 http_request_max_memory_delta_bytes                 gauge    route
+guard_shed_requests_total                           counter
+guard_shed_episodes_total                           counter
+guard_shedding                                      gauge
+guard_body_rejected_total                           counter
+guard_memory_errors_total                           counter
+guard_in_flight_requests                            gauge
+loop_stall_max_seconds                              gauge
+loop_stalls_over_10ms_total                         counter
 tier_hits_total / tier_misses_total                 counter  namespace, tier
 tier_redis_errors_total                             counter  namespace, kind
 tier_breaker_transitions_total                      counter  namespace, to
@@ -52,7 +62,11 @@ tier_listener_lag_seconds / _lag_max_seconds        gauge    namespace
 tier_pending_invalidations                          gauge    namespace
 ==================================================  =======  ======================
 
-``cache_max_*`` are only exported for caches that have that bound; the GC
+``cache_max_*`` are only exported for caches that have that bound; the
+budget and baseline only when the manager has a byte budget (see
+``stats()["budget"]``); the ``guard_*`` families only with a ``guard``
+(``MemoryGuard``), the ``loop_*`` ones only with a ``loop_monitor``
+(``LoopStallMonitor``); the GC
 families only when ``gc_stats`` is installed; the ``http_*`` families only
 with a ``monitor`` (``MemoryMonitorMiddleware(...).monitor`` or a shared
 ``RequestMemoryMonitor``; label values are route templates, so their number is
@@ -85,7 +99,9 @@ from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 from ._constants import MIB
 from ._stats import EVICTION_REASONS
 from .asgi import RequestMemoryMonitor
+from .cleanup import LoopStallMonitor
 from .gcstats import GCStats, gc_stats
+from .guard import MemoryGuard
 from .manager import CacheManager, ManagerStats, manager_or_default
 
 __all__ = ["MemcacheCollector", "register", "metrics_app", "metrics_router"]
@@ -126,6 +142,8 @@ class MemcacheCollector(Collector):
     ``gc``: the GCStats to export (default ``gc_stats``; exported only while
     installed). ``monitor``: a RequestMemoryMonitor for per-route figures.
     ``tiers``: Redis tiers whose ``stats()`` to export, iterated at each scrape.
+    ``guard``: a MemoryGuard (load shedding, body limit); ``loop_monitor``: a
+    LoopStallMonitor (event-loop stalls).
     """
 
     def __init__(
@@ -136,8 +154,12 @@ class MemcacheCollector(Collector):
         monitor: Optional[RequestMemoryMonitor] = None,
         tiers: Iterable[Any] = (),
         prefix: str = PREFIX,
+        guard: Optional[MemoryGuard] = None,
+        loop_monitor: Optional[LoopStallMonitor] = None,
     ) -> None:
         self.manager = manager_or_default(manager)
+        self.guard = guard
+        self.loop_monitor = loop_monitor
         self.gc = gc if gc is not None else gc_stats
         self.monitor = monitor
         self.tiers = tiers
@@ -206,7 +228,42 @@ class MemcacheCollector(Collector):
                 "RSS drop measured around cleanups (negative drops count as 0)",
             ),
             "evicted": c(n("cleanup_evicted_entries"), "Entries trimmed by cleanups"),
+            "budget": g(
+                n("memory_cache_budget_bytes"),
+                "Byte budget the caches share (from the limit, or max_total_bytes)",
+            ),
+            "baseline": g(n("memory_baseline_bytes"), "Baseline RSS the budget is counted from"),
         }
+        if self.guard is not None:
+            fams.update(
+                {
+                    "guard_shed": c(
+                        n("guard_shed_requests"),
+                        "Requests answered 503 because RSS was above the critical mark",
+                    ),
+                    "guard_episodes": c(n("guard_shed_episodes"), "Times load shedding started"),
+                    "guard_shedding": g(n("guard_shedding"), "1 while new requests are shed"),
+                    "guard_413": c(
+                        n("guard_body_rejected"), "Requests answered 413 (body over the limit)"
+                    ),
+                    "guard_oom": c(
+                        n("guard_memory_errors"), "Requests that raised MemoryError (answered 503)"
+                    ),
+                    "guard_in_flight": g(n("guard_in_flight_requests"), "Requests in flight"),
+                }
+            )
+        if self.loop_monitor is not None:
+            fams.update(
+                {
+                    "loop_max": g(
+                        n("loop_stall_max_seconds"),
+                        "The longest the event loop ran a timer late (since start)",
+                    ),
+                    "loop_10ms": c(
+                        n("loop_stalls_over_10ms"), "Event-loop checks that ran 10 ms late or more"
+                    ),
+                }
+            )
         if self.gc.installed:
             fams.update(
                 {
@@ -365,6 +422,23 @@ class MemcacheCollector(Collector):
         fams["limit"].add_metric([], st["limit"]["bytes"])
         fams["high_water"].add_metric([], st["limit"]["high_water_bytes"])
         fams["limit_info"].add_metric([st["limit"]["source"]], 1)
+        budget = st["budget"]
+        if budget["total_bytes"] is not None:
+            fams["budget"].add_metric([], budget["total_bytes"])
+        if budget["baseline_rss_bytes"] is not None:
+            fams["baseline"].add_metric([], budget["baseline_rss_bytes"])
+        if self.guard is not None:
+            gs = self.guard.stats()
+            fams["guard_shed"].add_metric([], gs["shed_total"])
+            fams["guard_episodes"].add_metric([], gs["shed_episodes"])
+            fams["guard_shedding"].add_metric([], 1 if gs["shedding"] else 0)
+            fams["guard_413"].add_metric([], gs["body_rejected_total"])
+            fams["guard_oom"].add_metric([], gs["memory_errors_total"])
+            fams["guard_in_flight"].add_metric([], gs["in_flight"])
+        if self.loop_monitor is not None:
+            ls = self.loop_monitor.stats()
+            fams["loop_max"].add_metric([], ls["longest_stall"])
+            fams["loop_10ms"].add_metric([], ls["over_10ms"])
         self._account_cleanups(st)
         fams["cleanups"].add_metric([], st["cleanup_count"])
         fams["freed_accounted"].add_metric([], self._freed_accounted)

@@ -2,14 +2,28 @@
 
 Starts the demo service (``python -m memcache_ext demo``) under uvicorn on
 127.0.0.1 as a separate process, drives it with concurrent keep-alive clients
-over many distinct users, samples the server's RSS, and stops it. It runs the
-bounded service and the ``--unbounded`` one (plain dict caches) on the same
-database and workload and prints them side by side. The server it started is
-always stopped, whatever happens.
+(the traffic: ``_loadclient.Traffic``: Zipf-like user popularity, ``--skew``,
+readings for 7/30/90 days most of the time), samples the server's RSS, and
+stops it. It runs the bounded service and the ``--unbounded`` one (plain dict
+caches) on the same database and workload and prints them side by side, with
+the caches' policy, the hit rate, and the hit rate of a short uniform phase
+at the end (the worst case). ``--policy both`` runs the bounded service once
+per eviction policy instead. The server it started is always stopped,
+whatever happens; on a terminal a progress line shows elapsed and remaining
+time, requests so far and the server's RSS (nothing when the output is not a
+terminal).
 
 ``--quick`` (under a minute) checks what CI checks: the bounded service grows
 by less than 100 MB, peaks under 400 MB and answers every request, while the
 unbounded one grows past the bounded one's peak; it exits 1 when one fails.
+
+``--soak`` runs the bounded service under a memory limit (default 150 MB)
+with 32 clients, 2 % writes and 1 % oversized bodies, samples RSS every
+second and polls ``/memory/stats`` every 5 s; it reports and checks issue
+12's promises (``_loadreport.check_soak``): peak RSS never above the limit,
+RSS slope over the second half within +/-1 MB/min, no 5xx but intended 503
+sheds, longest event-loop stall <= 10 ms, hit rate >= 80 %, every oversized
+body answered 413. ``--soak --quick`` is the same in about 60 s.
 
 ``--replicas N`` runs the bounded service as N replicas sharing a Redis second
 tier (``demo --replicas N --redis URL``; the load test starts its own
@@ -24,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -32,12 +47,28 @@ import tempfile
 import threading
 import time
 import uuid
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
-from ._loadclient import client, memory_stats
-from ._loadreport import LoadTestError, Run, check, hit_rate, plot, render, tier_counters
+from .._constants import MIB as MB
+from ._loadclient import Traffic, client, health, memory_stats
+from ._loadreport import (
+    LoadTestError,
+    Run,
+    _pyplot,
+    check,
+    check_soak,
+    hit_rate,
+    hit_rates,
+    plot,
+    plot_soak,
+    render,
+    render_soak,
+    soak_figures,
+    tier_counters,
+)
 from .procs import (
     ProcessError,
+    ProgressLine,
     RedisServer,
     free_port,
     free_ports,
@@ -160,7 +191,14 @@ class Server:
         self.stop()
 
 
-def drive(mode: str, args: argparse.Namespace, db: str, redis_url: Optional[str] = None) -> Run:
+def drive(
+    mode: str,
+    args: argparse.Namespace,
+    db: str,
+    redis_url: Optional[str] = None,
+    policy: Optional[str] = None,
+    line: Optional[ProgressLine] = None,
+) -> Run:
     import psutil
 
     n = args.replicas
@@ -169,10 +207,21 @@ def drive(mode: str, args: argparse.Namespace, db: str, redis_url: Optional[str]
     if busy:
         what = f"port {port}" if n == 1 else f"port(s) {', '.join(map(str, busy))}"
         raise LoadTestError(f"{what} on 127.0.0.1 is busy: pick another with --port")
-    run = Run(mode)
-    extra = ["--cleanup-interval", "2"]
+    run = Run(mode, policy=policy if mode == "bounded" else None, limit_mb=args.memory_limit_mb)
+    extra = ["--cleanup-interval", str(args.cleanup_interval)]
+    if args.memory_limit_mb is not None:
+        extra += ["--memory-limit-mb", str(args.memory_limit_mb)]
+    if policy is not None and mode == "bounded":
+        extra += ["--policy", policy]
     if redis_url is not None:
         extra += ["--redis", redis_url, "--redis-prefix", args.redis_prefix, "--replicas", str(n)]
+    traffic = Traffic(
+        args.users,
+        args.days,
+        skew=args.skew,
+        write_fraction=args.writes,
+        oversize_fraction=args.oversize,
+    )
     with Server(
         port,
         db,
@@ -193,6 +242,8 @@ def drive(mode: str, args: argparse.Namespace, db: str, redis_url: Optional[str]
             for p, pr in zip(ports, procs, strict=True)
         ]
         tiered = redis_url is not None
+        if run.policy is None and mode == "bounded":
+            run.policy = (health(ports[0]) or {}).get("policy")
 
         def sample(t: float, done: int) -> None:
             try:
@@ -210,42 +261,64 @@ def drive(mode: str, args: argparse.Namespace, db: str, redis_url: Optional[str]
         lock = threading.Lock()
         progress = [0] * args.concurrency
         per_port: dict[int, list[int]] = {}
+        load_started = time.time()
         t0 = time.monotonic()
         sample(0.0, 0)
+
         clients = [
             threading.Thread(
                 target=client,
                 daemon=True,
-                args=(port, args.users, args.days, stop, run, lock, i, progress),
-                kwargs=dict(
-                    ports=ports if tiered else None,
-                    write_fraction=args.writes if tiered else 0.0,
-                    per_port=per_port,
-                ),
+                args=(port, traffic, stop, run, lock, i, progress),
+                kwargs=dict(ports=ports if tiered else None, per_port=per_port),
             )
             for i in range(args.concurrency)
         ]
         for c in clients:
             c.start()
+        next_poll = args.poll_interval
+        label = run.label
         try:
-            while time.monotonic() - t0 < args.duration:
-                time.sleep(args.sample_interval)
+            while True:
+                elapsed = time.monotonic() - t0
+                if elapsed >= args.duration:
+                    break
+                time.sleep(min(args.sample_interval, args.duration - elapsed))
                 if server.proc.poll() is not None:
                     raise LoadTestError(
                         f"the {mode} service died under load "
                         f"(exit {server.proc.returncode}):\n{server.output()}"
                     )
-                sample(time.monotonic() - t0, sum(progress))
+                elapsed = time.monotonic() - t0
+                sample(elapsed, sum(progress))
+                if mode == "bounded" and args.poll_interval and elapsed >= next_poll:
+                    st = memory_stats(ports[0])
+                    if st is not None:
+                        run.polls.append((elapsed, st))
+                    next_poll += args.poll_interval
+                if line is not None:
+                    line.update(
+                        f"  {label}: {elapsed:.0f} s of {args.duration:.0f} s "
+                        f"({max(0.0, args.duration - elapsed):.0f} s left), "
+                        f"{sum(progress):,} requests, RSS {run.rss[-1][1] / MB:.1f} MB"
+                    )
         finally:
             stop.set()
             for c in clients:
                 c.join(timeout=60)
         run.duration_s = time.monotonic() - t0
         sample(run.duration_s, run.requests)
+        if line is not None:
+            line.close()
         if mode == "bounded":
             stats = [memory_stats(p) for p in ports]
+            if stats[0] is not None:
+                run.polls.append((run.duration_s, stats[0]))
+            run.health = health(ports[0])
             if not tiered:
                 run.hit_rate = hit_rate(stats[0])
+                if args.uniform_phase and not args.soak:
+                    run.uniform_hit_rate = uniform_phase(args, stats[0], ports[0], stop)
             else:
                 hits = misses = 0
                 for rep, data in zip(reps, stats, strict=True):
@@ -258,7 +331,37 @@ def drive(mode: str, args: argparse.Namespace, db: str, redis_url: Optional[str]
                         misses += c.get("misses", 0)
                 run.hit_rate = hits / (hits + misses) if hits + misses else None
                 run.replicas = reps
+        run.load_started = load_started
     return run
+
+
+def uniform_phase(
+    args: argparse.Namespace, before: Optional[dict[str, Any]], port: int, stop: threading.Event
+) -> Optional[float]:
+    """The worst case: ``--uniform-phase`` seconds of uniform users, its hit rate alone.
+
+    Runs after the measured load on the same server (its figures are not
+    added to the run's), so the caches start from what skewed traffic left.
+    """
+    scratch = Run("uniform")
+    traffic = Traffic(args.users, args.days, skew=0.0)
+    stop.clear()
+    clients = [
+        threading.Thread(
+            target=client,
+            daemon=True,
+            args=(port, traffic, stop, scratch, threading.Lock(), i, [0] * args.concurrency),
+            kwargs={"base": 1000},
+        )
+        for i in range(args.concurrency)
+    ]
+    for c in clients:
+        c.start()
+    time.sleep(args.uniform_phase)
+    stop.set()
+    for c in clients:
+        c.join(timeout=60)
+    return hit_rates(memory_stats(port), before).get("all")
 
 
 def _drop_keys(url: str, prefix: str) -> None:
@@ -277,22 +380,74 @@ def _drop_keys(url: str, prefix: str) -> None:
         pass
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error said in one line (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (--help for the options)\n")
+
+
+def _number(kind: str, *, low: float, inclusive: bool = True) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        ok = math.isfinite(value) and (value >= low if inclusive else value > low)
+        if not ok:
+            sign = ">=" if inclusive else ">"
+            raise argparse.ArgumentTypeError(
+                f"must be a finite {kind} {sign} {low:g}, got {text!r}"
+            )
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m memcache_ext loadtest",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     p.add_argument(
         "--quick",
         action="store_true",
-        help="under a minute; checks the bounded/unbounded promises (exit 1 on failure)",
+        help="short form for CI (under a minute; with --soak about 60 s) checking the same "
+        "promises; exit 1 when one fails",
+    )
+    p.add_argument(
+        "--soak",
+        action="store_true",
+        help="the soak form: the bounded service under --memory-limit-mb (default 150), 32 "
+        "clients, 2%% writes, 1%% oversized bodies, RSS every second; reports peak vs limit, "
+        "slope, errors by status, sheds, 413s, hit rate per cache, the longest event-loop "
+        "stall, and checks them (exit 1 on a failure)",
     )
     p.add_argument(
         "--duration",
-        type=float,
+        type=_number("number of seconds", low=0, inclusive=False),
         default=None,
-        help="seconds of load per service (default 90; --quick 20). A long "
-        "--duration is the soak form",
+        help="seconds of load per service (default 90; --quick 20; --soak 600, --soak --quick 60)",
+    )
+    p.add_argument(
+        "--memory-limit-mb",
+        type=_number("number of MB", low=0, inclusive=False),
+        default=None,
+        help="the server's memory limit (the demo's --memory-limit-mb; default: its cgroup "
+        "or RAM, --soak 150)",
+    )
+    p.add_argument(
+        "--skew",
+        type=_number("number", low=0),
+        default=1.0,
+        help="Zipf exponent of user popularity (default 1.0; 0: uniform users)",
+    )
+    p.add_argument(
+        "--policy",
+        choices=["lru", "s3fifo", "both"],
+        default=None,
+        help="the bounded caches' eviction policy (default: the demo's); 'both' runs the "
+        "bounded service once with each, side by side",
     )
     p.add_argument(
         "--users",
@@ -301,7 +456,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="distinct users in the database (default 5000; --quick 3000)",
     )
     p.add_argument("--days", type=int, default=14, help="days of readings per user")
-    p.add_argument("--concurrency", type=int, default=8, help="concurrent clients (default 8)")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="concurrent clients (default 8; --soak 32, --soak --quick 16)",
+    )
     p.add_argument("--only", choices=["bounded", "unbounded"], help="run one service only")
     p.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     p.add_argument("--db", help="SQLite database to use or create (default: a temporary one)")
@@ -322,49 +482,109 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--writes",
-        type=float,
-        default=0.02,
-        help="with --replicas: fraction of requests that are profile writes (default 0.02)",
+        type=_number("fraction", low=0),
+        default=None,
+        help="fraction of requests that are profile writes (default 0; --soak and --replicas 0.02)",
     )
-    p.add_argument("--sample-interval", type=float, default=0.25, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--oversize",
+        type=_number("fraction", low=0),
+        default=None,
+        help="fraction of requests with a body over the server's 1 MiB limit, which must "
+        "get 413 (default 0; --soak 0.01)",
+    )
+    p.add_argument(
+        "--uniform-phase",
+        type=_number("number of seconds", low=0),
+        default=None,
+        help="after the load, this many seconds of uniform users on the bounded service, "
+        "reported as the worst-case hit rate (default 15; --quick 5; 0: none)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=_number("number of seconds", low=0),
+        default=None,
+        help="with --soak: seconds at the start left out of the second-half figures "
+        "(slope, hit rate); the peak covers the whole run (default 0; --soak --quick 20)",
+    )
+    p.add_argument("--cleanup-interval", type=float, default=2.0, help=argparse.SUPPRESS)
+    p.add_argument("--sample-interval", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--poll-interval", type=float, default=5.0, help=argparse.SUPPRESS)
     p.add_argument("--start-timeout", type=float, default=180.0, help=argparse.SUPPRESS)
     return p
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.duration = args.duration or (20.0 if args.quick else 90.0)
-    args.users = args.users or (3000 if args.quick else 5000)
-    if args.duration <= 0 or args.users < 1 or args.concurrency < 1 or args.days < 1:
-        print(
-            "error: --duration, --users, --concurrency and --days must be positive", file=sys.stderr
-        )
-        return 2
+def _settle(args: argparse.Namespace) -> Optional[str]:
+    """Defaults that depend on the form; the first problem with the arguments, or None."""
+    soak, quick = args.soak, args.quick
+    if args.duration is None:
+        args.duration = (60.0 if quick else 600.0) if soak else (20.0 if quick else 90.0)
+    if args.warmup is None:
+        args.warmup = 20.0 if soak and quick else 0.0
+    if args.warmup >= args.duration:
+        return "--warmup must be shorter than --duration"
+    if args.users is None:
+        args.users = 3000 if quick else 5000
+    if args.concurrency is None:
+        args.concurrency = (16 if quick else 32) if soak else 8
+    if args.memory_limit_mb is None and soak:
+        args.memory_limit_mb = 150.0
+    tiered = args.replicas > 1 or args.redis is not None
+    if args.writes is None:
+        args.writes = 0.02 if soak or tiered else 0.0
+    if args.oversize is None:
+        args.oversize = 0.01 if soak else 0.0
+    if args.uniform_phase is None:
+        args.uniform_phase = 0.0 if soak or tiered else (5.0 if quick else 15.0)
+    if args.sample_interval is None:
+        args.sample_interval = 1.0 if soak else 0.25
+    if args.users < 1 or args.concurrency < 1 or args.days < 1:
+        return "--users, --concurrency and --days must be positive"
     if args.port and not 0 < args.port < 65536:
-        print("error: --port must be in 1..65535", file=sys.stderr)
-        return 2
+        return "--port must be in 1..65535"
     if args.replicas < 1:
-        print("error: --replicas must be >= 1", file=sys.stderr)
-        return 2
-    if not 0 <= args.writes <= 1:
-        print("error: --writes must be a fraction in 0..1", file=sys.stderr)
+        return "--replicas must be >= 1"
+    if args.writes > 1 or args.oversize > 1 or args.writes + args.oversize > 1:
+        return "--writes and --oversize are fractions of the requests: together at most 1"
+    if tiered and args.only == "unbounded":
+        return (
+            "--replicas/--redis run the bounded service only (the tier needs bounded "
+            "caches): drop --only unbounded"
+        )
+    if soak and (tiered or args.only == "unbounded"):
+        return "--soak runs one bounded service: drop --replicas/--redis/--only unbounded"
+    if args.port and args.port + args.replicas - 1 > 65535:
+        return "--port + --replicas goes past 65535"
+    if args.plot:
+        try:
+            _pyplot()  # before any work: a missing matplotlib is said now, not after the run
+        except LoadTestError as exc:
+            return str(exc)
+    return None
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = _settle(args)
+    if problem is not None:
+        print(f"{parser.prog}: error: {problem}", file=sys.stderr)
         return 2
     tiered = args.replicas > 1 or args.redis is not None
-    if tiered and args.only == "unbounded":
-        print(
-            "error: --replicas/--redis run the bounded service only (the tier needs bounded "
-            "caches): drop --only unbounded",
-            file=sys.stderr,
-        )
-        return 2
-    if args.port and args.port + args.replicas - 1 > 65535:
-        print("error: --port + --replicas goes past 65535", file=sys.stderr)
-        return 2
     # Our own keys: nothing from an earlier run (another database) is served.
     args.redis_prefix = f"loadtest-{uuid.uuid4().hex[:8]}"
-    modes = ["bounded"] if tiered else ([args.only] if args.only else ["bounded", "unbounded"])
+    if args.policy == "both":
+        runs_to_do = [("bounded", "lru"), ("bounded", "s3fifo")]
+    else:
+        modes = (
+            ["bounded"]
+            if tiered or args.soak
+            else ([args.only] if args.only else ["bounded", "unbounded"])
+        )
+        runs_to_do = [(m, args.policy) for m in modes]
     runs: list[Run] = []
     redis_server: Optional[RedisServer] = None
+    line = ProgressLine(sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         db = args.db or os.path.join(tmp, "demo.sqlite3")
         try:
@@ -387,15 +607,24 @@ def main(argv: Optional[list[str]] = None) -> int:
                         file=sys.stderr,
                     )
                 args.redis_used = redis_url
-            for mode in modes:
+            if not os.path.exists(db):
+                print(
+                    f"  creating the demo database ({args.users:,} users x {args.days} days) ...",
+                    file=sys.stderr,
+                )
+            for mode, policy in runs_to_do:
                 what = (
                     f"{args.replicas} replicas of the {mode} service"
                     if tiered
-                    else f"the {mode} service"
+                    else f"the {mode} service" + (f" ({policy})" if policy else "")
                 )
-                print(f"  loading {what} for {args.duration:.0f} s ...", file=sys.stderr)
-                runs.append(drive(mode, args, db, redis_url))
+                limit = (
+                    f" under a {args.memory_limit_mb:g} MB limit" if args.memory_limit_mb else ""
+                )
+                print(f"  loading {what}{limit} for {args.duration:.0f} s ...", file=sys.stderr)
+                runs.append(drive(mode, args, db, redis_url, policy, line))
         except ProcessError as exc:
+            line.close()
             print(f"error: {exc}", file=sys.stderr)
             return 1
         finally:
@@ -403,23 +632,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                 redis_server.stop()
             elif args.redis:
                 _drop_keys(args.redis, args.redis_prefix)
+    if args.soak:
+        return _report_soak(runs, args)
     print(render(runs, args))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "settings": {k: v for k, v in vars(args).items()},
-                    "runs": [dict(r.summary(), rss=r.rss) for r in runs],
-                },
-                f,
-                indent=1,
-            )
+        _write_json(args, [dict(r.summary(), rss=r.rss) for r in runs])
     if args.plot:
-        try:
-            plot(runs, args.plot)
-        except LoadTestError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+        plot(runs, args.plot)
         print(f"RSS plot written to {args.plot}")
     if args.quick:
         failures = check(runs)
@@ -429,3 +648,41 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 1
         print("quick load test: all promises held")
     return 0
+
+
+def _write_json(args: argparse.Namespace, runs: list[dict[str, Any]]) -> None:
+    with open(args.json, "w") as f:
+        json.dump(
+            {"settings": {k: v for k, v in vars(args).items()}, "runs": runs},
+            f,
+            indent=1,
+        )
+
+
+def _report_soak(runs: list[Run], args: argparse.Namespace) -> int:
+    failed = False
+    out = []
+    for run in runs:
+        fig = soak_figures(run, run.load_started, args.warmup)
+        print(render_soak(run, fig, args))
+        print()
+        verdicts = [verdict for _, verdict, _ in check_soak(fig, bool(args.skew), args.quick)]
+        failed = failed or "FAIL" in verdicts
+        out.append(
+            dict(
+                fig,
+                rss=run.rss,
+                polls_hit_rate=[(t, hit_rates(st).get("all")) for t, st in run.polls],
+            )
+        )
+        if args.plot:
+            path = args.plot
+            if len(runs) > 1:
+                root, ext = os.path.splitext(args.plot)
+                path = f"{root}-{run.policy}{ext}"
+            plot_soak(run, fig, path)
+            print(f"RSS plot written to {path}")
+    if args.json:
+        _write_json(args, out)
+    print("soak: all promises held" if not failed else "soak: a promise FAILED (see above)")
+    return 1 if failed else 0

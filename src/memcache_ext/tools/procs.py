@@ -3,7 +3,8 @@
 One home for what the load test, the demo's replica supervisor, the benchmarks
 and ``tests/support.py`` each need: a free loopback port, a poll with a
 deadline, an HTTP health probe, stopping a child (and its process group on
-POSIX) without leaving anything behind, and a throwaway ``redis-server``.
+POSIX) without leaving anything behind, a throwaway ``redis-server``, and a
+progress line for long work on a terminal.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
-from typing import IO, Any, Optional
+from typing import IO, Any, Optional, TextIO
 
 __all__ = [
     "ProcessError",
@@ -30,6 +32,8 @@ __all__ = [
     "send_signal",
     "stop_process",
     "RedisServer",
+    "ProgressLine",
+    "eta",
 ]
 
 LOOPBACK = "127.0.0.1"
@@ -260,3 +264,76 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# -- progress on a terminal ---------------------------------------------------------
+
+
+class ProgressLine:
+    """One line of progress that redraws itself on a terminal, and says nothing elsewhere.
+
+    ``update(text)`` redraws the line (at most ``rate`` times a second, cut to
+    the terminal's width); ``close()`` clears it, so what is printed next
+    starts on a clean line. When ``stream`` is not a terminal (a pipe, a log
+    file, CI) nothing is ever written: logs and ``--json`` output stay clean.
+    ``enabled`` forces either way (tests).
+    """
+
+    def __init__(
+        self,
+        stream: Optional[TextIO] = None,
+        *,
+        enabled: Optional[bool] = None,
+        rate: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        if enabled is None:
+            try:
+                enabled = bool(self.stream.isatty())
+            except (AttributeError, ValueError, OSError):
+                enabled = False
+        self.enabled = enabled
+        self._interval = 1.0 / rate if rate > 0 else 0.0
+        self._clock = clock
+        self._last = -float("inf")
+        self._shown = 0
+
+    def _width(self) -> int:
+        try:
+            return max(20, shutil.get_terminal_size((100, 24)).columns - 1)
+        except (OSError, ValueError):  # pragma: no cover - no terminal size to read
+            return 99
+
+    def update(self, text: str, *, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = self._clock()
+        if not force and now - self._last < self._interval:
+            return
+        self._last = now
+        text = text[: self._width()]
+        pad = max(0, self._shown - len(text))
+        self.stream.write("\r" + text + " " * pad)
+        self.stream.flush()
+        self._shown = len(text)
+
+    def close(self) -> None:
+        """Clear the line (nothing was written when disabled)."""
+        if self.enabled and self._shown:
+            self.stream.write("\r" + " " * self._shown + "\r")
+            self.stream.flush()
+            self._shown = 0
+
+    def __enter__(self) -> ProgressLine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def eta(done: float, total: float, elapsed: float) -> Optional[float]:
+    """Seconds left at the rate so far (None before there is a rate)."""
+    if done <= 0 or elapsed <= 0 or total <= done:
+        return None if done <= 0 or elapsed <= 0 else 0.0
+    return elapsed * (total - done) / done

@@ -41,7 +41,7 @@ import threading
 import time
 from typing import Any, Optional
 
-from ..procs import http_ok, port_free, send_signal, stop_process
+from ..procs import ProgressLine, eta, http_ok, port_free, send_signal, stop_process
 
 __all__ = ["main", "build_parser"]
 
@@ -103,6 +103,32 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=30.0,
         help="seconds between cleanup passes (default 30)",
+    )
+    p.add_argument(
+        "--policy",
+        choices=["lru", "s3fifo"],
+        default=None,
+        help="the caches' eviction policy (default: the one that gave the demo the higher "
+        "hit rate in the same memory bound, see docs/performance.md)",
+    )
+    p.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=1.0,
+        help="request body limit; larger bodies get 413 without being read (default 1; 0: none)",
+    )
+    p.add_argument(
+        "--shed-at",
+        type=float,
+        default=0.95,
+        help="answer new requests 503 while RSS is at or above this fraction of the limit "
+        "(default 0.95)",
+    )
+    p.add_argument(
+        "--resume-at",
+        type=float,
+        default=0.90,
+        help="let requests in again below this fraction of the limit (default 0.90)",
     )
     p.add_argument(
         "--no-create", action="store_true", help="fail instead of creating a missing database"
@@ -291,6 +317,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.redis and args.unbounded:
         print("error: --redis needs the bounded caches: drop --unbounded", file=err)
         return 2
+    if args.max_body_mb < 0:
+        print("error: --max-body-mb must be >= 0 (0: no limit)", file=err)
+        return 2
+    if not 0 < args.resume_at <= args.shed_at <= 1:
+        print("error: need 0 < --resume-at <= --shed-at <= 1", file=err)
+        return 2
     try:
         import fastapi  # noqa: F401 - only whether it imports
         import prometheus_client  # noqa: F401 - only whether it imports
@@ -320,7 +352,18 @@ def main(argv: Optional[list[str]] = None) -> int:
                 file=err,
                 flush=True,
             )
-            info = create_database(args.db, args.users, args.days)
+            with ProgressLine(err) as line:
+                started = time.monotonic()
+
+                def progress(done: int, total: int) -> None:
+                    spent = time.monotonic() - started
+                    left = eta(done, total, spent)
+                    line.update(
+                        f"  {done:,}/{total:,} users ({done / total:.0%}), {spent:.0f} s"
+                        + ("" if left is None else f", about {left:.0f} s left")
+                    )
+
+                info = create_database(args.db, args.users, args.days, progress=progress)
             print(
                 f"created {args.db}: {info['readings']:,} readings in {info['seconds']:.1f} s",
                 file=err,
@@ -350,6 +393,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             redis_password=args.redis_password,
             max_stale=args.max_stale,
             token=args.token,
+            max_body_bytes=int(args.max_body_mb * 2**20) if args.max_body_mb else None,
+            shed_at=args.shed_at,
+            resume_at=args.resume_at,
+            **({"policy": args.policy} if args.policy else {}),
         )
     except (DatabaseError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=err)
@@ -359,19 +406,39 @@ def main(argv: Optional[list[str]] = None) -> int:
         guard = "token required" if args.token else "open: loopback only"
         if args.token is None and not _is_loopback(args.host):
             guard = "OPEN TO ANYONE: --insecure"
+        kind = "unbounded dict" if args.unbounded else f"bounded {app.state.service.policy}"
         print(
-            f"memcache-ext demo ({'unbounded dict' if args.unbounded else 'bounded'} caches"
-            f"{tier}) on http://{args.host}:{args.port}  (/docs, /memory/stats, /metrics: "
-            f"{guard})",
+            f"memcache-ext demo ({kind} caches{tier}) on http://{args.host}:{args.port}  "
+            f"(/docs, /memory/stats, /metrics: {guard})",
             file=err,
             flush=True,
         )
+        if not args.unbounded:
+            print(f"  {budget_line(manager)}", file=err, flush=True)
     else:
         _watch_supervisor(args.replica_of)
     uvicorn.run(
         app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log
     )
     return 0
+
+
+def budget_line(manager: Any) -> str:
+    """The manager's byte budget in one line, for the start-up message."""
+    b = manager.stats()["budget"]
+    mb = 2**20
+    if b["total_bytes"] is None:
+        return f"caches at their own bounds ({b['source']})"
+    grants = ", ".join(f"{name} {g['granted_bytes'] / mb:.1f}" for name, g in b["caches"].items())
+    if b["source"] == "derived":
+        how = (
+            f"{b['cache_share']:.0%} of the {b['headroom_bytes'] / mb:.0f} MB between the "
+            f"baseline RSS ({b['baseline_rss_bytes'] / mb:.0f} MB) and the high-water mark "
+            f"({b['high_water_bytes'] / mb:.0f} MB of the {b['limit_bytes'] / mb:.0f} MB limit)"
+        )
+    else:
+        how = "max_total_bytes"
+    return f"cache budget {b['total_bytes'] / mb:.1f} MB = {how}: {grants} MB"
 
 
 def safe_url(url: str) -> str:
@@ -457,6 +524,10 @@ class Supervisor:
         ]
         if a.memory_limit_mb is not None:
             argv += ["--memory-limit-mb", str(a.memory_limit_mb)]
+        argv += ["--max-body-mb", str(a.max_body_mb), "--shed-at", str(a.shed_at)]
+        argv += ["--resume-at", str(a.resume_at)]
+        if a.policy:
+            argv += ["--policy", a.policy]
         if a.access_log:
             argv.append("--access-log")
         if a.insecure:

@@ -531,7 +531,7 @@ def test_stats_shape(cache_cls: type) -> None:
     assert set(st["caches"]) == {"a", "b"}
     assert st["caches"]["a"]["hits"] == 1 and st["caches"]["a"]["misses"] == 1
     assert st["totals"]["caches"] == 2 and st["totals"]["hits"] == 1
-    assert st["totals"]["hit_rate"] == 0.5
+    assert st["totals"]["hit_rate"] == 0.5 and st["totals"]["lookups"] == 2
     assert len(st["cleanups"]) == 1 and st["cleanups"][0]["reason"] == "forced"
 
 

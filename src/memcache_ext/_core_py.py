@@ -43,6 +43,7 @@ from ._validate import (
     check_ttl,
     iter_pairs,
     parse_cache_args,
+    trim_count,
 )
 
 K = TypeVar("K")
@@ -901,7 +902,7 @@ class PyLruCache(Generic[K, V]):
         victims: list[Any] = []
         with self._lock:
             count = len(self._main) + len(self._small)
-            for _ in range(min(count, math.ceil(count * fraction))):
+            for _ in range(trim_count(count, fraction)):
                 node, _expired = self._victim(None, True)
                 if node is None:
                     break

@@ -71,6 +71,7 @@ class CacheTotals(TypedDict):
     mb: float
     hits: int
     misses: int
+    lookups: Annotated[int, "hits + misses: the lookups the hit rate is computed over"]
     hit_rate: float
     evictions: int
     expirations: int
@@ -129,6 +130,7 @@ def cache_stats(
         "mb": sums["nbytes"] / MIB,
         "hits": sums["hits"],
         "misses": sums["misses"],
+        "lookups": lookups,
         "hit_rate": sums["hits"] / lookups if lookups else 0.0,
         "evictions": sums["evictions"],
         "expirations": sums["expirations"],

@@ -55,12 +55,27 @@ def check_callable(name: str, value: Any) -> Optional[Callable[..., Any]]:
     return value  # type: ignore[no-any-return]  # callable(): a Callable
 
 
-def check_fraction(value: Any) -> float:
+def check_fraction(value: Any, name: str = "fraction") -> float:
+    """Validate a fraction in (0, 1]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"fraction must be a number, not {_typename(value)}")
+        raise TypeError(f"{name} must be a number, not {_typename(value)}")
     if not 0 < value <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {value!r}")
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
     return float(value)
+
+
+def check_positive(name: str, value: Any, *, integer: bool = False) -> Any:
+    """Validate None or a finite number > 0 (an int with ``integer``)."""
+    if value is None:
+        return None
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise TypeError(
+            f"{name} must be {'an int' if integer else 'a number'} or None, not {_typename(value)}"
+        )
+    if not value > 0 or (not integer and math.isinf(value)):
+        raise ValueError(f"{name} must be > 0 and finite, got {value!r}")
+    return value
 
 
 def check_nbytes(value: Any) -> int:

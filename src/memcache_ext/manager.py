@@ -43,7 +43,6 @@ Policy, precisely:
 from __future__ import annotations
 
 import functools
-import math
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -54,6 +53,7 @@ from ._budget import BudgetError, BudgetGrant, BudgetInfo, headroom_error, split
 from ._cleanup_pass import CleanupEvent, sweep_steps
 from ._constants import MIB, MISSING
 from ._manager_stats import ManagedCacheStats, ManagerStats, StatsSources, cache_stats
+from ._validate import check_fraction, check_positive
 from .deque import BoundedDeque
 
 __all__ = [
@@ -86,28 +86,6 @@ def _default_cache_class() -> Callable[..., Any]:
     from ._core import LruCache
 
     return LruCache
-
-
-def _check_fraction(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-    if not 0 < value <= 1:
-        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
-    return float(value)
-
-
-def _check_positive(name: str, value: Any, *, integer: bool = False) -> Any:
-    if value is None:
-        return None
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        raise TypeError(
-            f"{name} must be {'an int' if integer else 'a number'} or None, "
-            f"not {type(value).__name__}"
-        )
-    if not value > 0 or (not integer and math.isinf(value)):
-        raise ValueError(f"{name} must be > 0 and finite, got {value!r}")
-    return value
 
 
 class _Entry:
@@ -159,24 +137,24 @@ class CacheManager:
         cgroup_root: str = "/",
         clock: Optional[Callable[[], float]] = None,
     ) -> None:
-        self._memory_limit_mb = _check_positive("memory_limit_mb", memory_limit_mb)
-        self.high_water = _check_fraction("high_water", high_water)
+        self._memory_limit_mb = check_positive("memory_limit_mb", memory_limit_mb)
+        self.high_water = check_fraction(high_water, "high_water")
         if low_water is None:
             low_water = high_water - 0.1 if high_water > 0.1 else high_water / 2
-        self.low_water = _check_fraction("low_water", low_water)
+        self.low_water = check_fraction(low_water, "low_water")
         if self.low_water > self.high_water:
             raise ValueError(f"low_water ({low_water}) must be <= high_water ({high_water})")
-        self.cleanup_fraction = _check_fraction("cleanup_fraction", cleanup_fraction)
+        self.cleanup_fraction = check_fraction(cleanup_fraction, "cleanup_fraction")
         if isinstance(min_interval, bool) or not isinstance(min_interval, (int, float)):
             raise TypeError("min_interval must be a number")
         if not min_interval >= 0:
             raise ValueError(f"min_interval must be >= 0, got {min_interval!r}")
         self.min_interval = float(min_interval)
-        self.max_total_bytes = _check_positive("max_total_bytes", max_total_bytes, integer=True)
+        self.max_total_bytes = check_positive("max_total_bytes", max_total_bytes, integer=True)
         self.cache_share = (
-            None if cache_share is None else _check_fraction("cache_share", cache_share)
+            None if cache_share is None else check_fraction(cache_share, "cache_share")
         )
-        self._baseline_mb = _check_positive("baseline_mb", baseline_mb)
+        self._baseline_mb = check_positive("baseline_mb", baseline_mb)
         self._baseline: Optional[int] = None if baseline_mb is None else int(baseline_mb * MIB)
         if isinstance(history, bool) or not isinstance(history, int):
             raise TypeError("history must be an int")
@@ -512,7 +490,7 @@ class CacheManager:
         from inside a cleanup on this thread.
         """
         if fraction is not None:
-            fraction = _check_fraction("fraction", fraction)
+            fraction = check_fraction(fraction, "fraction")
         return _drain(
             self._steps(
                 reason, self.rss_bytes(), None, blocking=True, fraction=fraction, collect=collect
@@ -539,7 +517,7 @@ class CacheManager:
         to the last, and released if the generator is closed early.
         """
         if fraction is not None:
-            fraction = _check_fraction("fraction", fraction)
+            fraction = check_fraction(fraction, "fraction")
         if reason is None:
             rss = self._due()
             if rss is None:

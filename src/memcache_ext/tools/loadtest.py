@@ -50,6 +50,7 @@ import uuid
 from typing import Any, NoReturn, Optional
 
 from .._constants import MIB as MB
+from . import info
 from ._loadclient import Traffic, client, health, memory_stats
 from ._loadreport import (
     LoadTestError,
@@ -570,6 +571,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if problem is not None:
         print(f"{parser.prog}: error: {problem}", file=sys.stderr)
         return 2
+    print(info.summary(), flush=True)  # what the demo service will run on: the same install
     tiered = args.replicas > 1 or args.redis is not None
     # Our own keys: nothing from an earlier run (another database) is served.
     args.redis_prefix = f"loadtest-{uuid.uuid4().hex[:8]}"

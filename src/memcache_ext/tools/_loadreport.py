@@ -529,11 +529,23 @@ def check_soak(
     )
     stall = SOAK_TARGETS["stall_ms"]
     own = fig["longest_callback_without_gc_ms"]
-    add(
-        f"longest event-loop stall <= {stall:g} ms (one callback's hold of the loop, CPU)",
-        own is not None and own <= stall,
-        "-" if own is None else f"{own:.1f} ms",
-    )
+    noise = fig.get("loop_noise_ms") or 0.0
+    if quick:
+        # The CI form runs on shared virtual machines, where the thread CPU clock
+        # also counts time the host takes away: a callback doing nothing can read
+        # 10+ ms. A hold is only refuted beyond the noise measured in the same run.
+        add(
+            f"longest event-loop stall <= {stall:g} ms beyond this run's noise floor "
+            f"({noise:.1f} ms)",
+            own is not None and own - noise <= stall,
+            "-" if own is None else f"{own:.1f} ms",
+        )
+    else:
+        add(
+            f"longest event-loop stall <= {stall:g} ms (one callback's hold of the loop, CPU)",
+            own is not None and own <= stall,
+            "-" if own is None else f"{own:.1f} ms (noise floor of the measure: {noise:.1f} ms)",
+        )
     add(
         f"no cleanup step holds the loop more than {stall:g} ms",
         fig["cleanup_longest_step_ms"] <= stall,

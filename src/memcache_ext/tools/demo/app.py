@@ -328,8 +328,7 @@ def create_app(
         # Everything built so far (FastAPI, pydantic, the modules) lives as long as
         # the process: out of the collector's sight, so that a full collection
         # (an automatic one on the event loop, or a cleanup's) walks only what was
-        # made since. Measured: full collections of 120-240 ms under load without
-        # it (docs/performance.md).
+        # made since (the soak's "longest GC on the loop" is the figure to watch).
         gc.collect()
         gc.freeze()
         await loop_monitor.start()

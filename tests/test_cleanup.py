@@ -184,3 +184,16 @@ def test_the_service_steps_work_with_any_cache_of_the_package() -> None:
     cache.update({i: str(i) for i in range(1000)})
     out = asyncio.run(MemoryCleanupService(manager).run_once_async())
     assert out["cleanup"] is not None and len(cache) == 500
+
+
+def test_with_a_threshold_only_the_threshold_decides() -> None:
+    """RSS above the manager's high-water mark but under the service's threshold: no cleanup,
+    in the stepping form as in run_once()."""
+    manager = full_manager(caches=1, entries=100)  # RSS 900 MB of 1000: above high water
+    service = MemoryCleanupService(manager, interval=3600, threshold_mb=950)
+    asyncio.run(service.run_once_async())
+    service.run_once()
+    assert service.stats()["cleanups"] == 0 and manager.stats()["cleanups"] == []
+    service = MemoryCleanupService(manager, interval=3600, threshold_mb=800)
+    asyncio.run(service.run_once_async())
+    assert service.stats()["cleanups"] == 1

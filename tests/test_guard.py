@@ -321,6 +321,7 @@ def test_bad_arguments() -> None:
         {"max_body_bytes": -1},
         {"retry_after": -1},
         {"limit_mb": 0},
+        {"limit_mb": float("inf")},
     ):
         with pytest.raises(ValueError):
             MemoryGuard(ok_app, limit_mb=kw.pop("limit_mb", 100), **kw)  # type: ignore[arg-type]
@@ -328,6 +329,16 @@ def test_bad_arguments() -> None:
         MemoryGuard(ok_app, limit_mb=100, on_shed=5)  # type: ignore[arg-type]  # deliberately wrong
     with pytest.raises(RuntimeError, match="no app"):
         asyncio.run(MemoryGuard(limit_mb=100)({"type": "http"}, Call().receive, Call().send))
+    with pytest.raises(ValueError, match="finite"):
+        RssProbe(max_age=float("inf"))  # it would serve its first 0 forever
+
+
+def test_no_known_limit_sheds_nothing() -> None:
+    """A manager whose limit reads 0 (physical memory unknown): never shed, never stuck."""
+    manager = CacheManager(memory_limit_mb=100, rss=lambda: 0)
+    guard = MemoryGuard(ok_app, manager=manager)
+    guard.critical_bytes = guard.resume_bytes = 0  # what a limit of 0 bytes gives
+    assert guard.check(rss=10**9) is False and not guard.stats()["shedding"]
 
 
 # -- the probe ---------------------------------------------------------------------------------

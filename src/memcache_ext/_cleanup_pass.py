@@ -214,10 +214,11 @@ def sweep_steps(
             if not size:
                 break
             count = min(step, goal - done)
-            if need is not None and cache.nbytes:
+            nbytes = cache.nbytes  # once: another thread may empty the cache meanwhile
+            if need is not None and nbytes:
                 # No more than the entries that should cover what is still needed.
-                left = need - event.accounted_bytes_released - (before["nbytes"] - cache.nbytes)
-                count = max(1, min(count, math.ceil(left / (cache.nbytes / size))))
+                left = need - event.accounted_bytes_released - (before["nbytes"] - nbytes)
+                count = max(1, min(count, math.ceil(left / (nbytes / size))))
             t0 = clock()
             try:
                 done += cache.trim(_fraction_of(count, size))

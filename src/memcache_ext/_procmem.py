@@ -208,8 +208,8 @@ class RssProbe:
         max_age: float = 0.002,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        if not max_age >= 0:
-            raise ValueError(f"max_age must be >= 0, got {max_age!r}")
+        if not 0 <= max_age < float("inf"):
+            raise ValueError(f"max_age must be >= 0 and finite, got {max_age!r}")
         self._read = read if read is not None else rss_bytes
         self.max_age = float(max_age)
         self._clock = clock

@@ -215,8 +215,10 @@ class MemoryCleanupService:
             await asyncio.sleep(0)
         event = None
         if reason is None and self.threshold_mb is not None:
-            if self.manager.memory_usage_mb() > self.threshold_mb:
-                reason = "threshold"
+            # With a threshold, only the threshold decides (as in run_once).
+            if self.manager.memory_usage_mb() <= self.threshold_mb:
+                return self._account(expired, None, errors)
+            reason = "threshold"
         steps = None
         try:
             steps = self.manager.cleanup_steps(reason, collect=self.collect)
@@ -392,7 +394,8 @@ def _describe(handle: asyncio.Handle, frame: Any = None) -> str:
             scope = getattr(owner, "scope", None)
             if isinstance(scope, dict) and "path" in scope:
                 where = f"{scope.get('method', '')} {scope['path']}; {where}"
-            return f"task {task.get_name()}: {code.co_qualname} ({where})"
+            name = getattr(code, "co_qualname", code.co_name)  # 3.10 has no co_qualname
+            return f"task {task.get_name()}: {name} ({where})"
         return f"task {task.get_name()}: {coro!r}"
     return repr(handle)
 
@@ -500,7 +503,10 @@ class LoopStallMonitor:
                 spent, wall = cpu() - c0, clock() - t0
                 monitor._cb_count += 1
                 if wall >= 0.001:
-                    monitor._callback(spent, wall, monitor._gc_total - g0, handle, frame)
+                    try:  # a measuring error must never reach the event loop
+                        monitor._callback(spent, wall, monitor._gc_total - g0, handle, frame)
+                    except Exception:  # noqa: BLE001, S110 - the figure is lost, the loop goes on
+                        pass
 
         def on_gc(phase: str, info: dict[str, int]) -> None:
             if threading.get_ident() != thread:

@@ -46,6 +46,7 @@ from typing import Annotated, Any, Optional, TypedDict
 
 from . import _procmem
 from ._constants import MIB
+from ._validate import check_positive
 
 __all__ = ["MemoryGuard", "GuardStats", "RequestBodyTooLargeError", "SCOPE_KEY"]
 
@@ -151,8 +152,7 @@ class MemoryGuard:
             raise ValueError(f"max_body_bytes must be an int >= 0 or None, got {max_body_bytes!r}")
         if isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 0:
             raise ValueError(f"retry_after must be an int >= 0, got {retry_after!r}")
-        if limit_mb is not None and not limit_mb > 0:
-            raise ValueError(f"limit_mb must be > 0, got {limit_mb!r}")
+        check_positive("limit_mb", limit_mb)  # None, or finite and > 0
         if on_shed is not None and not callable(on_shed):
             raise TypeError("on_shed must be callable")
         if manager is None and (limit_mb is None or probe is None):
@@ -202,6 +202,8 @@ class MemoryGuard:
 
         Returns whether new requests are shed now.
         """
+        if self.critical_bytes <= 0:
+            return False  # no known limit (physical memory unreadable): nothing to shed for
         if rss is None:
             rss = self.probe.recent()
         if self._shedding:

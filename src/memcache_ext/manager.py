@@ -210,6 +210,10 @@ class CacheManager:
             if entry is not None:
                 return self._same(name, entry, settings)
         with self._budget_lock:
+            with self._lock:  # created while this thread waited for the budget lock?
+                entry = self._caches.get(name)
+                if entry is not None:
+                    return self._same(name, entry, settings)
             # The cache's bound is its share of the budget with it counted in;
             # the others shrink (or grow) to their new shares once it is registered.
             granted = self._grants(extra=(name, max_bytes)).get(name, max_bytes)
@@ -492,9 +496,7 @@ class CacheManager:
         if fraction is not None:
             fraction = check_fraction(fraction, "fraction")
         return _drain(
-            self._steps(
-                reason, self.rss_bytes(), None, blocking=True, fraction=fraction, collect=collect
-            )
+            self._steps(reason, None, None, blocking=True, fraction=fraction, collect=collect)
         )
 
     def cleanup_steps(
@@ -535,7 +537,7 @@ class CacheManager:
     def _steps(
         self,
         reason: str,
-        rss_before: int,
+        rss_before: Optional[int],
         target: Optional[int],
         *,
         blocking: bool,
@@ -548,6 +550,8 @@ class CacheManager:
             return None
         self._cleanup_thread = threading.get_ident()
         try:
+            if rss_before is None:  # read once the lock is ours, not before waiting for it
+                rss_before = self.rss_bytes()
             started = time.perf_counter()
             event = CleanupEvent(
                 time=time.time(),

@@ -17,6 +17,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
@@ -188,7 +189,7 @@ def create_database(
 
 
 def _connect_ro(path: str, timeout: float) -> sqlite3.Connection:
-    uri = "file:" + os.path.abspath(path).replace("?", "%3f").replace("#", "%23") + "?mode=ro"
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"  # %, ?, # escaped
     conn = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     return conn

@@ -24,7 +24,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
 
     async def _within(awaitable: Awaitable[Any], seconds: float) -> Any:
-        return await asyncio.wait_for(awaitable, seconds)
+        try:
+            return await asyncio.wait_for(awaitable, seconds)
+        except asyncio.TimeoutError as exc:  # not yet the builtin TimeoutError on 3.10
+            raise TimeoutError(f"no answer within {seconds:g} s") from exc
 
 
 class AsyncTieredCache(TierDriver):

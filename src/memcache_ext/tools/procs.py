@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import random
 import shutil
 import signal
 import socket
@@ -47,7 +48,11 @@ class ProcessError(RuntimeError):
 
 
 def free_port(host: str = LOOPBACK) -> int:
-    """A port free on ``host`` now (the kernel's pick; not reserved)."""
+    """A port free on ``host`` now (not reserved): ``free_ports(1)``."""
+    return free_ports(1, host)
+
+
+def _kernel_pick(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
@@ -71,11 +76,26 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+def _ephemeral_low() -> int:
+    """The first port the kernel hands to outgoing connections (Linux; else 32768)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_ports(n: int, host: str = LOOPBACK) -> int:
-    """A port p with p..p+n-1 free on ``host`` (checked, not reserved)."""
-    for _ in range(100):
-        base = free_port(host)
-        if base + n - 1 < 65536 and not any(port_in_use(base + i, host) for i in range(1, n)):
+    """A port p with p..p+n-1 free on ``host`` (checked, not reserved).
+
+    Taken below the ephemeral range: a port from ``bind(0)`` is one the kernel
+    may give to the next outgoing connection (a Redis client's, say) before
+    the server that was meant to have it binds it.
+    """
+    high = _ephemeral_low() - n
+    for _ in range(200):
+        base = random.randrange(10_000, high) if high > 10_000 else _kernel_pick(host)
+        if base + n - 1 < 65536 and all(port_free(host, base + i) for i in range(n)):
             return base
     raise ProcessError(f"found no {n} consecutive free ports on {host}")
 

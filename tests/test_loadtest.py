@@ -266,10 +266,11 @@ def test_replicas_with_unbounded_is_a_clear_error() -> None:
     assert proc.returncode == 2 and "drop --only unbounded" in proc.stderr
 
 
-def _soak_figures(hold_ms: float, noise_ms: float) -> dict[str, object]:
+def _soak_figures(hold_ms: float, noise_ms: float, over_10ms: int = 3) -> dict[str, object]:
     """A soak's figures that meet every target but, perhaps, the stall."""
     return {
         "limit_mb": 150,
+        "requests": 30_000,
         "rss_peak_mb": 110.0,
         "slope_second_half_mb_per_min": 0.3,
         "other_5xx": 0,
@@ -280,7 +281,7 @@ def _soak_figures(hold_ms: float, noise_ms: float) -> dict[str, object]:
         "cleanup_longest_step_ms": 1.0,
         "cleanups": 0,
         "longest_callback_ms": hold_ms,
-        "callbacks_over_10ms": 3,
+        "callbacks_over_10ms": over_10ms,
         "longest_gc_on_loop_ms": 2.0,
         "hit_rate_second_half": {"all": 0.83},
         "oversized_statuses": {"413": 10},
@@ -289,20 +290,21 @@ def _soak_figures(hold_ms: float, noise_ms: float) -> dict[str, object]:
 
 
 @pytest.mark.parametrize(
-    "quick, hold, noise, held",
+    "quick, hold, noise, over, held",
     [
-        (False, 9.0, 0.1, True),
-        (False, 13.0, 10.0, False),  # the full soak: the figure as measured
-        (True, 13.0, 10.0, True),  # CI's form: not refuted within the noise of its own run
-        (True, 25.0, 10.0, False),
+        (False, 9.0, 0.1, 0, True),
+        (False, 13.0, 10.0, 1, False),  # the full soak: the 10 ms bound as measured
+        (True, 15.2, 1.7, 2, True),  # CI's form: a few isolated holds (as CI saw in 60 s)
+        (True, 51.0, 10.0, 1, False),  # one hold over 50 ms: what a blocking cleanup did
+        (True, 12.0, 0.1, 31, False),  # holds over 10 ms in more than 1 request in 1,000
+        (True, 12.0, 0.1, 30, True),
     ],
 )
-def test_the_stall_verdict_and_the_noise_floor(
-    quick: bool, hold: float, noise: float, held: bool
-) -> None:
+def test_the_stall_verdict(quick: bool, hold: float, noise: float, over: int, held: bool) -> None:
     from memcache_ext.tools._loadreport import check_soak
 
-    verdicts = {t: v for t, v, _ in check_soak(_soak_figures(hold, noise), True, quick)}
-    stall = [v for t, v in verdicts.items() if t.startswith("longest event-loop stall")]
+    figures = _soak_figures(hold, noise, over)
+    verdicts = {t: v for t, v, _ in check_soak(figures, True, quick)}
+    stall = [v for t, v in verdicts.items() if "event-loop stall" in t]
     assert stall == ["PASS" if held else "FAIL"]
-    assert all(v in ("PASS", "NOTE") for t, v in verdicts.items() if not t.startswith("longest"))
+    assert all(v in ("PASS", "NOTE") for t, v in verdicts.items() if "event-loop stall" not in t)

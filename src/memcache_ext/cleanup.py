@@ -359,7 +359,7 @@ class LoopStallStats(TypedDict):
     noise: Annotated[
         Optional[float],
         "Seconds of CPU charged to the monitor's own step (microseconds of work): the "
-        "measurement's noise floor on this machine (time stolen by a hypervisor, say)",
+        "measurement's noise floor on this machine",
     ]
     longest_callbacks: Annotated[
         list[LoopCallback], "The ten longest callbacks without their collections, longest first"

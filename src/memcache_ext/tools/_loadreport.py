@@ -367,6 +367,9 @@ SOAK_TARGETS = {
     # is looser, still far below the leak issue 12 found (22 MB/min).
     "quick_slope_mb_per_min": 3.0,
     "stall_ms": 10.0,  # longest event-loop stall under load
+    # The quick (CI) form's guard against a stall regression, see check_soak.
+    "quick_stall_ms": 50.0,
+    "quick_over_10ms_per_request": 1e-3,
     "hit_rate": 0.80,  # with the default skew
 }
 
@@ -531,14 +534,23 @@ def check_soak(
     own = fig["longest_callback_without_gc_ms"]
     noise = fig.get("loop_noise_ms") or 0.0
     if quick:
-        # The CI form runs on shared virtual machines, where the thread CPU clock
-        # also counts time the host takes away: a callback doing nothing can read
-        # 10+ ms. A hold is only refuted beyond the noise measured in the same run.
+        # The 10 ms bound is the full soak's: on the shared two-core machines CI
+        # runs on, a handful of callbacks that do little (a socket read, a timer
+        # of the cleanup task) measure 10-15 ms of CPU in a minute of load, with
+        # no collection, page fault or lost CPU behind it (docs/performance.md).
+        # The CI form guards what a regression would change: no callback holds
+        # the loop SOAK_TARGETS["quick_stall_ms"], and holds over 10 ms stay rare.
+        most = SOAK_TARGETS["quick_stall_ms"]
+        over, requests = fig.get("callbacks_over_10ms") or 0, fig.get("requests") or 0
+        allowed = requests * SOAK_TARGETS["quick_over_10ms_per_request"]
         add(
-            f"longest event-loop stall <= {stall:g} ms beyond this run's noise floor "
-            f"({noise:.1f} ms)",
-            own is not None and own - noise <= stall,
-            "-" if own is None else f"{own:.1f} ms",
+            f"no event-loop stall over {most:g} ms, and under 1 callback in "
+            f"{1 / SOAK_TARGETS['quick_over_10ms_per_request']:,.0f} requests over {stall:g} ms",
+            own is not None and own <= most and over <= allowed,
+            "-"
+            if own is None
+            else f"longest {own:.1f} ms; {over} over {stall:g} ms in {requests:,} requests "
+            f"(noise floor {noise:.1f} ms)",
         )
     else:
         add(

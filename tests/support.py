@@ -13,10 +13,12 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Optional
 
 import pytest
 
+import memcache_ext
 from memcache_ext.tools import procs
 from memcache_ext.tools.procs import RedisServer as _ProcsRedisServer
 from memcache_ext.tools.procs import free_port
@@ -24,6 +26,7 @@ from memcache_ext.tools.procs import free_port
 __all__ = [
     "DEADLINE",
     "RedisServer",
+    "child_env",
     "eventually",
     "free_port",
     "linux_only",
@@ -39,6 +42,18 @@ DEADLINE = 15.0  # seconds for anything "eventually"
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
 #: Process groups and signals (os.killpg, SIGSTOP): the demo's replicas, the load test.
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX process groups and signals")
+
+
+#: Where the suite imported memcache_ext from: the installed package in CI (whose
+#: src/ holds no compiled module), the source tree in an editable install.
+PACKAGE_PARENT = str(Path(memcache_ext.__file__).resolve().parents[1])
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a child interpreter that imports the memcache_ext this
+    suite tests (not another copy: a clean clone's src/ would give the pure core)."""
+    path = os.pathsep.join(p for p in (PACKAGE_PARENT, os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
 
 
 def sample_manager(rss_mb: float = 200) -> Any:

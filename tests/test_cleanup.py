@@ -163,6 +163,7 @@ def test_the_stall_monitor_tells_cpu_holds_and_collections_apart() -> None:
     by_name = {
         c["what"].split(": ")[1].split(" ")[0].rsplit(".", 1)[-1]: c
         for c in st["longest_callbacks"]
+        if c["what"].startswith("task ")  # a slow handle of the loop's own may be there too
     }
     assert by_name["busy"]["gc"] < 0.005
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import SANITIZED
+from support import linux_only
 
 
 def test_threads_with_python_eq_keep_exact_counters(isolated):
@@ -116,6 +117,7 @@ def test_gc_sees_keys_and_values(cache_cls):
     assert id(value) in seen and id(key) in seen
 
 
+@linux_only  # reads /proc/self/statm
 @pytest.mark.skipif(SANITIZED, reason="the sanitizer's quarantine keeps freed memory")
 def test_million_inserts_leave_memory_flat(isolated):
     proc = isolated(

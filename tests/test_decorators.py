@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
-import time
 import weakref
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 
 from memcache_ext import cached
 from memcache_ext.decorators import make_key
+from support import eventually
 
 
 def test_basic_hit_and_miss(cache_cls: type) -> None:
@@ -269,7 +269,12 @@ def test_threads_all_get_the_exception(isolated: Any) -> None:
         @cached(Cache(maxsize=100))
         def bad(x):
             calls.append(x)
-            time.sleep(0.2)
+            # fail once every other caller waits on this computation (a caller
+            # that came later would compute again: exceptions are not cached)
+            flight = next(iter(bad._inflight.values()))
+            end = time.monotonic() + 30
+            while len(flight.future._condition._waiters) < T - 1 and time.monotonic() < end:
+                time.sleep(0.001)
             raise KeyError("nope")
         T = 8
         barrier = threading.Barrier(T)
@@ -636,7 +641,8 @@ def test_a_write_during_the_computation_wins(cache_cls: type, write: str) -> Non
     reader.start()
     assert started.wait(10)
     second.start()  # joins the computation in flight
-    time.sleep(0.2)
+    flight = next(iter(wrapped._inflight.values()))
+    eventually(lambda: len(flight.future._condition._waiters) == 1, what="second joined")
     WRITES[write](cache)
     go.set()
     reader.join(10)

@@ -32,13 +32,12 @@ from memcache_ext.tools.demo.db import (  # noqa: E402 - after importorskip
 )
 from memcache_ext.tools.demo.service import DEFAULT_POLICY  # noqa: E402 - after importorskip
 from memcache_ext.tools.procs import port_in_use  # noqa: E402 - after importorskip
-from support import RedisServer, eventually, free_port, posix_only, require_redis  # noqa: E402 - after importorskip
+from support import RedisServer, child_env, eventually, free_port, posix_only, require_redis  # noqa: E402 - after importorskip
 
 #: Starts the demo under uvicorn, or a redis-server: a service in another process.
 service = pytest.mark.integration
 
 USERS, DAYS = 30, 3
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 @pytest.fixture(scope="module")
@@ -298,7 +297,7 @@ def test_main_reports_start_errors(
 def test_demo_under_real_uvicorn(tmp_path: Path) -> None:
     port = free_port()
     db = str(tmp_path / "live.sqlite3")
-    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = child_env()
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -585,7 +584,7 @@ def _start_replicas(tmp_path: Path, redis_url: str, *extra: str) -> tuple[Any, i
     port = free_port()
     while port_in_use(port + 1):
         port = free_port()
-    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = child_env()
     proc = subprocess.Popen(
         [
             sys.executable,

@@ -27,7 +27,7 @@ from memcache_ext import CacheManager
 from memcache_ext._procmem import RssProbe
 from memcache_ext.guard import MemoryGuard, RequestBodyTooLargeError
 from memcache_ext.tools.procs import http_ok, poll, stop_process
-from support import free_port, linux_only, posix_only
+from support import eventually, free_port, linux_only, posix_only
 
 MB = 2**20
 HERE = Path(__file__).resolve().parent
@@ -460,7 +460,10 @@ def test_memory_error_under_prlimit_is_a_503_and_the_server_recovers() -> None:
             assert server.get("/health")[0] == 200
             assert server.get("/sync")[0] == 200
         assert server.get("/alloc?mb=16") == (200, {"mb": 16})
-        time.sleep(0.6)
+        eventually(
+            lambda: server.get("/memory/stats")[1]["cleanup_service"]["runs"] > runs,
+            what="the cleanup service still passing",
+        )
         stats = server.get("/memory/stats")[1]
         assert stats["guard"]["memory_errors_total"] == 3
         assert stats["cleanup_service"]["running"] is True

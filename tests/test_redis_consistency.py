@@ -8,14 +8,13 @@ A few trials of two replicas run with the suite; the short form of every scenari
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from support import posix_only, require_redis
+from support import child_env, posix_only, require_redis
 
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
@@ -31,9 +30,7 @@ def run_checker(tmp_path: Path, *args: str, timeout: float) -> dict:
         pytest.skip("benchmarks/ is not part of this copy (wheel tests)")
     require_redis()
     out = tmp_path / "consistency.json"
-    env = dict(os.environ)
-    if (ROOT / "src" / "memcache_ext").is_dir():  # the source tree, as the suite imports it
-        env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env = child_env()  # the memcache_ext this suite imports
     proc = subprocess.run(
         [sys.executable, str(CHECKER), *args, "--json", str(out)],
         capture_output=True,

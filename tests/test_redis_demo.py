@@ -29,9 +29,7 @@ from memcache_ext.tools.demo import main  # noqa: E402 - after importorskip
 from memcache_ext.tools.demo.app import create_app, reset_singletons  # noqa: E402 - after importorskip
 from memcache_ext.tools.demo.db import create_database  # noqa: E402 - after importorskip
 from memcache_ext.tools.procs import free_ports  # noqa: E402 - after importorskip
-from support import RedisServer, eventually, posix_only, require_redis  # noqa: E402 - after importorskip
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+from support import RedisServer, child_env, eventually, posix_only, require_redis  # noqa: E402 - after importorskip
 
 
 @pytest.fixture
@@ -134,13 +132,11 @@ def test_the_supervisor_keeps_the_redis_password_out_of_ps(tmp_path: Path) -> No
     raw.config_set("requirepass", password)
     raw.close()
     port = free_ports(2)
-    env = {
-        **os.environ,
-        "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    env = child_env(
         # the whole URL, password included, from the environment
-        "MEMCACHE_EXT_REDIS_URL": f"redis://:{password}@127.0.0.1:{server.port}/0",
-        "MEMCACHE_EXT_DEMO_TOKEN": token,
-    }
+        MEMCACHE_EXT_REDIS_URL=f"redis://:{password}@127.0.0.1:{server.port}/0",
+        MEMCACHE_EXT_DEMO_TOKEN=token,
+    )
     argv = [sys.executable, "-m", "memcache_ext", "demo", "--db", str(tmp_path / "r.sqlite3")]
     argv += ["--users", "10", "--days", "1", "--port", str(port), "--replicas", "2"]
     proc = subprocess.Popen(

@@ -147,7 +147,8 @@ def test_frozen_redis_sync_one_deadline_then_the_breaker(srv: RedisServer, ns: s
         eventually(lambda: tier.connected, what="channel back")
         probes = [c for c in log.calls if c[1] == "PING"]
         assert probes and all(name.startswith("memcache_ext.redis[") for name, _, _ in probes)
-        assert tier.set("after", 2) is True
+        # the first call after the thaw may still pass the 50 ms deadline on a loaded runner
+        eventually(lambda: tier.set("after", 2) is True, what="a write after the thaw")
         st = tier.stats()
         assert st["errors_timeout"] >= 1 and st["breaker_opened"] >= 1
         assert st["breaker_half_opened"] >= 1 and st["breaker_closed"] >= 1
@@ -219,7 +220,8 @@ def test_one_immediate_retry_on_a_broken_pooled_connection(srv: RedisServer, ns:
     """A pooled connection the server closed (CLIENT KILL: a restart, a proxy's idle
     timeout) is retried once at once: no error, the breaker stays closed."""
     client = redis.Redis(host="127.0.0.1", port=srv.port)
-    tier = TieredCache(LruCache(100), client, ns)
+    # a generous deadline: a call slower than 50 ms on a loaded runner is not this test's subject
+    tier = TieredCache(LruCache(100), client, ns, deadline=1.0)
     raw = redis.Redis(host="127.0.0.1", port=srv.port)
     try:
         assert tier.wait_ready(DEADLINE)
@@ -288,10 +290,12 @@ def test_breaker_and_channel_in_metrics_within_one_scrape(srv: RedisServer, ns: 
     try:
         assert tier.wait_ready(DEADLINE)
         assert m("breaker_state", state="closed") == 1 and m("connected") == 1
+        # a start-up call past the 50 ms deadline on a loaded runner may have opened it once
+        opened = m("breaker_transitions_total", to="open")
         srv.kill()
         tier.get_or_set("x", lambda: 1)  # the request that opens the breaker
         # the very next scrape shows it
-        assert m("breaker_transitions_total", to="open") == 1
+        assert m("breaker_transitions_total", to="open") == opened + 1
         assert m("breaker_state", state="closed") == 0
         assert m("redis_errors_total", kind="connection") >= 1
         eventually(lambda: m("connected") == 0, what="channel down in metrics")
@@ -301,7 +305,9 @@ def test_breaker_and_channel_in_metrics_within_one_scrape(srv: RedisServer, ns: 
         eventually(lambda: m("connected") == 1, what="channel up in metrics")
         assert m("breaker_transitions_total", to="closed") >= 1
         assert m("breaker_transitions_total", to="half_open") >= 1
-        assert m("reconnects_total") >= 1 and m("channel_losses_total") >= 1
+        # the listener counts the reconnection just after it marks the channel up
+        eventually(lambda: m("reconnects_total") >= 1, what="the reconnection counted")
+        assert m("channel_losses_total") >= 1
         assert m("stale_bypasses_total") >= 1 and m("local_bypassed") == 0
         assert m("channel_state_seconds") < 60
         st = tier.stats()

@@ -19,12 +19,11 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from support import DEADLINE, RedisServer, eventually, require_redis
+from support import DEADLINE, RedisServer, child_env, eventually, require_redis
 
 require_redis(module_level=True)
 
@@ -35,8 +34,6 @@ import redis  # noqa: E402 - after require_redis
 from memcache_ext import LruCache  # noqa: E402 - after require_redis
 from memcache_ext.redis import TieredCache  # noqa: E402 - after require_redis
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-
 
 @pytest.fixture
 def make(srv: RedisServer, ns: str) -> Iterator[Any]:
@@ -45,6 +42,9 @@ def make(srv: RedisServer, ns: str) -> Iterator[Any]:
     def make_tier(**kw: Any) -> TieredCache:
         client = redis.Redis(host="127.0.0.1", port=srv.port)
         kw.setdefault("poll_interval", 0.05)
+        # A generous deadline: a call slower than the default 50 ms on a loaded runner
+        # would fail a test about something else. The outage tests pass their own.
+        kw.setdefault("deadline", 1.0)
         tier = TieredCache(LruCache(1000), client, ns, **kw)
         made.append((tier, client))
         assert tier.wait_ready(DEADLINE)
@@ -265,7 +265,7 @@ def test_concurrent_versioned_writes_keep_the_newest(srv: RedisServer, ns: str, 
             [sys.executable, "-c", WRITER, str(srv.port), ns, str(seed), json.dumps(part)],
             stdout=subprocess.PIPE,
             text=True,
-            env={**os.environ, "PYTHONPATH": SRC},
+            env=child_env(),
         )
         for seed, part in ((1, theirs[: len(theirs) // 2]), (2, theirs[len(theirs) // 2 :]))
     ]
@@ -330,7 +330,7 @@ def test_writes_reaching_redis_out_of_commit_order(srv: RedisServer, ns: str, ma
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": SRC},
+        env=child_env(),
     )
     assert child.stdin is not None and child.stdout is not None
     try:
@@ -365,7 +365,8 @@ def test_messages_carry_versions_and_older_ones_are_ignored(
         # what a write publishes: [instance, "k", key, version, redis time in us]
         pubsub = raw.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(f"{ns}:invalidate")
-        eventually(lambda: pubsub.get_message(timeout=0.05) is None, what="subscribed")
+        channel = f"{ns}:invalidate"
+        eventually(lambda: raw.pubsub_numsub(channel)[0][1] >= 2, what="subscribed")
         other = make(version_of=lambda row: row["v"])
         other.set("k", {"v": 11})
         msg = eventually(lambda: pubsub.get_message(timeout=0.05), what="message")
@@ -421,7 +422,7 @@ def test_local_entries_served_at_most_max_stale_in_an_outage(
     if fault == "freeze" and os.name != "posix":
         pytest.skip("SIGSTOP")
     max_stale = 1.0  # the default
-    tier = make()
+    tier = make(deadline=0.05)
     tier.set("k", "cached")
     assert tier.get("k") == "cached" and tier.local.peek("k") == "cached"
     heard = tier.stats().get("channel_heard_seconds") or 0.0
@@ -434,7 +435,10 @@ def test_local_entries_served_at_most_max_stale_in_an_outage(
     try:
         served = _served_until(tier, "cached", t0)
         print(f"\n{fault}: local copy served {served * 1e3:.0f} ms after the last news")
-        assert served <= max_stale + 0.35, served
+        # the margin: the listener thread's turn on a loaded two-core runner
+        assert served <= max_stale + 1.0, served
+        # counted just after the local tier is cleared, by the listener thread
+        eventually(lambda: tier.stats()["stale_bypasses"] == 1, what="the bypass counted")
         st = tier.stats()
         assert st["local_bypassed"] and st["stale_bypasses"] == 1 and len(tier.local) == 0
         assert tier.get_or_set("k", lambda: "again") == "again"  # bypassed: nothing kept
@@ -446,13 +450,13 @@ def test_local_entries_served_at_most_max_stale_in_an_outage(
             assert srv.proc is not None
             os.kill(srv.proc.pid, signal.SIGCONT)
     eventually(lambda: tier.connected and not tier.stats()["local_bypassed"], what="back")
-    assert tier.stats()["reconnects"] >= 1
+    eventually(lambda: tier.stats()["reconnects"] >= 1, what="counted after the state")
     tier.set("k", "after")
     assert tier.get("k") == "after" and tier.local.peek("k") == "after"
 
 
 def test_max_stale_zero_bypasses_as_soon_as_the_loss_is_seen(srv: RedisServer, make: Any) -> None:
-    tier = make(max_stale=0, probe_interval=0.05)
+    tier = make(max_stale=0, probe_interval=0.05, deadline=0.05)
     tier.set("k", "cached")
     assert tier.get("k") == "cached"
     t0 = time.monotonic()
@@ -460,7 +464,7 @@ def test_max_stale_zero_bypasses_as_soon_as_the_loss_is_seen(srv: RedisServer, m
     try:
         served = _served_until(tier, "cached", t0)
         print(f"\nmax_stale=0: local copy served {served * 1e3:.0f} ms after the kill")
-        assert served < 0.35
+        assert served < 0.6  # the default max_stale serves 1 s or more
     finally:
         srv.start()
     eventually(lambda: tier.connected, what="back")
@@ -473,7 +477,8 @@ def test_a_write_during_an_outage_is_tombstoned_when_redis_is_back(
     tombstone when it answers, so no replica serves the old value afterwards."""
     if os.name != "posix":
         pytest.skip("SIGSTOP")
-    writer, reader = make(probe_interval=0.05), make(probe_interval=0.05)
+    writer = make(probe_interval=0.05, deadline=0.05)
+    reader = make(probe_interval=0.05, deadline=0.05)
     writer.set("k", "v1")
     assert reader.get("k") == "v1"
     assert srv.proc is not None
@@ -487,5 +492,6 @@ def test_a_write_during_an_outage_is_tombstoned_when_redis_is_back(
         os.kill(srv.proc.pid, signal.SIGCONT)
     eventually(lambda: writer.stats()["pending_invalidations"] == 0, what="replayed")
     eventually(lambda: reader.connected and writer.connected, what="channels back")
-    assert reader.get_or_set("k", lambda: "v3") == "v3"
+    # the reader drops v1 when its own listener reads the tombstone's message
+    eventually(lambda: reader.get_or_set("k", lambda: "v3") == "v3", what="reader dropped v1")
     assert writer.get_or_set("k", lambda: "v3") == "v3"

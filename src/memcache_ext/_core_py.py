@@ -329,12 +329,14 @@ class PyLruCache(Generic[K, V]):
         return max(count, self._ghost_limit * 10 // 9) * 9 // 10
 
     def _ghost_add(self, fp: int) -> None:
+        """Add fp unless it is there (it keeps its place); a full ghost drops its
+        oldest first, as _ghost.h does."""
         ghost = self._ghost
-        if self._ghost_limit <= 0 or fp in ghost:
+        if self._ghost_limit <= 0:
             return
         while len(ghost) >= self._ghost_limit:
             ghost.popitem(last=False)
-        ghost[fp] = None
+        ghost.setdefault(fp, None)
 
     def _ghost_set_limit(self, limit: int) -> None:
         self._ghost_limit = max(0, limit)

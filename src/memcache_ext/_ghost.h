@@ -39,9 +39,16 @@ static inline void mc_ghost_free(mc_ghost *g)
     g->tmask = 0;
 }
 
+/* The ring slot of position pos (0 = the oldest), pos < rcap: no division. */
+static inline Py_ssize_t mc_ghost_ring_slot(const mc_ghost *g, Py_ssize_t pos)
+{
+    Py_ssize_t slot = g->head + pos;
+    return slot < g->rcap ? slot : slot - g->rcap;
+}
+
 static inline uint32_t mc_ghost_at(const mc_ghost *g, Py_ssize_t pos)
 {
-    return g->ring[(g->head + pos) % g->rcap];
+    return g->ring[mc_ghost_ring_slot(g, pos)];
 }
 
 /* The table slot holding fp, or -1. */
@@ -95,15 +102,20 @@ static inline int mc_ghost_remove(mc_ghost *g, uint32_t fp)
     return 1;
 }
 
-/* Drop the oldest live fingerprint (and the removed positions before it). */
+/* Drop the oldest live fingerprint (and the removed positions before it). Its
+ * table slot is the one holding its ring slot: found without reading the ring. */
 static inline void mc_ghost_pop_oldest(mc_ghost *g)
 {
     while (g->npos > 0) {
-        uint32_t fp = g->ring[g->head];
-        g->head = (g->head + 1) % g->rcap;
+        Py_ssize_t slot = g->head;
+        uint32_t fp = g->ring[slot];
+        g->head = slot + 1 < g->rcap ? slot + 1 : 0;
         g->npos--;
         if (fp != 0) {
-            mc_ghost_tab_delete(g, (size_t)mc_ghost_slot(g, fp));
+            size_t i = mc_ideal(fp, g->tmask);
+            while (g->tab[i] != (uint32_t)(slot + 1))
+                i = (i + 1) & g->tmask;
+            mc_ghost_tab_delete(g, i);
             g->live--;
             return;
         }
@@ -147,13 +159,16 @@ static inline int mc_ghost_repack(mc_ghost *g, Py_ssize_t cap)
  * quarter more of removed positions between repacks. */
 static inline Py_ssize_t mc_ghost_target(Py_ssize_t limit) { return limit + limit / 4 + 8; }
 
-/* Add fp unless it is already there (a FIFO set: it keeps its place). */
+/* Add fp unless it is already there (a FIFO set: it keeps its place). A full
+ * ghost drops its oldest first, so that one probe both looks for fp and finds
+ * the slot for it (the pure twin does the same, in the same order). */
 static inline void mc_ghost_add(mc_ghost *g, uint32_t fp)
 {
-    Py_ssize_t target, cap;
-    if (g->limit <= 0 || mc_ghost_slot(g, fp) >= 0)
+    Py_ssize_t target, cap, slot;
+    size_t i;
+    if (g->limit <= 0)
         return;
-    while (g->live >= g->limit)
+    if (g->live >= g->limit)   /* live <= limit always (mc_ghost_set_limit trims) */
         mc_ghost_pop_oldest(g);
     if (g->npos == g->rcap) {
         /* Full: repack, squeezing out the removed positions, at the size the
@@ -165,8 +180,15 @@ static inline void mc_ghost_add(mc_ghost *g, uint32_t fp)
         if (cap <= g->live || mc_ghost_repack(g, cap) < 0)
             return;
     }
-    g->ring[(g->head + g->npos) % g->rcap] = fp;
-    mc_ghost_tab_insert(g->tab, g->tmask, fp, (uint32_t)((g->head + g->npos) % g->rcap + 1));
+    i = mc_ideal(fp, g->tmask);
+    while (g->tab[i] != 0) {
+        if (g->ring[g->tab[i] - 1] == fp)
+            return;
+        i = (i + 1) & g->tmask;
+    }
+    slot = mc_ghost_ring_slot(g, g->npos);
+    g->ring[slot] = fp;
+    g->tab[i] = (uint32_t)(slot + 1);
     g->npos++;
     g->live++;
 }

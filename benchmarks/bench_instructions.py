@@ -1,0 +1,102 @@
+"""Instructions per operation of the compiled core, lru against s3fifo, counted by callgrind.
+
+    python benchmarks/bench_instructions.py          # both operations, about two minutes
+    python benchmarks/bench_instructions.py --worker OP POLICY N   # one count (internal)
+
+Time on a shared virtual machine moves by tens of percent between two processes
+(docs/performance.md); an instruction count does not. Each figure is the
+difference between two runs under ``valgrind --tool=callgrind`` that do the same
+set-up and then 10,000 or 30,000 operations, divided by 20,000: what one more
+operation costs, the Python loop around it included (as in the timed bench).
+
+- ``set_evict``: a full 10,000-entry cache (its ghost full too, after 20,000
+  evictions) takes fresh int keys, ``cache[k] = 0`` over a list, as
+  ``memcache_ext.tools.bench`` times it;
+- ``get_hit``: ``cache[k]`` over keys that are all in it.
+
+Needs valgrind and the compiled core. ``PYTHONHASHSEED=0`` for the same run twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from typing import Optional
+
+SIZE = 10_000
+COUNTS = (10_000, 30_000)
+OPS = ("set_evict", "get_hit")
+
+
+def worker(op: str, policy: str, n: int) -> None:
+    """The workload whose instructions callgrind counts (run under valgrind)."""
+    from memcache_ext._core_c import CLruCache
+
+    cache = CLruCache(SIZE, policy=policy)
+    for k in range(SIZE):
+        cache[k] = k
+    for k in range(10**12, 10**12 + 2 * SIZE):  # evictions: the ghost fills
+        cache[k] = 0
+    # The same keys built in every run (only the loop's length differs), so that
+    # building them is not counted as the operation.
+    if op == "set_evict":
+        keys = list(range(10**13, 10**13 + COUNTS[-1]))
+    else:
+        keys = list(cache.keys()) * (COUNTS[-1] // SIZE)
+    run = keys[:n]
+    if op == "set_evict":
+        for k in run:
+            cache[k] = 0
+    else:
+        for k in run:
+            cache[k]
+
+
+def count(op: str, policy: str, n: int) -> int:
+    """Instructions callgrind counted for one worker run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "callgrind.out")
+        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+        argv += [sys.executable, __file__, "--worker", op, policy, str(n)]
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PYTHONHASHSEED="0"),
+            check=False,
+        )
+        found = re.search(r"Collected : (\d+)", proc.stderr)
+        if proc.returncode != 0 or not found:
+            raise SystemExit(f"callgrind failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+        return int(found.group(1))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/bench_instructions.py",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    parser.add_argument("--worker", nargs=3, metavar=("OP", "POLICY", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        op, policy, n = args.worker
+        worker(op, policy, int(n))
+        return 0
+    low, high = COUNTS
+    print(f"instructions per operation, {SIZE:,}-entry cache (callgrind, Python loop included)")
+    print(f"{'':12s}{'lru':>8s}{'s3fifo':>9s}{'ratio':>8s}", flush=True)
+    for op in OPS:
+        per = {
+            policy: (count(op, policy, high) - count(op, policy, low)) / (high - low)
+            for policy in ("lru", "s3fifo")
+        }
+        print(f"{op:12s}{per['lru']:>8.0f}{per['s3fifo']:>9.0f}{per['s3fifo'] / per['lru']:>7.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

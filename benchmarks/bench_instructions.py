@@ -1,6 +1,6 @@
 """Instructions per operation of the compiled core, lru against s3fifo, counted by callgrind.
 
-    python benchmarks/bench_instructions.py          # both operations, about two minutes
+    python benchmarks/bench_instructions.py          # both operations, under a minute here
     python benchmarks/bench_instructions.py --worker OP POLICY N   # one count (internal)
 
 Time on a shared virtual machine moves by tens of percent between two processes
@@ -41,18 +41,15 @@ def worker(op: str, policy: str, n: int) -> None:
         cache[k] = k
     for k in range(10**12, 10**12 + 2 * SIZE):  # evictions: the ghost fills
         cache[k] = 0
-    # The same keys built in every run (only the loop's length differs), so that
-    # building them is not counted as the operation.
+    # The same keys are built in every run (only the loop's length differs), so
+    # that building them is not counted as the operation.
     if op == "set_evict":
-        keys = list(range(10**13, 10**13 + COUNTS[-1]))
-    else:
-        keys = list(cache.keys()) * (COUNTS[-1] // SIZE)
-    run = keys[:n]
-    if op == "set_evict":
-        for k in run:
+        fresh = list(range(10**13, 10**13 + COUNTS[-1]))[:n]
+        for k in fresh:
             cache[k] = 0
     else:
-        for k in run:
+        present = (list(cache.keys()) * (COUNTS[-1] // SIZE))[:n]
+        for k in present:
             cache[k]
 
 

@@ -544,8 +544,8 @@ def check_soak(
         over, requests = fig.get("callbacks_over_10ms") or 0, fig.get("requests") or 0
         allowed = requests * SOAK_TARGETS["quick_over_10ms_per_request"]
         add(
-            f"no event-loop stall over {most:g} ms, and under 1 callback in "
-            f"{1 / SOAK_TARGETS['quick_over_10ms_per_request']:,.0f} requests over {stall:g} ms",
+            f"no event-loop stall over {most:g} ms, and at most 1 callback over {stall:g} ms "
+            f"per {1 / SOAK_TARGETS['quick_over_10ms_per_request']:,.0f} requests",
             own is not None and own <= most and over <= allowed,
             "-"
             if own is None

@@ -308,3 +308,23 @@ def test_the_stall_verdict(quick: bool, hold: float, noise: float, over: int, he
     stall = [v for t, v in verdicts.items() if "event-loop stall" in t]
     assert stall == ["PASS" if held else "FAIL"]
     assert all(v in ("PASS", "NOTE") for t, v in verdicts.items() if "event-loop stall" not in t)
+
+
+@pytest.mark.parametrize(
+    "quick, slope, held",
+    [
+        (False, 0.9, True),
+        (False, 1.2, False),  # the full soak: 1 MB/min
+        (True, 4.2, True),  # CI's form: what a 60 s run read with no leak behind it
+        (True, -5.9, True),
+        (True, 6.1, False),  # beyond two 1 MiB arena steps in its 20 s
+        (True, 22.0, False),  # the leak issue 12 found
+    ],
+)
+def test_the_slope_verdict(quick: bool, slope: float, held: bool) -> None:
+    from memcache_ext.tools._loadreport import check_soak
+
+    figures = _soak_figures(5.0, 0.1, 0)
+    figures["slope_second_half_mb_per_min"] = slope
+    verdicts = {t: v for t, v, _ in check_soak(figures, True, quick)}
+    assert [v for t, v in verdicts.items() if "RSS slope" in t] == ["PASS" if held else "FAIL"]

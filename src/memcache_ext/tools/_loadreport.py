@@ -362,10 +362,13 @@ def plot(runs: list[Run], path: str) -> None:
 #: The soak's promises (issue 12): checked by ``check_soak``.
 SOAK_TARGETS = {
     "slope_mb_per_min": 1.0,  # |RSS slope| over the second half
-    # The quick form (60 s) ends before the allocator has settled (about five
-    # minutes here, see the 10-minute plot in docs/performance.md): its bound
-    # is looser, still far below the leak issue 12 found (22 MB/min).
-    "quick_slope_mb_per_min": 3.0,
+    # The quick form (60 s) judges 20 s (40-60 s), before the allocator and
+    # the caches have settled (about five minutes, see the 10-minute plot in
+    # docs/performance.md). RSS grows in 1 MiB steps (pymalloc arenas), and one
+    # step in 20 s reads as 3 MB/min: the earlier 3 MB/min bound sat at that
+    # resolution (six runs: +1.5 to +4.2 MB/min, one failed). This bound allows
+    # two steps and is still well below the leak issue 12 found (22 MB/min).
+    "quick_slope_mb_per_min": 6.0,
     "stall_ms": 10.0,  # longest event-loop stall under load
     # The quick (CI) form's guard against a stall regression, see check_soak.
     "quick_stall_ms": 50.0,

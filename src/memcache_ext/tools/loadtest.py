@@ -23,7 +23,9 @@ second and polls ``/memory/stats`` every 5 s; it reports and checks issue
 12's promises (``_loadreport.check_soak``): peak RSS never above the limit,
 RSS slope over the second half within +/-1 MB/min, no 5xx but intended 503
 sheds, longest event-loop stall <= 10 ms, hit rate >= 80 %, every oversized
-body answered 413. ``--soak --quick`` is the same in about 60 s.
+body answered 413. ``--soak --quick`` is the same in about 60 s, with two
+bounds a minute cannot judge loosened (``SOAK_TARGETS``): the slope within
++/-6 MB/min, and stalls as a regression guard.
 
 ``--replicas N`` runs the bounded service as N replicas sharing a Redis second
 tier (``demo --replicas N --redis URL``; the load test starts its own

@@ -76,6 +76,8 @@ cdef class CLruCache:
     cdef Py_ssize_t small_bytes
     cdef Py_ssize_t small_cap
     cdef Py_ssize_t small_cap_bytes
+    cdef Py_ssize_t main_cap
+    cdef Py_ssize_t main_cap_bytes
     cdef bint has_evicted
     cdef mc_ghost ghost
     cdef mc_lease* leases
@@ -101,7 +103,8 @@ cdef class CLruCache:
     cdef inline void _on_hit(self, uint32_t idx) noexcept
     cdef inline bint _main_over(self) noexcept
     cdef inline bint _small_full(self) noexcept
-    cdef uint32_t _victim(self, double* now, bint to_ghost, bint* expired) noexcept
+    cdef inline uint32_t _victim(self, double* now, bint to_ghost, bint* expired) noexcept
+    cdef uint32_t _victim_scan(self, double* now, bint to_ghost, bint* expired) noexcept
     cdef void _evict_to_fit(self, Py_ssize_t more, Py_ssize_t more_bytes, double* now,
                             mc_victims* v) noexcept
     cdef void _set_bounds(self, Py_ssize_t maxsize, Py_ssize_t max_bytes) noexcept

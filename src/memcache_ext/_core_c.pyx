@@ -69,6 +69,7 @@ cimport cython
 from cpython.object cimport PyObject, PyObject_Hash, PyObject_RichCompareBool, Py_EQ
 from cpython.ref cimport Py_INCREF
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.math cimport INFINITY, NAN, isnan, ceil
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memset
@@ -162,6 +163,7 @@ cdef class CLruCache:
         if self.entries == NULL or self.table == NULL:
             raise MemoryError()   # __dealloc__ frees what was allocated
         memset(self.table, 0, MIN_TABLE * sizeof(uint32_t))
+        mc_ghost_free(&self.ghost)   # an empty ghost
         self.ecap = MIN_POOL
         self.mask = MIN_TABLE - 1
         self._reset_lists()
@@ -375,28 +377,22 @@ cdef class CLruCache:
                 mc_set_freq(e, mc_freq(e) + 1)
 
     cdef inline bint _main_over(self) noexcept:
-        return ((self._maxsize >= 0
-                 and self.count - self.small_count > self._maxsize - self.small_cap)
-                or (self._max_bytes >= 0
-                    and self.total_bytes - self.small_bytes > self._max_bytes - self.small_cap_bytes))
+        return (self.count - self.small_count > self.main_cap
+                or self.total_bytes - self.small_bytes > self.main_cap_bytes)
 
     cdef inline bint _small_full(self) noexcept:
         return ((self._maxsize >= 0 and self.small_count >= self.small_cap)
                 or (self._max_bytes >= 0 and self.small_bytes >= self.small_cap_bytes))
 
-    cdef uint32_t _victim(self, double* now, bint to_ghost, bint* expired) noexcept:
+    cdef inline uint32_t _victim(self, double* now, bint to_ghost, bint* expired) noexcept:
         """The entry to evict next, or 0 when empty (region).
 
-        S3-FIFO first gives its second chances, as libCacheSim's S3FIFO does:
-        while the main FIFO is over its share (or the small one is empty), its
-        oldest entry goes round again with one frequency less, until one at 0
-        is the victim; otherwise the small FIFO's oldest entry moves to the
-        main FIFO if it was hit twice or more, until one that was not is the
-        victim, leaving its hash bits in the ghost when ``to_ghost``. An
-        expired candidate is the victim at once.
+        LRU: the least recently used. S3-FIFO's common case is inline here:
+        while the main FIFO is within its share, the small FIFO's oldest entry,
+        hit less than twice and without TTL, is the victim (its hash bits go to
+        the ghost when ``to_ghost``); every other case is _victim_scan's.
         """
         cdef uint32_t idx
-        cdef unsigned f
         expired[0] = False
         if self._policy == P_LRU:
             idx = self.entries[MC_MAIN].next
@@ -404,6 +400,28 @@ cdef class CLruCache:
                 return 0
             expired[0] = self._expired(idx, now)
             return idx
+        idx = self.entries[MC_SMALL].next
+        if (idx != MC_SMALL and self.entries[idx].expires == INFINITY
+                and mc_freq(&self.entries[idx]) < 2 and not self._main_over()):
+            self.has_evicted = True
+            if to_ghost:
+                mc_ghost_add(&self.ghost, mc_fingerprint(self.entries[idx].hm & MC_HASH_MASK))
+            return idx
+        return self._victim_scan(now, to_ghost, expired)
+
+    cdef uint32_t _victim_scan(self, double* now, bint to_ghost, bint* expired) noexcept:
+        """S3-FIFO's victim in general (region).
+
+        First the second chances, as libCacheSim's S3FIFO gives them: while the
+        main FIFO is over its share (or the small one is empty), its oldest
+        entry goes round again with one frequency less, until one at 0 is the
+        victim; otherwise the small FIFO's oldest entry moves to the main FIFO
+        if it was hit twice or more, until one that was not is the victim,
+        leaving its hash bits in the ghost when ``to_ghost``. An expired
+        candidate is the victim at once.
+        """
+        cdef uint32_t idx
+        cdef unsigned f
         if self.count == 0:
             return 0
         self.has_evicted = True
@@ -461,6 +479,9 @@ cdef class CLruCache:
         self._max_bytes = max_bytes
         self.small_cap = max(1, maxsize // 10) if maxsize >= 0 else 0
         self.small_cap_bytes = max_bytes // 10 if max_bytes >= 0 else 0
+        # the main FIFO's shares, PY_SSIZE_T_MAX where there is no bound
+        self.main_cap = maxsize - self.small_cap if maxsize >= 0 else PY_SSIZE_T_MAX
+        self.main_cap_bytes = max_bytes - self.small_cap_bytes if max_bytes >= 0 else PY_SSIZE_T_MAX
         if self._policy == P_S3FIFO:
             mc_ghost_set_limit(&self.ghost, self._ghost_limit())
         self.settings_version += 1
@@ -740,15 +761,18 @@ cdef class CLruCache:
                 return True
             if idx:   # an expired entry stored meanwhile (setdefault, fill)
                 self._take(<uint32_t>idx, R_EXPIRED, &v)
-            in_ghost = (self._policy == P_S3FIFO
-                        and mc_ghost_remove(&self.ghost, mc_fingerprint(mc_hash_bits(h))))
-            self._evict_to_fit(1, nbytes, now, &v)
-            if self._policy == P_LRU or in_ghost or (not self.has_evicted and self._small_full()):
+            if self._policy == P_LRU:
+                self._evict_to_fit(1, nbytes, now, &v)
                 lst = MC_MAIN
             else:
-                lst = MC_SMALL
-            if self._policy == P_S3FIFO and self._maxsize < 0 and self.count >= self.ghost.limit:
-                mc_ghost_set_limit(&self.ghost, self._ghost_limit())
+                # a key the ghost remembers goes to the main FIFO; until the
+                # first eviction, so do the keys the full small FIFO refuses
+                in_ghost = mc_ghost_remove(&self.ghost, mc_fingerprint(mc_hash_bits(h)))
+                self._evict_to_fit(1, nbytes, now, &v)
+                lst = (MC_MAIN if in_ghost or (not self.has_evicted and self._small_full())
+                       else MC_SMALL)
+                if self._maxsize < 0 and self.count >= self.ghost.limit:
+                    mc_ghost_set_limit(&self.ghost, self._ghost_limit())
             self._add(key, value, h, nbytes, self._expires(ttl, now), lst)
             return True if mode == S_SET else value
         finally:

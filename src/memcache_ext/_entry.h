@@ -101,6 +101,14 @@ static inline void mc_table_insert(uint32_t *table, size_t mask, const mc_entry 
     table[i] = idx;
 }
 
+/* Backward-shift deletion in a linear-probing table: the element at j, whose
+ * home slot is k, stays where it is after slot i empties iff k lies cyclically
+ * in (i, j], that is iff k is nearer to j than i is (no branch). */
+static inline int mc_probe_stays(size_t i, size_t j, size_t k, size_t mask)
+{
+    return ((j - k) & mask) < ((j - i) & mask);
+}
+
 static inline void mc_table_delete(uint32_t *table, size_t mask, const mc_entry *entries, uint32_t idx)
 {
     size_t i = mc_ideal(entries[idx].hm & MC_HASH_MASK, mask), j, k;
@@ -112,8 +120,7 @@ static inline void mc_table_delete(uint32_t *table, size_t mask, const mc_entry 
         if (table[j] == 0)
             break;
         k = mc_ideal(entries[table[j]].hm & MC_HASH_MASK, mask);
-        /* Leave table[j] where it is if its home k lies cyclically in (i, j]. */
-        if ((i <= j) ? (i < k && k <= j) : (i < k || k <= j))
+        if (mc_probe_stays(i, j, k, mask))
             continue;
         table[i] = table[j];
         i = j;

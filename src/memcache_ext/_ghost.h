@@ -21,7 +21,8 @@ typedef struct {
     Py_ssize_t npos;   /* positions in use, live or removed */
     Py_ssize_t live;   /* fingerprints present */
     Py_ssize_t limit;  /* most fingerprints kept; 0 = no ghost */
-    uint32_t *tab;     /* ring slot + 1 of each live fingerprint; 0 = empty */
+    uint32_t *tab;     /* ring slot + 1 of each live fingerprint; 0 = empty;
+                          mc_ghost_no_tab until the first record */
     size_t tmask;
 } mc_ghost;
 
@@ -29,12 +30,23 @@ typedef struct {
  * record is 0 (the mark of a removed one) and hash bits map one to one. */
 static inline uint32_t mc_fingerprint(uint32_t hbits) { return hbits | 0x80000000u; }
 
+/* The table of an empty ghost: one empty slot (tmask 0), never written, so
+ * that a lookup needs no NULL check. */
+static uint32_t mc_ghost_no_tab[1];
+
+static inline void mc_ghost_free_tab(uint32_t *tab)
+{
+    if (tab != mc_ghost_no_tab)
+        PyMem_Free(tab);
+}
+
+/* Free the ghost's memory and leave it empty; also its initialisation. */
 static inline void mc_ghost_free(mc_ghost *g)
 {
     PyMem_Free(g->ring);
-    PyMem_Free(g->tab);
+    mc_ghost_free_tab(g->tab);
     g->ring = NULL;
-    g->tab = NULL;
+    g->tab = mc_ghost_no_tab;
     g->rcap = g->head = g->npos = g->live = 0;
     g->tmask = 0;
 }
@@ -54,10 +66,7 @@ static inline uint32_t mc_ghost_at(const mc_ghost *g, Py_ssize_t pos)
 /* The table slot holding fp, or -1. */
 static inline Py_ssize_t mc_ghost_slot(const mc_ghost *g, uint32_t fp)
 {
-    size_t i;
-    if (g->tab == NULL)
-        return -1;
-    i = mc_ideal(fp, g->tmask);
+    size_t i = mc_ideal(fp, g->tmask);
     while (g->tab[i] != 0) {
         if (g->ring[g->tab[i] - 1] == fp)
             return (Py_ssize_t)i;
@@ -74,7 +83,7 @@ static inline void mc_ghost_tab_delete(mc_ghost *g, size_t i)
         if (g->tab[j] == 0)
             break;
         k = mc_ideal(g->ring[g->tab[j] - 1], mask);
-        if ((i <= j) ? (i < k && k <= j) : (i < k || k <= j))
+        if (mc_probe_stays(i, j, k, mask))
             continue;
         g->tab[i] = g->tab[j];
         i = j;
@@ -145,7 +154,7 @@ static inline int mc_ghost_repack(mc_ghost *g, Py_ssize_t cap)
         }
     }
     PyMem_Free(g->ring);
-    PyMem_Free(g->tab);
+    mc_ghost_free_tab(g->tab);
     g->ring = ring;
     g->tab = tab;
     g->rcap = cap;
@@ -165,12 +174,14 @@ static inline Py_ssize_t mc_ghost_target(Py_ssize_t limit) { return limit + limi
 static inline void mc_ghost_add(mc_ghost *g, uint32_t fp)
 {
     Py_ssize_t target, cap, slot;
-    size_t i;
-    if (g->limit <= 0)
-        return;
-    if (g->live >= g->limit)   /* live <= limit always (mc_ghost_set_limit trims) */
-        mc_ghost_pop_oldest(g);
-    if (g->npos == g->rcap) {
+    size_t i, mask;
+    uint32_t *tab, *ring, s1;
+    if (g->live >= g->limit) {   /* live <= limit always (mc_ghost_set_limit trims) */
+        if (g->limit <= 0)
+            return;
+        mc_ghost_pop_oldest(g);   /* frees one ring position at least */
+    }
+    else if (g->npos == g->rcap) {
         /* Full: repack, squeezing out the removed positions, at the size the
          * limit asks for. Ghost records are only added once the cache is
          * full, so that size is allocated at once rather than grown (each
@@ -180,15 +191,16 @@ static inline void mc_ghost_add(mc_ghost *g, uint32_t fp)
         if (cap <= g->live || mc_ghost_repack(g, cap) < 0)
             return;
     }
-    i = mc_ideal(fp, g->tmask);
-    while (g->tab[i] != 0) {
-        if (g->ring[g->tab[i] - 1] == fp)
+    tab = g->tab;
+    ring = g->ring;
+    mask = g->tmask;
+    i = mc_ideal(fp, mask);
+    for (; (s1 = tab[i]) != 0; i = (i + 1) & mask)
+        if (ring[s1 - 1] == fp)
             return;
-        i = (i + 1) & g->tmask;
-    }
     slot = mc_ghost_ring_slot(g, g->npos);
-    g->ring[slot] = fp;
-    g->tab[i] = (uint32_t)(slot + 1);
+    ring[slot] = fp;
+    tab[i] = (uint32_t)(slot + 1);
     g->npos++;
     g->live++;
 }

@@ -167,8 +167,7 @@ cdef class CLruCache:
         self.ecap = MIN_POOL
         self.mask = MIN_TABLE - 1
         self._reset_lists()
-        self._maxsize = 128
-        self._max_bytes = -1
+        self._set_bounds(128, -1)   # an LRU cache until __init__ says otherwise
         self._ttl = INFINITY
 
     def __init__(self, *args, **kwargs):

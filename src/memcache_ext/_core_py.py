@@ -252,7 +252,7 @@ class PyLruCache(Generic[K, V]):
         )
 
     def _victim(self, now: Optional[float], to_ghost: bool) -> tuple[Optional[list[Any]], bool]:
-        """(the node to evict next, whether it expired); see CLruCache._victim."""
+        """(the node to evict next, whether it expired); see CLruCache._victim and _victim_scan."""
         main, small = self._main, self._small
         if self._lru:
             if not main:

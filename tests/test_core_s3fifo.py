@@ -53,6 +53,44 @@ def test_twins_agree_when_fingerprints_collide() -> None:
     assert a.items() == b.items() and a.stats() == b.stats()
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("bound", ["entries", "bytes", "both"])
+def test_twins_agree_with_ttls_on_some_entries(bound: str) -> None:
+    """One key in five has a TTL and expires while the trace goes on: eviction
+    meets expired and TTL'd candidates in both queues, which the compiled core
+    decides outside its inline common case. Both twins alike, hit for hit."""
+    if CLruCache is None:
+        pytest.skip("no compiled core")
+    trace = zipf_trace(2000, 20000, 0.9, 7)
+    kw: dict[str, Any] = {"policy": "s3fifo"}
+    if bound != "entries":
+        kw.update(max_bytes=3000, sizeof=lambda o: 1 + o % 13 if isinstance(o, int) else 8)
+    maxsize = None if bound == "bytes" else 150
+    clocks = Clock(), Clock()
+    pairs = zip((CLruCache, PyLruCache), clocks, strict=True)
+    caches = [cls(maxsize, timer=clock, **kw) for cls, clock in pairs]
+    runs: list[list[bool]] = [[], []]
+    for k in trace:
+        for cache, clock, hits in zip(caches, clocks, runs, strict=True):
+            clock.now += 0.01
+            if cache.get(k) is None:
+                hits.append(False)
+                cache.set(k, k, ttl=2.0 if k % 5 == 0 else None)
+            else:
+                hits.append(True)
+    assert runs[0] == runs[1]
+    a, b = caches
+    assert a.items() == b.items() and a.stats() == b.stats()
+    assert a.stats()["expirations"] > 0
+
+
 @pytest.mark.parametrize("capacity", [250, 963])
 def test_libcachesim_agrees(capacity: int) -> None:
     """LRU and S3-FIFO match the reference simulator hit for hit (when installed:

@@ -32,6 +32,28 @@ except ImportError as exc:  # pragma: no cover - depends on the build
     C_IMPORT_ERROR = str(exc)
 
 
+try:
+    from memcache_ext import _sizeof_c as sizeof_c
+
+    SIZEOF_C_ERROR = None
+except ImportError as exc:  # pragma: no cover - depends on the build
+    sizeof_c = None  # type: ignore[assignment]
+    SIZEOF_C_ERROR = str(exc)
+
+
+def compiled_sizeof() -> Any:
+    """memcache_ext._sizeof_c; the test is skipped without it, or fails where
+    MEMCACHE_EXT_REQUIRE_EXTENSIONS is set."""
+    if sizeof_c is None:
+        if REQUIRE_EXT:
+            pytest.fail(
+                f"MEMCACHE_EXT_REQUIRE_EXTENSIONS is set but memcache_ext._sizeof_c "
+                f"failed to import: {SIZEOF_C_ERROR}"
+            )
+        pytest.skip(f"compiled deep_sizeof not available: {SIZEOF_C_ERROR}")
+    return sizeof_c
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     if REQUIRE_EXT and C_IMPORT_ERROR is not None:
         pytest.exit(

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conftest import CLruCache
+from conftest import CLruCache, FakeTimer
 from memcache_ext._core_py import PyLruCache
 from memcache_ext.tools.hitratio import zipf_trace
 
@@ -53,14 +53,6 @@ def test_twins_agree_when_fingerprints_collide() -> None:
     assert a.items() == b.items() and a.stats() == b.stats()
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.mark.parametrize("bound", ["entries", "bytes", "both"])
 def test_twins_agree_with_ttls_on_some_entries(bound: str) -> None:
     """One key in five has a TTL and expires while the trace goes on: eviction
@@ -73,7 +65,7 @@ def test_twins_agree_with_ttls_on_some_entries(bound: str) -> None:
     if bound != "entries":
         kw.update(max_bytes=3000, sizeof=lambda o: 1 + o % 13 if isinstance(o, int) else 8)
     maxsize = None if bound == "bytes" else 150
-    clocks = Clock(), Clock()
+    clocks = FakeTimer(), FakeTimer()
     pairs = zip((CLruCache, PyLruCache), clocks, strict=True)
     caches = [cls(maxsize, timer=clock, **kw) for cls, clock in pairs]
     runs: list[list[bool]] = [[], []]

@@ -23,22 +23,14 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from conftest import compiled_sizeof
+from conftest import sizeof_c as C
 from memcache_ext import _sizeof_py as P
 from test_sizeof_memory import HugeButPlausible, sampled_chain
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-
-REQUIRE_EXT = os.environ.get("MEMCACHE_EXT_REQUIRE_EXTENSIONS", "") not in ("", "0")
-
-try:
-    from memcache_ext import _sizeof_c as C
-
-    C_ERROR = None
-except ImportError as exc:  # pragma: no cover - depends on the build
-    C = None  # type: ignore[assignment]
-    C_ERROR = str(exc)
 
 gs = sys.getsizeof
 
@@ -52,14 +44,7 @@ def fresh(s: str) -> str:
 def mod(request: pytest.FixtureRequest) -> Any:
     if request.param == "python":
         return P
-    if C is None:
-        if REQUIRE_EXT:
-            pytest.fail(
-                f"MEMCACHE_EXT_REQUIRE_EXTENSIONS is set but memcache_ext._sizeof_c "
-                f"failed to import: {C_ERROR}"
-            )
-        pytest.skip(f"compiled deep_sizeof not available: {C_ERROR}")
-    return C
+    return compiled_sizeof()
 
 
 @pytest.fixture
@@ -68,11 +53,7 @@ def ds(mod: Any) -> Callable[..., int]:
 
 
 def both() -> list[Any]:
-    if C is None:
-        if REQUIRE_EXT:
-            pytest.fail(f"compiled deep_sizeof failed to import: {C_ERROR}")
-        pytest.skip(f"compiled deep_sizeof not available: {C_ERROR}")
-    return [P, C]
+    return [P, compiled_sizeof()]
 
 
 # --------------------------------------------------------------- exact sizes

@@ -29,19 +29,8 @@ from typing import Any
 
 import pytest
 
+from conftest import SANITIZED, compiled_sizeof
 from memcache_ext import _sizeof_py as P
-
-REQUIRE_EXT = os.environ.get("MEMCACHE_EXT_REQUIRE_EXTENSIONS", "") not in ("", "0")
-
-try:
-    from memcache_ext import _sizeof_c as C
-
-    C_ERROR = None
-except ImportError as exc:  # pragma: no cover - depends on the build
-    C = None  # type: ignore[assignment]
-    C_ERROR = str(exc)
-
-UNDER_ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
 
 #: Where a child's collection can run inside deep_sizeof's C code: before
 #: 3.12 an allocation collects at once; from 3.12 a collection only runs at
@@ -100,14 +89,7 @@ class Slotted:
 def impl_module(impl: str) -> Any:
     if impl == "py":
         return P
-    if C is None:
-        if REQUIRE_EXT:
-            pytest.fail(
-                f"MEMCACHE_EXT_REQUIRE_EXTENSIONS is set but memcache_ext._sizeof_c "
-                f"failed to import: {C_ERROR}"
-            )
-        pytest.skip(f"compiled deep_sizeof not available: {C_ERROR}")
-    return C
+    return compiled_sizeof()
 
 
 @pytest.fixture(params=["c", "py"], ids=["c-extension", "pure-python"])
@@ -122,7 +104,7 @@ def run_case(code: str, impl: str, timeout: float = 120.0) -> str:
     Fails on a non-zero exit (a crash, a failed assert), on any sanitizer
     report, and on the timeout (a hang)."""
     env = dict(os.environ)
-    if UNDER_ASAN:
+    if SANITIZED:
         env["PYTHONMALLOC"] = "malloc"
     src = PRELUDE.format(impl=impl) + textwrap.dedent(code)
     try:

@@ -208,3 +208,34 @@ def test_ghost_holds_no_references(cache_cls: type) -> None:
     alive = [r for r in refs if r() is not None]
     assert len(alive) == len(c) == 10
     assert sys.getrefcount(c) < 5
+
+
+@pytest.mark.parametrize("growth", ["resize", "bytes"])
+def test_a_ghost_whose_limit_grows_keeps_working(isolated: Any, growth: str) -> None:
+    """The ghost sizes its lookup table for its limit. A limit raised later (by
+    resize(), or by a byte-bounded cache that holds more entries) once let the
+    compiled table fill up, and the next lookup of a new key probed forever with
+    the GIL held. Each cache starts with a ghost of 0-11 records, has evicted,
+    grows, then takes 3,000 new keys and ends full, holding the newest."""
+    isolated(
+        f"""
+        for small in range(1, 14):
+            if {growth!r} == "resize":
+                c = Cache(small, policy="s3fifo")
+            else:
+                c = Cache(None, max_bytes=small, sizeof=lambda o: 1, policy="s3fifo")
+            for k in range(3 * small):
+                c[k] = k
+            if {growth!r} == "resize":
+                c.resize(1000)
+            else:
+                c.resize(max_bytes=1000)
+            for k in range(100, 3100):
+                c[k] = k
+            # sizeof measures key and value: 2 bytes an entry under the byte bound
+            full = 1000 if {growth!r} == "resize" else 500
+            assert len(c) == full and c.get(3099) == 3099, (small, len(c))
+        print("ok")
+        """,
+        timeout=60,
+    )

@@ -5,7 +5,9 @@
  * middle) and an open-addressing table of ring positions + 1 for lookups.
  * It holds at most `limit` live fingerprints; adding one more drops the
  * oldest. The ring is repacked (removed positions squeezed out, grown up to
- * 1.25 x limit) when it fills. Pure C, no Python: safe inside a region.
+ * 1.25 x limit) when it fills, and with the table when the table reaches half
+ * load (the limit grew): the table is never more than half full. Pure C, no
+ * Python: safe inside a region.
  * Every allocation failure leaves the ghost as it was (an add is dropped):
  * the ghost only steers placement, it never decides correctness.
  */
@@ -30,21 +32,18 @@ typedef struct {
  * record is 0 (the mark of a removed one) and hash bits map one to one. */
 static inline uint32_t mc_fingerprint(uint32_t hbits) { return hbits | 0x80000000u; }
 
-/* The table of an empty ghost: one empty slot (tmask 0), never written, so
- * that a lookup needs no NULL check. */
+/* The table of a ghost without a ring: one empty slot (tmask 0), never
+ * written, so that a lookup needs no NULL check. A ghost owns its table iff
+ * it has a ring (each module including this header has its own copy of this
+ * array, so ownership is never decided by its address). */
 static uint32_t mc_ghost_no_tab[1];
-
-static inline void mc_ghost_free_tab(uint32_t *tab)
-{
-    if (tab != mc_ghost_no_tab)
-        PyMem_Free(tab);
-}
 
 /* Free the ghost's memory and leave it empty; also its initialisation. */
 static inline void mc_ghost_free(mc_ghost *g)
 {
+    if (g->ring != NULL)
+        PyMem_Free(g->tab);
     PyMem_Free(g->ring);
-    mc_ghost_free_tab(g->tab);
     g->ring = NULL;
     g->tab = mc_ghost_no_tab;
     g->rcap = g->head = g->npos = g->live = 0;
@@ -153,8 +152,9 @@ static inline int mc_ghost_repack(mc_ghost *g, Py_ssize_t cap)
             n++;
         }
     }
+    if (g->ring != NULL)
+        PyMem_Free(g->tab);
     PyMem_Free(g->ring);
-    mc_ghost_free_tab(g->tab);
     g->ring = ring;
     g->tab = tab;
     g->rcap = cap;
@@ -181,11 +181,16 @@ static inline void mc_ghost_add(mc_ghost *g, uint32_t fp)
             return;
         mc_ghost_pop_oldest(g);   /* frees one ring position at least */
     }
-    else if (g->npos == g->rcap) {
-        /* Full: repack, squeezing out the removed positions, at the size the
-         * limit asks for. Ghost records are only added once the cache is
-         * full, so that size is allocated at once rather than grown (each
-         * step of a growth would leave its freed buffers behind in the heap). */
+    else if (g->npos == g->rcap || (size_t)g->live >= (g->tmask + 1) / 2) {
+        /* The ring is full, or the table is half full (it was sized for a
+         * smaller limit: mc_ghost_set_limit raises the limit without
+         * resizing, and a full table would make a lookup probe forever).
+         * Repack, squeezing out the removed positions, at the size the limit
+         * asks for. Ghost records are only added once the cache is full, so
+         * that size is allocated at once rather than grown (each step of a
+         * growth would leave its freed buffers behind in the heap). When the
+         * allocation fails the record is dropped: the table stays at most
+         * half full. */
         target = mc_ghost_target(g->limit);
         cap = g->rcap < target ? target : g->rcap;
         if (cap <= g->live || mc_ghost_repack(g, cap) < 0)

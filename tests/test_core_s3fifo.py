@@ -239,3 +239,24 @@ def test_a_ghost_whose_limit_grows_keeps_working(isolated: Any, growth: str) -> 
         """,
         timeout=60,
     )
+
+
+def test_resize_to_zero_empties_an_s3fifo_cache(isolated: Any) -> None:
+    """maxsize=0 makes the main queue's share -1, so an empty main queue read as
+    "over its share" and eviction went round it forever (both twins hung)."""
+    isolated(
+        """
+        c = Cache(7, policy="s3fifo")
+        for k in range(5):
+            c[k] = k
+        c.resize(0)
+        assert len(c) == 0 and c.stats()["evictions"] == 5
+        c[1] = 1
+        assert len(c) == 0 and c.stats()["rejected"] == 1
+        c.resize(3)
+        c[1] = 1
+        assert c[1] == 1
+        print("ok")
+        """,
+        timeout=30,
+    )

@@ -78,10 +78,10 @@ def run_sequence(seed: int, nops: int) -> None:
             r = [c.trim(fraction) for c in (a, b)]
         elif op < 0.86:
             if bound == "bytes":
-                nb = rnd.choice([2, 5, 30, 300, 3000, 30000])
+                nb = rnd.choice([0, 2, 5, 30, 300, 3000, 30000])
                 r = [c.resize(max_bytes=nb) for c in (a, b)]
             else:
-                ms = rnd.choice([1, 2, 3, 5, 8, 13, 40, 150, 1000])
+                ms = rnd.choice([0, 1, 2, 3, 5, 8, 13, 40, 150, 1000])
                 r = [c.resize(ms) for c in (a, b)]
         elif op < 0.865:
             r = [c.clear() for c in (a, b)]

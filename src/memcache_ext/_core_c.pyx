@@ -425,7 +425,8 @@ cdef class CLruCache:
             return 0
         self.has_evicted = True
         while True:
-            if self.small_count == 0 or self._main_over():
+            # (an empty main queue is never "over": maxsize=0 makes its share -1)
+            if self.small_count == 0 or (self.count > self.small_count and self._main_over()):
                 idx = self.entries[MC_MAIN].next
                 while idx != MC_MAIN:
                     if self._expired(idx, now):

@@ -263,7 +263,8 @@ class PyLruCache(Generic[K, V]):
             return None, False
         self._has_evicted = True
         while True:
-            if not small or self._main_over():
+            # (an empty main queue is never "over": maxsize=0 makes its share -1)
+            if not small or (main and self._main_over()):
                 while main:
                     node = next(iter(main.values()))
                     if self._expired(node, now):

@@ -1,6 +1,7 @@
 """The twins agree on random operation sequences: CLruCache and PyLruCache get
-the same calls (sets with and without TTL, lookups, fills, removals, trim,
-resize in both directions, clear, pickling, time passing) under both policies
+the same calls (sets with and without TTL, lookups, fills, leases filled after
+a write or a removal, removals, trim, resize in both directions, expire, clear,
+pickling, time passing) under both policies
 and every kind of bound, and must give the same answers and end in the same
 state. Seeded, so that a failure names the sequence that reproduces it. Runs
 in a child process: a hang or a crash in the compiled core fails the test."""
@@ -87,6 +88,17 @@ def run_sequence(seed: int, nops: int) -> None:
             r = [c.clear() for c in (a, b)]
         elif op < 0.87:
             r = [pickle.loads(pickle.dumps(c)).items() == c.items() for c in (a, b)]
+        elif op < 0.89:
+            leases = [c.lease(k) for c in (a, b)]
+            meanwhile = rnd.random()  # a write or a removal between lease and fill
+            for c in (a, b):
+                if meanwhile < 0.3:
+                    c.set(k, -k)
+                elif meanwhile < 0.5:
+                    c.pop(k, None)
+            r = [attempt(c.fill, k, k + 1, lease) for c, lease in zip((a, b), leases, strict=True)]
+        elif op < 0.90:
+            r = [c.expire() for c in (a, b)]
         elif op < 0.95:
             dt = rnd.choice([0.1, 0.4, 1.0, 2.5])
             for clock in clocks:

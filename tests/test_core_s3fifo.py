@@ -260,3 +260,20 @@ def test_resize_to_zero_empties_an_s3fifo_cache(isolated: Any) -> None:
         """,
         timeout=30,
     )
+
+
+def test_a_huge_maxsize_beside_a_byte_bound(isolated: Any) -> None:
+    """The ghost keeps at most GHOST_MAX fingerprints: 90 % of a maxsize from about
+    5 * 10**18 made the compiled table size wrap and the first eviction hung."""
+    isolated(
+        """
+        for maxsize in (6 * 10**18, sys.maxsize, 10**12):
+            c = Cache(maxsize, max_bytes=4000, sizeof=lambda o: 8, policy="s3fifo")
+            for k in range(1000):
+                c[k] = k
+            assert len(c) == 250 and c.stats()["evictions"] == 750
+            assert c.trim(0.5) == 125
+        print("ok")
+        """,
+        timeout=60,
+    )

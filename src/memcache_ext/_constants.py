@@ -28,6 +28,12 @@ UNSET: Any = _Sentinel("unset")
 #: under it, before it gives up with RuntimeError (dict restarts forever).
 MAX_LOOKUP_RESTARTS = 64
 
+#: The most fingerprints an S3-FIFO ghost keeps, whatever the maxsize (90 % of
+#: it otherwise). The compiled ghost stores 32-bit ring positions and reserves
+#: its ring and table when it starts: for a maxsize of 10**12 beside a byte
+#: bound that was terabytes, and from about 5 * 10**18 its table size wrapped.
+GHOST_MAX = 1 << 28
+
 
 def env_flag(name: str) -> bool:
     """Whether environment variable ``name`` is set to something other than 0/false/no."""

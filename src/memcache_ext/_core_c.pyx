@@ -74,7 +74,8 @@ from libc.math cimport INFINITY, NAN, isnan, ceil
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memset
 
-from memcache_ext._constants import MAX_LOOKUP_RESTARTS, UNSET
+from memcache_ext._constants import GHOST_MAX, MAX_LOOKUP_RESTARTS, UNSET
+
 from memcache_ext._stats import repr_cache, stats_dict
 from memcache_ext._validate import (
     MUTATED_DURING_LOOKUP, POLICIES, LazySignature, check_callable, check_fraction,
@@ -82,6 +83,8 @@ from memcache_ext._validate import (
 )
 
 from memcache_ext._sizeof_c cimport c_deep_sizeof
+
+cdef Py_ssize_t c_GHOST_MAX = GHOST_MAX   # as a C integer, for _ghost_limit
 
 cdef extern from "_clock.h":
     double mc_monotonic() nogil
@@ -487,11 +490,15 @@ cdef class CLruCache:
         self.settings_version += 1
 
     cdef Py_ssize_t _ghost_limit(self) noexcept:
-        """The ghost keeps as many hashes as 90% of the entries the cache may hold."""
+        """The ghost keeps as many hashes as 90% of the entries the cache may
+        hold, at most GHOST_MAX."""
+        cdef Py_ssize_t limit
         if self._maxsize >= 0:
             # floor(0.9 * maxsize), as libCacheSim sizes it, without overflow
-            return self._maxsize - self._maxsize // 10 - (1 if self._maxsize % 10 else 0)
-        return max(self.count, self.ghost.limit * 10 // 9) * 9 // 10
+            limit = self._maxsize - self._maxsize // 10 - (1 if self._maxsize % 10 else 0)
+        else:
+            limit = max(self.count, self.ghost.limit * 10 // 9) * 9 // 10
+        return min(limit, c_GHOST_MAX)
 
     # -- time -----------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Generic, Optional, TypeVar, Union, overload
 
-from ._constants import MAX_LOOKUP_RESTARTS, MISSING, UNSET
+from ._constants import GHOST_MAX, MAX_LOOKUP_RESTARTS, MISSING, UNSET
 from ._stats import EVICTION_REASONS, CacheStats, repr_cache, stats_dict
 from ._validate import (
     MUTATED_DURING_LOOKUP,
@@ -325,9 +325,9 @@ class PyLruCache(Generic[K, V]):
 
     def _ghost_size(self) -> int:
         if self._maxsize is not None:
-            return self._maxsize * 9 // 10  # as libCacheSim sizes it
+            return min(self._maxsize * 9 // 10, GHOST_MAX)  # as libCacheSim sizes it
         count = len(self._main) + len(self._small)
-        return max(count, self._ghost_limit * 10 // 9) * 9 // 10
+        return min(max(count, self._ghost_limit * 10 // 9) * 9 // 10, GHOST_MAX)
 
     def _ghost_add(self, fp: int) -> None:
         """Add fp unless it is there (it keeps its place); a full ghost drops its

@@ -75,7 +75,6 @@ from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memset
 
 from memcache_ext._constants import GHOST_MAX, MAX_LOOKUP_RESTARTS, UNSET
-
 from memcache_ext._stats import repr_cache, stats_dict
 from memcache_ext._validate import (
     MUTATED_DURING_LOOKUP, POLICIES, LazySignature, check_callable, check_fraction,

@@ -174,8 +174,7 @@ static inline Py_ssize_t mc_ghost_target(Py_ssize_t limit) { return limit + limi
 static inline void mc_ghost_add(mc_ghost *g, uint32_t fp)
 {
     Py_ssize_t target, cap, slot;
-    size_t i, mask;
-    uint32_t *tab, *ring, s1;
+    size_t i;
     if (g->live >= g->limit) {   /* live <= limit always (mc_ghost_set_limit trims) */
         if (g->limit <= 0)
             return;
@@ -196,16 +195,15 @@ static inline void mc_ghost_add(mc_ghost *g, uint32_t fp)
         if (cap <= g->live || mc_ghost_repack(g, cap) < 0)
             return;
     }
-    tab = g->tab;
-    ring = g->ring;
-    mask = g->tmask;
-    i = mc_ideal(fp, mask);
-    for (; (s1 = tab[i]) != 0; i = (i + 1) & mask)
-        if (ring[s1 - 1] == fp)
+    i = mc_ideal(fp, g->tmask);
+    while (g->tab[i] != 0) {
+        if (g->ring[g->tab[i] - 1] == fp)
             return;
+        i = (i + 1) & g->tmask;
+    }
     slot = mc_ghost_ring_slot(g, g->npos);
-    ring[slot] = fp;
-    tab[i] = (uint32_t)(slot + 1);
+    g->ring[slot] = fp;
+    g->tab[i] = (uint32_t)(slot + 1);
     g->npos++;
     g->live++;
 }

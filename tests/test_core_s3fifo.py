@@ -263,8 +263,9 @@ def test_resize_to_zero_empties_an_s3fifo_cache(isolated: Any) -> None:
 
 
 def test_a_huge_maxsize_beside_a_byte_bound(isolated: Any) -> None:
-    """The ghost keeps at most GHOST_MAX fingerprints: 90 % of a maxsize from about
-    5 * 10**18 made the compiled table size wrap and the first eviction hung."""
+    """90 % of a maxsize from about 5 * 10**18 made the compiled ghost's table
+    size wrap and the first eviction hung; now the ghost follows the entries held
+    (and keeps at most GHOST_MAX fingerprints)."""
     isolated(
         """
         for maxsize in (6 * 10**18, sys.maxsize, 10**12):
@@ -277,3 +278,59 @@ def test_a_huge_maxsize_beside_a_byte_bound(isolated: Any) -> None:
         """,
         timeout=60,
     )
+
+
+def test_a_byte_bounded_ghost_follows_the_entries_held(isolated: Any) -> None:
+    """A ghost sized for 90 % of maxsize under a byte bound that holds far fewer
+    entries took 12.5 MB (compiled, allocated at the first eviction) or 15 MB
+    (pure, as it filled) beside a 16 kB cache of 1,000 entries: memory the byte
+    bound does not see. It now remembers at most 90 % of the most entries held.
+    Memory is read with tracemalloc, which sees PyMem allocations."""
+    isolated(
+        """
+        import tracemalloc
+        tracemalloc.start()
+        c = Cache(10**6, max_bytes=16_000, sizeof=lambda o: 8, policy="s3fifo")
+        for k in range(1000):
+            c[k] = k
+        before = tracemalloc.get_traced_memory()[0]
+        for k in range(1000, 100_000):
+            c[k] = k
+        grown = tracemalloc.get_traced_memory()[0] - before
+        assert len(c) == 1000 and c.stats()["evictions"] == 99_000
+        assert grown < 1_000_000, grown
+        # the same under a maxsize it never reached: trim() once allocated a
+        # ghost for 90 % of 10**8 entries (1.5 GB) to remember 500 keys
+        c = Cache(10**8, policy="s3fifo")
+        for k in range(1000):
+            c[k] = k
+        before = tracemalloc.get_traced_memory()[0]
+        assert c.trim(0.5) == 500
+        grown = tracemalloc.get_traced_memory()[0] - before
+        assert grown < 1_000_000, grown
+        print("ok")
+        """,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("bound", ["entries", "bytes", "both"])
+def test_the_ghost_limit_is_90_percent_of_the_most_entries_held(bound: str) -> None:
+    """libCacheSim's size (90 % of maxsize) once the cache has been full; before,
+    and under a byte bound, 90 % of the most entries held. The pure twin shows its
+    limit; the compiled one's is held to it by the twin tests."""
+    kw: dict[str, Any] = {"policy": "s3fifo"}
+    if bound != "entries":
+        kw.update(max_bytes=2000, sizeof=lambda o: 1)  # 1,000 entries
+    c = PyLruCache(None if bound == "bytes" else 555, **kw)
+    for k in range(300):
+        c[k] = k
+    c.trim(0.5)
+    assert c._ghost_limit == 270
+    for k in range(300, 3000):
+        c[k] = k
+    assert c._ghost_limit == {"entries": 499, "bytes": 900, "both": 499}[bound]
+    c.resize(100)
+    assert c._ghost_limit == 90
+    c.__init__(None, policy="s3fifo")
+    assert c._ghost_limit == 0

@@ -78,6 +78,7 @@ cdef class CLruCache:
     cdef Py_ssize_t small_cap_bytes
     cdef Py_ssize_t main_cap
     cdef Py_ssize_t main_cap_bytes
+    cdef Py_ssize_t ghost_cap
     cdef bint has_evicted
     cdef mc_ghost ghost
     cdef mc_lease* leases
@@ -108,7 +109,6 @@ cdef class CLruCache:
     cdef void _evict_to_fit(self, Py_ssize_t more, Py_ssize_t more_bytes, double* now,
                             mc_victims* v) noexcept
     cdef void _set_bounds(self, Py_ssize_t maxsize, Py_ssize_t max_bytes) noexcept
-    cdef Py_ssize_t _ghost_limit(self) noexcept
     cdef void _take_all(self, mc_victims* v) noexcept
     cdef void _set_nbytes(self, uint32_t idx, Py_ssize_t nbytes) noexcept
     cdef void _set_all_nbytes_zero(self) noexcept

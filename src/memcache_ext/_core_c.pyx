@@ -177,6 +177,7 @@ cdef class CLruCache:
             "CLruCache", args, kwargs, stacklevel=1)
         # Calling __init__ again on a live cache starts it afresh, as PyLruCache does.
         self._clear(True)
+        self.ghost.limit = 0   # the ghost is empty; its limit follows the new bounds
         self.hits = self.misses = self.rejected = 0
         memset(self.by_reason, 0, sizeof(self.by_reason))
         self._sizeof = measure
@@ -321,6 +322,10 @@ cdef class CLruCache:
         mc_table_insert(self.table, self.mask, self.entries, idx)
         mc_link_newest(self.entries, lst, idx)
         self.count += 1
+        if self.ghost.limit < self.ghost_cap and self.count * 9 // 10 > self.ghost.limit:
+            # 90% of the most entries held so far: a cache far below its maxsize
+            # (a byte bound, trim) keeps a ghost that size, not maxsize's
+            mc_ghost_set_limit(&self.ghost, min(self.count * 9 // 10, self.ghost_cap))
         self.total_bytes += nbytes
         if lst == MC_SMALL:
             self.small_count += 1
@@ -484,20 +489,18 @@ cdef class CLruCache:
         # the main FIFO's shares, PY_SSIZE_T_MAX where there is no bound
         self.main_cap = maxsize - self.small_cap if maxsize >= 0 else PY_SSIZE_T_MAX
         self.main_cap_bytes = max_bytes - self.small_cap_bytes if max_bytes >= 0 else PY_SSIZE_T_MAX
+        # The ghost's limit follows the entries held (see _add) up to ghost_cap:
+        # floor(0.9 * maxsize), as libCacheSim sizes it (without overflow), at
+        # most GHOST_MAX; 0 under LRU.
+        self.ghost_cap = 0
         if self._policy == P_S3FIFO:
-            mc_ghost_set_limit(&self.ghost, self._ghost_limit())
+            self.ghost_cap = c_GHOST_MAX
+            if maxsize >= 0:
+                self.ghost_cap = min(maxsize - maxsize // 10 - (1 if maxsize % 10 else 0),
+                                     c_GHOST_MAX)
+            mc_ghost_set_limit(&self.ghost, min(max(self.count * 9 // 10, self.ghost.limit),
+                                                self.ghost_cap))
         self.settings_version += 1
-
-    cdef Py_ssize_t _ghost_limit(self) noexcept:
-        """The ghost keeps as many hashes as 90% of the entries the cache may
-        hold, at most GHOST_MAX."""
-        cdef Py_ssize_t limit
-        if self._maxsize >= 0:
-            # floor(0.9 * maxsize), as libCacheSim sizes it, without overflow
-            limit = self._maxsize - self._maxsize // 10 - (1 if self._maxsize % 10 else 0)
-        else:
-            limit = max(self.count, self.ghost.limit * 10 // 9) * 9 // 10
-        return min(limit, c_GHOST_MAX)
 
     # -- time -----------------------------------------------------------------
 
@@ -777,8 +780,6 @@ cdef class CLruCache:
                 self._evict_to_fit(1, nbytes, now, &v)
                 lst = (MC_MAIN if in_ghost or (not self.has_evicted and self._small_full())
                        else MC_SMALL)
-                if self._maxsize < 0 and self.count >= self.ghost.limit:
-                    mc_ghost_set_limit(&self.ghost, self._ghost_limit())
             self._add(key, value, h, nbytes, self._expires(ttl, now), lst)
             return True if mode == S_SET else value
         finally:

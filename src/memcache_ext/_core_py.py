@@ -81,6 +81,7 @@ class PyLruCache(Generic[K, V]):
         "_small",
         "_tokens",
         "_ghost",
+        "_ghost_cap",
         "_ghost_limit",
         "_leases",
         "_n_leases",
@@ -148,6 +149,7 @@ class PyLruCache(Generic[K, V]):
                 with lock:
                     victims = self._take_all()
                     self._ghost.clear()
+                    self._ghost_limit = 0  # it follows the new bounds
                 self._release(victims)
             with self._lock:
                 self._hits = self._misses = self._rejected = 0
@@ -167,7 +169,7 @@ class PyLruCache(Generic[K, V]):
         self._small: OrderedDict[int, list[Any]] = OrderedDict()
         self._tokens = itertools.count().__next__
         self._ghost: OrderedDict[int, None] = OrderedDict()
-        self._ghost_limit = 0
+        self._ghost_limit = self._ghost_cap = 0
         self._leases: list[list[int]] = []  # [hash bits, generation, state] per slot
         self._n_leases = 0
         self._nbytes = self._n_ttl = self._small_bytes = 0
@@ -199,6 +201,10 @@ class PyLruCache(Generic[K, V]):
             self._small_bytes += node[NBYTES]
         if node[EXPIRES] is not None:
             self._n_ttl += 1
+        if self._ghost_limit < self._ghost_cap:
+            held = (len(self._main) + len(self._small)) * 9 // 10
+            if held > self._ghost_limit:  # as CLruCache._add
+                self._ghost_set_limit(min(held, self._ghost_cap))
         self._version += 1
 
     def _take(self, node: list[Any], reason: Optional[str], victims: list[Any]) -> None:
@@ -319,15 +325,13 @@ class PyLruCache(Generic[K, V]):
         self._maxsize, self._max_bytes = maxsize, max_bytes
         self._small_cap = max(1, maxsize // 10) if maxsize is not None else 0
         self._small_cap_bytes = max_bytes // 10 if max_bytes is not None else 0
+        # the ghost's limit follows the entries held (see _add) up to _ghost_cap
+        self._ghost_cap = 0
         if not self._lru:
-            self._ghost_set_limit(self._ghost_size())
+            self._ghost_cap = GHOST_MAX if maxsize is None else min(maxsize * 9 // 10, GHOST_MAX)
+            held = len(self._main) + len(self._small)
+            self._ghost_set_limit(min(max(held * 9 // 10, self._ghost_limit), self._ghost_cap))
         self._settings_version += 1
-
-    def _ghost_size(self) -> int:
-        if self._maxsize is not None:
-            return min(self._maxsize * 9 // 10, GHOST_MAX)  # as libCacheSim sizes it
-        count = len(self._main) + len(self._small)
-        return min(max(count, self._ghost_limit * 10 // 9) * 9 // 10, GHOST_MAX)
 
     def _ghost_add(self, fp: int) -> None:
         """Add fp unless it is there (it keeps its place); a full ghost drops its
@@ -569,9 +573,6 @@ class PyLruCache(Generic[K, V]):
                 in_ghost = True
         self._evict_to_fit(1, nbytes, now, victims)
         small = not (self._lru or in_ghost or (not self._has_evicted and self._small_full()))
-        count = len(self._main) + len(self._small)
-        if not self._lru and self._maxsize is None and count >= self._ghost_limit:
-            self._ghost_set_limit(self._ghost_size())
         self._add([key, value, self._expires(ttl, now), nbytes, self._tokens(), None, h, 0, small])
         return True if mode == _S_SET else value
 

@@ -314,6 +314,10 @@ def test_a_byte_bounded_ghost_follows_the_entries_held(isolated: Any) -> None:
     )
 
 
+def one_byte(o: Any) -> int:
+    return 1
+
+
 @pytest.mark.parametrize("bound", ["entries", "bytes", "both"])
 def test_the_ghost_limit_is_90_percent_of_the_most_entries_held(bound: str) -> None:
     """libCacheSim's size (90 % of maxsize) once the cache has been full; before,
@@ -321,7 +325,7 @@ def test_the_ghost_limit_is_90_percent_of_the_most_entries_held(bound: str) -> N
     limit; the compiled one's is held to it by the twin tests."""
     kw: dict[str, Any] = {"policy": "s3fifo"}
     if bound != "entries":
-        kw.update(max_bytes=2000, sizeof=lambda o: 1)  # 1,000 entries
+        kw.update(max_bytes=2000, sizeof=one_byte)  # 1,000 entries
     c = PyLruCache(None if bound == "bytes" else 555, **kw)
     for k in range(300):
         c[k] = k
@@ -332,5 +336,6 @@ def test_the_ghost_limit_is_90_percent_of_the_most_entries_held(bound: str) -> N
     assert c._ghost_limit == {"entries": 499, "bytes": 900, "both": 499}[bound]
     c.resize(100)
     assert c._ghost_limit == 90
+    assert pickle.loads(pickle.dumps(c))._ghost_limit == 90  # 100 entries restored
     c.__init__(None, policy="s3fifo")
     assert c._ghost_limit == 0

@@ -109,6 +109,7 @@ cdef extern from "_ghost.h":
     int mc_ghost_remove(mc_ghost* g, uint32_t fp) noexcept
     void mc_ghost_add(mc_ghost* g, uint32_t fp) noexcept
     void mc_ghost_set_limit(mc_ghost* g, Py_ssize_t limit) noexcept
+    void mc_ghost_follow(mc_ghost* g, Py_ssize_t held, Py_ssize_t cap) noexcept
     void mc_ghost_free(mc_ghost* g) noexcept
 
 cdef extern from "Python.h":
@@ -322,10 +323,6 @@ cdef class CLruCache:
         mc_table_insert(self.table, self.mask, self.entries, idx)
         mc_link_newest(self.entries, lst, idx)
         self.count += 1
-        if self.ghost.limit < self.ghost_cap and self.count * 9 // 10 > self.ghost.limit:
-            # 90% of the most entries held so far: a cache far below its maxsize
-            # (a byte bound, trim) keeps a ghost that size, not maxsize's
-            mc_ghost_set_limit(&self.ghost, min(self.count * 9 // 10, self.ghost_cap))
         self.total_bytes += nbytes
         if lst == MC_SMALL:
             self.small_count += 1
@@ -780,6 +777,11 @@ cdef class CLruCache:
                 self._evict_to_fit(1, nbytes, now, &v)
                 lst = (MC_MAIN if in_ghost or (not self.has_evicted and self._small_full())
                        else MC_SMALL)
+                if self.ghost.limit < self.ghost_cap:
+                    # 90% of the most entries held, this one included: a cache
+                    # far below its maxsize (a byte bound, trim) keeps a ghost
+                    # that size, not maxsize's
+                    mc_ghost_follow(&self.ghost, self.count + 1, self.ghost_cap)
             self._add(key, value, h, nbytes, self._expires(ttl, now), lst)
             return True if mode == S_SET else value
         finally:
@@ -1373,6 +1375,7 @@ cdef class CLruCache:
                             MC_SMALL if self._policy == P_S3FIFO and state_bits & 4 else MC_MAIN)
             if self._policy == P_S3FIFO:
                 mc_set_freq(&self.entries[new], state_bits & 3)
+                mc_ghost_follow(&self.ghost, self.count, self.ghost_cap)
         finally:
             self._release(&v, NULL)
         return 0

@@ -201,10 +201,6 @@ class PyLruCache(Generic[K, V]):
             self._small_bytes += node[NBYTES]
         if node[EXPIRES] is not None:
             self._n_ttl += 1
-        if self._ghost_limit < self._ghost_cap:
-            held = (len(self._main) + len(self._small)) * 9 // 10
-            if held > self._ghost_limit:  # as CLruCache._add
-                self._ghost_set_limit(min(held, self._ghost_cap))
         self._version += 1
 
     def _take(self, node: list[Any], reason: Optional[str], victims: list[Any]) -> None:
@@ -332,6 +328,13 @@ class PyLruCache(Generic[K, V]):
             held = len(self._main) + len(self._small)
             self._ghost_set_limit(min(max(held * 9 // 10, self._ghost_limit), self._ghost_cap))
         self._settings_version += 1
+
+    def _ghost_follow(self, held: int) -> None:
+        """The ghost's limit follows the most entries held: 90 % of them, at most
+        _ghost_cap (a cache far below its maxsize keeps a ghost that size)."""
+        limit = held * 9 // 10
+        if limit > self._ghost_limit:
+            self._ghost_set_limit(min(limit, self._ghost_cap))
 
     def _ghost_add(self, fp: int) -> None:
         """Add fp unless it is there (it keeps its place); a full ghost drops its
@@ -573,6 +576,8 @@ class PyLruCache(Generic[K, V]):
                 in_ghost = True
         self._evict_to_fit(1, nbytes, now, victims)
         small = not (self._lru or in_ghost or (not self._has_evicted and self._small_full()))
+        if self._ghost_limit < self._ghost_cap:
+            self._ghost_follow(len(self._main) + len(self._small) + 1)
         self._add([key, value, self._expires(ttl, now), nbytes, self._tokens(), None, h, 0, small])
         return True if mode == _S_SET else value
 
@@ -1087,6 +1092,8 @@ class PyLruCache(Generic[K, V]):
                     small,
                 ]
             )
+            if not self._lru:
+                self._ghost_follow(len(self._main) + len(self._small))
         self._release(victims)
 
 

@@ -1,6 +1,7 @@
 """Instructions per operation of the compiled core, lru against s3fifo, counted by callgrind.
 
     python benchmarks/bench_instructions.py          # both operations, under a minute here
+    python benchmarks/bench_instructions.py --against OLD/src   # and lru of another build
     python benchmarks/bench_instructions.py --worker OP POLICY N   # one count (internal)
 
 Time on a shared virtual machine moves by tens of percent between two processes
@@ -13,6 +14,10 @@ operation costs, the Python loop around it included (as in the timed bench).
   evictions) takes fresh int keys, ``cache[k] = 0`` over a list, as
   ``memcache_ext.tools.bench`` times it;
 - ``get_hit``: ``cache[k]`` over keys that are all in it.
+
+``--against DIR`` also counts the LRU core importable from DIR (the ``src`` of an
+older checkout, built with ``python setup.py build_ext --inplace``): the same
+loops side by side, for a change's cost against the code before it.
 
 Needs valgrind and the compiled core. ``PYTHONHASHSEED=0`` for the same run twice.
 """
@@ -36,7 +41,7 @@ def worker(op: str, policy: str, n: int) -> None:
     """The workload whose instructions callgrind counts (run under valgrind)."""
     from memcache_ext._core_c import CLruCache
 
-    cache = CLruCache(SIZE, policy=policy)
+    cache = CLruCache(SIZE) if policy == "lru" else CLruCache(SIZE, policy=policy)
     for k in range(SIZE):
         cache[k] = k
     for k in range(10**12, 10**12 + 2 * SIZE):  # evictions: the ghost fills
@@ -53,8 +58,11 @@ def worker(op: str, policy: str, n: int) -> None:
             cache[k]
 
 
-def count(op: str, policy: str, n: int) -> int:
-    """Instructions callgrind counted for one worker run."""
+def count(op: str, policy: str, n: int, path: Optional[str] = None) -> int:
+    """Instructions callgrind counted for one worker run (memcache_ext from path)."""
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    if path is not None:
+        env["PYTHONPATH"] = os.path.abspath(path)
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "callgrind.out")
         argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
@@ -63,7 +71,7 @@ def count(op: str, policy: str, n: int) -> int:
             argv,
             capture_output=True,
             text=True,
-            env=dict(os.environ, PYTHONHASHSEED="0"),
+            env=env,
             check=False,
         )
         found = re.search(r"Collected : (\d+)", proc.stderr)
@@ -78,20 +86,32 @@ def main(argv: Optional[list[str]] = None) -> int:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     parser.add_argument("--worker", nargs=3, metavar=("OP", "POLICY", "N"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--against", metavar="DIR", help="also count the LRU core importable from DIR"
+    )
     args = parser.parse_args(argv)
     if args.worker:
         op, policy, n = args.worker
         worker(op, policy, int(n))
         return 0
     low, high = COUNTS
+
+    def per_op(op: str, policy: str, path: Optional[str] = None) -> float:
+        return (count(op, policy, high, path) - count(op, policy, low, path)) / (high - low)
+
     print(f"instructions per operation, {SIZE:,}-entry cache (callgrind, Python loop included)")
-    print(f"{'':12s}{'lru':>8s}{'s3fifo':>9s}{'ratio':>8s}", flush=True)
+    head = f"{'':12s}{'lru':>8s}{'s3fifo':>9s}{'ratio':>8s}"
+    if args.against:
+        head += f"{'DIR lru':>9s}{'lru/DIR':>9s}"
+        print(f"DIR: {args.against}")
+    print(head, flush=True)
     for op in OPS:
-        per = {
-            policy: (count(op, policy, high) - count(op, policy, low)) / (high - low)
-            for policy in ("lru", "s3fifo")
-        }
-        print(f"{op:12s}{per['lru']:>8.0f}{per['s3fifo']:>9.0f}{per['s3fifo'] / per['lru']:>7.2f}x")
+        lru, s3fifo = per_op(op, "lru"), per_op(op, "s3fifo")
+        line = f"{op:12s}{lru:>8.0f}{s3fifo:>9.0f}{s3fifo / lru:>7.2f}x"
+        if args.against:
+            old = per_op(op, "lru", args.against)
+            line += f"{old:>9.0f}{lru / old:>8.3f}x"
+        print(line, flush=True)
     return 0
 
 

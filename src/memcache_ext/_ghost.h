@@ -219,9 +219,8 @@ static inline void mc_ghost_set_limit(mc_ghost *g, Py_ssize_t limit)
 }
 
 /* Raise the limit to 90% of the `held` entries, at most cap: the limit follows
- * the most entries the cache has held. Out of line, to keep the insertion path
- * that calls it short. */
-static Py_NO_INLINE void mc_ghost_follow(mc_ghost *g, Py_ssize_t held, Py_ssize_t cap)
+ * the most entries the cache has held. */
+static inline void mc_ghost_follow(mc_ghost *g, Py_ssize_t held, Py_ssize_t cap)
 {
     Py_ssize_t limit = held * 9 / 10;   /* held < 2**32: no overflow */
     if (limit > g->limit)

@@ -339,3 +339,41 @@ def test_the_ghost_limit_is_90_percent_of_the_most_entries_held(bound: str) -> N
     assert pickle.loads(pickle.dumps(c))._ghost_limit == 90  # 100 entries restored
     c.__init__(None, policy="s3fifo")
     assert c._ghost_limit == 0
+
+
+def test_twins_agree_when_init_again_releases_a_value_that_stores() -> None:
+    """__init__ on a live cache forgets the ghost and its limit before it releases
+    the old values; a value whose __del__ stores into the cache then grows the new
+    limit in both twins alike (the compiled one once reset it after the release,
+    and 4 keys later landed in another queue)."""
+    if CLruCache is None:
+        pytest.skip("no compiled core")
+
+    def size(o: Any) -> int:
+        return 1 if isinstance(o, int) and o < 1000 else 90
+
+    class Refill:
+        def __init__(self) -> None:
+            self.cache: Any = None
+
+        def __del__(self) -> None:
+            c, self.cache = self.cache, None
+            if c is not None:
+                for k in range(100, 190):  # 90 small entries
+                    c[k] = k
+                for k in range(1000, 1003):  # large ones evict small ones to the ghost
+                    c[k] = k
+
+    def run(cls: Any) -> tuple[Any, ...]:
+        c = cls(None, max_bytes=200, sizeof=size, policy="s3fifo")
+        for k in range(50):
+            c[k] = k
+        c[50] = refill = Refill()
+        refill.cache = c
+        del refill
+        c.__init__(None, max_bytes=200, sizeof=size, policy="s3fifo")
+        for k in range(100, 190):
+            c[k] = k
+        return list(c.items()), c.stats()
+
+    assert run(CLruCache) == run(PyLruCache)

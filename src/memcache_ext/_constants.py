@@ -28,10 +28,10 @@ UNSET: Any = _Sentinel("unset")
 #: under it, before it gives up with RuntimeError (dict restarts forever).
 MAX_LOOKUP_RESTARTS = 64
 
-#: The most fingerprints an S3-FIFO ghost keeps, whatever the maxsize (90 % of
-#: it otherwise). The compiled ghost stores 32-bit ring positions and reserves
-#: its ring and table when it starts: for a maxsize of 10**12 beside a byte
-#: bound that was terabytes, and from about 5 * 10**18 its table size wrapped.
+#: The most fingerprints an S3-FIFO ghost keeps, whatever the entries held (90 %
+#: of the most held otherwise, at most 90 % of maxsize). The compiled ghost
+#: stores 32-bit ring positions; a limit of 90 % of a maxsize near 2**63 once
+#: made its table size wrap.
 GHOST_MAX = 1 << 28
 
 

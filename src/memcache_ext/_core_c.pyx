@@ -83,7 +83,7 @@ from memcache_ext._validate import (
 
 from memcache_ext._sizeof_c cimport c_deep_sizeof
 
-cdef Py_ssize_t c_GHOST_MAX = GHOST_MAX   # as a C integer, for _ghost_limit
+cdef Py_ssize_t c_GHOST_MAX = GHOST_MAX   # as a C integer, for _set_bounds
 
 cdef extern from "_clock.h":
     double mc_monotonic() nogil
@@ -178,7 +178,6 @@ cdef class CLruCache:
             "CLruCache", args, kwargs, stacklevel=1)
         # Calling __init__ again on a live cache starts it afresh, as PyLruCache does.
         self._clear(True)
-        self.ghost.limit = 0   # the ghost is empty; its limit follows the new bounds
         self.hits = self.misses = self.rejected = 0
         memset(self.by_reason, 0, sizeof(self.by_reason))
         self._sizeof = measure
@@ -486,7 +485,7 @@ cdef class CLruCache:
         # the main FIFO's shares, PY_SSIZE_T_MAX where there is no bound
         self.main_cap = maxsize - self.small_cap if maxsize >= 0 else PY_SSIZE_T_MAX
         self.main_cap_bytes = max_bytes - self.small_cap_bytes if max_bytes >= 0 else PY_SSIZE_T_MAX
-        # The ghost's limit follows the entries held (see _add) up to ghost_cap:
+        # The ghost's limit follows the entries held (see _put) up to ghost_cap:
         # floor(0.9 * maxsize), as libCacheSim sizes it (without overflow), at
         # most GHOST_MAX; 0 under LRU.
         self.ghost_cap = 0
@@ -1030,8 +1029,8 @@ cdef class CLruCache:
         mc_victims_init(&v)
         try:
             self._take_all(&v)
-            if forget_ghost:
-                mc_ghost_free(&self.ghost)
+            if forget_ghost:   # before the release, which may store again
+                mc_ghost_set_limit(&self.ghost, 0)   # frees it
         finally:
             self._release(&v, NULL)
         self._maybe_shrink()

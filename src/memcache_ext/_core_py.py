@@ -321,7 +321,7 @@ class PyLruCache(Generic[K, V]):
         self._maxsize, self._max_bytes = maxsize, max_bytes
         self._small_cap = max(1, maxsize // 10) if maxsize is not None else 0
         self._small_cap_bytes = max_bytes // 10 if max_bytes is not None else 0
-        # the ghost's limit follows the entries held (see _add) up to _ghost_cap
+        # the ghost's limit follows the entries held (see _put) up to _ghost_cap
         self._ghost_cap = 0
         if not self._lru:
             self._ghost_cap = GHOST_MAX if maxsize is None else min(maxsize * 9 // 10, GHOST_MAX)

@@ -185,11 +185,11 @@ static inline void mc_ghost_add(mc_ghost *g, uint32_t fp)
          * smaller limit: mc_ghost_set_limit raises the limit without
          * resizing, and a full table would make a lookup probe forever).
          * Repack, squeezing out the removed positions, at the size the limit
-         * asks for. Ghost records are only added once the cache is full, so
-         * that size is allocated at once rather than grown (each step of a
-         * growth would leave its freed buffers behind in the heap). When the
-         * allocation fails the record is dropped: the table stays at most
-         * half full. */
+         * asks for: at once for a count-bound cache, which adds records only
+         * once full, when its limit is final (each step of a growth would
+         * leave its freed buffers behind in the heap); in steps as the limit
+         * follows a byte-bounded cache. When the allocation fails the record
+         * is dropped: the table stays at most half full. */
         target = mc_ghost_target(g->limit);
         cap = g->rcap < target ? target : g->rcap;
         if (cap <= g->live || mc_ghost_repack(g, cap) < 0)
@@ -208,21 +208,24 @@ static inline void mc_ghost_add(mc_ghost *g, uint32_t fp)
     g->live++;
 }
 
-/* A new limit: drop the oldest fingerprints beyond it. */
+/* A new limit: drop the oldest fingerprints beyond it (all of them, and the
+ * memory, for 0). */
 static inline void mc_ghost_set_limit(mc_ghost *g, Py_ssize_t limit)
 {
     g->limit = limit < 0 ? 0 : limit;
+    if (g->limit == 0) {
+        mc_ghost_free(g);
+        return;
+    }
     while (g->live > g->limit)
         mc_ghost_pop_oldest(g);
-    if (g->limit == 0)
-        mc_ghost_free(g);
 }
 
 /* Raise the limit to 90% of the `held` entries, at most cap: the limit follows
  * the most entries the cache has held. */
 static inline void mc_ghost_follow(mc_ghost *g, Py_ssize_t held, Py_ssize_t cap)
 {
-    Py_ssize_t limit = held * 9 / 10;   /* held < 2**32: no overflow */
+    Py_ssize_t limit = held * 9 / 10;   /* fits: entries take far more than 9 bytes */
     if (limit > g->limit)
         mc_ghost_set_limit(g, limit < cap ? limit : cap);
 }

@@ -82,6 +82,7 @@ class PyLruCache(Generic[K, V]):
         "_tokens",
         "_ghost",
         "_ghost_cap",
+        "_peak",
         "_ghost_limit",
         "_leases",
         "_n_leases",
@@ -147,9 +148,11 @@ class PyLruCache(Generic[K, V]):
                 self._new_state()
             else:  # __init__ again on a live cache starts it afresh, as CLruCache does
                 with lock:
+                    before = len(self._main) + len(self._small)
                     victims = self._take_all()
                     self._ghost.clear()
                     self._ghost_limit = 0  # it follows the new bounds
+                    self._maybe_shrink(before)
                 self._release(victims)
             with self._lock:
                 self._hits = self._misses = self._rejected = 0
@@ -170,6 +173,7 @@ class PyLruCache(Generic[K, V]):
         self._tokens = itertools.count().__next__
         self._ghost: OrderedDict[int, None] = OrderedDict()
         self._ghost_limit = self._ghost_cap = 0
+        self._peak = 0  # the most entries the last bulk removals started from
         self._leases: list[list[int]] = []  # [hash bits, generation, state] per slot
         self._n_leases = 0
         self._nbytes = self._n_ttl = self._small_bytes = 0
@@ -348,8 +352,25 @@ class PyLruCache(Generic[K, V]):
 
     def _ghost_set_limit(self, limit: int) -> None:
         self._ghost_limit = max(0, limit)
-        while len(self._ghost) > self._ghost_limit:
-            self._ghost.popitem(last=False)
+        ghost = self._ghost
+        if len(ghost) > self._ghost_limit:
+            while len(ghost) > self._ghost_limit:
+                ghost.popitem(last=False)
+            # a dict keeps its size when emptied: a copy gives the memory back
+            self._ghost = OrderedDict(ghost)
+
+    def _maybe_shrink(self, before: int) -> None:
+        """After bulk removals from ``before`` entries (clear, expire, trim, resize),
+        give memory back as CLruCache does: a dict keeps its size when emptied, a
+        copy does not. Only when the entries fell under a quarter of the most
+        that these calls saw (order and nodes are kept)."""
+        self._peak = max(self._peak, before)
+        held = len(self._main) + len(self._small)
+        if self._peak <= 64 or held * 4 >= self._peak:
+            return
+        self._buckets = dict(self._buckets)
+        self._main, self._small = OrderedDict(self._main), OrderedDict(self._small)
+        self._peak = held
 
     def _take_all(self) -> list[Any]:
         victims: list[Any] = []
@@ -827,7 +848,9 @@ class PyLruCache(Generic[K, V]):
     def clear(self) -> None:
         """Remove every entry (no callbacks; statistics are kept)."""
         with self._lock:
+            before = len(self._main) + len(self._small)
             victims = self._take_all()
+            self._maybe_shrink(before)
         self._release(victims)
 
     # -- snapshots ------------------------------------------------------------------------
@@ -897,10 +920,12 @@ class PyLruCache(Generic[K, V]):
         now = self._timer() if self._timer is not None else _monotonic()
         victims: list[Any] = []
         with self._lock:
+            before = len(self._main) + len(self._small)
             for order in (self._main, self._small):
                 for node in list(order.values()):
                     if node[EXPIRES] is not None and node[EXPIRES] <= now:
                         self._take(node, _EXPIRED, victims)
+            self._maybe_shrink(before)
         count = len(victims) // 3
         self._release(victims)
         return count
@@ -916,6 +941,7 @@ class PyLruCache(Generic[K, V]):
                 if node is None:
                     break
                 self._take(node, _TRIM, victims)
+            self._maybe_shrink(count)
         removed = len(victims) // 3
         self._release(victims)
         return removed
@@ -935,8 +961,10 @@ class PyLruCache(Generic[K, V]):
         now = self._clock(False)
         victims: list[Any] = []
         with self._lock:
+            before = len(self._main) + len(self._small)
             self._set_bounds(new_maxsize, new_max_bytes)
             self._evict_to_fit(0, 0, now, victims)
+            self._maybe_shrink(before)
         self._release(victims)
 
     def _measure_all(self) -> None:

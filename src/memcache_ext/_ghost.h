@@ -209,7 +209,9 @@ static inline void mc_ghost_add(mc_ghost *g, uint32_t fp)
 }
 
 /* A new limit: drop the oldest fingerprints beyond it (all of them, and the
- * memory, for 0). */
+ * memory, for 0). A limit that fell to under a quarter of the ring gives the
+ * memory back (resize() to a smaller maxsize); if that allocation fails, the
+ * ghost keeps its larger ring. */
 static inline void mc_ghost_set_limit(mc_ghost *g, Py_ssize_t limit)
 {
     g->limit = limit < 0 ? 0 : limit;
@@ -219,6 +221,8 @@ static inline void mc_ghost_set_limit(mc_ghost *g, Py_ssize_t limit)
     }
     while (g->live > g->limit)
         mc_ghost_pop_oldest(g);
+    if (g->ring != NULL && mc_ghost_target(g->limit) < g->rcap / 4)
+        (void)mc_ghost_repack(g, mc_ghost_target(g->limit));
 }
 
 /* Raise the limit to 90% of the `held` entries, at most cap: the limit follows

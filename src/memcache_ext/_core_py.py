@@ -371,6 +371,7 @@ class PyLruCache(Generic[K, V]):
         self._buckets = dict(self._buckets)
         self._main, self._small = OrderedDict(self._main), OrderedDict(self._small)
         self._peak = held
+        self._version += 1  # as CLruCache's repack: a lookup under way starts over
 
     def _take_all(self) -> list[Any]:
         victims: list[Any] = []

@@ -402,3 +402,68 @@ def test_twins_agree_when_init_again_releases_a_value_that_stores() -> None:
         return list(c.items()), c.stats()
 
     assert run(CLruCache) == run(PyLruCache)
+
+
+def test_init_again_to_lru_while_a_released_value_stores(isolated: Any) -> None:
+    """__init__(policy="lru") on an s3fifo cache whose released value stores into
+    it: the stores went into the small queue under the old policy, out of reach
+    of lru's eviction (compiled: popitem read entry 0 and crashed, the bound was
+    not held; pure: AssertionError, KeyError). The new settings are now made
+    before the old values are released."""
+    isolated(
+        """
+        class Refill:
+            def __init__(self, c):
+                self.c = c
+            def __del__(self):
+                c, self.c = self.c, None
+                if c is not None:
+                    for k in range(5):
+                        c[("d", k)] = k
+        for before, after in [("s3fifo", "lru"), ("lru", "s3fifo"), ("s3fifo", "s3fifo")]:
+            c = Cache(100, policy=before)
+            for k in range(10):
+                c[k] = k
+            c[10] = Refill(c)
+            c.__init__(3, policy=after)
+            assert len(c) == 3 and c.policy == after, (before, after, c.keys())
+            for k in range(20):
+                c[k] = k
+                c.get(k - 3)
+            assert len(c) == 3 and len(c.keys()) == 3
+            assert c.popitem() and c.trim(1.0) == 2 and len(c) == 0
+        print("ok")
+        """,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("before", ["lru", "s3fifo"])
+@pytest.mark.parametrize("after", ["lru", "s3fifo"])
+def test_twins_agree_on_init_again_while_a_released_value_stores(before: str, after: str) -> None:
+    if CLruCache is None:
+        pytest.skip("no compiled core")
+
+    class Refill:
+        def __init__(self, c: Any) -> None:
+            self.c = c
+
+        def __del__(self) -> None:
+            c, self.c = self.c, None
+            if c is not None:
+                for k in range(5):
+                    c[("d", k)] = k
+
+    def run(cls: Any) -> list[Any]:
+        c = cls(100, policy=before)
+        for k in range(10):
+            c[k] = k
+        c[10] = Refill(c)
+        c.__init__(3, policy=after)
+        out = [c.keys()]
+        for k in range(20):
+            c[k] = k
+            c.get(k - 3)
+        return [*out, c.items(), c.stats()]
+
+    assert run(CLruCache) == run(PyLruCache)

@@ -142,7 +142,7 @@ cdef class CLruCache:
     cdef object _lookup(self, object key, Py_hash_t h, double now, bint count, object default)
     cdef object _peek(self, object key, object default)
     cdef object _remove_key(self, object key)
-    cdef int _clear(self, bint forget_ghost) except -1
+    cdef int _clear(self) except -1
     cdef Snap* _snapshot(self, Py_ssize_t* n, double now, bint reverse) except NULL
     cdef list _snapshot_list(self, int what, bint reverse=*)
     cdef int _measure_all(self) except -1

@@ -176,18 +176,31 @@ cdef class CLruCache:
     def __init__(self, *args, **kwargs):
         maxsize, ttl, max_bytes, measure, timer, on_evict, policy = parse_cache_args(
             "CLruCache", args, kwargs, stacklevel=1)
-        # Calling __init__ again on a live cache starts it afresh, as PyLruCache does.
-        self._clear(True)
-        self.hits = self.misses = self.rejected = 0
-        memset(self.by_reason, 0, sizeof(self.by_reason))
-        self._sizeof = measure
-        self._timer = timer
-        self._on_evict = on_evict
-        self._ttl_obj = ttl
-        self._ttl = INFINITY if ttl is None else ttl
-        self._policy = POLICIES.index(policy)
-        self._set_bounds(-1 if maxsize is None else maxsize,
-                         -1 if max_bytes is None else max_bytes)
+        cdef int new_policy = POLICIES.index(policy)
+        cdef mc_victims v
+        mc_victims_init(&v)
+        # Calling __init__ again on a live cache starts it afresh, as PyLruCache
+        # does: the entries (no callbacks) and the ghost go, and the new settings
+        # are made before the old values are released, so that a value whose
+        # __del__ stores into the cache stores under them (under the old policy,
+        # such a store into the small queue was out of reach of lru's eviction).
+        try:
+            self._take_all(&v)
+            mc_ghost_set_limit(&self.ghost, 0)   # frees it
+            self.hits = self.misses = self.rejected = 0
+            memset(self.by_reason, 0, sizeof(self.by_reason))
+            self._ttl = INFINITY if ttl is None else ttl
+            self._policy = new_policy
+            self._set_bounds(-1 if maxsize is None else maxsize,
+                             -1 if max_bytes is None else max_bytes)
+            # the old callables' references go last (dropping one may run code)
+            self._sizeof = measure
+            self._timer = timer
+            self._on_evict = on_evict
+            self._ttl_obj = ttl
+        finally:
+            self._release(&v, NULL)
+        self._maybe_shrink()
 
     def __dealloc__(self):
         cdef Py_ssize_t i
@@ -1022,15 +1035,13 @@ cdef class CLruCache:
         for key, value in iter_pairs(other, kwargs):
             self._store(key, value, self._ttl, S_SET)
 
-    cdef int _clear(self, bint forget_ghost) except -1:
+    cdef int _clear(self) except -1:
         """Remove every entry (victims, released after, no callbacks) and refuse
-        every outstanding fill; ``forget_ghost``: the ghost too (re-init)."""
+        every outstanding fill."""
         cdef mc_victims v
         mc_victims_init(&v)
         try:
             self._take_all(&v)
-            if forget_ghost:   # before the release, which may store again
-                mc_ghost_set_limit(&self.ghost, 0)   # frees it
         finally:
             self._release(&v, NULL)
         self._maybe_shrink()
@@ -1038,7 +1049,7 @@ cdef class CLruCache:
 
     def clear(self):
         """Remove every entry (no callbacks; statistics are kept)."""
-        self._clear(False)
+        self._clear()
 
     cdef void _take_all(self, mc_victims* v) noexcept:
         cdef uint32_t lst, idx

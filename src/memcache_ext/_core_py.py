@@ -82,6 +82,7 @@ class PyLruCache(Generic[K, V]):
         "_tokens",
         "_ghost",
         "_ghost_cap",
+        "_ghost_room",
         "_peak",
         "_ghost_limit",
         "_leases",
@@ -142,19 +143,15 @@ class PyLruCache(Generic[K, V]):
             maxsize, ttl, max_bytes, sizeof, timer, on_evict, policy = parse_cache_args(
                 "PyLruCache", args, kwargs, stacklevel=2
             )
-            try:
-                lock = self._lock
-            except AttributeError:
+            if not hasattr(self, "_lock"):  # the first __init__
                 self._new_state()
-            else:  # __init__ again on a live cache starts it afresh, as CLruCache does
-                with lock:
-                    before = len(self._main) + len(self._small)
-                    victims = self._take_all()
-                    self._ghost.clear()
-                    self._ghost_limit = 0  # it follows the new bounds
-                    self._maybe_shrink(before)
-                self._release(victims)
+            # __init__ again on a live cache starts it afresh, as CLruCache does:
+            # the new settings are made before the old values are released
             with self._lock:
+                before = len(self._main) + len(self._small)
+                victims = self._take_all()
+                self._ghost.clear()
+                self._ghost_limit = self._ghost_room = 0  # it follows the new bounds
                 self._hits = self._misses = self._rejected = 0
                 self._by_reason = dict.fromkeys(EVICTION_REASONS, 0)
                 self._sizeof, self._timer, self._on_evict = sizeof, timer, on_evict
@@ -162,6 +159,8 @@ class PyLruCache(Generic[K, V]):
                 self._policy = policy
                 self._lru = policy == "lru"
                 self._set_bounds(maxsize, max_bytes)
+                self._maybe_shrink(before)
+            self._release(victims)
 
     def _new_state(self) -> None:
         self._lock = threading.RLock()
@@ -173,6 +172,7 @@ class PyLruCache(Generic[K, V]):
         self._tokens = itertools.count().__next__
         self._ghost: OrderedDict[int, None] = OrderedDict()
         self._ghost_limit = self._ghost_cap = 0
+        self._ghost_room = 0  # the most records the ghost's dict has had room for
         self._peak = 0  # the most entries the last bulk removals started from
         self._leases: list[list[int]] = []  # [hash bits, generation, state] per slot
         self._n_leases = 0
@@ -352,12 +352,15 @@ class PyLruCache(Generic[K, V]):
 
     def _ghost_set_limit(self, limit: int) -> None:
         self._ghost_limit = max(0, limit)
+        self._ghost_room = max(self._ghost_room, self._ghost_limit)
         ghost = self._ghost
-        if len(ghost) > self._ghost_limit:
-            while len(ghost) > self._ghost_limit:
-                ghost.popitem(last=False)
+        while len(ghost) > self._ghost_limit:
+            ghost.popitem(last=False)
+        if self._ghost_limit * 4 < self._ghost_room:
             # a dict keeps its size when emptied: a copy gives the memory back
+            # (as _ghost.h repacks, when the limit fell under a quarter)
             self._ghost = OrderedDict(ghost)
+            self._ghost_room = self._ghost_limit
 
     def _maybe_shrink(self, before: int) -> None:
         """After bulk removals from ``before`` entries (clear, expire, trim, resize),

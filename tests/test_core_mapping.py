@@ -131,6 +131,48 @@ def test_pickle_refuses_unpicklable_callbacks(cache_cls):
         pickle.dumps(c)
 
 
+def _with_entry(entry):
+    """A pickled s3fifo state whose second entry is ``entry``."""
+    return (None, None, None, None, "s3fifo", [("k", "v", None, 10, 0), entry])
+
+
+@pytest.mark.parametrize(
+    "state, exc, message",
+    [
+        ([], TypeError, "state must be a tuple of 6 items, not list"),
+        ((None, None, None, None, "lru"), TypeError, "state must be a tuple of 6 items, not tuple"),
+        ((-1, None, None, None, "lru", []), ValueError, "max_bytes must be >= 0, got -1"),
+        ((None, 3, None, None, "lru", []), TypeError, "sizeof must be callable or None, not int"),
+        ((None, None, None, None, "fifo", []), ValueError, "policy must be one of"),
+        (_with_entry(("k", "v", None, 10)), TypeError, "(key, value, remaining, nbytes, state)"),
+        (_with_entry(("k", "v", float("nan"), 10, 0)), ValueError, "must be finite, got nan"),
+        (_with_entry(("k", "v", float("inf"), 10, 0)), ValueError, "must be finite, got inf"),
+        (_with_entry(("k", "v", "1", 10, 0)), TypeError, "must be a number or None, not str"),
+        (_with_entry(("k", "v", None, -5, 0)), ValueError, "size must be >= 0, got -5"),
+        (_with_entry(("k", "v", None, 1.0, 0)), TypeError, "size must be an int, not float"),
+        (_with_entry(("k", "v", None, 10, -1)), ValueError, "an int in 0..7, got -1"),
+        (_with_entry(("k", "v", None, 10, 2**40)), ValueError, "in 0..7, got 1099511627776"),
+        (_with_entry(("k", "v", None, 10, True)), TypeError, "state must be an int, not bool"),
+    ],
+)
+def test_a_bad_pickled_state_is_refused_and_changes_nothing(cache_cls, state, exc, message):
+    """Every field is checked before the cache changes, with the same message in both twins."""
+    c = cache_cls(5, policy="s3fifo")
+    c["old"] = 1
+    before = (c.items(), c.max_bytes, c.nbytes, c.policy)
+    with pytest.raises(exc) as info:
+        c.__setstate__(state)
+    assert message in str(info.value)
+    assert (c.items(), c.max_bytes, c.nbytes, c.policy) == before
+
+
+def test_a_pickled_size_beyond_the_entry_limit_is_held_at_it(cache_cls):
+    """Both twins hold a pickled size at the largest an entry can have (sizeof refuses more)."""
+    c = cache_cls(5)
+    c.__setstate__((None, None, None, None, "lru", [("k", "v", None, 2**70, 0)]))
+    assert c.items() == [("k", "v")] and c.nbytes == 0xFFFFFFFE
+
+
 @pytest.mark.parametrize(
     "kwargs, exc, message",
     [

@@ -77,8 +77,8 @@ from libc.string cimport memset
 from memcache_ext._constants import GHOST_MAX, MAX_LOOKUP_RESTARTS, UNSET
 from memcache_ext._stats import repr_cache, stats_dict
 from memcache_ext._validate import (
-    MUTATED_DURING_LOOKUP, POLICIES, LazySignature, check_callable, check_fraction,
-    check_nbytes, check_policy, check_size, check_ttl, iter_pairs, parse_cache_args,
+    MUTATED_DURING_LOOKUP, POLICIES, LazySignature, check_fraction,
+    check_nbytes, check_size, check_state, check_ttl, iter_pairs, parse_cache_args,
 )
 
 from memcache_ext._sizeof_c cimport c_deep_sizeof
@@ -1345,12 +1345,8 @@ cdef class CLruCache:
         return (type(self), (self.maxsize, self._ttl_obj), state)
 
     def __setstate__(self, state):
-        max_bytes, measure, timer, on_evict, policy, entries = state
-        max_bytes = check_size("max_bytes", max_bytes)
-        measure = check_callable("sizeof", measure)
-        timer = check_callable("timer", timer)
-        on_evict = check_callable("on_evict", on_evict)
-        policy = check_policy(policy)
+        max_bytes, measure, timer, on_evict, policy, entries = check_state(
+            state, MC_ENTRY_BYTES_MAX)
         if self.count and POLICIES.index(policy) != self._policy:
             raise ValueError("cannot change the policy of a cache that holds entries")
         self._sizeof = measure
@@ -1362,7 +1358,7 @@ cdef class CLruCache:
         if any(e[2] is not None for e in entries):
             now = self._timer() if self._timer is not None else mc_monotonic()
         for key, value, remaining, nbytes, state_bits in entries:
-            self._restore(key, value, check_nbytes(nbytes),
+            self._restore(key, value, nbytes,
                           INFINITY if remaining is None else now + remaining, state_bits)
 
     cdef int _restore(self, object key, object value, Py_ssize_t nbytes, double expires,
@@ -1378,8 +1374,6 @@ cdef class CLruCache:
         try:
             if idx:
                 self._take(<uint32_t>idx, R_NONE, &v)
-            if nbytes > MC_ENTRY_BYTES_MAX:
-                nbytes = MC_ENTRY_BYTES_MAX
             self._evict_to_fit(1, nbytes, &now, &v)
             new = self._add(key, value, h, nbytes, expires,
                             MC_SMALL if self._policy == P_S3FIFO and state_bits & 4 else MC_MAIN)

@@ -35,11 +35,10 @@ from ._stats import EVICTION_REASONS, CacheStats, repr_cache, stats_dict
 from ._validate import (
     MUTATED_DURING_LOOKUP,
     LazySignature,
-    check_callable,
     check_fraction,
     check_nbytes,
-    check_policy,
     check_size,
+    check_state,
     check_ttl,
     iter_pairs,
     parse_cache_args,
@@ -1073,12 +1072,7 @@ class PyLruCache(Generic[K, V]):
         return (type(self), (self._maxsize, self._ttl), state)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        max_bytes, sizeof, timer, on_evict, policy, entries = state
-        max_bytes = check_size("max_bytes", max_bytes)
-        sizeof = check_callable("sizeof", sizeof)
-        timer = check_callable("timer", timer)
-        on_evict = check_callable("on_evict", on_evict)
-        policy = check_policy(policy)
+        max_bytes, sizeof, timer, on_evict, policy, entries = check_state(state, _ENTRY_BYTES_MAX)
         with self._lock:
             if len(self) and policy != self._policy:
                 raise ValueError("cannot change the policy of a cache that holds entries")
@@ -1094,7 +1088,7 @@ class PyLruCache(Generic[K, V]):
             self._restore(
                 key,
                 value,
-                check_nbytes(nbytes),
+                nbytes,
                 None if remaining is None else now + remaining,
                 state_bits,
             )
@@ -1108,7 +1102,6 @@ class PyLruCache(Generic[K, V]):
             node = self._find(key, h)
             if node is not None:
                 self._take(node, None, victims)
-            nbytes = min(nbytes, _ENTRY_BYTES_MAX)
             self._evict_to_fit(1, nbytes, None, victims)
             small = not self._lru and bool(state_bits & 4)
             self._add(

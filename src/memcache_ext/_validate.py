@@ -87,6 +87,60 @@ def check_nbytes(value: Any) -> int:
     return int(value)
 
 
+#: A pickled entry's last field: its frequency (bits 0-1) and S3-FIFO queue (bit 2).
+_ENTRY_STATE_MAX = 7
+
+
+def check_state(state: Any, max_nbytes: int) -> tuple[Any, ...]:
+    """Validate a pickled cache's state (what ``__reduce__`` made) before any of it is used.
+
+    Returns ``(max_bytes, sizeof, timer, on_evict, policy, entries)`` with
+    ``entries`` a list of ``(key, value, remaining, nbytes, state)`` whose
+    ``remaining`` is None or a float and whose ``nbytes`` is at most
+    ``max_nbytes``. A bad field anywhere raises before the cache changes.
+    """
+    if not isinstance(state, tuple) or len(state) != 6:
+        raise TypeError(f"state must be a tuple of 6 items, not {_typename(state)}")
+    max_bytes, sizeof, timer, on_evict, policy, entries = state
+    checked = []
+    for entry in entries:
+        if not isinstance(entry, tuple) or len(entry) != 5:
+            raise TypeError(
+                "a pickled entry must be a (key, value, remaining, nbytes, state) tuple"
+            )
+        key, value, remaining, nbytes, bits = entry
+        if remaining is not None:
+            if isinstance(remaining, bool) or not isinstance(remaining, numbers.Real):
+                raise TypeError(
+                    f"a pickled entry's remaining time must be a number or None,"
+                    f" not {_typename(remaining)}"
+                )
+            remaining = float(remaining)
+            if not math.isfinite(remaining):
+                raise ValueError(
+                    f"a pickled entry's remaining time must be finite, got {remaining!r}"
+                )
+        if isinstance(nbytes, bool) or not isinstance(nbytes, int):
+            raise TypeError(f"a pickled entry's size must be an int, not {_typename(nbytes)}")
+        if nbytes < 0:
+            raise ValueError(f"a pickled entry's size must be >= 0, got {nbytes}")
+        if isinstance(bits, bool) or not isinstance(bits, int):
+            raise TypeError(f"a pickled entry's state must be an int, not {_typename(bits)}")
+        if not 0 <= bits <= _ENTRY_STATE_MAX:
+            raise ValueError(
+                f"a pickled entry's state must be an int in 0..{_ENTRY_STATE_MAX}, got {bits!r}"
+            )
+        checked.append((key, value, remaining, min(int(nbytes), max_nbytes), int(bits)))
+    return (
+        check_size("max_bytes", max_bytes),
+        check_callable("sizeof", sizeof),
+        check_callable("timer", timer),
+        check_callable("on_evict", on_evict),
+        check_policy(policy),
+        checked,
+    )
+
+
 def iter_pairs(other: Any, kwargs: dict[str, Any]) -> Any:
     """The (key, value) pairs of ``update(other, **kwargs)``, as dict.update reads them."""
     if hasattr(other, "keys"):

@@ -127,6 +127,26 @@ def test_the_timer_is_read_the_same_way(cache_cls: type) -> None:
     assert len(calls) == 5
 
 
+@pytest.mark.parametrize("reading", ["5", b"5", None, [5]])
+def test_a_timer_reading_that_is_not_a_number_is_refused(cache_cls: type, reading: Any) -> None:
+    """Both twins convert a reading as C's float conversion does: a str is no time."""
+    c = cache_cls(10, ttl=10, timer=lambda: reading)
+    with pytest.raises(TypeError, match=rf"^must be real number, not {type(reading).__name__}$"):
+        c["a"] = 1
+    assert len(c) == 0
+
+
+def test_a_timer_reading_of_any_real_number_is_taken(cache_cls: type) -> None:
+    """An int, a Fraction, a Decimal: anything with __float__ or __index__."""
+    import decimal
+    import fractions
+
+    for reading in (100, fractions.Fraction(201, 2), decimal.Decimal("101"), True):
+        c = cache_cls(10, ttl=10, timer=lambda r=reading: r)
+        c["a"] = 1
+        assert c.get("a") == 1 and c.expire() == 0
+
+
 def test_reversed_gives_keys_counting_nothing(cache_cls: type) -> None:
     c = cache_cls(10)
     for k in (1, 2, 3):

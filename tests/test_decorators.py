@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import threading
 import weakref
 from typing import Any
@@ -109,6 +110,72 @@ def test_fib_recursion(cache_cls: type) -> None:
         return n if n < 2 else fib(n - 1) + fib(n - 2)
 
     assert fib(80) == 23416728348467685
+
+
+def test_a_cached_function_binds_as_a_method_when_put_on_a_class(cache_cls: type) -> None:
+    """As a function and functools.lru_cache do: the instance becomes the first argument."""
+
+    def area(self: Any, scale: int = 1) -> int:
+        return int(self.w * self.h * scale)
+
+    class Rect:
+        def __init__(self, w: int, h: int) -> None:
+            self.w, self.h = w, h
+
+        cached_area = cached(cache_cls(maxsize=10))(area)
+
+    r = Rect(2, 3)
+    assert r.cached_area() == 6 and r.cached_area(2) == 12 and r.cached_area() == 6
+    assert Rect.cached_area(r, 3) == 18  # looked up on the class: not bound
+    assert r.cached_area.__self__ is r
+    assert Rect.cached_area.cache.stats()["hits"] == 1
+
+
+def test_a_cached_function_pickles_and_copies_by_reference(cache_cls: type) -> None:
+    """As functools.lru_cache does: pickle, copy and deepcopy give the function itself."""
+    import copy
+    import pickle
+
+    @cached(cache_cls(maxsize=10))
+    def tripled(x: int) -> int:
+        return x * 3
+
+    tripled.__qualname__ = name = f"_pickled_{cache_cls.__name__}"
+    globals()[name] = tripled
+    try:
+        assert pickle.loads(pickle.dumps(tripled)) is tripled
+        assert copy.copy(tripled) is tripled
+        assert copy.deepcopy({"f": tripled})["f"] is tripled
+    finally:
+        del globals()[name]
+
+
+@pytest.mark.skipif(
+    sys.version_info < (3, 11),
+    reason="before 3.11 every Python call uses the C stack: a plain recursive function"
+    " overflows it at this recursion limit too",
+)
+def test_deep_recursion_raises_recursion_error_not_a_crash(isolated: Any) -> None:
+    """A raised recursion limit: the compiled miss path counts its C frames as
+    recursion, so the C stack does not overflow before the limit is reached."""
+    isolated(
+        """
+        import sys
+        from memcache_ext import cached
+        sys.setrecursionlimit(30_000)
+        @cached(Cache(maxsize=None))
+        def down(n):
+            return 0 if n == 0 else down(n - 1) + 1
+        try:
+            down(100_000)
+        except RecursionError:
+            pass
+        else:
+            raise AssertionError("no RecursionError")
+        assert down(100) == 100
+    """,
+        timeout=60,
+    )
 
 
 def test_validation(cache_cls: type) -> None:

@@ -77,6 +77,13 @@ def test_get_or_twins(cache_cls: type) -> None:
         _fastcall.get_or(cache, None)  # type: ignore[arg-type]
 
 
+def test_cached_call_twins_refuse_a_miss_that_is_not_callable(cache_cls: type) -> None:
+    """At construction, in both twins (the pure one failed only at the first miss)."""
+    for build in (_fastcall.cached_call, _fastcall_py.cached_call):
+        with pytest.raises(TypeError, match=r"^miss must be callable, not NoneType$"):
+            build(cache_cls(4), None)  # type: ignore[arg-type]
+
+
 def test_compiled_call_paths_leak_no_references() -> None:
     """CachedCall and GetOr take calls through vectorcall and tp_call; every
     form of call leaves the arguments' reference counts as they were."""

@@ -390,7 +390,7 @@ class PyLruCache(Generic[K, V]):
         """The time for this operation: a custom timer is read up front, and only
         when some entry (or the one being stored) has a TTL; None: read lazily."""
         if self._timer is not None and (need or self._n_ttl):
-            return float(self._timer())
+            return _seconds(self._timer())
         return None
 
     def _expired(self, node: list[Any], now: Optional[float]) -> bool:
@@ -920,7 +920,7 @@ class PyLruCache(Generic[K, V]):
         """Drop every expired entry now; return how many were dropped."""
         if not self._n_ttl:
             return 0
-        now = self._timer() if self._timer is not None else _monotonic()
+        now = _seconds(self._timer()) if self._timer is not None else _monotonic()
         victims: list[Any] = []
         with self._lock:
             before = len(self._main) + len(self._small)
@@ -1057,7 +1057,7 @@ class PyLruCache(Generic[K, V]):
     def __reduce__(self) -> tuple[Any, ...]:
         now: Optional[float] = None
         if self._n_ttl:
-            now = self._timer() if self._timer is not None else _monotonic()
+            now = _seconds(self._timer()) if self._timer is not None else _monotonic()
         entries = [
             (
                 n[KEY],
@@ -1080,7 +1080,7 @@ class PyLruCache(Generic[K, V]):
             self._policy, self._lru = policy, policy == "lru"
             self._set_bounds(self._maxsize, max_bytes)
         now = (
-            (self._timer() if self._timer is not None else _monotonic())
+            (_seconds(self._timer()) if self._timer is not None else _monotonic())
             if any(e[2] is not None for e in entries)
             else 0.0
         )
@@ -1120,6 +1120,15 @@ class PyLruCache(Generic[K, V]):
             if not self._lru:
                 self._ghost_follow(len(self._main) + len(self._small))
         self._release(victims)
+
+
+def _seconds(now: Any) -> float:
+    """A custom timer's reading as a float, refused as C refuses it (a str is no time)."""
+    if type(now) is float:
+        return now
+    if not hasattr(type(now), "__float__") and not hasattr(type(now), "__index__"):
+        raise TypeError(f"must be real number, not {type(now).__name__}")
+    return float(now)
 
 
 _repr_local = threading.local()

@@ -26,6 +26,9 @@ cdef extern from "Python.h":
         unsigned long tp_flags
     unsigned long Py_TPFLAGS_HAVE_VECTORCALL
     Py_ssize_t PyVectorcall_NARGS(size_t)
+    object PyMethod_New(object, object)
+    int Py_EnterRecursiveCall(const char*) except -1
+    void Py_LeaveRecursiveCall()
 
 cdef object _MISSING = object()
 cdef frozenset _FAST = FAST_TYPES
@@ -76,6 +79,31 @@ cdef class CachedCall:
     def __call__(self, *args, **kwargs):
         return _cached_call(self, args, kwargs or None)
 
+    def __get__(self, obj, objtype):
+        """Bind as a method, as the function it wraps (and functools.lru_cache) does."""
+        return self if obj is None else PyMethod_New(self, obj)
+
+    def __reduce__(self):
+        """Pickled by reference, as a function is (``update_wrapper`` set the names)."""
+        return self.__qualname__
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+cdef object _call_miss(object miss, object key, tuple args, dict kwargs):
+    """A miss calls Python code from C: count it as a level of recursion, so that
+    a deep recursive cached function raises RecursionError instead of
+    overflowing the C stack."""
+    Py_EnterRecursiveCall(" in a cached function")
+    try:
+        return miss(key, args, kwargs)
+    finally:
+        Py_LeaveRecursiveCall()
+
 
 cdef object _cached_call(CachedCall self, tuple args, object kwargs):
     cdef object key
@@ -88,7 +116,7 @@ cdef object _cached_call(CachedCall self, tuple args, object kwargs):
         key = args
     cdef object value = cache._get(key, _MISSING)
     if value is _MISSING:
-        return self._miss(key, args, {} if kwargs is None else kwargs)
+        return _call_miss(self._miss, key, args, {} if kwargs is None else kwargs)
     return value
 
 
@@ -107,7 +135,7 @@ cdef object _cached_vectorcall(PyObject* o, PyObject** args, size_t nargsf, PyOb
             value = _ready(self._cache, "CachedCall")._get(arg, _MISSING)
             if value is not _MISSING:
                 return value
-            return self._miss(arg, (arg,), {})
+            return _call_miss(self._miss, arg, (arg,), {})
     return _vectorcall_as_tp_call(o, args, nargsf, kwnames)
 
 

@@ -22,6 +22,8 @@ def cached_call(
     cache: Any, miss: Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]
 ) -> Callable[..., Any]:
     """The hit path of ``cached`` for a plain function: one key build, one get."""
+    if not callable(miss):
+        raise TypeError(f"miss must be callable, not {type(miss).__name__}")
     get = cache.get
 
     def call(*args: Any, **kwargs: Any) -> Any:

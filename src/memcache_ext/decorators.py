@@ -73,7 +73,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Optional, Protocol, TypeVar, overload
 
-from . import _fastcall, _fastcall_py
+from . import _fastcall
 from ._constants import MISSING, UNSET
 from ._core import LruCache
 from .keys import KWARGS_MARK, make_key
@@ -424,10 +424,8 @@ def _sync_wrapper(
                 return miss(k, args, kwargs)
             return value
     else:
-        # One key build and one lookup, in C over a CLruCache. The compiled
-        # callable does not bind as a method, so only plain functions get it.
-        build_call = _fastcall.cached_call if _plain_function(func) else _fastcall_py.cached_call
-        wrapper = build_call(cache, miss)
+        # One key build and one lookup, in C over a CLruCache.
+        wrapper = _fastcall.cached_call(cache, miss)
 
     wrapper._inflight = inflight  # type: ignore[attr-defined]  # for tests
     wrapper._instance_tokens = tokens  # type: ignore[attr-defined]  # for tests

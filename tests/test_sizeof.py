@@ -427,6 +427,102 @@ def test_walk_does_not_materialize_instance_dicts(ds: Callable[..., int]) -> Non
     assert all(not any(type(r) is dict for r in gc.get_referents(o)) for o in objs)
 
 
+_LOOKUP_RUNS_PYTHON = """
+import sys
+from {module} import deep_sizeof
+holder = []
+class K:  # a non-str key in a type's dict whose hash collides with "__sizeof__"
+    def __hash__(self):
+        return hash("__sizeof__")
+    def __eq__(self, other):  # run by the type lookup: frees what the walk reads
+        if holder:
+            holder.pop().clear()
+        return False
+Evil = type("Evil", (), {{K(): 1}})
+Meta = type("Meta", (type,), {{K(): 1}})
+general = [object(), Evil()] + [[float(i) for i in range(50)] for _ in range(20)]
+fast = [Meta("M", (), {{}})] + [[float(i) for i in range(3)] for _ in range(5)]
+for root in (general, fast):
+    holder.append(root)
+    print(deep_sizeof(root))
+"""
+
+
+def test_a_type_lookup_that_runs_python_code_frees_nothing_the_walk_reads(mod: Any) -> None:
+    """Looking up ``__sizeof__`` on a type can run a key's ``__eq__`` (here it
+    clears the list being walked): the compiled walk read freed items (SIGSEGV)."""
+    from support import child_env
+
+    code = _LOOKUP_RUNS_PYTHON.format(module=mod.__name__)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    expected = subprocess.run(
+        [sys.executable, "-c", _LOOKUP_RUNS_PYTHON.format(module=P.__name__)],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout == expected.stdout and len(out.stdout.split()) == 2
+
+
+def test_the_fast_path_samples_a_shared_container_as_the_walk_does() -> None:
+    """A container with two references, reached first by the fast path with
+    allowance to spare and by the general walk through a chain that used it up:
+    both implementations sample it (the fast path expanded it, 1985 vs 960)."""
+    py, c = both()
+    x = ["".join(["x"] * 1000)] + [float(i) for i in range(1, 9)]
+    chain: list[Any] = [x] + [None] * 7
+    for _ in range(3):
+        chain = [chain] + [None] * 7
+    root = [[x], chain]
+    for budget in (70, 78, 100):
+        assert c._deep_sizeof_stats(root, budget=budget) == py._deep_sizeof_stats(
+            root, budget=budget
+        )
+
+
+def test_a_negative_int_subclass_whose_sizeof_fails_gets_a_positive_size(
+    ds: Callable[..., int],
+) -> None:
+    """object.__sizeof__ of a negative int is negative on 3.10/3.11: the fallback
+    counted it as -332 (pure) or saturated the total at sys.maxsize (compiled)."""
+
+    class BigInt(int):
+        def __sizeof__(self) -> int:
+            raise RuntimeError("no size")
+
+    x = BigInt(-(10**1000))
+    for obj in ([x], [x, fresh("a" * 100)], {"k": x}):
+        assert gs(obj) < ds(obj) < 2**40
+    assert P.deep_sizeof([x]) == (C or P).deep_sizeof([x])
+
+
+def test_an_instance_is_charged_its_values_array_whatever_its_attributes_hold(
+    ds: Callable[..., int],
+) -> None:
+    """3.11/3.12 keep an instance's attributes in a values array until its
+    __dict__ is made. An attribute holding a dict was taken for a made
+    __dict__ (40 bytes missed), and a list/set/dict subclass, which never has
+    the array, was charged one sized by its item count (+13%)."""
+
+    class L(list):  # type: ignore[type-arg]
+        pass
+
+    class S(set):  # type: ignore[type-arg]
+        pass
+
+    d: dict[str, int] = {}
+    lst: list[int] = []
+    assert ds(Plain(1.5, d)) - ds(d) == ds(Plain(1.5, lst)) - ds(lst)
+    items = [fresh(f"item {i}") for i in range(1000)]
+    assert 0 <= ds(L(items)) - ds(list(items)) <= 32  # the subclass's __dict__ slot, no values
+    assert 0 <= ds(S(items)) - ds(set(items)) <= 32
+
+
 # ------------------------------------------------------------- bad input
 
 

@@ -72,6 +72,7 @@ cdef extern from "_sizeof_layout.h":
     Py_ssize_t mc_dict_size(PyObject*)
     bint MC_DIRECT_OBJECT_SIZEOF
     Py_ssize_t mc_inline_extra(PyObject*, Py_ssize_t)
+    int mc_has_inline_values(PyObject*)
     Py_ssize_t mc_str_size(PyObject*)
     int mc_str_shared(PyObject*)
     int mc_int_size(PyObject*, Py_ssize_t*, int)
@@ -127,6 +128,7 @@ cdef unsigned long _F_GC = _ref.TPFLAGS_HAVE_GC
 cdef unsigned long _F_PREHEADER = _ref.TPFLAGS_PREHEADER
 cdef unsigned long _F_MANAGED_DICT = _ref.TPFLAGS_MANAGED_DICT
 cdef bint _INLINE_VALUES = _ref.INLINE_VALUES
+cdef bint _HAS_VALUES_PROBED = _ref.HAS_VALUES_PROBED
 cdef unsigned long _F_INLINE_VALUES = _ref.TPFLAGS_INLINE_VALUES  # 0 unless 3.13 and probed
 cdef Py_ssize_t _DICT_SHELL = _ref.DICT_SHELL
 cdef int _DIGIT_BITS = _sys.int_info.bits_per_digit
@@ -208,6 +210,29 @@ cdef int _type_info(PyTypeObject* t) except -1:
     return info
 
 
+cdef int _type_kind(PyTypeObject* t) except -1:
+    """The MC_TI_SHARED and MC_TI_DICT bits of _type_info without its
+    __sizeof__ lookup, which can run Python code (the __eq__ of a non-str key
+    in a type's dict that collides with "__sizeof__"). For the places that hold
+    borrowed pointers: the children loops and the fast path. Not cached on a
+    miss (the next _own_size of the type caches it)."""
+    cdef mc_tinfo* slot = mc_tcache_slot(t)
+    cdef unsigned int version = mc_version(t)
+    if version != 0 and slot.tp == t and slot.version == version:
+        return slot.info
+    cdef int info = 0
+    cdef Py_ssize_t i
+    for i in range(_N_SHARED):
+        if PyType_IsSubtype(t, <PyTypeObject*>_SHARED_TYPES[i]):
+            info |= MC_TI_SHARED
+            break
+    if PyType_IsSubtype(mc_type(<PyObject*>t), <PyTypeObject*>_ENUM_META):
+        info |= MC_TI_SHARED
+    if PyType_IsSubtype(t, &PyDict_Type):
+        info |= MC_TI_DICT
+    return info
+
+
 cdef Py_ssize_t _slow_getsizeof(PyObject* o) except -1:
     """sys.getsizeof for builtins whose layout the C formulas do not cover
     (big ints, legacy strs, sets). It allocates, so it can run Python code (a
@@ -222,6 +247,7 @@ cdef Py_ssize_t _checked_getsizeof(PyObject* o, bint is_root) except -1:
     does a SystemError, the interpreter's own failure (CPython 3.10 turns some
     failed allocations in a Python ``__sizeof__`` into one)."""
     cdef object r
+    cdef Py_ssize_t basic
     try:
         r = _getsizeof(<object>o)
         if r > _MAX_OBJECT_SIZE:
@@ -231,7 +257,9 @@ cdef Py_ssize_t _checked_getsizeof(PyObject* o, bint is_root) except -1:
     except Exception:
         if is_root:
             raise
-        return _object_sizeof(<object>o) + _header(mc_type(o))
+        # |Py_SIZE| items: object.__sizeof__ is negative for a negative int subclass
+        basic = mc_type(o).tp_basicsize
+        return basic + abs(<Py_ssize_t>_object_sizeof(<object>o) - basic) + _header(mc_type(o))
     return r
 
 
@@ -269,7 +297,7 @@ cdef inline bint _node_shared(PyObject* o, PyTypeObject* t) except -1:
         return mc_var_size(o) == 0
     if mc_is_singleton(o):
         return True
-    return (_type_info(t) & MC_TI_SHARED) != 0
+    return (_type_kind(t) & MC_TI_SHARED) != 0
 
 
 # ------------------------------------------------------ small-object fast path
@@ -280,8 +308,10 @@ cdef inline bint _node_shared(PyObject* o, PyTypeObject* t) except -1:
 #
 # * no sampling can happen: a container is expanded here only when it has at
 #   most `a` units, where `a` is a lower bound of the allowance the general
-#   walk would give it (the root gets the budget; a child at least
-#   (a - n) // (number of children)), or when it has at most SMALL_UNITS units
+#   walk would give it (the root gets the budget; a child with one reference
+#   at least (a - n) // (number of children); a child with more references
+#   0, since the general walk may reach it first from elsewhere, with less
+#   allowance, in another order), or when it has at most SMALL_UNITS units
 #   and the whole walk stays under the small cap (SMALL_WALK_UNITS <= 8 * budget,
 #   checked by the callers); so every weight is 1 and the result is the sum of
 #   the own sizes of the distinct non-shared reachable objects, whatever the
@@ -375,13 +405,13 @@ cdef Py_ssize_t _small_walk(PyObject* o, PyTypeObject* t, Py_ssize_t a,
         while mc_dict_next(o, &pos, &k, &v):
             s = _small_child(k, st)
             if s == -2:
-                s = _small_walk(k, mc_type(k), ca, st)
+                s = _small_walk(k, mc_type(k), ca if mc_refcnt(k) == 1 else 0, st)
             if s < 0:
                 return -1
             total += s
             s = _small_child(v, st)
             if s == -2:
-                s = _small_walk(v, mc_type(v), ca, st)
+                s = _small_walk(v, mc_type(v), ca if mc_refcnt(v) == 1 else 0, st)
             if s < 0:
                 return -1
             total += s
@@ -390,7 +420,7 @@ cdef Py_ssize_t _small_walk(PyObject* o, PyTypeObject* t, Py_ssize_t a,
     for i in range(n):
         s = _small_child(items[i], st)
         if s == -2:
-            s = _small_walk(items[i], mc_type(items[i]), ca, st)
+            s = _small_walk(items[i], mc_type(items[i]), ca if mc_refcnt(items[i]) == 1 else 0, st)
         if s < 0:
             return -1
         total += s
@@ -456,10 +486,10 @@ cdef Py_ssize_t _own_size(PyObject* o, PyTypeObject* t, bint is_root, mc_buf* re
         return size + _GC_HEAD
     if t == &PySet_Type or t == &PyFrozenSet_Type:
         return _slow_getsizeof(o)
+    t_ref = <object>t  # __sizeof__ (or the lookup's __eq__) may assign __class__ and free t
     if MC_DIRECT_OBJECT_SIZEOF and (_type_info(t) & MC_TI_DEFAULT_SIZEOF):
         size = mc_basic_size(o) + _header(t)
     else:
-        t_ref = <object>t  # __sizeof__ may assign __class__ and free t
         size = _checked_getsizeof(o, is_root)
     if _INLINE_VALUES and (mc_flags(t) & _F_MANAGED_DICT):
         mc_traverse(o, refs)
@@ -468,11 +498,13 @@ cdef Py_ssize_t _own_size(PyObject* o, PyTypeObject* t, bint is_root, mc_buf* re
         materialized = False
         for i in range(refs.len):
             r = refs.items[i]
-            if mc_type(r) == &PyDict_Type:
+            if not _HAS_VALUES_PROBED and mc_type(r) == &PyDict_Type:
                 materialized = True
                 break
             if r != <PyObject*>t:
                 k += 1
+        if _HAS_VALUES_PROBED:
+            materialized = not mc_has_inline_values(o)
         if not materialized:
             size += _values_size(k)
     elif _F_INLINE_VALUES and (mc_flags(t) & _F_INLINE_VALUES):
@@ -660,7 +692,7 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
             else:
                 if not have_refs:
                     mc_traverse(o, &buf)
-                if _type_info(ot) & MC_TI_DICT:
+                if _type_kind(ot) & MC_TI_DICT:
                     # entries and dict_traverse both reach the values: the
                     # single-reference shortcut does not hold here
                     dedup_all = True

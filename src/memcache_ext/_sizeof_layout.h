@@ -53,6 +53,19 @@ static inline Py_ssize_t mc_inline_extra(PyObject *o, Py_ssize_t dict_shell) {
     return s;
 }
 
+/* 3.11/3.12: does a managed-dict instance still hold inline values? (3.11:
+   the pre-header's values pointer; 3.12: the dict-or-values word, tagged 1
+   for values). Used only when _sizeof_py's probe of the same layout passed. */
+static inline int mc_has_inline_values(PyObject *o) {
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+    return ((void **)o)[-4] != NULL;
+#elif PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030D0000
+    return (((uintptr_t *)o)[-3] & 1) != 0;
+#else
+    (void)o; return 0;
+#endif
+}
+
 /* ------------------------------------------------------------------ leaves */
 /* str.__sizeof__ without a call; -1 when the rare layouts need Python. */
 static inline Py_ssize_t mc_str_size(PyObject *o) {

@@ -672,6 +672,34 @@ def test_sampled_heterogeneous_estimate_is_close(mod: Any) -> None:
         assert abs(est - exact) / exact < (0.05 if budget >= 300 else 0.2), budget
 
 
+@pytest.mark.parametrize("period", [2, 5, 10])
+def test_sampling_does_not_alias_with_periodic_data(mod: Any, period: int) -> None:
+    """A list whose big items recur with a period that divides the sampling
+    stride, like [key, value, key, value, ...]: evenly spaced samples all fell
+    on one residue, and the estimate was -94% to +684% off. One position in
+    each stratum sees every residue."""
+    n = 20_000
+    for big_at in range(period):
+        rows = [
+            b"x" * 1000 + i.to_bytes(4, "little") if i % period == big_at else float(i)
+            for i in range(n)
+        ]
+        exact = mod.deep_sizeof(rows, budget=sys.maxsize)
+        for budget in (1000, 2000):  # strides 20 and 10
+            est, _units, sampled = mod._deep_sizeof_stats(rows, budget=budget)
+            assert sampled == 1
+            assert abs(est - exact) / exact < 0.1, (big_at, budget, est, exact)
+
+
+def test_sample_positions_take_one_in_each_stratum() -> None:
+    for n, m in ((10, 10), (10, 3), (1000, 7), (2**40 + 5, 3), (5, 1)):
+        for counter in range(1, 30):
+            positions = P.sample_positions(counter, n, m)
+            assert len(positions) == m
+            for j, p in enumerate(positions):
+                assert j * n // m <= p < (j + 1) * n // m
+
+
 def test_linked_graph_is_not_inflated_by_sampling(mod: Any) -> None:
     nodes = [Plain(fresh(f"node {i}"), None) for i in range(3000)]
     prev = None

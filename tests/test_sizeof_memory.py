@@ -328,7 +328,7 @@ def sampled_chain(depth: int) -> list[Any]:
     node: list[Any] = []
     for level in range(depth, 0, -1):
         items: list[Any] = [float(j) + 0.5 for j in range(9)]
-        items[P.sample_phase(level, 9)] = node
+        items[P.sample_positions(level, 9, 1)[0]] = node
         node = items
     return node
 

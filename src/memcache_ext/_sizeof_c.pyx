@@ -94,7 +94,7 @@ cdef extern from "_sizeof_math.h":
     uint64_t mc_phase(uint64_t)
     ctypedef struct mc_cursor:
         pass
-    void mc_cursor_init(mc_cursor*, Py_ssize_t, Py_ssize_t, Py_ssize_t)
+    void mc_cursor_init(mc_cursor*, Py_ssize_t, Py_ssize_t, uint64_t)
     void mc_cursor_next(mc_cursor*)
     Py_ssize_t mc_cursor_pos(const mc_cursor*)
     Py_ssize_t mc_neighbour(Py_ssize_t, Py_ssize_t)
@@ -531,13 +531,13 @@ cdef void _rotate(PyObject** a, Py_ssize_t m, Py_ssize_t n) noexcept:
 
 
 cdef int _dict_sample(PyObject* d, mc_buf* buf, Py_ssize_t n, Py_ssize_t m,
-                      Py_ssize_t r) except -1:
+                      uint64_t seed) except -1:
     """Keys and values of the sampled entries of an exact dict."""
     cdef Py_ssize_t p = 0, idx = 0, j = 0
     cdef PyObject* k
     cdef PyObject* v
     cdef mc_cursor cur
-    mc_cursor_init(&cur, n, m, r)
+    mc_cursor_init(&cur, n, m, seed)
     mc_buf_reserve(buf, 2 * m)
     while j < m and mc_dict_next(d, &p, &k, &v):
         if idx == mc_cursor_pos(&cur):
@@ -557,14 +557,14 @@ cdef PyObject* _set_iter(PyObject* s) except NULL:
 
 
 cdef int _iter_sample(PyObject* s, mc_buf* buf, Py_ssize_t n, Py_ssize_t m,
-                      Py_ssize_t r) except -1:
+                      uint64_t seed) except -1:
     """Sampled members of an exact set/frozenset (iteration runs no user code;
     the set keeps the members alive until Python code runs)."""
     cdef Py_ssize_t idx = 0, j = 0
     cdef PyObject* it = _set_iter(s)
     cdef PyObject* item
     cdef mc_cursor cur
-    mc_cursor_init(&cur, n, m, r)
+    mc_cursor_init(&cur, n, m, seed)
     try:
         mc_buf_reserve(buf, m)
         while j < m:
@@ -654,7 +654,8 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
     cdef PyObject** items
     cdef PyTypeObject* ot
     cdef double w, wc, cw
-    cdef Py_ssize_t a, m, used, r, j, i, pushed, ca, start, pos
+    cdef Py_ssize_t a, m, used, j, i, pushed, ca, start, pos
+    cdef uint64_t seed
     cdef Py_ssize_t pin_lo = 0, pin_hi = 0, single
     cdef bint is_root = True, pairs, have_refs, sampling, dedup_all
     cdef Py_ssize_t hard_cap = (budget * _SMALL_CAP_FACTOR
@@ -728,14 +729,14 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
                 wk.sampled += 1
                 m = a if a > 0 else 1
                 used = m
-                r = <Py_ssize_t>(mc_phase(<uint64_t>wk.sampled) % <uint64_t>n)
+                seed = mc_phase(<uint64_t>wk.sampled)
                 mc_set_free(&once)
                 mc_set_free(&dups)
                 if ot == &PyList_Type or ot == &PyTuple_Type:
                     mc_buf_reserve(&buf, m)
                     items = mc_seq_items(o)
-                    mc_cursor_init(&cur, n, m, r)
-                    mc_cursor_init(&ahead, n, m, r)
+                    mc_cursor_init(&cur, n, m, seed)
+                    mc_cursor_init(&ahead, n, m, seed)
                     for j in range(16 if m > 16 else 0):
                         mc_cursor_next(&ahead)
                     for j in range(m):
@@ -750,11 +751,11 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
                         mc_cursor_next(&cur)
                     buf.len = m
                 elif pairs:
-                    _dict_sample(o, &buf, n, m, r)
+                    _dict_sample(o, &buf, n, m, seed)
                 elif ot == &PySet_Type or ot == &PyFrozenSet_Type:
-                    _iter_sample(o, &buf, n, m, r)
+                    _iter_sample(o, &buf, n, m, seed)
                 else:
-                    mc_cursor_init(&cur, n, m, r)
+                    mc_cursor_init(&cur, n, m, seed)
                     for j in range(m):
                         pos = mc_cursor_pos(&cur)
                         c = buf.items[pos]
@@ -762,7 +763,7 @@ cdef Py_ssize_t _walk(object root, Py_ssize_t budget, Walk* wk) except -1:
                             mc_set_add(&dups, c)
                         mc_cursor_next(&cur)
                     # in place: position j is at or after j
-                    mc_cursor_init(&cur, n, m, r)
+                    mc_cursor_init(&cur, n, m, seed)
                     for j in range(m):
                         buf.items[j] = buf.items[mc_cursor_pos(&cur)]
                         mc_cursor_next(&cur)

@@ -33,7 +33,7 @@ static inline Py_ssize_t mc_total(size_t exact, double weighted) {
     return mc_add_sat((Py_ssize_t)exact, (Py_ssize_t)r);
 }
 
-/* _sizeof_py.sample_phase before the modulo: splitmix64 of the counter */
+/* _sizeof_py.splitmix64: the seed of the counter-th sampled container */
 static inline uint64_t mc_phase(uint64_t counter) {
     uint64_t z = counter * 0x9E3779B97F4A7C15ULL;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
@@ -41,17 +41,34 @@ static inline uint64_t mc_phase(uint64_t counter) {
     return z ^ (z >> 31);
 }
 
-/* Sampling positions (j * n + r) // m for j = 0, 1, ... (0 <= r < n, 1 <= m
-   <= n): each step adds divmod(n, m) to a quotient and remainder, so every
-   position of the first m lies in [0, n) and no product is formed. */
-typedef struct { size_t pos, acc, q, rem, m; } mc_cursor;
-static inline void mc_cursor_init(mc_cursor *c, Py_ssize_t n, Py_ssize_t m, Py_ssize_t r) {
+/* Sampling positions (_sizeof_py.sample_positions): m strata of [0, n), the
+   j-th [j * n // m, (j + 1) * n // m), and one position in each at an offset
+   drawn from a 64-bit LCG seeded with ``seed``: its high 32 bits scaled to
+   the stratum's length (a multiply and a shift, not a division; a stratum of
+   2**32 items or more takes the modulo). The strata follow from divmod(n, m) by adding, so no
+   product is formed; positions increase, and the j-th is at or after j (1 <=
+   m <= n). An evenly spaced sample would put every position on one residue of
+   the stride, and data with that period ([key, value, key, value, ...]) would
+   be counted from one kind of item only. */
+#define MC_LCG_A 6364136223846793005ULL
+#define MC_LCG_C 1442695040888963407ULL
+typedef struct { size_t start, acc, q, rem, m, pos; uint64_t s; } mc_cursor;
+static inline void mc_cursor_place(mc_cursor *c) {
+    size_t len = c->q + (c->acc + c->rem >= c->m ? 1 : 0);
+    c->s = c->s * MC_LCG_A + MC_LCG_C;
+    uint64_t x = c->s >> 32;
+    c->pos = c->start + (len <= 1 ? 0 : len <= 0xFFFFFFFFu ? (size_t)((x * len) >> 32)
+                                                          : (size_t)(x % len));
+}
+static inline void mc_cursor_init(mc_cursor *c, Py_ssize_t n, Py_ssize_t m, uint64_t seed) {
     c->m = (size_t)m; c->q = (size_t)n / c->m; c->rem = (size_t)n % c->m;
-    c->pos = (size_t)r / c->m; c->acc = (size_t)r % c->m;
+    c->start = 0; c->acc = 0; c->s = seed;
+    mc_cursor_place(c);
 }
 static inline void mc_cursor_next(mc_cursor *c) {
-    c->pos += c->q; c->acc += c->rem;        /* acc < 2m: no wrap */
-    if (c->acc >= c->m) { c->acc -= c->m; c->pos++; }
+    c->start += c->q; c->acc += c->rem;        /* acc < 2m: no wrap */
+    if (c->acc >= c->m) { c->acc -= c->m; c->start++; }
+    mc_cursor_place(c);
 }
 static inline Py_ssize_t mc_cursor_pos(const mc_cursor *c) { return (Py_ssize_t)c->pos; }
 /* The item compared with position p to spot a repeated object: the next one,

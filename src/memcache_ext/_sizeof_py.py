@@ -31,8 +31,8 @@ the README ("Measuring entries: deep_sizeof") and summarised here:
   ``type``/modules/functions/builtin functions/bound methods/code objects/
   method and attribute descriptors, and enum members.
 * Budget: see ``_walk``. A container whose item count exceeds the allowance it
-  was given is sampled at evenly spaced positions and its sampled children are
-  scaled by ``n / m``.
+  was given is sampled (one position in each of ``m`` equal strata) and its
+  sampled children are scaled by ``n / m``.
 * Exceptions: the top-level object's ``__sizeof__`` errors propagate (as from
   ``sys.getsizeof``); a nested object whose ``__sizeof__`` raises any Exception
   (or returns a non-int, negative or huge value) is charged its basic size
@@ -75,17 +75,45 @@ SMALL_CAP_FACTOR = 8
 _M64 = (1 << 64) - 1
 
 
-def sample_phase(counter: int, n: int) -> int:
-    """Phase ``r`` in ``[0, n)`` of the ``counter``-th sampled container.
+_LCG_A = 6364136223846793005
+_LCG_C = 1442695040888963407
 
-    splitmix64 of the counter: deterministic (both implementations compute the
-    same) but uncorrelated with periodic data, unlike a fixed rotation.
-    """
+
+def splitmix64(counter: int) -> int:
+    """splitmix64 of ``counter``: the seed of the ``counter``-th sampled container
+    (deterministic: both implementations compute the same)."""
     z = (counter * 0x9E3779B97F4A7C15) & _M64
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
-    z ^= z >> 31
-    return z % n
+    return z ^ (z >> 31)
+
+
+def sample_positions(counter: int, n: int, m: int) -> list[int]:
+    """The ``m`` positions in ``[0, n)`` sampled in the ``counter``-th sampled
+    container (``1 <= m <= n``), in increasing order.
+
+    One in each of ``m`` strata, the j-th ``[j * n // m, (j + 1) * n // m)``, at
+    an offset drawn from a 64-bit LCG seeded with ``splitmix64(counter)``: its
+    high 32 bits scaled to the stratum's length (``x * length >> 32``; modulo
+    the length from 2**32 items on). Evenly spaced positions would all fall on
+    one residue of the stride, so data with that period (``[key, value, key,
+    value, ...]``) would be counted from one kind of item only.
+    """
+    s = splitmix64(counter)
+    positions: list[int] = []
+    append = positions.append
+    start = 0
+    for end in [j * n // m for j in range(1, m + 1)]:
+        s = (s * _LCG_A + _LCG_C) & _M64
+        length = end - start
+        if length <= 1:
+            append(start)
+        elif length <= 0xFFFFFFFF:
+            append(start + ((s >> 32) * length >> 32))
+        else:
+            append(start + (s >> 32) % length)
+        start = end
+    return positions
 
 
 _PTR = 8 if sys.maxsize > 2**32 else 4
@@ -393,9 +421,9 @@ def _walk(root: Any, budget: int) -> tuple[int, int, int]:
     * past that cap, a small object reached with a weight other than 1 is
       charged its own size only (not expanded): weights multiplied along
       chains of small objects (linked nodes, graphs) would explode.
-    * otherwise ``m = max(a, 1)`` units are examined, at positions
-      ``(j * n + r) // m`` for ``j < m`` (``r`` is a pseudo-random phase,
-      ``sample_phase``), with weight ``w * n / m``; an object met twice or more in
+    * otherwise ``m = max(a, 1)`` units are examined, one in each of ``m``
+      equal strata at a pseudo-random offset (``sample_positions``), with
+      weight ``w * n / m``; an object met twice or more in
       the sample, or (lists, tuples, referents) identical to the item next to
       its position, is charged with weight ``w`` (it is repeated, like
       ``[x] * k``, not one of ``n / m`` distinct objects). The children of a
@@ -501,8 +529,7 @@ def _walk(root: Any, budget: int) -> tuple[int, int, int]:
             sampled += 1
             m = a if a > 0 else 1
             used = m
-            r = sample_phase(sampled, n)
-            positions = [(j * n + r) // m for j in range(m)]
+            positions = sample_positions(sampled, n, m)
             repeated: set[int] = set()
             if seq is not None:
                 children = []

@@ -313,6 +313,66 @@ def test_memory_error_in_a_fastapi_endpoint_is_a_503_not_a_500() -> None:
     assert guard.stats()["memory_errors_total"] == 1
 
 
+def test_errors_wrapped_in_exception_groups_are_still_413_and_503() -> None:
+    """Starlette's BaseHTTPMiddleware (an anyio task group) and asyncio.gather/
+    TaskGroup hand the guard an ExceptionGroup: a body over the limit was a 500,
+    and so was a MemoryError."""
+    fastapi = pytest.importorskip("fastapi")
+    httpx = pytest.importorskip("httpx")
+    from starlette.middleware.base import BaseHTTPMiddleware
+
+    app = fastapi.FastAPI()
+
+    async def echo(request: Any) -> dict[str, int]:
+        return {"bytes": len(await request.body())}
+
+    echo.__annotations__["request"] = fastapi.Request
+    app.put("/echo")(echo)
+
+    @app.get("/oom")
+    async def oom() -> None:
+        raise MemoryError
+
+    class PassThrough(BaseHTTPMiddleware):
+        async def dispatch(self, request: Any, call_next: Any) -> Any:
+            return await call_next(request)
+
+    app.add_middleware(PassThrough)
+    guard = MemoryGuard(manager=CacheManager(memory_limit_mb=4096), max_body_bytes=100)
+    app.add_middleware(guard.wrap)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(5):
+            yield b"y" * 60
+
+    async def go() -> list[Any]:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return [
+                await c.put("/echo", content=chunks()),
+                await c.get("/oom"),
+                await c.put("/echo", content=b"x" * 50),
+            ]
+
+    streamed, oom_r, small = asyncio.run(go())
+    assert streamed.status_code == 413
+    assert oom_r.status_code == 503
+    assert small.status_code == 200 and small.json() == {"bytes": 50}
+    stats = guard.stats()
+    assert stats["body_rejected_total"] == 1 and stats["memory_errors_total"] == 1
+
+
+def test_only_sees_through_nested_exception_groups() -> None:
+    from memcache_ext.guard import _only
+
+    if sys.version_info < (3, 11):
+        pytest.skip("ExceptionGroup is a builtin from 3.11")
+    group = ExceptionGroup("g", [MemoryError(), ExceptionGroup("h", [MemoryError()])])  # noqa: F821
+    assert _only(group, MemoryError) and _only(MemoryError(), MemoryError)
+    mixed = ExceptionGroup("g", [MemoryError(), ValueError()])  # noqa: F821
+    assert not _only(mixed, MemoryError) and not _only(ValueError(), MemoryError)
+
+
 def test_bad_arguments() -> None:
     for kw in (
         {"critical": 0},

@@ -89,6 +89,14 @@ class GuardStats(TypedDict):
     rss_bytes: Annotated[int, "The last RSS reading the guard saw"]
 
 
+def _only(exc: BaseException, kind: type[BaseException]) -> bool:
+    """``exc`` is a ``kind``, or an exception group (nested or not) of ``kind`` only."""
+    inner = getattr(exc, "exceptions", None)
+    if type(exc).__name__.endswith("ExceptionGroup") and isinstance(inner, tuple) and inner:
+        return all(_only(e, kind) for e in inner)
+    return isinstance(exc, kind)
+
+
 def _json_response(status: int, detail: str, headers: list[tuple[bytes, bytes]]) -> list[Any]:
     body = b'{"detail":"' + detail.replace('"', "'").encode() + b'"}'
     return [
@@ -357,25 +365,28 @@ class MemoryGuard:
             app = self.app
             assert app is not None  # checked in __call__
             await app(scope, counting_receive if limit is not None else receive, guarded_send)
-        except RequestBodyTooLargeError:
-            if not too_large:
+        except BaseException as exc:
+            # a middleware's task group (BaseHTTPMiddleware, asyncio.TaskGroup)
+            # wraps the error in an exception group: look inside
+            if too_large and _only(exc, RequestBodyTooLargeError):
+                pass  # answered 413 below
+            elif _only(exc, MemoryError):
+                held.clear()
+                self.memory_errors_total += 1
+                self.logger.error(
+                    "memory guard: MemoryError while handling %s %s: %s",
+                    scope.get("method", ""),
+                    scope.get("path", ""),
+                    "re-raised, the response had started" if started else "answered 503",
+                )
+                if not started:
+                    await self._answer(send, 503, "the server ran out of memory; retry later")
+                    return
                 raise
-        except MemoryError:
-            held.clear()
-            self.memory_errors_total += 1
-            self.logger.error(
-                "memory guard: MemoryError while handling %s %s: answered 503",
-                scope.get("method", ""),
-                scope.get("path", ""),
-            )
-            if not started:
-                await self._answer(send, 503, "the server ran out of memory; retry later")
-                return
-            raise
-        except BaseException:
-            if held and not too_large:
-                await flush()
-            raise
+            else:
+                if held and not too_large:
+                    await flush()
+                raise
         if too_large:
             self.body_rejected_total += 1
             if not started:

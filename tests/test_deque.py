@@ -110,3 +110,52 @@ def test_threads_append_consistently() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+_DEL_APPENDS = """
+import faulthandler
+faulthandler.dump_traceback_later(20, exit=True)  # a deadlock fails the test, with a traceback
+from memcache_ext import BoundedDeque
+log = BoundedDeque(2)
+class Tracked:
+    def __del__(self):
+        log.append("freed")
+log.append(Tracked()); log.append("a"); log.append("b")  # pushed out
+log.extend([Tracked(), Tracked()]); log.extend(["c", "d", "e"])  # pushed out by extend
+log.append(Tracked()); log.clear()  # cleared
+assert log.snapshot() == ["freed"], log.snapshot()
+assert log.dropped == 10, log.dropped  # the __del__ appends push items out too
+print("ok")
+"""
+
+
+def test_an_item_whose_del_appends_to_the_deque_does_not_deadlock() -> None:
+    """Pushed-out and cleared items are released after the lock (the lock was not
+    re-entrant, and the item was freed while it was held: a hang)."""
+    import subprocess
+    import sys
+
+    from support import child_env
+
+    out = subprocess.run(
+        [sys.executable, "-c", _DEL_APPENDS],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and out.stdout == "ok\n", out.stderr[-3000:]
+
+
+def test_huge_maxlen_and_self_reference() -> None:
+    with pytest.raises(ValueError, match=r"maxlen must be in 1\.\."):
+        BoundedDeque(2**63)
+    d: BoundedDeque[object] = BoundedDeque(3)
+    d.append(d)
+    assert repr(d) == "BoundedDeque([...], maxlen=3, dropped=0)"
+
+
+def test_recent_of_a_long_deque() -> None:
+    d: BoundedDeque[int] = BoundedDeque(200_000, range(200_000))
+    assert d.recent(100_000) == list(range(100_000, 200_000))
+    assert d.recent(1) == [199_999] and d.recent(0) == []

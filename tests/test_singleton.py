@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
 
@@ -308,3 +309,37 @@ def test_long_arguments_are_shortened_in_the_message() -> None:
     with pytest.raises(TypeError) as err:
         C("b" * 1000)
     assert len(str(err.value)) < 300 and "..." in str(err.value)
+
+
+def test_a_constructor_wrapped_without_functools_wraps_runs_once() -> None:
+    """The wrapper's signature is (*args, **kwargs): dropping its first parameter
+    as if it were self made every call fail after the constructor had run."""
+    calls: list[str] = []
+
+    def logged(f: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return f(*args, **kwargs)
+
+        return wrapper
+
+    class Conf(metaclass=SingletonMeta):
+        @logged
+        def __init__(self, path: str = "app.toml") -> None:
+            calls.append(path)
+
+    first = Conf("prod.toml")
+    assert Conf("prod.toml") is first and Conf() is first
+    assert calls == ["prod.toml"] and Conf.has_instance()
+
+
+def test_a_call_the_constructor_cannot_take_fails_before_it_runs() -> None:
+    calls: list[int] = []
+
+    class One(metaclass=SingletonMeta):
+        def __init__(self, n: int) -> None:
+            calls.append(n)
+
+    with pytest.raises(TypeError, match="One"):
+        One(1, 2)  # type: ignore[call-arg]  # deliberately wrong
+    assert calls == [] and not One.has_instance()
+    assert One(1) is One(1) and calls == [1]

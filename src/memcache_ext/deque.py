@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import reprlib
+import sys
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -20,7 +23,8 @@ class BoundedDeque(Generic[T]):
     iteration) see a consistent state while other threads append. Iteration
     runs over a snapshot, so appending while iterating never raises.
     ``dropped`` counts items pushed out by newer ones; ``clear()`` does not
-    count as dropping.
+    count as dropping. Items pushed out or cleared are released after the
+    lock, so a ``__del__`` that appends to the same deque cannot deadlock.
     """
 
     __slots__ = ("_items", "_lock", "_dropped", "__weakref__")
@@ -28,8 +32,8 @@ class BoundedDeque(Generic[T]):
     def __init__(self, maxlen: int, iterable: Iterable[T] = ()) -> None:
         if isinstance(maxlen, bool) or not isinstance(maxlen, int):
             raise TypeError(f"maxlen must be an int, not {type(maxlen).__name__}")
-        if maxlen < 1:
-            raise ValueError(f"maxlen must be >= 1, got {maxlen}")
+        if not 1 <= maxlen <= sys.maxsize:
+            raise ValueError(f"maxlen must be in 1..{sys.maxsize}, got {maxlen}")
         self._items: deque[T] = deque(maxlen=maxlen)
         self._lock = threading.Lock()
         self._dropped = 0
@@ -46,20 +50,26 @@ class BoundedDeque(Generic[T]):
 
     def append(self, item: T) -> None:
         """Add ``item`` as the newest, pushing out the oldest when full."""
+        old = None
         with self._lock:
             items = self._items
             if len(items) == items.maxlen:
+                old = items.popleft()
                 self._dropped += 1
             items.append(item)
+        del old  # released here, after the lock
 
     def extend(self, items: Iterable[T]) -> None:
         """Append every item of ``items`` (materialised first, outside the lock)."""
         new = list(items)
         with self._lock:
-            overflow = len(self._items) + len(new) - self.maxlen
+            mine = self._items
+            overflow = len(mine) + len(new) - self.maxlen
+            old = [mine.popleft() for _ in range(min(overflow, len(mine)))]
             if overflow > 0:
                 self._dropped += overflow
-            self._items.extend(new)
+            mine.extend(new)
+        del old, new  # released here, after the lock
 
     def recent(self, n: int) -> list[T]:
         """The newest ``n`` items, oldest first (fewer if there are fewer)."""
@@ -68,10 +78,9 @@ class BoundedDeque(Generic[T]):
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         with self._lock:
-            items = self._items
-            if n >= len(items):
-                return list(items)
-            return [items[i] for i in range(len(items) - n, len(items))]
+            newest = list(itertools.islice(reversed(self._items), n))
+        newest.reverse()
+        return newest
 
     def snapshot(self) -> list[T]:
         """Every item, oldest first, as a new list."""
@@ -81,7 +90,8 @@ class BoundedDeque(Generic[T]):
     def clear(self) -> None:
         """Remove every item (``dropped`` is kept)."""
         with self._lock:
-            self._items.clear()
+            old, self._items = self._items, deque(maxlen=self._items.maxlen)
+        del old  # released here, after the lock
 
     def __len__(self) -> int:
         return len(self._items)
@@ -92,6 +102,7 @@ class BoundedDeque(Generic[T]):
     def __iter__(self) -> Iterator[T]:
         return iter(self.snapshot())
 
+    @reprlib.recursive_repr()
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({self.snapshot()!r}, maxlen={self.maxlen}, "

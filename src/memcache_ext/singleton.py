@@ -64,7 +64,13 @@ def _signature(cls: type) -> Any:
             full = inspect.Signature()  # object's: no arguments
             type.__setattr__(cls, _SIGNATURE, full)
             return full
-        sig = full.replace(parameters=list(full.parameters.values())[1:])
+        params = list(full.parameters.values())
+        if params and params[0].kind in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):  # self/cls; a wrapper's (*args, **kwargs) has none to drop
+            params = params[1:]
+        sig = full.replace(parameters=params)
     except (TypeError, ValueError):  # no signature to read: compare the calls as given
         sig = _NO_SIGNATURE
     type.__setattr__(cls, _SIGNATURE, sig)
@@ -102,12 +108,12 @@ def _reset(cls: Optional[type] = None) -> None:
         return
     if not isinstance(cls, SingletonMeta):
         raise TypeError(f"{cls!r} is not a class created by SingletonMeta")
-    with _lock_of(cls):
+    with _lock_of(cls):  # then the registry lock: the order __call__ takes them in
         for name in (_INSTANCE, _ARGS):
             if name in cls.__dict__:
                 type.__delattr__(cls, name)
-    with SingletonMeta._registry_lock:
-        SingletonMeta._classes.discard(cls)
+        with SingletonMeta._registry_lock:
+            SingletonMeta._classes.discard(cls)
 
 
 def _lock_of(cls: type) -> Any:
@@ -148,15 +154,16 @@ class SingletonMeta(type):
                 raise RuntimeError(
                     f"{cls.__qualname__}() called again while it is being constructed"
                 )
+            call = _normalized(cls, args, kwargs)  # a bad call fails before the constructor runs
             type.__setattr__(cls, _BUILDER, me)
             try:
                 inst = super().__call__(*args, **kwargs)
             finally:
                 type.__delattr__(cls, _BUILDER)
-            type.__setattr__(cls, _ARGS, _normalized(cls, args, kwargs))
+            type.__setattr__(cls, _ARGS, call)
             type.__setattr__(cls, _INSTANCE, inst)
-        with SingletonMeta._registry_lock:
-            SingletonMeta._classes.add(cls)
+            with SingletonMeta._registry_lock:
+                SingletonMeta._classes.add(cls)
         return inst
 
     def _check_args(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

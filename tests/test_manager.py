@@ -465,8 +465,8 @@ def test_budget_goes_through_the_public_api(cache_cls: type) -> None:
     m.create_cache("b", maxsize=10)
     assert calls == [
         ("init", {"max_bytes": 10_000}),  # no sizeof wrapper: the core measures as it always does
+        ("resize", {"max_bytes": 5_000}),  # the others shrink before the new cache exists
         ("init", {"max_bytes": 5_000}),
-        ("resize", {"max_bytes": 5_000}),
     ]
 
 
@@ -552,3 +552,112 @@ def test_stats_sources_are_reported_and_isolated(cache_cls) -> None:
     assert sources["broken"] == {"error": "ZeroDivisionError: division by zero"}
     assert m.unregister_stats_source("tier") and not m.unregister_stats_source("tier")
     assert "tier" not in m.stats()["sources"]
+
+
+# -- the budget while caches come and go, and re-entrant callbacks ------------------
+
+
+def test_the_bounds_never_add_up_to_more_than_the_total_while_a_cache_is_made(
+    cache_cls: type,
+) -> None:
+    """The others shrink before the new cache exists (they shrank after: the
+    bounds added up to 233,334 of 200,000 bytes, and the caches could hold it)."""
+    m = CacheManager(max_total_bytes=200_000, cache_class=cache_cls)
+    worst = [0]
+    armed: list[bool] = []
+
+    def on_evict(key: Any, value: Any, reason: str) -> None:
+        if armed:
+            worst[0] = max(worst[0], sum(c.max_bytes for c in m.caches().values()))
+
+    a = m.create_cache("a", maxsize=None, on_evict=on_evict)
+    b = m.create_cache("b", maxsize=None, on_evict=on_evict)
+    for i in range(1000):
+        a[i] = b"x" * 500
+        b[i] = b"x" * 500
+    armed.append(True)
+    m.create_cache("c", maxsize=None)
+    m.create_cache("d", maxsize=None)
+    assert 0 < worst[0] <= 200_000
+    assert sum(c.max_bytes for c in m.caches().values()) == 200_000
+
+
+def test_a_cache_that_cannot_be_made_gives_the_shares_back(cache_cls: type) -> None:
+    m = CacheManager(max_total_bytes=100_000, cache_class=cache_cls)
+    a = m.create_cache("a", maxsize=None)
+    with pytest.raises(TypeError):
+        m.create_cache("b", maxsize=None, sizeof=5)
+    assert "b" not in m and a.max_bytes == 100_000
+
+
+def test_create_cache_checks_max_bytes_with_or_without_a_budget(cache_cls: type) -> None:
+    """Under a budget a bound of -1, True or 1.5 was taken (and -1 gave the next
+    cache more than the total): the same call the core refuses without one."""
+    for total in (None, 100_000):
+        m = CacheManager(max_total_bytes=total, cache_class=cache_cls, cache_share=None)
+        for bad, exc in ((-1, ValueError), (True, TypeError), (1.5, TypeError), ("9", TypeError)):
+            with pytest.raises(exc, match="max_bytes"):
+                m.create_cache("a", maxsize=None, max_bytes=bad)
+            assert "a" not in m
+    m = CacheManager(max_total_bytes=100_000, cache_class=cache_cls)
+    m.create_cache("a", maxsize=None, max_bytes=0)
+    assert m.create_cache("b", maxsize=None).max_bytes == 99_999
+    assert m.stats()["budget"]["granted_bytes"] == 100_000
+
+
+def test_a_bad_collect_is_refused_before_the_cleanup_trims(cache_cls: type) -> None:
+    m = make(cache_cls)
+    c = m.create_cache("a", maxsize=None)
+    c.update({i: i for i in range(100)})
+    for bad in (None, "x", 5, -1, 2.5):
+        with pytest.raises(ValueError, match="collect must be"):
+            m.cleanup(collect=bad)  # type: ignore[arg-type]  # deliberately wrong
+        with pytest.raises(ValueError, match="collect must be"):
+            next(m.cleanup_steps("forced", collect=bad))  # type: ignore[arg-type]
+    assert len(c) == 100 and m.stats()["cleanup_count"] == 0
+
+
+def test_the_cleanup_reads_rss_through_the_injected_probe(cache_cls: type) -> None:
+    m = make(cache_cls, rss=FakeRss(1000))
+    event = m.cleanup()
+    assert event is not None
+    assert event.rss_before == event.rss_before_malloc_trim == event.rss_after == 1000
+
+
+def test_a_cleanup_and_a_budget_change_that_call_each_other_do_not_deadlock(
+    isolated: Any,
+) -> None:
+    """Thread A's cleanup evicts, and its on_evict makes a cache (the budget
+    lock); thread B's new cache shrinks the others, and its on_evict asks for a
+    cleanup (the cleanup lock). Both re-entries are supported; together they
+    deadlocked for good."""
+    isolated(
+        """
+        from memcache_ext import CacheManager
+        m = CacheManager(max_total_bytes=100_000, cache_class=Cache)
+        in_trim, in_resize = threading.Event(), threading.Event()
+        armed = []
+        def on_evict(key, value, reason):
+            if not armed:
+                return
+            if reason == "trim" and not in_trim.is_set():  # thread A, in its cleanup
+                in_trim.set()
+                in_resize.wait(5)
+                m.create_cache("z", maxsize=None)
+            elif reason == "bytes" and not in_resize.is_set():  # thread B, in create_cache
+                in_resize.set()
+                in_trim.wait(5)
+                m.cleanup()
+        x = m.create_cache("x", maxsize=None, on_evict=on_evict)
+        for i in range(1000):
+            x[i] = b"x" * 90
+        armed.append(True)
+        a = threading.Thread(target=m.cleanup)
+        b = threading.Thread(target=m.create_cache, args=("y",), kwargs={"maxsize": None})
+        a.start(); b.start(); a.join(20); b.join(20)
+        assert not a.is_alive() and not b.is_alive(), "deadlock"
+        assert set(m.caches()) == {"x", "y", "z"}
+        assert sum(c.max_bytes for c in m.caches().values()) == 100_000
+    """,
+        timeout=60,
+    )

@@ -94,6 +94,6 @@ def split(total: int, requests: Mapping[str, Optional[int]]) -> dict[str, int]:
         fair = left // (len(order) - i)
         want = requests[name]
         grant = fair if want is None else min(int(want), fair)
-        grants[name] = max(1, grant)
-        left -= grant
+        grants[name] = grant = max(1, grant)
+        left = max(0, left - grant)
     return grants

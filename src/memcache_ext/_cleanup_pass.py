@@ -158,6 +158,7 @@ def sweep_steps(
     collect: Union[bool, int],
     *,
     slice_seconds: float = SLICE_SECONDS,
+    rss: Callable[[], int] = _procmem.rss_bytes,
 ) -> Iterator[None]:
     """The same pass, one bounded step at a time: a generator that yields between steps.
 
@@ -255,7 +256,7 @@ def sweep_steps(
         event.gc_duration = time.perf_counter() - w0
         timed(t0)
         yield
-    event.rss_before_malloc_trim = _procmem.rss_bytes()
+    event.rss_before_malloc_trim = rss()
     t0, w0 = clock(), time.perf_counter()
     try:  # 4. give freed heap back to the kernel
         event.malloc_trimmed = _procmem.malloc_trim(0)

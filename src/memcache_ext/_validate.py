@@ -64,6 +64,13 @@ def check_fraction(value: Any, name: str = "fraction") -> float:
     return float(value)
 
 
+def check_collect(value: Any) -> Any:
+    """Validate a cleanup's ``collect``: True, False or a generation 0-2."""
+    if value not in (True, False, 0, 1, 2) or not isinstance(value, int):
+        raise ValueError(f"collect must be True, False or a generation 0-2, got {value!r}")
+    return value
+
+
 def check_positive(name: str, value: Any, *, integer: bool = False) -> Any:
     """Validate None or a finite number > 0 (an int with ``integer``)."""
     if value is None:

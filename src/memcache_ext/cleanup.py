@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Annotated, Any, Optional, TypedDict, Union
 
+from ._validate import check_collect
 from .manager import CacheManager, CleanupEvent, manager_or_default
 
 __all__ = [
@@ -97,9 +98,7 @@ class MemoryCleanupService:
         self.manager = manager_or_default(manager)
         self.interval = float(interval)
         self.threshold_mb = threshold_mb
-        if collect not in (True, False, 0, 1, 2):
-            raise ValueError(f"collect must be True, False or a generation 0-2, got {collect!r}")
-        self.collect = collect
+        self.collect = check_collect(collect)
         self.logger = logger or log
         self._wake: Optional[str] = None
         self._stopping = False

@@ -42,6 +42,7 @@ Policy, precisely:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
@@ -53,7 +54,7 @@ from ._budget import BudgetError, BudgetGrant, BudgetInfo, headroom_error, split
 from ._cleanup_pass import CleanupEvent, sweep_steps
 from ._constants import MIB, MISSING
 from ._manager_stats import ManagedCacheStats, ManagerStats, StatsSources, cache_stats
-from ._validate import check_fraction, check_positive
+from ._validate import check_collect, check_fraction, check_positive, check_size
 from .deque import BoundedDeque
 
 __all__ = [
@@ -183,6 +184,7 @@ class CacheManager:
         self._sources = StatsSources()
         # Serializes budget splits (re-entrant: a cache's on_evict may create a cache).
         self._budget_lock = threading.RLock()
+        self._budget_depth = threading.local()  # .n: how deep this thread holds it
 
     # -- registry -------------------------------------------------------------
 
@@ -204,29 +206,35 @@ class CacheManager:
             raise TypeError(f"cache name must be a str, not {type(name).__name__}")
         if not name:
             raise ValueError("cache name must not be empty")
+        max_bytes = check_size("max_bytes", max_bytes)
         settings = {"maxsize": maxsize, "ttl": ttl, "max_bytes": max_bytes, **kwargs}
         with self._lock:
             entry = self._caches.get(name)
             if entry is not None:
                 return self._same(name, entry, settings)
-        with self._budget_lock:
+        with self._budget_held():
             with self._lock:  # created while this thread waited for the budget lock?
                 entry = self._caches.get(name)
                 if entry is not None:
                     return self._same(name, entry, settings)
-            # The cache's bound is its share of the budget with it counted in;
-            # the others shrink (or grow) to their new shares once it is registered.
-            granted = self._grants(extra=(name, max_bytes)).get(name, max_bytes)
-            # Build outside the registry lock: a cache class may run user code.
-            cls = self._cache_class or _default_cache_class()
-            cache = cls(maxsize, ttl, max_bytes=granted, **kwargs)
-            with self._lock:
-                entry = self._caches.get(name)
-                if entry is not None:  # another thread won the race
-                    return self._same(name, entry, settings)
-                self._seq += 1
-                self._caches[name] = _Entry(cache, settings, self._clock(), self._seq)
-            self._apply_budget()
+            # The cache's bound is its share of the budget with it counted in.
+            # The others shrink to their new shares before it exists, so the
+            # bounds never add up to more than the total.
+            grants = self._grants(extra=(name, max_bytes))
+            granted = grants.get(name, max_bytes)
+            try:
+                self._apply_budget(grants, shrink_only=True)
+                # Build outside the registry lock: a cache class may run user code.
+                cls = self._cache_class or _default_cache_class()
+                cache = cls(maxsize, ttl, max_bytes=granted, **kwargs)
+                with self._lock:
+                    entry = self._caches.get(name)
+                    if entry is not None:  # another thread won the race
+                        return self._same(name, entry, settings)
+                    self._seq += 1
+                    self._caches[name] = _Entry(cache, settings, self._clock(), self._seq)
+            finally:
+                self._apply_budget()  # and grow back if the cache was not made
         return cache
 
     def _same(self, name: str, entry: _Entry, settings: dict[str, Any]) -> Any:
@@ -261,7 +269,7 @@ class CacheManager:
         Returns whether it existed. The cache object itself keeps working for
         whoever still holds it, outside the manager's accounting.
         """
-        with self._budget_lock:
+        with self._budget_held():
             with self._lock:
                 entry = self._caches.pop(name, None)
             if entry is None:
@@ -402,22 +410,39 @@ class CacheManager:
             requests[extra[0]] = extra[1]
         return split(total, requests)
 
-    def _apply_budget(self) -> None:
-        """Resize every registered cache whose share changed (outside the registry lock)."""
-        grants = self._grants()
+    def _apply_budget(
+        self, grants: Optional[dict[str, int]] = None, *, shrink_only: bool = False
+    ) -> None:
+        """Resize every registered cache whose share changed (outside the registry
+        lock): the shrinks first, so the bounds never add up to more than the
+        total; with ``shrink_only``, the shrinks only."""
+        if grants is None:
+            grants = self._grants()
         if not grants:
             return
+        changes = []
         for name, cache in self.caches().items():
-            grant = grants.get(name)
-            if grant is None or getattr(cache, "max_bytes", None) == grant:
-                continue
-            resize = getattr(cache, "resize", None)
-            if resize is None:
+            grant, now = grants.get(name), getattr(cache, "max_bytes", None)
+            if grant is None or now == grant or getattr(cache, "resize", None) is None:
                 continue  # a cache class without resize() keeps the bound it was built with
+            grows = now is not None and grant > now
+            if not (grows and shrink_only):
+                changes.append((grows, cache, grant))
+        for _grows, cache, grant in sorted(changes, key=lambda change: change[0]):
             try:
-                resize(max_bytes=grant)
+                cache.resize(max_bytes=grant)
             except Exception:  # noqa: BLE001, S110 - an on_evict raised; the resize is done
                 pass
+
+    @contextlib.contextmanager
+    def _budget_held(self) -> Iterator[None]:
+        """The budget lock, with a note that this thread holds it (see _steps)."""
+        with self._budget_lock:
+            self._budget_depth.n = getattr(self._budget_depth, "n", 0) + 1
+            try:
+                yield
+            finally:
+                self._budget_depth.n -= 1
 
     def _budget_info(self, caches: dict[str, Any]) -> BudgetInfo:
         limit = self.limit
@@ -491,10 +516,12 @@ class CacheManager:
         ``fraction`` overrides ``cleanup_fraction`` for this run, ``collect=False``
         skips ``gc.collect()`` and ``collect=1`` collects the young generations only.
         Waits for a cleanup running on another thread; returns None when called
-        from inside a cleanup on this thread.
+        from inside a cleanup on this thread, or when one runs elsewhere and this
+        is a callback of a budget change (that cleanup may be waiting for it).
         """
         if fraction is not None:
             fraction = check_fraction(fraction, "fraction")
+        collect = check_collect(collect)
         return _drain(
             self._steps(reason, None, None, blocking=True, fraction=fraction, collect=collect)
         )
@@ -520,6 +547,7 @@ class CacheManager:
         """
         if fraction is not None:
             fraction = check_fraction(fraction, "fraction")
+        collect = check_collect(collect)
         if reason is None:
             rss = self._due()
             if rss is None:
@@ -546,6 +574,10 @@ class CacheManager:
     ) -> Generator[None, None, Optional[CleanupEvent]]:
         if self._cleanup_thread == threading.get_ident():
             return None  # re-entered from a callback of the running cleanup
+        if getattr(self._budget_depth, "n", 0):
+            # a callback of a budget resize: the running cleanup may be waiting
+            # for the budget lock this thread holds, so waiting for it would deadlock
+            blocking = False
         if not self._cleanup_lock.acquire(blocking=blocking):
             return None
         self._cleanup_thread = threading.get_ident()
@@ -569,6 +601,7 @@ class CacheManager:
                 ],
                 fraction or self.cleanup_fraction,
                 collect,
+                rss=self.rss_bytes,
             )
             event.rss_after = self.rss_bytes()
             event.duration = time.perf_counter() - started

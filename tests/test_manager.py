@@ -661,3 +661,18 @@ def test_a_cleanup_and_a_budget_change_that_call_each_other_do_not_deadlock(
     """,
         timeout=60,
     )
+
+
+def test_stats_before_the_first_cache_does_not_fix_the_baseline(cache_cls: type) -> None:
+    """A /memory/stats read or a scrape during start-up measured the baseline
+    then (20 MB), and the caches got the headroom above it, not above the RSS
+    when they were made (300 MB): 195 MB of budget instead of 55."""
+    rss = FakeRss(20 * MB)
+    m = CacheManager(memory_limit_mb=512, rss=rss, cache_class=cache_cls)
+    early = m.stats()["budget"]
+    assert early["total_bytes"] is None and early["source"].startswith("pending")
+    rss.value = 300 * MB
+    m.create_cache("users", maxsize=None)
+    budget = m.stats()["budget"]
+    assert budget["baseline_rss_bytes"] == 300 * MB
+    assert budget["total_bytes"] == int(0.5 * (int(0.8 * 512 * MB) - 300 * MB))

@@ -191,3 +191,43 @@ def test_metrics_router_with_dependency() -> None:
     r = _get(app, "/metrics", headers={"x-key": "k"})
     assert r.status_code == 200 and "memcache_ext_cache_entries" in r.text
     assert "/metrics" not in app.openapi()["paths"]
+
+
+def test_cleanup_counters_add_up_while_cleanups_and_scrapes_race(isolated: Any) -> None:
+    """A cleanup appended its event and counted it in two steps, and stats()
+    read the two at different times: a scrape between them counted an event
+    twice or lost one (81,458 evicted against 81,456 true)."""
+    isolated(
+        """
+        import time
+        from memcache_ext import CacheManager
+        from memcache_ext.prometheus import MemcacheCollector
+        sys.setswitchinterval(1e-6)
+        m = CacheManager(max_total_bytes=10**6, cache_class=Cache, history=10**6)
+        c = m.create_cache("a", maxsize=None)
+        collector = MemcacheCollector(m)
+        stop = threading.Event()
+        def cleaner():
+            i = 0
+            while not stop.is_set():
+                i += 1
+                c.update({(i, j): b"x" * (10 + i % 7) for j in range(4 + i % 5)})
+                m.cleanup(collect=False)
+        def scraper():
+            while not stop.is_set():
+                collector.collect()
+        threads = [threading.Thread(target=cleaner), threading.Thread(target=scraper)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        stop.set()
+        for t in threads:
+            t.join()
+        collector.collect()
+        history = m.history
+        assert len(history) == m.stats()["cleanup_count"] > 0
+        assert collector._evicted == sum(e.entries_evicted for e in history)
+        assert collector._freed_accounted == sum(e.accounted_bytes_released for e in history)
+    """,
+        timeout=60,
+    )

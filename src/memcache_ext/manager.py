@@ -379,11 +379,13 @@ class CacheManager:
             self._baseline = self.rss_bytes()
         return self._baseline
 
-    def budget_total(self) -> tuple[Optional[int], str]:
+    def budget_total(self, *, measure: bool = True) -> tuple[Optional[int], str]:
         """The caches' total byte budget (None: no budget) and where it comes from.
 
         Raises BudgetError when the limit leaves the caches no room (both
-        figures in the message).
+        figures in the message). With ``measure=False`` a baseline not yet
+        measured stays so (None, "pending: ..."): a stats read during start-up
+        must not fix the baseline the first cache is counted from.
         """
         if self.max_total_bytes is not None:
             return self.max_total_bytes, "max_total_bytes"
@@ -392,6 +394,8 @@ class CacheManager:
         limit = self.limit
         if limit.source != "configured" and not limit.source.startswith("cgroup"):
             return None, f"none: no memory limit ({limit.source})"
+        if not measure and self._baseline is None:
+            return None, "pending: the baseline RSS is measured at the first create_cache"
         baseline = self.baseline_rss_bytes()
         high = int(self.high_water * limit.nbytes)
         problem = headroom_error(limit.nbytes, high, baseline, limit.source)
@@ -448,7 +452,7 @@ class CacheManager:
         limit = self.limit
         high = int(self.high_water * limit.nbytes)
         try:
-            total, source = self.budget_total()
+            total, source = self.budget_total(measure=False)
         except BudgetError as exc:
             total, source = None, f"none: {exc}"
         baseline = self._baseline
@@ -605,8 +609,8 @@ class CacheManager:
             )
             event.rss_after = self.rss_bytes()
             event.duration = time.perf_counter() - started
-            self._history.append(event)
-            with self._lock:
+            with self._lock:  # stats() reads the two together
+                self._history.append(event)
                 self._cleanups += 1
             return event
         finally:
@@ -641,6 +645,12 @@ class CacheManager:
         caches, totals = cache_stats(
             [(name, entry.cache, now - entry.last_used) for name, entry in sorted(entries)]
         )
+        with self._lock:  # the events and their count as one cleanup left them
+            history, count, dropped = (
+                self._history.snapshot(),
+                self._cleanups,
+                self._history.dropped,
+            )
         return {
             "process": {
                 "rss_bytes": rss,
@@ -664,9 +674,9 @@ class CacheManager:
             "caches": caches,
             "totals": totals,
             "sources": self._sources.collect(),
-            "cleanups": [e.as_dict() for e in self._history.snapshot()],
-            "cleanup_count": self._cleanups,
-            "cleanups_dropped": self._history.dropped,
+            "cleanups": [e.as_dict() for e in history],
+            "cleanup_count": count,
+            "cleanups_dropped": dropped,
             "cleanups_skipped_interval": self._skipped_interval,
         }
 

@@ -159,3 +159,4 @@ def test_recent_of_a_long_deque() -> None:
     d: BoundedDeque[int] = BoundedDeque(200_000, range(200_000))
     assert d.recent(100_000) == list(range(100_000, 200_000))
     assert d.recent(1) == [199_999] and d.recent(0) == []
+    assert d.recent(2**70) == list(range(200_000))

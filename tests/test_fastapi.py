@@ -8,7 +8,7 @@ import random
 import subprocess
 import sys
 import warnings
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 import pytest
 
@@ -618,3 +618,38 @@ def test_cleanup_service_bad_arguments() -> None:
         MemoryCleanupService(CacheManager(memory_limit_mb=10), threshold_mb=-1)
     with pytest.raises(ValueError):
         RequestMemoryMonitor(0)
+
+
+def test_monitor_arguments_at_their_limits_are_clear_errors() -> None:
+    """An infinite or huge limit was an OverflowError from int(), a history_size
+    of 0 named deque's "maxlen", and rss=5 failed at every request."""
+    for bad, exc, message in (
+        (float("inf"), ValueError, "memory_limit_mb must be > 0 and finite"),
+        (1e308, ValueError, "memory_limit_mb must be from 1 byte to"),
+        (1e-9, ValueError, "memory_limit_mb must be from 1 byte to"),
+        (None, TypeError, "memory_limit_mb must be a number"),
+    ):
+        with pytest.raises(exc, match=message):
+            RequestMemoryMonitor(bad)  # type: ignore[arg-type]  # deliberately wrong
+    with pytest.raises(ValueError, match="history_size must be >= 1"):
+        RequestMemoryMonitor(100, history_size=0)
+    with pytest.raises(TypeError, match="history_size must be an int"):
+        RequestMemoryMonitor(100, history_size=1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="rss must be callable"):
+        MemoryMonitorMiddleware(FastAPI(), rss=5)  # type: ignore[arg-type]
+
+
+class _Inner(TypedDict):
+    a: int
+
+
+class _Outer(TypedDict):
+    xs: list[Annotated[_Inner, "items"]]
+
+
+def test_model_of_converts_a_typeddict_inside_annotated() -> None:
+    """It was left a TypedDict, which pydantic refuses on 3.11 (typing's TypedDict)."""
+    from memcache_ext.fastapi import model_of
+
+    model = model_of(_Outer)
+    assert model(xs=[{"a": 1}]).xs[0].a == 1  # type: ignore[attr-defined]

@@ -387,6 +387,17 @@ def test_bad_arguments() -> None:
             MemoryGuard(ok_app, limit_mb=kw.pop("limit_mb", 100), **kw)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         MemoryGuard(ok_app, limit_mb=100, on_shed=5)  # type: ignore[arg-type]  # deliberately wrong
+    # a limit that rounds to 0 bytes disabled the guard; one past sys.maxsize was an
+    # OverflowError; a str exempt was a set of characters; bad callables failed later
+    for limit in (1e-9, 1e300):
+        with pytest.raises(ValueError, match="limit_mb must be from 1 byte to"):
+            MemoryGuard(ok_app, limit_mb=limit)
+    with pytest.raises(TypeError, match="exempt must be a collection of paths"):
+        MemoryGuard(ok_app, limit_mb=100, exempt="/health")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="clock must be callable"):
+        MemoryGuard(ok_app, limit_mb=100, clock=None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="probe must be an RssProbe"):
+        MemoryGuard(ok_app, limit_mb=100, probe=5)  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="no app"):
         asyncio.run(MemoryGuard(limit_mb=100)({"type": "http"}, Call().receive, Call().send))
     with pytest.raises(ValueError, match="finite"):

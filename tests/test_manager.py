@@ -676,3 +676,16 @@ def test_stats_before_the_first_cache_does_not_fix_the_baseline(cache_cls: type)
     budget = m.stats()["budget"]
     assert budget["baseline_rss_bytes"] == 300 * MB
     assert budget["total_bytes"] == int(0.5 * (int(0.8 * 512 * MB) - 300 * MB))
+
+
+def test_limits_and_totals_past_the_address_space_are_clear_errors(cache_cls: type) -> None:
+    """A total past sys.maxsize failed at the first create_cache, naming a max_bytes
+    the caller never passed; a 1e-9 MB limit was a 0-byte "configured" limit."""
+    for kw, message in (
+        ({"max_total_bytes": 2**63}, "max_total_bytes must be <="),
+        ({"memory_limit_mb": 1e300}, "memory_limit_mb must be from 1 byte to"),
+        ({"memory_limit_mb": 1e-9}, "memory_limit_mb must be from 1 byte to"),
+        ({"memory_limit_mb": 100, "baseline_mb": 1e300}, "baseline_mb must be from 1 byte to"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            CacheManager(cache_class=cache_cls, **kw)

@@ -210,6 +210,9 @@ class RssProbe:
     ) -> None:
         if not 0 <= max_age < float("inf"):
             raise ValueError(f"max_age must be >= 0 and finite, got {max_age!r}")
+        for name, value in (("read", read), ("clock", clock)):
+            if value is not None and not callable(value):
+                raise TypeError(f"{name} must be callable, not {type(value).__name__}")
         self._read = read if read is not None else rss_bytes
         self.max_age = float(max_age)
         self._clock = clock

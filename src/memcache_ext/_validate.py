@@ -64,6 +64,22 @@ def check_fraction(value: Any, name: str = "fraction") -> float:
     return float(value)
 
 
+def check_mb(name: str, value: Any) -> Optional[float]:
+    """Validate None or a size in MiB: finite, > 0, and from 1 byte to sys.maxsize bytes."""
+    check_positive(name, value)
+    if value is not None and not 1 <= value * 2**20 <= sys.maxsize:
+        raise ValueError(f"{name} must be from 1 byte to {sys.maxsize >> 20} MB, got {value!r}")
+    return None if value is None else float(value)
+
+
+def check_max_total(value: Any) -> Optional[int]:
+    """Validate None or a byte total: an int from 1 to sys.maxsize."""
+    check_positive("max_total_bytes", value, integer=True)
+    if value is not None and value > sys.maxsize:
+        raise ValueError(f"max_total_bytes must be <= {sys.maxsize}, got {value}")
+    return value  # type: ignore[no-any-return]  # an int or None, checked
+
+
 def check_collect(value: Any) -> Any:
     """Validate a cleanup's ``collect``: True, False or a generation 0-2."""
     if value not in (True, False, 0, 1, 2) or not isinstance(value, int):

@@ -41,6 +41,7 @@ from typing import Annotated, Any, Optional, TypedDict
 
 from . import _procmem
 from ._constants import MIB as MB
+from ._validate import check_mb
 from .deque import BoundedDeque
 
 __all__ = [
@@ -140,10 +141,9 @@ class RequestMemoryMonitor:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        if isinstance(memory_limit_mb, bool) or not isinstance(memory_limit_mb, (int, float)):
-            raise TypeError("memory_limit_mb must be a number")
-        if not memory_limit_mb > 0:
-            raise ValueError(f"memory_limit_mb must be > 0, got {memory_limit_mb!r}")
+        if memory_limit_mb is None:
+            raise TypeError("memory_limit_mb must be a number, not NoneType")
+        check_mb("memory_limit_mb", memory_limit_mb)
         for name, value in (("window_seconds", window_seconds), ("log_interval", log_interval)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{name} must be a number")
@@ -159,6 +159,10 @@ class RequestMemoryMonitor:
         self.logger = logger or log
         self._clock = clock
         self._wall = wall_clock
+        if isinstance(history_size, bool) or not isinstance(history_size, int):
+            raise TypeError(f"history_size must be an int, not {type(history_size).__name__}")
+        if history_size < 1:
+            raise ValueError(f"history_size must be >= 1, got {history_size}")
         self._history: BoundedDeque[tuple[Any, ...]] = BoundedDeque(history_size)
         # route -> [requests, high_memory, errors, max_delta_bytes, total_duration_s]
         self._routes: dict[str, list[Any]] = {}
@@ -376,6 +380,8 @@ class MemoryMonitorMiddleware:
         self.manager = manager
         if probe is None:
             if rss is not None:
+                if not callable(rss):
+                    raise TypeError(f"rss must be callable, not {type(rss).__name__}")
                 probe = _procmem.RssProbe(rss)
             elif manager is not None:
                 probe = manager.probe

@@ -78,7 +78,7 @@ class BoundedDeque(Generic[T]):
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         with self._lock:
-            newest = list(itertools.islice(reversed(self._items), n))
+            newest = list(itertools.islice(reversed(self._items), min(n, len(self._items))))
         newest.reverse()
         return newest
 

@@ -133,11 +133,12 @@ def _modelled(hint: Any) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if not args:
         return hint
+    if origin is typing.Annotated:  # the metadata stays as it is
+        params = (_modelled(args[0]), *hint.__metadata__)
+        return typing.Annotated[params]
     new = tuple(_modelled(a) for a in args)
     if origin in (Union, types.UnionType):
         return Union[new]
-    if origin is typing.Annotated:
-        return hint
     return origin[new] if len(new) > 1 else origin[new[0]]
 
 

@@ -46,7 +46,7 @@ from typing import Annotated, Any, Optional, TypedDict
 
 from . import _procmem
 from ._constants import MIB
-from ._validate import check_positive
+from ._validate import check_mb
 
 __all__ = ["MemoryGuard", "GuardStats", "RequestBodyTooLargeError", "SCOPE_KEY"]
 
@@ -160,9 +160,13 @@ class MemoryGuard:
             raise ValueError(f"max_body_bytes must be an int >= 0 or None, got {max_body_bytes!r}")
         if isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 0:
             raise ValueError(f"retry_after must be an int >= 0, got {retry_after!r}")
-        check_positive("limit_mb", limit_mb)  # None, or finite and > 0
+        check_mb("limit_mb", limit_mb)  # None, or finite, 1 byte or more, and <= sys.maxsize
         if on_shed is not None and not callable(on_shed):
             raise TypeError("on_shed must be callable")
+        if not callable(clock):
+            raise TypeError(f"clock must be callable, not {type(clock).__name__}")
+        if probe is not None and not callable(getattr(probe, "recent", None)):
+            raise TypeError(f"probe must be an RssProbe, not {type(probe).__name__}")
         if manager is None and (limit_mb is None or probe is None):
             from .manager import cache_manager
 
@@ -176,6 +180,10 @@ class MemoryGuard:
         self.resume_bytes = int(self.resume * self.limit_bytes)
         self.retry_after = retry_after
         self.max_body_bytes = max_body_bytes
+        if isinstance(exempt, (str, bytes)):
+            raise TypeError(
+                f"exempt must be a collection of paths, not a single {type(exempt).__name__}"
+            )
         self.exempt = frozenset(exempt)
         self.on_shed = on_shed
         self.probe = probe if probe is not None else manager.probe

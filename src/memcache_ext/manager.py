@@ -54,7 +54,13 @@ from ._budget import BudgetError, BudgetGrant, BudgetInfo, headroom_error, split
 from ._cleanup_pass import CleanupEvent, sweep_steps
 from ._constants import MIB, MISSING
 from ._manager_stats import ManagedCacheStats, ManagerStats, StatsSources, cache_stats
-from ._validate import check_collect, check_fraction, check_positive, check_size
+from ._validate import (
+    check_collect,
+    check_fraction,
+    check_max_total,
+    check_mb,
+    check_size,
+)
 from .deque import BoundedDeque
 
 __all__ = [
@@ -138,7 +144,7 @@ class CacheManager:
         cgroup_root: str = "/",
         clock: Optional[Callable[[], float]] = None,
     ) -> None:
-        self._memory_limit_mb = check_positive("memory_limit_mb", memory_limit_mb)
+        self._memory_limit_mb = check_mb("memory_limit_mb", memory_limit_mb)
         self.high_water = check_fraction(high_water, "high_water")
         if low_water is None:
             low_water = high_water - 0.1 if high_water > 0.1 else high_water / 2
@@ -151,11 +157,11 @@ class CacheManager:
         if not min_interval >= 0:
             raise ValueError(f"min_interval must be >= 0, got {min_interval!r}")
         self.min_interval = float(min_interval)
-        self.max_total_bytes = check_positive("max_total_bytes", max_total_bytes, integer=True)
+        self.max_total_bytes = check_max_total(max_total_bytes)
         self.cache_share = (
             None if cache_share is None else check_fraction(cache_share, "cache_share")
         )
-        self._baseline_mb = check_positive("baseline_mb", baseline_mb)
+        self._baseline_mb = check_mb("baseline_mb", baseline_mb)
         self._baseline: Optional[int] = None if baseline_mb is None else int(baseline_mb * MIB)
         if isinstance(history, bool) or not isinstance(history, int):
             raise TypeError("history must be an int")

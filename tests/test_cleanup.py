@@ -168,10 +168,29 @@ def test_the_stall_monitor_tells_cpu_holds_and_collections_apart() -> None:
     assert by_name["busy"]["gc"] < 0.005
 
 
-@pytest.mark.parametrize("kw", [{"interval": 0}, {"interval": float("inf")}])
-def test_stall_monitor_bad_arguments(kw: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    "kw, exc",
+    [
+        ({"interval": 0}, ValueError),
+        ({"interval": float("inf")}, ValueError),
+        ({"interval": True}, TypeError),  # was taken as 1 s
+        ({"interval": "x"}, TypeError),
+        ({"record_over": float("nan")}, ValueError),  # was taken: nothing recorded
+        ({"record_over": -1}, ValueError),
+    ],
+)
+def test_stall_monitor_bad_arguments(kw: dict[str, Any], exc: type) -> None:
+    with pytest.raises(exc):
         LoopStallMonitor(**kw)
+
+
+@pytest.mark.parametrize(
+    "threshold, exc", [(True, TypeError), ("5", TypeError), (-1, ValueError), (1e-9, ValueError)]
+)
+def test_cleanup_service_threshold_is_checked(threshold: Any, exc: type) -> None:
+    """True was taken as 1 MB and "5" failed at the first run with an unclear message."""
+    with pytest.raises(exc, match="threshold_mb"):
+        MemoryCleanupService(CacheManager(memory_limit_mb=100), threshold_mb=threshold)
 
 
 def test_the_service_steps_work_with_any_cache_of_the_package() -> None:

@@ -689,3 +689,14 @@ def test_limits_and_totals_past_the_address_space_are_clear_errors(cache_cls: ty
     ):
         with pytest.raises(ValueError, match=message):
             CacheManager(cache_class=cache_cls, **kw)
+
+
+def test_names_and_reasons_are_checked(cache_cls: type) -> None:
+    m = make(cache_cls)
+    with pytest.raises(TypeError, match="reason must be a str"):
+        m.cleanup(reason=123)  # type: ignore[arg-type]  # deliberately wrong
+    with pytest.raises(TypeError, match="reason must be a str or None"):
+        next(m.cleanup_steps(reason=123))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="name must be a non-empty str"):
+        m.register_stats_source(5, dict)  # type: ignore[arg-type]
+    assert m.stats()["cleanup_count"] == 0

@@ -231,3 +231,12 @@ def test_cleanup_counters_add_up_while_cleanups_and_scrapes_race(isolated: Any) 
     """,
         timeout=60,
     )
+
+
+@pytest.mark.parametrize("prefix", ["", "bad-prefix", "1x", 5])
+def test_a_prefix_that_is_not_a_metric_name_is_refused(prefix: Any) -> None:
+    """ "" made names start with "_"; prometheus_client rewrote the others."""
+    from memcache_ext.prometheus import MemcacheCollector
+
+    with pytest.raises(ValueError, match="prefix must be a metric name"):
+        MemcacheCollector(CacheManager(memory_limit_mb=100), prefix=prefix)

@@ -147,6 +147,8 @@ class StatsSources:
         self._sources: dict[str, Callable[[], Any]] = {}
 
     def register(self, name: str, source: Callable[[], Any]) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a stats source's name must be a non-empty str, got {name!r}")
         if not callable(source):
             raise TypeError(f"source must be callable, not {type(source).__name__}")
         with self._lock:

@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Annotated, Any, Optional, TypedDict, Union
 
-from ._validate import check_collect
+from ._validate import check_collect, check_mb
 from .manager import CacheManager, CleanupEvent, manager_or_default
 
 __all__ = [
@@ -93,8 +93,7 @@ class MemoryCleanupService:
             raise TypeError("interval must be a number")
         if not (interval > 0 and math.isfinite(interval)):
             raise ValueError(f"interval must be > 0 and finite, got {interval!r}")
-        if threshold_mb is not None and not threshold_mb > 0:
-            raise ValueError(f"threshold_mb must be > 0 or None, got {threshold_mb!r}")
+        check_mb("threshold_mb", threshold_mb)
         self.manager = manager_or_default(manager)
         self.interval = float(interval)
         self.threshold_mb = threshold_mb
@@ -423,8 +422,14 @@ class LoopStallMonitor:
         history: int = 256,
         callbacks: bool = False,
     ) -> None:
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)):
+            raise TypeError(f"interval must be a number, not {type(interval).__name__}")
         if not (interval > 0 and math.isfinite(interval)):
             raise ValueError(f"interval must be > 0 and finite, got {interval!r}")
+        if isinstance(record_over, bool) or not isinstance(record_over, (int, float)):
+            raise TypeError(f"record_over must be a number, not {type(record_over).__name__}")
+        if not 0 <= record_over < math.inf:
+            raise ValueError(f"record_over must be >= 0 and finite, got {record_over!r}")
         self.interval = float(interval)
         self.time_callbacks = bool(callbacks)
         self._cb_longest = 0.0

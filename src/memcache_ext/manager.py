@@ -529,6 +529,8 @@ class CacheManager:
         from inside a cleanup on this thread, or when one runs elsewhere and this
         is a callback of a budget change (that cleanup may be waiting for it).
         """
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, not {type(reason).__name__}")
         if fraction is not None:
             fraction = check_fraction(fraction, "fraction")
         collect = check_collect(collect)
@@ -555,6 +557,8 @@ class CacheManager:
         cleanup runs at a time; the cleanup lock is held from the first step
         to the last, and released if the generator is closed early.
         """
+        if reason is not None and not isinstance(reason, str):
+            raise TypeError(f"reason must be a str or None, not {type(reason).__name__}")
         if fraction is not None:
             fraction = check_fraction(fraction, "fraction")
         collect = check_collect(collect)

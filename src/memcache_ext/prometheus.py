@@ -89,6 +89,7 @@ are counted in ``cleanups_total`` but their bytes are not.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, Optional, Union
@@ -136,6 +137,10 @@ _TIER_GROUPED: dict[str, tuple[str, str]] = {
 }
 
 
+#: What Prometheus accepts as a metric name (the prefix starts every name).
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+
+
 class MemcacheCollector(Collector):
     """A ``prometheus_client`` collector for a CacheManager (default ``cache_manager``).
 
@@ -157,6 +162,10 @@ class MemcacheCollector(Collector):
         guard: Optional[MemoryGuard] = None,
         loop_monitor: Optional[LoopStallMonitor] = None,
     ) -> None:
+        if not isinstance(prefix, str) or not _METRIC_NAME.fullmatch(prefix):
+            raise ValueError(
+                f"prefix must be a metric name ([a-zA-Z_:][a-zA-Z0-9_:]*), got {prefix!r}"
+            )
         self.manager = manager_or_default(manager)
         self.guard = guard
         self.loop_monitor = loop_monitor

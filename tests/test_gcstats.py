@@ -105,3 +105,44 @@ def test_callback_survives_stray_stop(stats: GCStats) -> None:
     stats._on_gc("stop", {"generation": 7, "collected": 3, "uncollectable": 0})
     g = stats.snapshot()["generations"][1]
     assert g["collections"] == 1 and g["collected"] == 3 and g["pause_total_s"] == 0.0
+
+
+def test_snapshots_taken_around_resets_are_consistent() -> None:
+    """reset() replaced the five counter lists one at a time while collections
+    kept finishing on another thread: snapshots showed a longest pause above the
+    total, or pauses with no collection (5 of ~2,000 in a second)."""
+    import subprocess
+    import sys
+
+    from support import child_env
+
+    code = """
+import gc, sys, threading, time
+from memcache_ext.gcstats import GCStats
+sys.setswitchinterval(1e-6)
+g = GCStats().install()
+stop = threading.Event()
+def churn():
+    while not stop.is_set():
+        gc.collect(0)
+t = threading.Thread(target=churn)
+t.start()
+bad = snaps = 0
+end = time.monotonic() + 1.0
+while time.monotonic() < end:
+    g.reset()
+    time.sleep(0.0005)
+    for gen in g.snapshot()["generations"]:
+        snaps += 1
+        if gen["pause_max_s"] > gen["pause_total_s"] or (
+            gen["collections"] == 0 and gen["pause_total_s"] > 0
+        ):
+            bad += 1
+stop.set()
+t.join()
+assert snaps > 100 and bad == 0, (bad, snaps)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr[-2000:]

@@ -4,9 +4,10 @@
 start and end of every collection; per generation it counts collections,
 objects collected and uncollectable, and the total and longest pause. The
 callback takes no lock (it can run inside any allocation, on any thread,
-including one that is itself reading the statistics) and does a few list
-updates only. ``snapshot()`` copies the counters and retries if a collection
-finished while it was copying, so the figures it returns belong together.
+including one that is itself reading the statistics): it replaces its
+generation's row of counters with a new tuple in one assignment, and
+``reset()`` replaces all the rows in one, so ``snapshot()`` reads figures that
+belong together without retrying.
 
 The module-level ``gc_stats`` is not installed at import: call
 ``gc_stats.install()`` where you want it (the stats endpoint does).
@@ -59,7 +60,6 @@ class GCStats:
         self._installed = False
         self._callback = self._on_gc  # one bound method, so remove() finds it
         self._start: Optional[float] = None
-        self._version = 0
         self.reset()
 
     # -- installation ---------------------------------------------------------
@@ -94,13 +94,12 @@ class GCStats:
 
     def reset(self) -> None:
         """Zero every counter."""
-        self._collections = [0] * _GENERATIONS
-        self._collected = [0] * _GENERATIONS
-        self._uncollectable = [0] * _GENERATIONS
-        self._pause_total = [0.0] * _GENERATIONS
-        self._pause_max = [0.0] * _GENERATIONS
+        # One assignment: a snapshot or a callback sees the old rows or the new
+        # ones, never some of each.
+        self._rows: list[tuple[int, int, int, float, float]] = [
+            (0, 0, 0, 0.0, 0.0) for _ in range(_GENERATIONS)
+        ]
         self._last_pause = 0.0
-        self._version += 1
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         # Runs inside the collector: no locks, no allocation-heavy work, never raise.
@@ -112,13 +111,17 @@ class GCStats:
         if not 0 <= gen < _GENERATIONS:
             return
         pause = time.perf_counter() - start if start is not None else 0.0
-        self._collections[gen] += 1
-        self._collected[gen] += info.get("collected", 0)
-        self._uncollectable[gen] += info.get("uncollectable", 0)
-        self._pause_total[gen] += pause
-        self._pause_max[gen] = max(self._pause_max[gen], pause)
+        rows = self._rows
+        n, collected, uncollectable, total, longest = rows[gen]
+        # a new row, stored in one assignment: a reader never sees half an update
+        rows[gen] = (
+            n + 1,
+            collected + info.get("collected", 0),
+            uncollectable + info.get("uncollectable", 0),
+            total + pause,
+            max(longest, pause),
+        )
         self._last_pause = pause
-        self._version += 1
 
     # -- reading --------------------------------------------------------------
 
@@ -130,21 +133,8 @@ class GCStats:
         sums them; ``installed``, ``last_pause_s``, and ``gc_counts`` (the
         interpreter's current allocation counters) are included.
         """
-        for _ in range(100):
-            version = self._version
-            rows = list(
-                zip(
-                    list(self._collections),
-                    list(self._collected),
-                    list(self._uncollectable),
-                    list(self._pause_total),
-                    list(self._pause_max),
-                    strict=True,
-                )
-            )
-            last = self._last_pause
-            if version == self._version:
-                break
+        rows = list(self._rows)  # each row is one collection's consistent result
+        last = self._last_pause
         generations: list[GCGeneration] = []
         for n, collected, uncollectable, total, longest in rows:
             generations.append(

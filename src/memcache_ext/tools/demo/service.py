@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import logging
+import random
 import sqlite3
 import threading
 import time
@@ -247,11 +248,15 @@ class HealthService(metaclass=SingletonMeta):
         return parts[0] if len(parts) == 1 else parts
 
     def _cached(self, name: str, key: Any, loader: Callable[[], _T]) -> _T:
+        # Each fill lives 75-100 % of the cache's TTL: the hot keys, all loaded in
+        # the first seconds, would otherwise expire in the same second, every TTL,
+        # and be loaded again at once (a burst of database reads and allocations).
+        ttl = CACHE_SETTINGS[name]["ttl"] * random.uniform(0.75, 1.0)
         tier = self.tiers.get(name)
         if tier is not None:
             # local, then Redis, then the database; one load per key per process.
             # An unknown user's None is cached too (for the cache's ttl).
-            return tier.get_or_set(key, loader)  # type: ignore[no-any-return]  # loader's value
+            return tier.get_or_set(key, loader, ttl=ttl)  # type: ignore[no-any-return]
         cache = self.caches[name]
         value: _T = cache.get(key)
         if value is None:
@@ -272,7 +277,7 @@ class HealthService(metaclass=SingletonMeta):
             if value is None:
                 cache.drop_lease(lease)
             else:
-                value = cache.fill(key, value, lease)
+                value = cache.fill(key, value, lease, ttl=ttl)
         return value
 
     def _replace(self, name: str, key: Any, value: Any, version: int) -> None:

@@ -140,7 +140,9 @@ def _with_entry(entry):
     "state, exc, message",
     [
         ([], TypeError, "state must be a tuple of 6 items, not list"),
-        ((None, None, None, None, "lru"), TypeError, "state must be a tuple of 6 items, not tuple"),
+        ((None, None, None, None, "lru"), TypeError, "state must be a tuple of 6 items, not of 5"),
+        (_with_entry((["unhashable"], "v", None, 10, 0)), TypeError, "unhashable type"),
+        ((64, None, lambda: "soon", None, "s3fifo", [("k", "v", 5.0, 8, 0)]), TypeError, "real"),
         ((-1, None, None, None, "lru", []), ValueError, "max_bytes must be >= 0, got -1"),
         ((None, 3, None, None, "lru", []), TypeError, "sizeof must be callable or None, not int"),
         ((None, None, None, None, "fifo", []), ValueError, "policy must be one of"),

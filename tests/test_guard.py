@@ -314,11 +314,12 @@ def test_memory_error_in_a_fastapi_endpoint_is_a_503_not_a_500() -> None:
 
 
 def test_errors_wrapped_in_exception_groups_are_still_413_and_503() -> None:
-    """Starlette's BaseHTTPMiddleware (an anyio task group) and asyncio.gather/
-    TaskGroup hand the guard an ExceptionGroup: a body over the limit was a 500,
-    and so was a MemoryError."""
+    """Starlette's BaseHTTPMiddleware (an anyio task group) hands the guard a body
+    over the limit inside an ExceptionGroup, and an endpoint's task group does the
+    same with a MemoryError: both were 500s."""
     fastapi = pytest.importorskip("fastapi")
     httpx = pytest.importorskip("httpx")
+    anyio = pytest.importorskip("anyio")
     from starlette.middleware.base import BaseHTTPMiddleware
 
     app = fastapi.FastAPI()
@@ -331,7 +332,11 @@ def test_errors_wrapped_in_exception_groups_are_still_413_and_503() -> None:
 
     @app.get("/oom")
     async def oom() -> None:
-        raise MemoryError
+        async def work() -> None:
+            raise MemoryError
+
+        async with anyio.create_task_group() as group:  # raises ExceptionGroup([MemoryError])
+            group.start_soon(work)
 
     class PassThrough(BaseHTTPMiddleware):
         async def dispatch(self, request: Any, call_next: Any) -> Any:

@@ -1347,6 +1347,12 @@ cdef class CLruCache:
     def __setstate__(self, state):
         max_bytes, measure, timer, on_evict, policy, entries = check_state(
             state, MC_ENTRY_BYTES_MAX)
+        # what can fail runs before anything changes: the keys' hashes, the timer
+        cdef double now = NAN
+        for entry in entries:
+            hash(entry[0])
+        if any(e[2] is not None for e in entries):
+            now = timer() if timer is not None else mc_monotonic()
         if self.count and POLICIES.index(policy) != self._policy:
             raise ValueError("cannot change the policy of a cache that holds entries")
         self._sizeof = measure
@@ -1354,9 +1360,6 @@ cdef class CLruCache:
         self._on_evict = on_evict
         self._policy = POLICIES.index(policy)
         self._set_bounds(self._maxsize, -1 if max_bytes is None else max_bytes)
-        cdef double now = NAN
-        if any(e[2] is not None for e in entries):
-            now = self._timer() if self._timer is not None else mc_monotonic()
         for key, value, remaining, nbytes, state_bits in entries:
             self._restore(key, value, nbytes,
                           INFINITY if remaining is None else now + remaining, state_bits)

@@ -1073,17 +1073,20 @@ class PyLruCache(Generic[K, V]):
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         max_bytes, sizeof, timer, on_evict, policy, entries = check_state(state, _ENTRY_BYTES_MAX)
+        # what can fail runs before anything changes: the keys' hashes, the timer
+        for entry in entries:
+            hash(entry[0])
+        now = (
+            (_seconds(timer()) if timer is not None else _monotonic())
+            if any(e[2] is not None for e in entries)
+            else 0.0
+        )
         with self._lock:
             if len(self) and policy != self._policy:
                 raise ValueError("cannot change the policy of a cache that holds entries")
             self._sizeof, self._timer, self._on_evict = sizeof, timer, on_evict
             self._policy, self._lru = policy, policy == "lru"
             self._set_bounds(self._maxsize, max_bytes)
-        now = (
-            (_seconds(self._timer()) if self._timer is not None else _monotonic())
-            if any(e[2] is not None for e in entries)
-            else 0.0
-        )
         for key, value, remaining, nbytes, state_bits in entries:
             self._restore(
                 key,

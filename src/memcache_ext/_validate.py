@@ -122,8 +122,10 @@ def check_state(state: Any, max_nbytes: int) -> tuple[Any, ...]:
     ``remaining`` is None or a float and whose ``nbytes`` is at most
     ``max_nbytes``. A bad field anywhere raises before the cache changes.
     """
-    if not isinstance(state, tuple) or len(state) != 6:
+    if not isinstance(state, tuple):
         raise TypeError(f"state must be a tuple of 6 items, not {_typename(state)}")
+    if len(state) != 6:
+        raise TypeError(f"state must be a tuple of 6 items, not of {len(state)}")
     max_bytes, sizeof, timer, on_evict, policy, entries = state
     checked = []
     for entry in entries:

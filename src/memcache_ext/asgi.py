@@ -141,8 +141,10 @@ class RequestMemoryMonitor:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        if memory_limit_mb is None:
-            raise TypeError("memory_limit_mb must be a number, not NoneType")
+        if isinstance(memory_limit_mb, bool) or not isinstance(memory_limit_mb, (int, float)):
+            raise TypeError(
+                f"memory_limit_mb must be a number, not {type(memory_limit_mb).__name__}"
+            )
         check_mb("memory_limit_mb", memory_limit_mb)
         for name, value in (("window_seconds", window_seconds), ("log_interval", log_interval)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):

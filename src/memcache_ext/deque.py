@@ -54,7 +54,7 @@ class BoundedDeque(Generic[T]):
         with self._lock:
             items = self._items
             if len(items) == items.maxlen:
-                old = items.popleft()
+                old = items[0]  # held: the append below pushes it out
                 self._dropped += 1
             items.append(item)
         del old  # released here, after the lock
@@ -65,7 +65,8 @@ class BoundedDeque(Generic[T]):
         with self._lock:
             mine = self._items
             overflow = len(mine) + len(new) - self.maxlen
-            old = [mine.popleft() for _ in range(min(overflow, len(mine)))]
+            # held: the extend below pushes them out (and those of new, which new holds)
+            old = list(itertools.islice(mine, max(0, min(overflow, len(mine)))))
             if overflow > 0:
                 self._dropped += overflow
             mine.extend(new)

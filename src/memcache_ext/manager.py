@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -165,8 +166,8 @@ class CacheManager:
         self._baseline: Optional[int] = None if baseline_mb is None else int(baseline_mb * MIB)
         if isinstance(history, bool) or not isinstance(history, int):
             raise TypeError("history must be an int")
-        if history < 1:
-            raise ValueError(f"history must be >= 1, got {history}")
+        if not 1 <= history <= sys.maxsize:
+            raise ValueError(f"history must be in 1..{sys.maxsize}, got {history}")
         if cache_class is not None and not callable(cache_class):
             raise TypeError("cache_class must be callable")
         if rss is not None and not callable(rss):
@@ -224,15 +225,16 @@ class CacheManager:
                 if entry is not None:
                     return self._same(name, entry, settings)
             # The cache's bound is its share of the budget with it counted in.
-            # The others shrink to their new shares before it exists, so the
-            # bounds never add up to more than the total.
+            # The others shrink to their new shares before it is registered (and
+            # after it is built: a cache that cannot be built costs them nothing),
+            # so the bounds never add up to more than the total.
             grants = self._grants(extra=(name, max_bytes))
             granted = grants.get(name, max_bytes)
+            # Build outside the registry lock: a cache class may run user code.
+            cls = self._cache_class or _default_cache_class()
+            cache = cls(maxsize, ttl, max_bytes=granted, **kwargs)
             try:
                 self._apply_budget(grants, shrink_only=True)
-                # Build outside the registry lock: a cache class may run user code.
-                cls = self._cache_class or _default_cache_class()
-                cache = cls(maxsize, ttl, max_bytes=granted, **kwargs)
                 with self._lock:
                     entry = self._caches.get(name)
                     if entry is not None:  # another thread won the race
@@ -240,7 +242,7 @@ class CacheManager:
                     self._seq += 1
                     self._caches[name] = _Entry(cache, settings, self._clock(), self._seq)
             finally:
-                self._apply_budget()  # and grow back if the cache was not made
+                self._apply_budget()  # the grows, or all back if it was not registered
         return cache
 
     def _same(self, name: str, entry: _Entry, settings: dict[str, Any]) -> Any:

@@ -156,9 +156,9 @@ def test_bodies_within_the_limit_and_no_limit_pass() -> None:
         assert guard.stats()["body_rejected_total"] == 0
 
 
-def test_body_limit_through_fastapi() -> None:
+def echo_app() -> Any:
+    """A FastAPI app whose PUT /echo reads the whole body and answers its length."""
     fastapi = pytest.importorskip("fastapi")
-    httpx = pytest.importorskip("httpx")
     app = fastapi.FastAPI()
 
     async def echo(request: Any) -> dict[str, int]:
@@ -167,12 +167,20 @@ def test_body_limit_through_fastapi() -> None:
     # The real class, not the string the future import makes of it (FastAPI resolves it).
     echo.__annotations__["request"] = fastapi.Request
     app.put("/echo")(echo)
+    return app
+
+
+async def chunks() -> AsyncIterator[bytes]:
+    """300 bytes in five chunks, without a Content-Length (chunked)."""
+    for _ in range(5):
+        yield b"y" * 60
+
+
+def test_body_limit_through_fastapi() -> None:
+    httpx = pytest.importorskip("httpx")
+    app = echo_app()
     guard = MemoryGuard(manager=CacheManager(memory_limit_mb=4096), max_body_bytes=100)
     app.add_middleware(guard.wrap)
-
-    async def chunks() -> AsyncIterator[bytes]:
-        for _ in range(5):
-            yield b"y" * 60
 
     async def go() -> list[Any]:
         transport = httpx.ASGITransport(app=app)
@@ -317,18 +325,11 @@ def test_errors_wrapped_in_exception_groups_are_still_413_and_503() -> None:
     """Starlette's BaseHTTPMiddleware (an anyio task group) hands the guard a body
     over the limit inside an ExceptionGroup, and an endpoint's task group does the
     same with a MemoryError: both were 500s."""
-    fastapi = pytest.importorskip("fastapi")
     httpx = pytest.importorskip("httpx")
     anyio = pytest.importorskip("anyio")
     from starlette.middleware.base import BaseHTTPMiddleware
 
-    app = fastapi.FastAPI()
-
-    async def echo(request: Any) -> dict[str, int]:
-        return {"bytes": len(await request.body())}
-
-    echo.__annotations__["request"] = fastapi.Request
-    app.put("/echo")(echo)
+    app = echo_app()
 
     @app.get("/oom")
     async def oom() -> None:
@@ -345,10 +346,6 @@ def test_errors_wrapped_in_exception_groups_are_still_413_and_503() -> None:
     app.add_middleware(PassThrough)
     guard = MemoryGuard(manager=CacheManager(memory_limit_mb=4096), max_body_bytes=100)
     app.add_middleware(guard.wrap)
-
-    async def chunks() -> AsyncIterator[bytes]:
-        for _ in range(5):
-            yield b"y" * 60
 
     async def go() -> list[Any]:
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)

@@ -183,13 +183,8 @@ cdef Py_ssize_t _values_size(Py_ssize_t k) noexcept:
     return ((n + 2 + _PTR - 1) // _PTR) * _PTR + n * _PTR
 
 
-cdef int _type_info(PyTypeObject* t) except -1:
-    """Bits: shared type / __sizeof__ is object's / dict subclass. Cached per
-    (type, version tag); a type with no valid tag is recomputed each time."""
-    cdef mc_tinfo* slot = mc_tcache_slot(t)
-    cdef unsigned int version = mc_version(t)
-    if version != 0 and slot.tp == t and slot.version == version:
-        return slot.info
+cdef int _subtype_bits(PyTypeObject* t) noexcept:
+    """MC_TI_SHARED and MC_TI_DICT: subtype tests only, which run no Python code."""
     cdef int info = 0
     cdef Py_ssize_t i
     for i in range(_N_SHARED):
@@ -200,6 +195,20 @@ cdef int _type_info(PyTypeObject* t) except -1:
         info |= MC_TI_SHARED
     if PyType_IsSubtype(t, &PyDict_Type):
         info |= MC_TI_DICT
+    return info
+
+
+cdef int _type_info(PyTypeObject* t) except -1:
+    """Bits: shared type / __sizeof__ is object's / dict subclass. Cached per
+    (type, version tag); a type with no valid tag is recomputed each time. The
+    __sizeof__ lookup can run Python code (the __eq__ of a non-str key in a
+    type's dict that collides with "__sizeof__"): call it only where no
+    borrowed pointer is held, else _type_kind."""
+    cdef mc_tinfo* slot = mc_tcache_slot(t)
+    cdef unsigned int version = mc_version(t)
+    if version != 0 and slot.tp == t and slot.version == version:
+        return slot.info
+    cdef int info = _subtype_bits(t)
     if mc_type_lookup(t, <PyObject*>_sizeof_name) == <PyObject*>_object_sizeof_descr:
         info |= MC_TI_DEFAULT_SIZEOF
     version = mc_version(t)  # the lookup assigns a tag if there was none
@@ -210,27 +219,15 @@ cdef int _type_info(PyTypeObject* t) except -1:
     return info
 
 
-cdef int _type_kind(PyTypeObject* t) except -1:
-    """The MC_TI_SHARED and MC_TI_DICT bits of _type_info without its
-    __sizeof__ lookup, which can run Python code (the __eq__ of a non-str key
-    in a type's dict that collides with "__sizeof__"). For the places that hold
-    borrowed pointers: the children loops and the fast path. Not cached on a
-    miss (the next _own_size of the type caches it)."""
+cdef int _type_kind(PyTypeObject* t) noexcept:
+    """The MC_TI_SHARED and MC_TI_DICT bits of _type_info without its lookup,
+    for the places that hold borrowed pointers (the children loops and the fast
+    path). Not cached on a miss (the next _own_size of the type caches it)."""
     cdef mc_tinfo* slot = mc_tcache_slot(t)
     cdef unsigned int version = mc_version(t)
     if version != 0 and slot.tp == t and slot.version == version:
         return slot.info
-    cdef int info = 0
-    cdef Py_ssize_t i
-    for i in range(_N_SHARED):
-        if PyType_IsSubtype(t, <PyTypeObject*>_SHARED_TYPES[i]):
-            info |= MC_TI_SHARED
-            break
-    if PyType_IsSubtype(mc_type(<PyObject*>t), <PyTypeObject*>_ENUM_META):
-        info |= MC_TI_SHARED
-    if PyType_IsSubtype(t, &PyDict_Type):
-        info |= MC_TI_DICT
-    return info
+    return _subtype_bits(t)
 
 
 cdef Py_ssize_t _slow_getsizeof(PyObject* o) except -1:

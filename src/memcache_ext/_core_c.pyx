@@ -40,7 +40,9 @@ that depends on that read. Every operation runs in four steps:
 Where Python code can run (keep this list true):
 
 * ``__init__``, ``set``, ``get_or_set``, ``fill``, ``trim``, ``resize``,
-  ``__setstate__``: argument checks, before any read;
+  ``__setstate__``: argument checks, before any read (``__setstate__`` also
+  hashes every key and reads the new timer before it changes anything, then
+  each ``_restore`` is its own step 1-4);
 * ``_measure``: ``sizeof`` or ``deep_sizeof`` (step 1);
 * ``_clock``: a custom ``timer`` (step 1);
 * ``PyObject_Hash`` (step 1);

@@ -40,8 +40,8 @@ that depends on that read. Every operation runs in four steps:
 Where Python code can run (keep this list true):
 
 * ``__init__``, ``set``, ``get_or_set``, ``fill``, ``trim``, ``resize``,
-  ``__setstate__``: argument checks, before any read (``__setstate__`` also
-  hashes every key and reads the new timer before it changes anything, then
+  ``__setstate__``: argument checks, before any read (``check_state`` also
+  hashes every key, and the new timer is read before anything changes; then
   each ``_restore`` is its own step 1-4);
 * ``_measure``: ``sizeof`` or ``deep_sizeof`` (step 1);
 * ``_clock``: a custom ``timer`` (step 1);
@@ -1349,10 +1349,8 @@ cdef class CLruCache:
     def __setstate__(self, state):
         max_bytes, measure, timer, on_evict, policy, entries = check_state(
             state, MC_ENTRY_BYTES_MAX)
-        # what can fail runs before anything changes: the keys' hashes, the timer
+        # the timer too runs before anything changes (check_state hashed the keys)
         cdef double now = NAN
-        for entry in entries:
-            hash(entry[0])
         if any(e[2] is not None for e in entries):
             now = timer() if timer is not None else mc_monotonic()
         if self.count and POLICIES.index(policy) != self._policy:

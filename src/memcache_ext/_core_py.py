@@ -1073,9 +1073,7 @@ class PyLruCache(Generic[K, V]):
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         max_bytes, sizeof, timer, on_evict, policy, entries = check_state(state, _ENTRY_BYTES_MAX)
-        # what can fail runs before anything changes: the keys' hashes, the timer
-        for entry in entries:
-            hash(entry[0])
+        # the timer too runs before anything changes (check_state hashed the keys)
         now = (
             (_seconds(timer()) if timer is not None else _monotonic())
             if any(e[2] is not None for e in entries)

@@ -14,6 +14,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any, Optional
 
+from ._constants import MIB
+
 #: Raised when a key's ``__eq__`` keeps changing the cache during lookups.
 MUTATED_DURING_LOOKUP = "cache changed during key comparison too many times"
 
@@ -67,7 +69,7 @@ def check_fraction(value: Any, name: str = "fraction") -> float:
 def check_mb(name: str, value: Any) -> Optional[float]:
     """Validate None or a size in MiB: finite, > 0, and from 1 byte to sys.maxsize bytes."""
     check_positive(name, value)
-    if value is not None and not 1 <= value * 2**20 <= sys.maxsize:
+    if value is not None and not 1 <= value * MIB <= sys.maxsize:
         raise ValueError(f"{name} must be from 1 byte to {sys.maxsize >> 20} MB, got {value!r}")
     return None if value is None else float(value)
 
@@ -120,7 +122,8 @@ def check_state(state: Any, max_nbytes: int) -> tuple[Any, ...]:
     Returns ``(max_bytes, sizeof, timer, on_evict, policy, entries)`` with
     ``entries`` a list of ``(key, value, remaining, nbytes, state)`` whose
     ``remaining`` is None or a float and whose ``nbytes`` is at most
-    ``max_nbytes``. A bad field anywhere raises before the cache changes.
+    ``max_nbytes``. A bad field anywhere, or a key that cannot be hashed,
+    raises before the cache changes.
     """
     if not isinstance(state, tuple):
         raise TypeError(f"state must be a tuple of 6 items, not {_typename(state)}")
@@ -134,6 +137,7 @@ def check_state(state: Any, max_nbytes: int) -> tuple[Any, ...]:
                 "a pickled entry must be a (key, value, remaining, nbytes, state) tuple"
             )
         key, value, remaining, nbytes, bits = entry
+        hash(key)  # an unhashable key fails here, before the cache changes
         if remaining is not None:
             if isinstance(remaining, bool) or not isinstance(remaining, numbers.Real):
                 raise TypeError(

@@ -233,6 +233,31 @@ def test_with_redis_unavailable_an_older_version_is_not_kept_locally(make: Any) 
     assert tier.local.peek("w") == {"v": 12}
 
 
+def test_a_write_that_fails_during_a_replay_is_replayed_too(make: Any) -> None:
+    """The replay of an older tombstone is in flight when a newer write fails: the newer
+    one must stay pending. (Found by the checker's redis-freeze scenario, the first trial
+    after SIGCONT: the replay's answer dropped the failed write's entry, so Redis kept
+    the other replica's older row and that replica served it for good.)"""
+    tier = make(version_of=lambda r: r["v"], probe_interval=30.0)
+    other = make(version_of=lambda r: r["v"])
+    tier.breaker.fail(TimeoutError("a call timed out"))
+    assert tier.set("k", {"v": 40}) is False  # skipped: pending at 40
+    replay = Gate(tier._script)
+    tier._script = replay
+    tier.breaker.succeeded()  # the worker replays the tombstone at 40; its script waits
+    assert replay.entered.wait(DEADLINE)
+    tier.breaker.fail(TimeoutError("a call timed out"))
+    assert tier.set("k", {"v": 43}) is False  # skipped: pending at 43
+    replay.open()
+    eventually(lambda: tier.stats()["invalidations_sent"] == 1, what="the tombstone at 40 replayed")
+    assert tier.stats()["pending_invalidations"] == 1  # 43 still to replay
+    assert other.set("k", {"v": 42}) is True  # an older row, written elsewhere meanwhile
+    tier.breaker.succeeded()
+    eventually(lambda: tier.stats()["pending_invalidations"] == 0, what="43 replayed")
+    eventually(lambda: other.local.peek("k") is None, what="the other replica dropped 42")
+    assert other.get("k") is None and tier.get("k") is None  # the tombstone at 43
+
+
 # -- concurrent writers ------------------------------------------------------------------------
 
 WRITER = textwrap.dedent("""

@@ -202,7 +202,10 @@ class TierDriver(Listener):
         self._prefix = f"{namespace}:"
         self._script = own.register_script(WRITE_SCRIPT)
         self._lget = local.get  # the hit path: one bound C call
-        self._pending: dict[str, Optional[int]] = {}  # key -> version, written while away
+        # key -> (version to tombstone at, a token): writes that failed while Redis was
+        # away. Every add makes a new entry, so a reply removes only what it answers.
+        self._pending: dict[str, tuple[Optional[int], int]] = {}
+        self._pending_tokens = itertools.count()
         self._pending_lock = threading.Lock()
         self._pending_dropped = 0
         self._closed = False
@@ -290,15 +293,28 @@ class TierDriver(Listener):
         with self._pending_lock:
             pending = self._pending
             if key in pending:
-                old = pending[key]
-                if version is not None and (old is None or version > old):
-                    pending[key] = version
-                return
-            if len(pending) >= self.max_pending:
+                old = pending[key][0]
+                if old is not None and (version is None or version < old):
+                    version = old  # the tombstone covers the newest version written
+            elif len(pending) >= self.max_pending:
                 self._pending_dropped += 1
                 self.counts.add("invalidations_dropped")
                 return
-            pending[key] = version
+            pending[key] = (version, next(self._pending_tokens))
+
+    def _settle_pending(
+        self, key: str, before: Optional[tuple[Optional[int], int]], version: Optional[int]
+    ) -> None:
+        """Redis answered a write of ``key`` sent when its pending entry was ``before``:
+        the entry goes if it is still that one and Redis now holds its version or a newer
+        one. A write that failed meanwhile (in another thread, or while a replay was in
+        flight) made a new entry: it stays, to be replayed."""
+        with self._pending_lock:
+            entry = self._pending.get(key)
+            if entry is None or entry != before:
+                return
+            if entry[0] is None or (version is not None and entry[0] <= version):
+                del self._pending[key]
 
     # -- the operations, as flows ---------------------------------------------------
 
@@ -340,11 +356,15 @@ class TierDriver(Listener):
         version: Optional[int],
         observed: str = "",
         bad: bool = False,
+        pending: Any = MISSING,
     ) -> Flow:
         """The write script: (status, version written or there, had a value), or None when
-        Redis was not written (breaker open, or the call failed)."""
+        Redis was not written (breaker open, or the call failed). ``pending``: the key's
+        pending entry this write replays (default: the one there as it is sent)."""
         if not self.breaker.closed:
             return None
+        if pending is MISSING:
+            pending = self._pending.get(key)  # one dict read: atomic
         px = 0 if ttl is None else max(1, int(ttl * 1000))
         mode = "auto" if version is None and self.version_of is None else "caller"
         offset = self._clock_offset_us
@@ -376,8 +396,7 @@ class TierDriver(Listener):
             if op != "fill":
                 self.counts.add("invalidations_sent")
         if op != "fill":
-            with self._pending_lock:
-                self._pending.pop(key, None)  # written since: nothing to replay
+            self._settle_pending(key, pending, ver)
         if op == "del":
             # A read may have filled the value this tombstone replaces while it was on its
             # way, and our own message is ignored when it comes back: drop it here (refused,
@@ -525,8 +544,8 @@ class TierDriver(Listener):
             batch = list(itertools.islice(self._pending.items(), 256))
         ttl = _TOMBSTONE_TTL if self.ttl is None else min(self.ttl, _TOMBSTONE_TTL)
         sent = 0
-        for key, version in batch:
-            res = yield from self._write_flow(key, "del", b"", ttl, version)
+        for key, entry in batch:
+            res = yield from self._write_flow(key, "del", b"", ttl, entry[0], pending=entry)
             if res is None:
                 break  # Redis went away again: the rest waits
             sent += 1
@@ -539,6 +558,8 @@ class TierDriver(Listener):
         self.counts.add("local_clears")
         if not remote:
             return None
+        with self._pending_lock:
+            replayed = dict(self._pending)  # what the clear covers; later failures stay
         match, cursor, batch = _glob_escape(self._prefix) + "*", 0, []
         try:
             while True:
@@ -552,7 +573,9 @@ class TierDriver(Listener):
             yield RedisCall(self.redis.publish, self.channel, clear_message(self.instance_id))
             self.counts.add("invalidations_sent")
             with self._pending_lock:
-                self._pending.clear()  # nothing left to tombstone
+                for key, entry in replayed.items():
+                    if self._pending.get(key) == entry:
+                        del self._pending[key]
         except REDIS_ERRORS as exc:
             self._failed(exc, "clear")
         return None

@@ -59,7 +59,7 @@ class Listener(Freshness):
     breaker: Breaker
     log: RateLimitedLog
     _clock_at: float
-    _pending: dict[str, Optional[int]]  # read here only for whether it is empty
+    _pending: dict[str, tuple[Optional[int], int]]  # read here only for whether it is empty
 
     def __init__(self, local: Any) -> None:
         super().__init__(local)

@@ -328,3 +328,51 @@ def test_the_slope_verdict(quick: bool, slope: float, held: bool) -> None:
     figures["slope_second_half_mb_per_min"] = slope
     verdicts = {t: v for t, v, _ in check_soak(figures, True, quick)}
     assert [v for t, v in verdicts.items() if "RSS slope" in t] == ["PASS" if held else "FAIL"]
+
+
+@pytest.mark.parametrize(
+    "quick, rss, outside, held",
+    [
+        (True, 10.25, 3.7, True),  # caches still filling at 40-60 s on a slow machine
+        (True, 10.25, 6.1, False),
+        (True, 22.0, 22.0, False),  # a leak: memory no cache holds
+        (False, 10.25, 0.5, False),  # the full soak judges RSS itself
+    ],
+)
+def test_the_quick_form_judges_rss_less_what_the_caches_hold(
+    quick: bool, rss: float, outside: float, held: bool
+) -> None:
+    from memcache_ext.tools._loadreport import check_soak
+
+    figures = _soak_figures(5.0, 0.1, 0)
+    figures["slope_second_half_mb_per_min"] = rss
+    figures["slope_outside_caches_mb_per_min"] = outside
+    verdicts = {t: v for t, v, _ in check_soak(figures, True, quick)}
+    assert [v for t, v in verdicts.items() if "RSS slope" in t] == ["PASS" if held else "FAIL"]
+
+
+def test_rss_less_what_the_caches_hold() -> None:
+    """The caches' bytes, read at the polls, are interpolated at each RSS sample and
+    credited only up to what the caches were granted."""
+    from memcache_ext.tools._loadreport import Run, soak_figures
+
+    run = Run("bounded", limit_mb=150)
+    run.duration_s = 60.0
+    mb = 1 << 20
+    # RSS grows 10 MB/min; the caches hold 6 MB/min of it, then pass their grant at 50 s
+    run.rss = [(float(t), 80 * mb + t * mb // 6, 0) for t in range(61)]
+    run.polls = [
+        (
+            float(t),
+            {"budget": {"accounted_bytes": 20 * mb + t * mb // 10, "granted_bytes": 25 * mb}},
+        )
+        for t in range(0, 61, 5)
+    ]
+    fig = soak_figures(run, 0.0, 20.0)
+    assert fig["slope_second_half_mb_per_min"] == pytest.approx(10.0, rel=0.02)
+    # 40-50 s: 4 MB/min outside; 50-60 s: the grant is reached, all 10 outside
+    assert 4.5 < fig["slope_outside_caches_mb_per_min"] < 10.0
+    run.polls = [(t, {"budget": {**st["budget"], "granted_bytes": 99 * mb}}) for t, st in run.polls]
+    assert soak_figures(run, 0.0, 20.0)["slope_outside_caches_mb_per_min"] == pytest.approx(
+        4.0, rel=0.02
+    )

@@ -7,6 +7,7 @@ runs and never touches a process.
 from __future__ import annotations
 
 import argparse
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -368,6 +369,10 @@ SOAK_TARGETS = {
     # step in 20 s reads as 3 MB/min: the earlier 3 MB/min bound sat at that
     # resolution (six runs: +1.5 to +4.2 MB/min, one failed). This bound allows
     # two steps and is still well below the leak issue 12 found (22 MB/min).
+    # It is judged on RSS less what the caches hold (``accounted_bytes``): on a
+    # slow machine the caches are still filling towards their budget at 40-60 s
+    # (a run at 300 requests/s read +8 to +10 MB/min of RSS with no leak behind
+    # it), and a leak is memory that no cache holds.
     "quick_slope_mb_per_min": 6.0,
     "stall_ms": 10.0,  # longest event-loop stall under load
     # The quick (CI) form's guard against a stall regression, see check_soak.
@@ -389,6 +394,28 @@ def slope_mb_per_min(points: list[tuple[float, int]]) -> Optional[float]:
         return None
     cov = sum((t - mt) * (v - mv) for t, v in points)
     return cov / var * 60 / MB
+
+
+def _at(points: list[tuple[float, int]], t: float) -> float:
+    """``points`` (sorted by time) read at ``t``: linear between two, the nearest outside."""
+    if t <= points[0][0]:
+        return points[0][1]
+    for (t0, v0), (t1, v1) in itertools.pairwise(points):
+        if t <= t1:
+            return v0 + (v1 - v0) * (t - t0) / (t1 - t0) if t1 > t0 else v1
+    return points[-1][1]
+
+
+def _cache_bytes(run: Run) -> list[tuple[float, int]]:
+    """What the caches held (the budget's ``accounted_bytes``) at each poll, up to what
+    they were granted: bytes over their bound are not a cache filling, and stay in RSS."""
+    out = []
+    for t, st in run.polls:
+        budget = st.get("budget") or {}
+        held, granted = budget.get("accounted_bytes"), budget.get("granted_bytes")
+        if isinstance(held, int) and isinstance(granted, int):
+            out.append((t, min(held, granted)))
+    return out
 
 
 def _hits(stats: Optional[dict[str, Any]]) -> dict[str, tuple[int, int]]:
@@ -433,6 +460,8 @@ def soak_figures(run: Run, load_started: float, warmup: float = 0.0) -> dict[str
     values = [v for _, v, _ in run.rss] or [0]
     half = warmup + (run.duration_s - warmup) / 2
     second = [(t, v) for t, v, _ in run.rss if t >= half]
+    held = _cache_bytes(run)
+    outside = [(t, v - _at(held, t)) for t, v in second] if held else []
     end = run.polls[-1][1] if run.polls else None
     mid = _poll_at(run, half)
     guard = (end or {}).get("guard") or {}
@@ -461,6 +490,9 @@ def soak_figures(run: Run, load_started: float, warmup: float = 0.0) -> dict[str
         "rss_end_mb": values[-1] / MB,
         "peak_over_limit_mb": (max(values) - limit) / MB if limit else None,
         "slope_second_half_mb_per_min": slope_mb_per_min(second),
+        # the same, for RSS less what the caches hold: growth no cache accounts for
+        "slope_outside_caches_mb_per_min": slope_mb_per_min(outside),
+        "cache_mb_second_half": ((_at(held, half) / MB, held[-1][1] / MB) if held else None),
         "statuses": {str(k): v for k, v in sorted(run.statuses.items())},
         "oversized_statuses": {str(k): v for k, v in sorted(run.oversized_statuses.items())},
         "connection_failures": run.statuses.get(0, 0),
@@ -521,12 +553,21 @@ def check_soak(
         f"peak {fig['rss_peak_mb']:.1f} MB",
     )
     slope = fig["slope_second_half_mb_per_min"]
-    tol = SOAK_TARGETS["quick_slope_mb_per_min" if quick else "slope_mb_per_min"]
-    add(
-        f"RSS slope over the second half within +/-{tol:g} MB/min",
-        slope is not None and abs(slope) <= tol,
-        "-" if slope is None else f"{slope:+.2f} MB/min",
-    )
+    outside = fig.get("slope_outside_caches_mb_per_min")
+    if quick and outside is not None:
+        tol = SOAK_TARGETS["quick_slope_mb_per_min"]
+        add(
+            f"RSS slope over the second half, less what the caches hold, within +/-{tol:g} MB/min",
+            abs(outside) <= tol,
+            f"{outside:+.2f} MB/min (RSS {'-' if slope is None else f'{slope:+.2f}'})",
+        )
+    else:
+        tol = SOAK_TARGETS["quick_slope_mb_per_min" if quick else "slope_mb_per_min"]
+        add(
+            f"RSS slope over the second half within +/-{tol:g} MB/min",
+            slope is not None and abs(slope) <= tol,
+            "-" if slope is None else f"{slope:+.2f} MB/min",
+        )
     add(
         "no 5xx other than intended 503 sheds, no failed connection",
         fig["other_5xx"] + fig["connection_failures"] == 0,
@@ -631,6 +672,10 @@ def render_soak(run: Run, fig: dict[str, Any], args: argparse.Namespace) -> str:
     )
     slope = fig["slope_second_half_mb_per_min"]
     row("RSS slope, second half", "-" if slope is None else f"{slope:+.2f} MB/min")
+    outside, held = fig.get("slope_outside_caches_mb_per_min"), fig.get("cache_mb_second_half")
+    if outside is not None and held is not None:
+        row("  less what the caches hold", f"{outside:+.2f} MB/min")
+        row("  caches held (MB)", f"{held[0]:.1f} -> {held[1]:.1f} over the second half")
     for label, key in (
         ("hit rate, second half", "hit_rate_second_half"),
         ("hit rate, whole run", "hit_rate_all_run"),

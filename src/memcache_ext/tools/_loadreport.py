@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -382,7 +383,7 @@ SOAK_TARGETS = {
 }
 
 
-def slope_mb_per_min(points: list[tuple[float, int]]) -> Optional[float]:
+def slope_mb_per_min(points: Sequence[tuple[float, float]]) -> Optional[float]:
     """Least-squares slope of ``(seconds, bytes)`` points, in MB per minute."""
     if len(points) < 3:
         return None

@@ -258,6 +258,132 @@ def test_a_write_that_fails_during_a_replay_is_replayed_too(make: Any) -> None:
     assert other.get("k") is None and tier.get("k") is None  # the tombstone at 43
 
 
+# -- own writes across a lost channel, late writes, cancelled writes (a review after run X) ----
+
+V = {"version_of": lambda r: r["v"]}
+
+
+class After:
+    """Wraps a callable: the call is made (Redis applies it), then its answer waits
+    until ``open()``; ``entered`` is set once the call is done."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.entered = threading.Event()
+        self.released = threading.Event()
+
+    def __call__(self, *args: Any, **kw: Any) -> Any:
+        out = self.fn(*args, **kw)
+        self.entered.set()
+        assert self.released.wait(DEADLINE), "gate never opened"
+        return out
+
+    def open(self) -> None:
+        self.released.set()
+
+
+def _kill_pubsub_of(tier: Any, port: int) -> None:
+    """CLIENT KILL the tier's own subscription connection (only that one)."""
+    pool = tier.redis.connection_pool
+    mine = set()
+    for conn in [*pool._in_use_connections, *pool._available_connections]:
+        sock = getattr(conn, "_sock", None)
+        if sock is not None:
+            mine.add("{}:{}".format(*sock.getsockname()[:2]))
+    raw = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        hits = [c["addr"] for c in raw.client_list(_type="pubsub") if c["addr"] in mine]
+        assert len(hits) == 1, hits
+        raw.client_kill(hits[0])
+    finally:
+        raw.close()
+
+
+def test_an_own_write_answered_after_a_resubscription_is_not_kept(
+    srv: RedisServer, make: Any
+) -> None:
+    """Our write of 42 reaches Redis; the channel is lost; the other replica writes 43
+    (its message is missed: not subscribed); the channel comes back (local tier
+    dropped); only then does our write's answer arrive and _own stores 42, which no
+    message and no pending entry will ever drop (Redis holds 43)."""
+    tier, other = make(probe_interval=30.0, **V), make(**V)
+    other.set("k", {"v": 41})
+    eventually(lambda: tier.stats()["invalidations_received"] >= 1, what="41's message")
+    answer = After(tier._script)
+    tier._script = answer
+    t = threading.Thread(target=lambda: tier.set("k", {"v": 42}))
+    t.start()
+    assert answer.entered.wait(DEADLINE)  # Redis holds 42; our answer waits
+    # redis-py's PubSub reconnects and resubscribes inside get_message: hold its connect
+    for conn in list(tier.redis.connection_pool._in_use_connections):
+        conn.connect = Gate(conn.connect)
+        reconnect = conn.connect
+    _kill_pubsub_of(tier, srv.port)
+    assert reconnect.entered.wait(DEADLINE)  # the subscription is gone, not yet back
+    assert other.set("k", {"v": 43}) is True  # published while we are not subscribed
+    reconnect.open()
+    eventually(lambda: tier.stats()["reconnects"] >= 1, what="resubscribed", pause=0.01)
+    answer.open()  # 42's answer: stored locally after the resubscription's drop
+    t.join(DEADLINE)
+    eventually(lambda: tier.get("k") == {"v": 43}, timeout=3.0, what="tier on 43", pause=0.05)
+
+
+def test_writes_refused_as_late_are_replayed_within_max_stale(make: Any) -> None:
+    """Redis's clock (TIME, wall clock) steps forward after the tier measured it: every
+    write comes back 'too late' (status 3) with the breaker closed and the channel up,
+    so nothing reaches Redis, not even the replays, until the next measurement (60 s),
+    and the other replica serves the older row all that time."""
+    tier, other = make(probe_interval=30.0, **V), make(**V)
+    assert tier.set("k", {"v": 41}) is True
+    eventually(lambda: other.get("k") == {"v": 41}, what="other on 41", pause=0.01)
+    assert tier._clock_offset_us is not None
+    tier._clock_offset_us -= 10e6  # as if Redis's clock had stepped 10 s forward
+    assert tier.set("k", {"v": 42}) is False  # refused as late: pending
+    assert tier.stats()["expired_writes"] >= 1
+    eventually(
+        lambda: other.get("k") != {"v": 41},
+        timeout=other.max_stale + 1.5,
+        what="other dropped 41 within max_stale",
+        pause=0.05,
+    )
+
+
+def test_a_cancelled_async_set_is_still_tombstoned(srv: RedisServer, ns: str) -> None:
+    """AsyncTieredCache: a set() cancelled while its script is on its way (not yet sent)
+    leaves no pending entry; Redis and the other replicas keep the older row."""
+    import asyncio
+
+    from memcache_ext.redis import AsyncTieredCache
+
+    async def main() -> dict[str, Any]:
+        client = redis.asyncio.Redis(host="127.0.0.1", port=srv.port)
+        tier = AsyncTieredCache(LruCache(100), client, ns, deadline=1.0, poll_interval=0.05, **V)
+        await tier.start()
+        try:
+            assert await tier.wait_ready(DEADLINE)
+            assert await tier.set("k", {"v": 41}) is True
+            real, entered = tier._script, asyncio.Event()
+
+            async def slow(*args: Any, **kw: Any) -> Any:  # e.g. waiting for a connection
+                entered.set()
+                await asyncio.sleep(0.5)
+                return await real(*args, **kw)
+
+            tier._script = slow
+            task = asyncio.ensure_future(tier.set("k", {"v": 42}))
+            await entered.wait()
+            task.cancel()  # the request's task is cancelled (client gone, a timeout)
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return dict(tier.stats())
+        finally:
+            await tier.aclose()
+            await client.aclose()
+
+    st = asyncio.run(main())
+    assert st["pending_invalidations"] == 1, "42 is in the database, 41 stays in Redis"
+
+
 # -- concurrent writers ------------------------------------------------------------------------
 
 WRITER = textwrap.dedent("""

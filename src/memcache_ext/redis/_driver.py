@@ -385,9 +385,17 @@ class TierDriver(Listener):
         except REDIS_ERRORS as exc:
             self._failed(exc, "write" if op != "del" else "delete")
             return None
+        except BaseException:
+            # Cancelled (asyncio) or closed: maybe never sent; replay it as a tombstone.
+            if op != "fill":
+                self._add_pending(key, version)
+            raise
         status, ver, had = int(res[0]), parse_version(res[1]), bool(int(res[2]))
         if status == 3:
             self.counts.add("expired_writes")
+            # Answered in time yet refused as late: Redis's clock has moved against
+            # ours (a step); the worker measures it again before its next replay.
+            self._clock_at = 0.0
             return None
         if status == 0:
             self.counts.add("version_refusals")

@@ -16,7 +16,10 @@ invalidation, so a newer write from elsewhere is never overwritten by ours.
 The tier remembers the newest version it has seen per key (bounded; when the
 table is full it is emptied and ``_seen_epoch`` moves, so that a write in
 flight across it keeps nothing): an invalidation message older than it, or a
-value read from Redis older than it, is ignored.
+value read from Redis older than it, is ignored. Dropping the whole local tier
+(a resubscription, the bypass, a clear) moves ``_seen_epoch`` too: messages
+may have been missed, so an own write whose answer comes after it is not kept
+locally either.
 
 The *bypass*: while invalidations cannot arrive (no subscription yet, the
 channel lost for longer than ``max_stale``), the local tier is emptied and
@@ -124,5 +127,7 @@ class Freshness:
         return bool(self.local.invalidate(key))
 
     def _forget_local(self) -> None:
-        """Clear the local tier; every fill in flight is refused."""
+        """Clear the local tier; every fill in flight is refused, and so is every own
+        write in flight (its answer may come after a newer write's missed message)."""
+        self._seen_epoch += 1
         self.local.clear()

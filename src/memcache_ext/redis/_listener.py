@@ -119,10 +119,10 @@ class Listener(Freshness):
                 if self.breaker.probe_due(now):
                     if (yield from self._probe_flow()):
                         retry_at = min(retry_at, now)  # Redis is back: subscribe at once
-                if self._pending and self.breaker.closed:
-                    yield from self._flush_flow()
                 if self._ever_subscribed and now - self._clock_at > 60.0 and self.breaker.closed:
                     yield from self._clock_flow()
+                if self._pending and self.breaker.closed:
+                    yield from self._flush_flow()
                 if pubsub is None and now >= retry_at:
                     pubsub = self.redis.pubsub()
                     opened_at = ping_at = time.monotonic()

@@ -114,11 +114,17 @@ def agrees(got: list[tuple[Any, Any]], want: tuple[str, Optional[int]]) -> bool:
 
 
 def settle(
-    conns: list[Conn], user: int, db: str, grace: float, seen: Optional[list[str]] = None
+    conns: list[Conn],
+    user: int,
+    db: str,
+    grace: float,
+    seen: Optional[list[str]] = None,
+    redis_view: Optional[Any] = None,
 ) -> list[Optional[float]]:
     """Per replica, checked at once in parallel: seconds from now until the first check
     that agreed with SQLite began (0.0: the first one did), None if none did within
-    ``grace`` (then what it answered, and its tier counters, go to ``seen``)."""
+    ``grace`` (then what it answered, its tier counters and, with ``redis_view``, what
+    Redis holds for the user, go to ``seen``)."""
     want = truth(db, user)
     t0 = time.monotonic()
     out: list[Optional[float]] = [None] * len(conns)
@@ -136,6 +142,8 @@ def settle(
                 if seen is not None:
                     seen.append(f"user {user}, replica {i}: SQLite {want}, answers {got}")
                     seen.append(json.dumps(tier_counters(conn)))
+                    if redis_view is not None:
+                        seen.append(json.dumps(redis_view(user)))
                 return
             time.sleep(0.002)
 
@@ -167,7 +175,32 @@ def tier_counters(conn: Conn) -> Any:
     return {n: {k: v.get(k) for k in keys} for n, v in src.items()}
 
 
-def start_demo(scenario: str, db: str, faults: Optional[Faults], args: argparse.Namespace) -> Any:
+def redis_versions(url: str, prefix: str) -> Any:
+    """user -> what Redis holds for the user's profile and summary: (version, name or
+    None for a tombstone), or the error (diagnostics)."""
+    import redis
+
+    def view(user: int) -> Any:
+        out: dict[str, Any] = {}
+        try:
+            client = redis.Redis.from_url(url, socket_timeout=2)
+            try:
+                for name in ("profiles", "summaries"):
+                    v, d = client.hmget(f"{prefix}:{name}:{user}", "v", "d")
+                    doc = json.loads(d) if d else None
+                    out[name] = [v and int(v), doc and doc.get("name")]
+            finally:
+                client.close()
+        except Exception as exc:  # noqa: BLE001 - diagnostics only
+            return {"redis": repr(exc)}
+        return {"redis": out}
+
+    return view
+
+
+def start_demo(
+    scenario: str, db: str, faults: Optional[Faults], args: argparse.Namespace, prefix: str
+) -> Any:
     from memcache_ext.tools.procs import free_ports
 
     n = 1 if scenario == "one-process" else 2
@@ -176,7 +209,7 @@ def start_demo(scenario: str, db: str, faults: Optional[Faults], args: argparse.
         argv = [python(), "-m", "memcache_ext", "demo", "--db", db, "--users", str(args.users)]
         argv += ["--days", "1", "--port", str(port), "--log-level", "warning", "--no-create"]
         if faults is not None:
-            argv += ["--redis", faults.url, "--redis-prefix", f"cc{int(time.time() * 1000)}"]
+            argv += ["--redis", faults.url, "--redis-prefix", prefix]
             argv += ["--replicas", "2"]
             if args.max_stale != 1.0:  # the default: also what an older demo does without it
                 argv += ["--max-stale", str(args.max_stale)]
@@ -212,8 +245,10 @@ def run_scenario(scenario: str, args: argparse.Namespace, work: str) -> dict[str
     if scenario != "one-process":
         faults = Faults()
         faults.start()
+    prefix = f"cc{int(time.time() * 1000)}"
+    view = None if faults is None else redis_versions(faults.url, prefix)
     try:
-        demo = start_demo(scenario, db, faults, args)
+        demo = start_demo(scenario, db, faults, args, prefix)
     except BaseException:
         if faults is not None:
             faults.stop()
@@ -260,7 +295,7 @@ def run_scenario(scenario: str, args: argparse.Namespace, work: str) -> dict[str
                 if outage and on <= t < off
                 else ("after" if outage and t >= off else "before")
             )
-            took = settle(checkers, user, db, grace, seen)
+            took = settle(checkers, user, db, grace, seen, view)
             trials.append(
                 {
                     "trial": t,
@@ -272,7 +307,7 @@ def run_scenario(scenario: str, args: argparse.Namespace, work: str) -> dict[str
         # every request has returned; the tiers back on their channel, nothing pending
         if faults is not None:
             poll(lambda: tiers_settled(ports), 30, what="tiers settled", pause=0.1)
-        final = {u: settle(checkers, u, db, 2.0, seen) for u in HOT_USERS}
+        final = {u: settle(checkers, u, db, 2.0, seen, view) for u in HOT_USERS}
     finally:
         pool.close()
         for c in checkers:

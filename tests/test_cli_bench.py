@@ -319,17 +319,22 @@ if sys.platform == "win32":  # pragma: no cover
 # -- benchmarks/bench_hitratio.py ----------------------------------------------------------
 
 
-def bench_hitratio() -> Any:
+def bench_module(name: str) -> Any:
+    """benchmarks/{name}.py as a module (skips where benchmarks/ is absent)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_hitratio.py"
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
     if not path.exists():
         pytest.skip("benchmarks/ is not part of this copy")
-    spec = importlib.util.spec_from_file_location("bench_hitratio", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def bench_hitratio() -> Any:
+    return bench_module("bench_hitratio")
 
 
 def test_cost_targets_report_met_and_missed() -> None:
@@ -363,3 +368,32 @@ def test_bench_hitratio_quick_writes_what_the_docs_read(tmp_path: Path) -> None:
     names = [row["name"] for row in data["results"]]
     assert names[0] == "Zipf 0.8, 1%" and "loop 1.2x, 10%" in names
     assert {"environment", "size", "rounds", "repeats", "targets"} <= set(data)
+
+
+# -- benchmarks/bench_redis_faults.py --------------------------------------------------------
+
+
+def test_fault_bench_judges_an_outage_against_its_own_phase_local_route() -> None:
+    """A phase where the host was slower for every route (the same processes' /local as
+    slow as the tier) is not the tier's doing; a tier slower than its phase's /local is."""
+    bf = bench_module("bench_redis_faults")
+
+    def row(phase: str, tier: str, p99: float) -> dict[str, Any]:
+        return {"phase": phase, "tier": tier, "p99_ms": p99, "max_ms": p99 + 10}
+
+    def result(*rows: dict[str, Any]) -> dict[str, Any]:
+        visible = [{"phase": "frozen", "port": 1, "namespace": "n", "to": "open", "ok": True}]
+        visible[0]["after_s"] = 0.2
+        return {
+            "rows": [row("baseline", "local", 10.6), *rows],
+            "failed": 0,
+            "visible": visible,
+            "settings": {"max_stale": 1.0},
+        }
+
+    slow_host = result(row("frozen", "local", 70.0), row("frozen", "sync", 123.8))
+    assert bf.check(slow_host) == []
+    slow_tier = result(row("frozen", "local", 8.0), row("frozen", "sync", 123.8))
+    assert [m.split(":")[0] for m in bf.check(slow_tier)] == ["frozen/sync"]
+    assert bf.check(result(row("frozen", "sync", 123.8)))  # no /local row: the baseline's
+    assert bf.check(result(row("steady", "sync", 123.8))) == []  # not an outage

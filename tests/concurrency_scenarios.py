@@ -6,8 +6,8 @@ hostile callbacks against shared caches, then checks the invariants:
 ``len(c) == len(c.keys())``, ``nbytes`` equals the sum of the stored sizes,
 the bounds hold, the hit and miss counters add up to the lookups made, and no
 thread raised. tests/test_core_concurrency.py runs them in a subprocess with a
-timeout (a crash or a deadlock fails one test), once each, and 200 times in
-the slow loop.
+timeout (a crash or a deadlock fails one test), ten times each, and many
+times over in the slow loop.
 
     python tests/concurrency_scenarios.py c|py [iterations] [scenario ...]
 """

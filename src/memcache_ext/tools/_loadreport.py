@@ -48,6 +48,8 @@ class Run:
     #: the server's /health at the end (database pool, caches)
     health: Optional[dict[str, Any]] = None
     load_started: float = 0.0  #: wall-clock time the load began
+    warmup_s: float = 0.0  #: seconds of warm-up, left out of the second-half figures
+    warmup_requests: int = 0  #: requests served by the end of the warm-up
 
     @property
     def label(self) -> str:
@@ -449,14 +451,15 @@ def _ms(seconds: Optional[float]) -> Optional[float]:
     return None if seconds is None else seconds * 1e3
 
 
-def soak_figures(run: Run, load_started: float, warmup: float = 0.0) -> dict[str, Any]:
+def soak_figures(run: Run, load_started: float) -> dict[str, Any]:
     """What the soak measured, with every figure the targets are checked on.
 
     ``load_started``: wall-clock time the load began (stalls before it, during
-    the server's start-up, are reported apart). ``warmup``: seconds at the
-    start that the "second half" figures leave out (the slope and the hit rate
-    are taken over the second half of what follows; the peak covers it all).
+    the server's start-up, are reported apart). The "second half" figures (the
+    slope and the hit rate) leave out ``run.warmup_s`` and take the second half
+    of what follows; the peak covers it all.
     """
+    warmup = run.warmup_s
     limit = (run.limit_mb or 0) * MB
     values = [v for _, v, _ in run.rss] or [0]
     half = warmup + (run.duration_s - warmup) / 2
@@ -484,6 +487,7 @@ def soak_figures(run: Run, load_started: float, warmup: float = 0.0) -> dict[str
         "limit_mb": run.limit_mb,
         "duration_s": run.duration_s,
         "warmup_s": warmup,
+        "warmup_requests": run.warmup_requests,
         "requests": run.requests + run.oversized,
         "req_per_s": (run.requests + run.oversized) / run.duration_s if run.duration_s else 0.0,
         "rss_start_mb": values[0] / MB,
@@ -636,13 +640,27 @@ def check_soak(
     return out
 
 
+def _warmup_words(fig: dict[str, Any], args: argparse.Namespace) -> str:
+    """How the soak's warm-up went, for its title line ("" without one)."""
+    if not fig["warmup_s"]:
+        return ""
+    served = fig.get("warmup_requests") or 0
+    wanted = getattr(args, "warmup_requests", 0) or 0
+    if wanted and served < wanted:
+        return (
+            f" (the first {fig['warmup_s']:.0f} s a warm-up, cut short at {served:,} "
+            f"of {wanted:,} requests: a slow host)"
+        )
+    return f" (the first {fig['warmup_s']:.0f} s, {served:,} requests, a warm-up)"
+
+
 def render_soak(run: Run, fig: dict[str, Any], args: argparse.Namespace) -> str:
     """The soak's table, its targets, and the RSS timeline in a few lines."""
     out = [
         f"memcache_ext loadtest --soak: demo service on 127.0.0.1 under a "
         f"{fig['limit_mb']:g} MB limit ({fig['policy']} caches), {args.users:,} users x "
         f"{args.days} days, {args.concurrency} clients, {fig['duration_s']:.0f} s"
-        + (f" (the first {fig['warmup_s']:.0f} s a warm-up)" if fig["warmup_s"] else ""),
+        + _warmup_words(fig, args),
         traffic_line(args),
         "",
     ]

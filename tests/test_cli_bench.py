@@ -354,6 +354,7 @@ def test_cost_targets_report_met_and_missed() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(660)  # above the bench's own 600 s, which reports its output
 def test_bench_hitratio_quick_writes_what_the_docs_read(tmp_path: Path) -> None:
     pytest.importorskip("libcachesim")
     out = tmp_path / "hitratio.json"
@@ -397,3 +398,30 @@ def test_fault_bench_judges_an_outage_against_its_own_phase_local_route() -> Non
     assert [m.split(":")[0] for m in bf.check(slow_tier)] == ["frozen/sync"]
     assert bf.check(result(row("frozen", "sync", 123.8)))  # no /local row: the baseline's
     assert bf.check(result(row("steady", "sync", 123.8))) == []  # not an outage
+
+
+def test_fault_bench_bounds_the_slowest_request_by_its_phase_local_route_too() -> None:
+    """Run AD: with /local's slowest request at 244.7 ms in the frozen phase, a tier
+    request of 276.2 ms is the host; a tier request seconds long is a wait for Redis."""
+    bf = bench_module("bench_redis_faults")
+
+    def row(phase: str, tier: str, p99: float, most: float) -> dict[str, Any]:
+        return {"phase": phase, "tier": tier, "p99_ms": p99, "max_ms": most}
+
+    def result(*rows: dict[str, Any]) -> dict[str, Any]:
+        visible = [{"phase": "frozen", "port": 1, "namespace": "n", "to": "open", "ok": True}]
+        visible[0]["after_s"] = 0.2
+        return {
+            "rows": [row("baseline", "local", 76.6, 108.7), *rows],
+            "failed": 0,
+            "visible": visible,
+            "settings": {"max_stale": 1.0, "deadline": 0.05},
+        }
+
+    slow_host = result(row("frozen", "local", 227.9, 244.7), row("frozen", "sync", 222.9, 276.2))
+    assert bf.check(slow_host) == []
+    stalled = result(row("frozen", "local", 227.9, 244.7), row("frozen", "sync", 222.9, 1200.0))
+    assert [m.split(":")[0] for m in bf.check(stalled)] == ["frozen/sync"]
+    quiet = result(row("frozen", "local", 8.0, 20.0), row("frozen", "sync", 9.0, 276.2))
+    assert [m.split(":")[0] for m in bf.check(quiet)] == ["frozen/sync"]  # 250 ms holds
+    assert bf.check(result(row("frozen", "local", 8.0, 300.0))) == []  # /local is the host

@@ -63,6 +63,7 @@ def the_wheel(out: Path) -> Path:
     return wheels[0]
 
 
+@pytest.mark.timeout(1260)  # two builds, each under its own 600 s
 def test_a_build_without_compiler_falls_back_and_says_so(tmp_path: Path) -> None:
     project = project_copy(tmp_path)
     pip_wheel = python("-m", "pip", "wheel", "--no-deps", "--no-cache-dir")

@@ -53,6 +53,7 @@ def test_two_replicas_few_trials(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(960)  # above the checker's own 900 s, which reports its output
 def test_every_scenario_short_form(tmp_path: Path) -> None:
     result = run_checker(tmp_path, "--quick", timeout=900)
     by_name = {r["scenario"]: r for r in result["results"]}

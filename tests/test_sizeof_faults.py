@@ -153,6 +153,7 @@ SHAPES = ["big-list", "nested-dicts", "instances", "sets", "deep"]
 
 
 @pytest.mark.parametrize("name", SHAPES)
+@pytest.mark.timeout(960)  # above the child's own 900 s, which reports its output
 def test_every_allocation_failure_is_a_memory_error(impl: str, name: str) -> None:  # noqa: F811
     out = run_case(f"NAME = {name!r}\n" + INJECT.format(), impl, timeout=900)
     print(out)

@@ -260,7 +260,9 @@ def test_the_warmup_lasts_until_its_requests_then_the_rest_is_measured(tmp_path:
     (fig,) = json.loads(out.read_text())["runs"]
     assert fig["warmup_requests"] >= 1500
     assert fig["warmup_s"] >= 1.0 and fig["rss"][-1][0] >= fig["warmup_s"]
-    assert fig["duration_s"] - fig["warmup_s"] == pytest.approx(4.0, abs=1.5)
+    # never less than --duration less --warmup after it; more by a sample and the clients' last
+    # answers (seconds on a loaded host)
+    assert 4.0 <= fig["duration_s"] - fig["warmup_s"] < 14.0
     assert f"{fig['warmup_requests']:,} requests, a warm-up)" in proc.stdout
     assert not demo_servers(db)
 
@@ -276,7 +278,7 @@ def test_soak_quick_holds_the_promises(tmp_path: Path) -> None:
     assert "soak: all promises held" in proc.stdout
     (fig,) = json.loads(out.read_text())["runs"]
     assert fig["warmup_requests"] >= 25_000 or fig["warmup_s"] >= 240
-    assert fig["duration_s"] - fig["warmup_s"] == pytest.approx(40.0, abs=3.0)
+    assert 40.0 <= fig["duration_s"] - fig["warmup_s"] < 50.0
     assert fig["rss_peak_mb"] <= fig["limit_mb"] == 150
     assert fig["other_5xx"] == 0 and fig["connection_failures"] == 0
     assert fig["oversized_statuses"] and set(fig["oversized_statuses"]) == {"413"}

@@ -57,6 +57,8 @@ def test_quick_load_test_keeps_the_bounded_service_bounded(tmp_path: Path) -> No
     bounded, unbounded = runs["bounded"], runs["unbounded"]
     assert bounded["growth_mb"] < 100 and bounded["rss_peak_mb"] < 400
     assert bounded["errors"] == 0 and bounded["requests"] > 1000
+    for fig in (bounded, unbounded):  # --min-requests, unless the host is far too slow
+        assert fig["requests"] >= 8000 or fig["requests"] / fig["req_per_s"] > 139
     assert unbounded["rss_peak_mb"] > bounded["rss_peak_mb"]
     assert 0 < bounded["hit_rate"] < 1 and len(bounded["rss"]) > 10
     assert not demo_servers(db), "the load test left a server running"
@@ -152,6 +154,7 @@ def test_replicas_share_the_redis_tier(tmp_path: Path) -> None:
         (["--warmup-requests", "100"], "--warmup-requests goes with --soak"),
         (["--soak", "--warmup-requests", "1.5"], "--warmup-requests must be a whole number"),
         (["--soak", "--warmup-requests", "-1"], "argument --warmup-requests: must be a finite"),
+        (["--min-requests", "2.5"], "--min-requests must be a whole number"),
     ],
 )
 def test_bad_numbers_are_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
@@ -264,6 +267,18 @@ def test_the_warmup_lasts_until_its_requests_then_the_rest_is_measured(tmp_path:
     # answers (seconds on a loaded host)
     assert 4.0 <= fig["duration_s"] - fig["warmup_s"] < 14.0
     assert f"{fig['warmup_requests']:,} requests, a warm-up)" in proc.stdout
+    assert not demo_servers(db)
+
+
+def test_a_slow_host_runs_on_until_the_least_requests(tmp_path: Path) -> None:
+    """--min-requests: past --duration until that many requests were served."""
+    out, db = tmp_path / "lt.json", str(tmp_path / "min.sqlite3")
+    args = ["--only", "bounded", "--users", "200", "--concurrency", "2", "--uniform-phase", "0"]
+    args += ["--duration", "1", "--min-requests", "1200"]
+    proc = loadtest(*args, "--json", str(out), "--db", db, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (fig,) = json.loads(out.read_text())["runs"]
+    assert fig["requests"] >= 1200 and fig["requests"] / fig["req_per_s"] > 1.0
     assert not demo_servers(db)
 
 

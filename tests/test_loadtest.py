@@ -152,9 +152,9 @@ def test_replicas_share_the_redis_tier(tmp_path: Path) -> None:
         (["--soak", "--duration", "10", "--warmup", "10"], "--warmup must be shorter than"),
         (["--writes", "0.6", "--oversize", "0.6"], "together at most 1"),
         (["--warmup-requests", "100"], "--warmup-requests goes with --soak"),
-        (["--soak", "--warmup-requests", "1.5"], "--warmup-requests must be a whole number"),
-        (["--soak", "--warmup-requests", "-1"], "argument --warmup-requests: must be a finite"),
-        (["--min-requests", "2.5"], "--min-requests must be a whole number"),
+        (["--soak", "--warmup-requests", "1.5"], "--warmup-requests: must be a whole number"),
+        (["--soak", "--warmup-requests", "-1"], "number of requests >= 0, got '-1'"),
+        (["--min-requests", "lots"], "--min-requests: must be a whole number of requests"),
     ],
 )
 def test_bad_numbers_are_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:

@@ -444,6 +444,17 @@ def _number(kind: str, *, low: float, inclusive: bool = True) -> Any:
     return parse
 
 
+def _count(text: str) -> int:
+    """A number of requests: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number of requests >= 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m memcache_ext loadtest",
@@ -549,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--warmup-requests",
-        type=_number("number of requests", low=0),
+        type=_count,
         default=None,
         help="with --soak: the warm-up also lasts until this many requests were served "
         f"(at most {MAX_WARMUP_S:.0f} s), and the rest of --duration is measured after "
@@ -557,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--min-requests",
-        type=_number("number of requests", low=0),
+        type=_count,
         default=None,
         help="run each service past --duration until it served this many requests (at most "
         f"{MAX_EXTRA_S:.0f} s more; default 0; --quick without --soak 8000)",
@@ -580,16 +591,10 @@ def _settle(args: argparse.Namespace) -> Optional[str]:
         return "--warmup must be shorter than --duration"
     if args.warmup_requests is None:
         args.warmup_requests = QUICK_WARMUP_REQUESTS if soak and quick else 0
-    if args.warmup_requests != int(args.warmup_requests):
-        return "--warmup-requests must be a whole number"
-    args.warmup_requests = int(args.warmup_requests)
     if args.warmup_requests and not soak:
         return "--warmup-requests goes with --soak"
     if args.min_requests is None:
         args.min_requests = QUICK_MIN_REQUESTS if quick and not soak else 0
-    if args.min_requests != int(args.min_requests):
-        return "--min-requests must be a whole number"
-    args.min_requests = int(args.min_requests)
     if args.users is None:
         args.users = 3000 if quick else 5000
     if args.concurrency is None:

@@ -83,8 +83,8 @@ from .procs import (
 )
 
 # The quick soak's warm-up, in requests: the demo's RSS climbs until about
-# 20,000-25,000 requests have filled its caches, its database pages and the
-# allocator's arenas, whatever the rate (2026-12-03, 243 requests/s: 89.5 MB
+# 20,000-25,000 requests have filled its caches and about 5 MB no cache
+# accounts for, whatever the rate (2026-12-03, 243 requests/s: 89.5 MB
 # at 3,800 requests, 99.8 MB at 20,700, 101.4 MB at 43,300). A warm-up counted
 # in seconds ended inside that climb on a slow host and read it as a leak
 # (+8 MB/min at 355 requests/s).

@@ -143,10 +143,15 @@ def test_clear_remote(make_tier: Any, redis_server: RedisServer, ns: str) -> Non
         a.set(f"k{i}", i)
         b.get(f"k{i}")
     other.set("k0", "keep")
-    a.clear()
     raw = raw_client(redis_server)
-    assert raw.keys(f"{ns}:*") == []
-    assert raw.exists(f"{ns}x:k0")
+    raw.set(f"{ns}:junk", "not one of ours")
+    a.clear()
+    # every value goes; each key keeps its version as a tombstone; anything else goes
+    left = sorted(raw.keys(f"{ns}:*"))
+    assert left == sorted(f"{ns}:k{i}".encode() for i in range(20))
+    assert all(raw.hkeys(k) == [b"v"] for k in left)
+    assert raw.exists(f"{ns}x:k0") and raw.hexists(f"{ns}x:k0", "d")
+    assert a.stats()["remote_clears"] == 1
     eventually(lambda: len(b.local) == 0, what="b cleared by the clear message")
     assert len(a.local) == 0
     raw.close()

@@ -646,3 +646,137 @@ def test_a_write_during_an_outage_is_tombstoned_when_redis_is_back(
     # the reader drops v1 when its own listener reads the tombstone's message
     eventually(lambda: reader.get_or_set("k", lambda: "v3") == "v3", what="reader dropped v1")
     assert writer.get_or_set("k", lambda: "v3") == "v3"
+
+
+# -- more keys changed than max_pending, and clears, while Redis is away -----------------------
+
+
+def test_more_keys_changed_than_max_pending_clear_the_namespace_when_redis_answers(
+    make: Any,
+) -> None:
+    """The pending table is full: a key it cannot remember would keep its old value in
+    Redis, and in the other replicas, for good. The namespace is cleared instead."""
+    tier = make(probe_interval=30.0, max_pending=2)
+    other = make()
+    keys = [f"k{i}" for i in range(5)]
+    for k in keys:
+        assert other.set(k, "old") is True
+        assert other.get(k) == "old"
+    # those messages would drop the writes below from the tier's local tier
+    eventually(lambda: tier.stats()["invalidations_received"] == 5, what="other's messages")
+    tier.breaker.fail(TimeoutError("a call timed out"))
+    for k in keys:
+        assert tier.set(k, "new") is False  # skipped while the breaker is open
+    st = tier.stats()
+    assert (st["pending_invalidations"], st["pending_dropped"], st["clear_pending"]) == (2, 3, True)
+    tier.breaker.succeeded()
+    eventually(lambda: not tier.stats()["clear_pending"], what="the owed clear done")
+    st = tier.stats()
+    assert (st["pending_invalidations"], st["remote_clears"]) == (0, 1)
+    eventually(lambda: len(other.local) == 0, what="the other replica cleared")
+    for k in keys:
+        assert other.get(k) is None, k  # no replica serves "old" again
+        assert tier.get(k) == "new", k  # its own writes, kept locally (read your writes)
+
+
+def test_a_clear_while_redis_is_frozen_is_done_when_it_answers(srv: RedisServer, make: Any) -> None:
+    """``clear()`` that times out is owed, like a write, not lost."""
+    if os.name != "posix":
+        pytest.skip("SIGSTOP")
+    tier = make(probe_interval=0.05, deadline=0.05)
+    other = make(probe_interval=0.05, deadline=0.05)
+    assert other.set("k", "old") is True
+    assert other.get("k") == "old"
+    assert srv.proc is not None
+    os.kill(srv.proc.pid, signal.SIGSTOP)
+    try:
+        tier.clear()  # one deadline, then owed
+        assert tier.stats()["clear_pending"] is True
+        tier.clear()  # the breaker is open: owed at once
+        assert tier.stats()["clear_pending"] is True
+    finally:
+        os.kill(srv.proc.pid, signal.SIGCONT)
+    eventually(lambda: not tier.stats()["clear_pending"], what="the owed clear done")
+    eventually(lambda: other.connected and other.local.peek("k") is None, what="other cleared")
+    assert other.get("k") is None
+    assert tier.stats()["remote_clears"] == 1  # both clears in one
+
+
+def test_a_clear_keeps_versions_so_an_older_write_is_still_refused(
+    srv: RedisServer, ns: str, make: Any
+) -> None:
+    """``clear()`` turns each value into a tombstone at its version: a writer that read
+    the row before the clear cannot bring back the older version after it."""
+    tier = make(**V, ttl=None)
+    other = make(**V)
+    assert tier.set("k", {"v": 5}) is True
+    assert other.get("k") == {"v": 5}
+    tier.delete("gone", version=3)  # a tombstone already: left as it is
+    tier.clear()
+    raw = redis.Redis(host="127.0.0.1", port=srv.port)
+    try:
+        assert raw.hgetall(f"{ns}:k") == {b"v": b"5"}
+        assert 0 < raw.pttl(f"{ns}:k") <= 3_600_000
+        assert raw.hgetall(f"{ns}:gone") == {b"v": b"3"}
+    finally:
+        raw.close()
+    assert other.set("k", {"v": 4}) is False  # older than what was cleared
+    assert tier.get("k") is None
+    eventually(lambda: other.local.peek("k") is None, what="other cleared")
+    assert other.get_or_set("k", lambda: {"v": 5}) == {"v": 5}  # the same row: filled again
+    assert tier.get("k") == {"v": 5}
+
+
+def test_an_async_clear_keeps_versions_and_a_cancelled_one_is_owed(
+    srv: RedisServer, ns: str, make: Any
+) -> None:
+    """AsyncTieredCache: the same clear; cancelled before its script ran, it is owed and
+    the worker does it."""
+    import asyncio
+
+    from memcache_ext.redis import AsyncTieredCache
+
+    other = make(**V)
+
+    async def main() -> dict[str, Any]:
+        client = redis.asyncio.Redis(host="127.0.0.1", port=srv.port)
+        tier = AsyncTieredCache(LruCache(100), client, ns, deadline=1.0, poll_interval=0.05, **V)
+        await tier.start()
+        try:
+            assert await tier.wait_ready(DEADLINE)
+            assert await tier.set("k", {"v": 7}) is True
+            await tier.clear()
+            assert await tier.set("k", {"v": 6}) is False  # older than what was cleared
+            assert await tier.set("k", {"v": 8}) is True
+            real, entered = tier._clear_script, asyncio.Event()
+
+            async def slow(*args: Any, **kw: Any) -> Any:
+                entered.set()
+                await asyncio.sleep(0.5)
+                return await real(*args, **kw)
+
+            tier._clear_script = slow
+            task = asyncio.ensure_future(tier.clear())
+            await entered.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert tier.stats()["clear_pending"] is True
+            tier._clear_script = real
+            deadline = time.monotonic() + DEADLINE
+            while tier.stats()["clear_pending"] and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            return dict(tier.stats())
+        finally:
+            await tier.aclose()
+            await client.aclose()
+
+    st = asyncio.run(main())
+    assert (st["clear_pending"], st["remote_clears"]) == (False, 2)
+    raw = redis.Redis(host="127.0.0.1", port=srv.port)
+    try:
+        assert raw.hgetall(f"{ns}:k") == {b"v": b"8"}
+    finally:
+        raw.close()
+    eventually(lambda: other.local.peek("k") is None, what="other cleared")
+    assert other.get("k") is None

@@ -77,9 +77,10 @@ live view such as ``dict.values()`` follows tiers created later). For a tier:
 (timeouts and connection errors open the breaker); ``to`` and ``state`` one of
 ``redis.BREAKER_STATES`` (``state`` is one-hot: 1 for the current one);
 ``event`` is ``published``, ``received``, ``ignored_own``, ``ignored_old``
-(older than the version seen), ``dropped`` (neither sent nor queued) or
-``unparseable``; ``tier_connected`` is 1 while the invalidation channel is up,
-and ``tier_channel_state_seconds`` how long it has been up or down.
+(older than the version seen), ``dropped`` (not queued, ``max_pending``
+reached: a namespace clear instead) or ``unparseable``; ``tier_connected`` is 1
+while the invalidation channel is up, and ``tier_channel_state_seconds`` how
+long it has been up or down.
 
 The cleanup byte counters are accumulated by the collector from the manager's
 event history as it sees new events; events pushed out of the bounded history

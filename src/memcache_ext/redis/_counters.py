@@ -28,7 +28,7 @@ class TierCounters(TypedDict):
     invalidations_received: Annotated[int, "Other instances' invalidations applied here"]
     invalidations_ignored_own: int
     invalidations_ignored_old: Annotated[int, "Messages older than the version seen here"]
-    invalidations_dropped: Annotated[int, "Invalidations neither sent nor queued (queue full)"]
+    invalidations_dropped: Annotated[int, "Not queued (max_pending reached): a clear instead"]
     bad_messages: Annotated[int, "Unparseable messages on the channel (ignored)"]
     redis_errors: Annotated[int, "Failed Redis calls, every kind"]
     errors_timeout: int
@@ -42,6 +42,7 @@ class TierCounters(TypedDict):
     reconnects: Annotated[int, "Resubscriptions after a loss (each drops the local tier)"]
     stale_bypasses: Annotated[int, "Times max_stale ran out and the local tier was dropped"]
     local_clears: int
+    remote_clears: Annotated[int, "Namespace clears done in Redis: asked for, or owed"]
     oversized_writes: int
     oversized_reads: int
     serialization_failures: int

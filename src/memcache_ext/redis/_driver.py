@@ -31,6 +31,7 @@ from ._policy import (
     own_client,
 )
 from ._versions import (
+    CLEAR_SCRIPT,
     WRITE_SCRIPT,
     check_version,
     clear_message,
@@ -82,7 +83,8 @@ class TierStats(TierCounters):
     listener_lag_seconds: Annotated[Optional[float], "Publish-to-apply delay of the last message"]
     listener_lag_max_seconds: Annotated[float, "Largest such delay in the last minute"]
     pending_invalidations: Annotated[int, "Keys to delete in Redis once it answers again"]
-    pending_dropped: int
+    pending_dropped: Annotated[int, "Keys not remembered (max_pending reached): a clear is owed"]
+    clear_pending: Annotated[bool, "A namespace clear is owed to Redis for when it answers"]
     max_value_bytes: Optional[int]
     closed: bool
     local: Annotated[dict[str, Any], "The local tier's own stats()"]
@@ -201,6 +203,7 @@ class TierDriver(Listener):
         self.instance_id = uuid.uuid4().hex
         self._prefix = f"{namespace}:"
         self._script = own.register_script(WRITE_SCRIPT)
+        self._clear_script = own.register_script(CLEAR_SCRIPT)
         self._lget = local.get  # the hit path: one bound C call
         # key -> (version to tombstone at, a token): writes that failed while Redis was
         # away. Every add makes a new entry, so a reply removes only what it answers.
@@ -208,6 +211,10 @@ class TierDriver(Listener):
         self._pending_tokens = itertools.count()
         self._pending_lock = threading.Lock()
         self._pending_dropped = 0
+        # A namespace clear is owed while clears_owed > clears_done: one asked for while
+        # Redis was away, or a key not remembered because the table was full.
+        self._clears_owed = 0
+        self._clears_done = 0
         self._closed = False
         self._clock_offset_us: Optional[float] = None  # Redis TIME minus our monotonic, in us
         self._clock_at = 0.0
@@ -297,7 +304,9 @@ class TierDriver(Listener):
                 if old is not None and (version is None or version < old):
                     version = old  # the tombstone covers the newest version written
             elif len(pending) >= self.max_pending:
+                # Too many keys to remember one by one: clear the whole namespace instead.
                 self._pending_dropped += 1
+                self._clears_owed += 1  # under the lock already
                 self.counts.add("invalidations_dropped")
                 return
             pending[key] = (version, next(self._pending_tokens))
@@ -499,8 +508,7 @@ class TierDriver(Listener):
         v = None if version is None else check_version(version)
         with self._state_lock:
             was_local = self._forget_key(key, v)
-        ttl = _TOMBSTONE_TTL if self.ttl is None else min(self.ttl, _TOMBSTONE_TTL)
-        res = yield from self._write_flow(key, "del", b"", ttl, v)
+        res = yield from self._write_flow(key, "del", b"", self._tombstone_ttl(), v)
         if res is None:
             self.counts.add("skipped_writes")
             self._add_pending(key, v)
@@ -546,47 +554,80 @@ class TierDriver(Listener):
         margin = (t1 - t0) / 2 * 1e6 + 1000
         self._late_us = max(self.deadline * 1e6 / 2, self.deadline * 1e6 - margin)
 
+    def _flush_due(self) -> bool:
+        """Whether Redis is owed tombstones or a clear from while it was away."""
+        return bool(self._pending) or self._clears_owed != self._clears_done
+
     def _flush_flow(self) -> Flow:
-        """Tombstone (and invalidate) the keys changed while Redis was away."""
+        """Tombstone (and invalidate) the keys changed while Redis was away; when some
+        were not remembered, or a clear was asked for meanwhile, clear the namespace."""
+        if self._clears_owed != self._clears_done:
+            yield from self._remote_clear_flow()
+            return
         with self._pending_lock:
             batch = list(itertools.islice(self._pending.items(), 256))
-        ttl = _TOMBSTONE_TTL if self.ttl is None else min(self.ttl, _TOMBSTONE_TTL)
-        sent = 0
+        ttl = self._tombstone_ttl()
         for key, entry in batch:
             res = yield from self._write_flow(key, "del", b"", ttl, entry[0], pending=entry)
             if res is None:
                 break  # Redis went away again: the rest waits
-            sent += 1
-        return sent
+
+    def _tombstone_ttl(self) -> float:
+        return _TOMBSTONE_TTL if self.ttl is None else min(self.ttl, _TOMBSTONE_TTL)
 
     def _clear_flow(self, remote: bool) -> Flow:
-        """The local tier; with ``remote``, every key of the namespace in Redis (SCAN +
-        UNLINK, 500 at a time) and, through a message, every other instance's local tier."""
+        """The local tier; with ``remote``, every value of the namespace in Redis and,
+        through a message, every other instance's local tier. Redis away: owed until it
+        answers, as a write would be."""
         self._forget_local()
         self.counts.add("local_clears")
         if not remote:
             return None
+        if self.breaker.closed:
+            yield from self._remote_clear_flow()
+        else:
+            self.counts.add("skipped_writes")
+            self._owe_clear()
+        return None
+
+    def _owe_clear(self) -> None:
         with self._pending_lock:
+            self._clears_owed += 1
+
+    def _remote_clear_flow(self) -> Flow:
+        """Clear every value of the namespace in Redis (SCAN, then the clear script 500
+        keys at a time: each value becomes a tombstone at its version, so that an older
+        write is still refused) and publish a clear: done, or owed if Redis fails. It
+        covers the clears owed when it begins."""
+        with self._pending_lock:
+            owed = self._clears_owed
             replayed = dict(self._pending)  # what the clear covers; later failures stay
         match, cursor, batch = _glob_escape(self._prefix) + "*", 0, []
+        px = max(1, int(self._tombstone_ttl() * 1000))
         try:
             while True:
                 cursor, keys = yield RedisCall(self.redis.scan, cursor, match=match, count=1000)
                 batch += keys
                 while len(batch) >= 500 or (batch and not cursor):
-                    yield RedisCall(self.redis.unlink, *batch[:500])
+                    yield RedisCall(self._clear_script, keys=batch[:500], args=[px])
                     del batch[:500]
                 if not cursor:
                     break
             yield RedisCall(self.redis.publish, self.channel, clear_message(self.instance_id))
-            self.counts.add("invalidations_sent")
-            with self._pending_lock:
-                for key, entry in replayed.items():
-                    if self._pending.get(key) == entry:
-                        del self._pending[key]
         except REDIS_ERRORS as exc:
             self._failed(exc, "clear")
-        return None
+            self._owe_clear()
+            return
+        except BaseException:
+            self._owe_clear()  # cancelled (asyncio) or closed: maybe half done
+            raise
+        self.counts.add("invalidations_sent")
+        self.counts.add("remote_clears")
+        with self._pending_lock:
+            self._clears_done = max(self._clears_done, owed)
+            for key, entry in replayed.items():
+                if self._pending.get(key) == entry:
+                    del self._pending[key]
 
     # -- stats ------------------------------------------------------------------------
 
@@ -639,6 +680,7 @@ class TierDriver(Listener):
             "listener_lag_max_seconds": lag_max,
             "pending_invalidations": len(self._pending),  # a len(): atomic
             "pending_dropped": self._pending_dropped,
+            "clear_pending": self._clears_owed != self._clears_done,
             "max_value_bytes": self.codec.max_bytes,
             "closed": self._closed,
             "local": local,

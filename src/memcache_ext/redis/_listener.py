@@ -59,7 +59,6 @@ class Listener(Freshness):
     breaker: Breaker
     log: RateLimitedLog
     _clock_at: float
-    _pending: dict[str, tuple[Optional[int], int]]  # read here only for whether it is empty
 
     def __init__(self, local: Any) -> None:
         super().__init__(local)
@@ -80,6 +79,9 @@ class Listener(Freshness):
         raise NotImplementedError
 
     def _close_pubsub(self, pubsub: Any) -> Any:
+        raise NotImplementedError
+
+    def _flush_due(self) -> bool:
         raise NotImplementedError
 
     def _flush_flow(self) -> Flow:
@@ -121,7 +123,7 @@ class Listener(Freshness):
                         retry_at = min(retry_at, now)  # Redis is back: subscribe at once
                 if self._ever_subscribed and now - self._clock_at > 60.0 and self.breaker.closed:
                     yield from self._clock_flow()
-                if self._pending and self.breaker.closed:
+                if self.breaker.closed and self._flush_due():
                     yield from self._flush_flow()
                 if pubsub is None and now >= retry_at:
                     pubsub = self.redis.pubsub()

@@ -168,8 +168,9 @@ class TieredCache(TierDriver):
         return bool(self._run(self._delete_flow(self._key(key), version)))
 
     def clear(self, remote: bool = True) -> None:
-        """Clear the local tier and, with ``remote``, every key of the namespace in Redis
-        (SCAN + UNLINK) and every other instance's local tier."""
+        """Clear the local tier and, with ``remote``, every value of the namespace in Redis
+        (each becomes a tombstone at its version) and every other instance's local tier;
+        while Redis is away, the remote part is done when it answers."""
         self._check_open()
         self._run(self._clear_flow(remote))
 

@@ -30,6 +30,10 @@ failed and will replay a tombstone once Redis answers, and a late write must
 not land after that tombstone. The deadline is sent in Redis's clock, from an
 offset the tier measures (``TIME``) at each subscription and every minute.
 
+A clear (:data:`CLEAR_SCRIPT`) keeps each key's version as a tombstone, so
+the same ordering holds across it: a writer that read a row before the clear
+cannot store an older version after it.
+
 Messages: ``[instance_id, "k", key, version, redis_time_us]`` (JSON) for a
 write or delete of ``key``, ``[instance_id, "*", ""]`` for a clear. Older
 three-field messages are still understood (no version: always applied).
@@ -41,7 +45,14 @@ import json
 import operator
 from typing import Any, Optional
 
-__all__ = ["WRITE_SCRIPT", "check_version", "message_head", "parse_message", "parse_version"]
+__all__ = [
+    "CLEAR_SCRIPT",
+    "WRITE_SCRIPT",
+    "check_version",
+    "message_head",
+    "parse_message",
+    "parse_version",
+]
 
 #: KEYS[1]: the value's key. ARGV: 1 op ("set", "fill", "del"), 2 mode ("auto", "caller"),
 #: 3 version ("" in auto mode, and for a delete without one), 4 data, 5 expiry in ms (0: none),
@@ -111,6 +122,30 @@ if op ~= 'fill' then
   redis.call('PUBLISH', ARGV[6], ARGV[7] .. ver .. ',' .. now_us .. ']')
 end
 return {1, ver, had}
+"""
+
+
+#: KEYS: keys of the namespace to clear. ARGV[1]: a tombstone's expiry in ms.
+#: A value becomes a tombstone at its version, so that a write or fill older than what
+#: was cleared is still refused; a tombstone stays as it is; anything else goes.
+#: Returns the number of values cleared.
+CLEAR_SCRIPT = """
+if redis.replicate_commands then redis.replicate_commands() end
+local px, n = tonumber(ARGV[1]), 0
+for _, key in ipairs(KEYS) do
+  local ver = false
+  if redis.call('TYPE', key)['ok'] == 'hash' then ver = redis.call('HGET', key, 'v') end
+  if ver and string.match(ver, '^%d+$') then
+    if redis.call('HDEL', key, 'd') == 1 then
+      n = n + 1
+      local left = redis.call('PTTL', key)
+      if left < 0 or left > px then redis.call('PEXPIRE', key, px) end
+    end
+  else
+    redis.call('UNLINK', key)
+  end
+end
+return n
 """
 
 

@@ -18,7 +18,8 @@ def _reset():
     SingletonMeta.reset()
 
 
-def run(code: str, timeout: float = 60) -> str:
+def run(code: str, timeout: float = 60, check: bool = True) -> str:
+    """Run ``code`` in a child: its stdout (its stderr too when not ``check``)."""
     try:
         proc = subprocess.run(
             [sys.executable, "-X", "faulthandler", "-c", textwrap.dedent(code)],
@@ -28,6 +29,8 @@ def run(code: str, timeout: float = 60) -> str:
         )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"timed out (deadlock?): {exc.stderr}")
+    if not check:
+        return proc.stdout + proc.stderr
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -343,3 +346,62 @@ def test_a_call_the_constructor_cannot_take_fails_before_it_runs() -> None:
         One(1, 2)  # type: ignore[call-arg]  # deliberately wrong
     assert calls == [] and not One.has_instance()
     assert One(1) is One(1) and calls == [1]
+
+
+CONF = """
+from memcache_ext import SingletonMeta
+
+
+class Settings(metaclass=SingletonMeta):
+    def __init__(self, path="app.toml", *, debug=False):
+        self.path, self.debug, self.state = path, debug, {}
+
+
+class OwnState(metaclass=SingletonMeta):
+    def __getstate__(self):
+        return {"mine": 1}
+"""
+
+
+def test_a_copy_is_the_instance_and_unpickling_calls_the_class_again(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """A second instance made by copy or pickle would break "one instance per class"."""
+    import copy
+    import pickle
+
+    (tmp_path / "conf_single.py").write_text(CONF)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from conf_single import OwnState, Settings  # type: ignore[import-not-found]
+
+    s = Settings("prod.toml", debug=True)
+    s.state["k"] = 1
+    assert copy.copy(s) is s and copy.deepcopy({"a": [s, s]})["a"][1] is s
+    assert pickle.loads(pickle.dumps(s)) is s
+    blob = tmp_path / "s.pickle"
+    blob.write_bytes(pickle.dumps(s))
+    load = f"import pickle, sys; sys.path.insert(0, {str(tmp_path)!r}); "
+    fresh = run(
+        load + f"s = pickle.loads(open({str(blob)!r}, 'rb').read()); "
+        "from conf_single import Settings; "
+        "print(s is Settings(), s.path, s.debug, s.state)"
+    )
+    assert fresh.split() == ["True", "prod.toml", "True", "{}"]  # the arguments, not the state
+    other = run(
+        load + "from conf_single import Settings; Settings('dev.toml'); "
+        f"pickle.loads(open({str(blob)!r}, 'rb').read())",
+        check=False,
+    )
+    assert (
+        "different arguments: Settings('dev.toml', debug=False), and this call asks for "
+        "Settings('prod.toml', debug=True)" in other
+    )
+
+    own = OwnState()
+    assert copy.copy(own) is own  # still the instance
+    assert pickle.loads(pickle.dumps(own)) is not own  # its own pickling, as it defined it
+
+    SingletonMeta.reset(Settings)
+    assert copy.copy(s) is s
+    with pytest.raises(TypeError, match="no longer its class's instance"):
+        pickle.dumps(s)

@@ -20,6 +20,11 @@ Rules:
   asked for hides bugs. The first call's arguments are kept (strongly) for that
   comparison until ``reset``.
 * If the constructor raises, nothing is stored and the next call tries again.
+* ``copy.copy`` and ``copy.deepcopy`` return the instance itself. Pickling
+  stores the first call's arguments, not the instance's state: unpickling
+  calls the class with them, so it gives that process's instance (built then
+  if there is none; TypeError if it was built with other arguments). A class
+  that defines its own copy or pickle methods keeps them.
 * ``SingletonMeta.reset()`` forgets every instance; ``SingletonMeta.reset(cls)``
   or ``cls.reset()`` forgets one class's (not its subclasses'). Meant for
   tests; code already holding the old instance keeps it.
@@ -46,6 +51,14 @@ _LOCK = "_SingletonMeta__lock"
 _BUILDER = "_SingletonMeta__builder"
 _SIGNATURE = "_SingletonMeta__signature"
 _NO_SIGNATURE = object()
+_PICKLE_HOOKS = (
+    "__reduce__",
+    "__reduce_ex__",
+    "__getstate__",
+    "__setstate__",
+    "__getnewargs__",
+    "__getnewargs_ex__",
+)
 
 
 def _signature(cls: type) -> Any:
@@ -127,6 +140,32 @@ def _lock_of(cls: type) -> Any:
     return lock
 
 
+def _itself(self: Any, memo: Any = None) -> Any:
+    """``__copy__`` and ``__deepcopy__``: a copy of the singleton is the singleton."""
+    return self
+
+
+def _reduce(self: Any) -> tuple[Any, ...]:
+    """``__reduce__``: unpickled by calling the class with the first call's arguments."""
+    cls = type(self)
+    if cls.__dict__.get(_INSTANCE, MISSING) is not self:
+        raise TypeError(
+            f"cannot pickle this {cls.__qualname__}: it is no longer its class's instance "
+            f"(SingletonMeta.reset ran since it was made)"
+        )
+    args, kwargs = cls.__dict__[_ARGS]
+    return _restore, (cls, args, kwargs)
+
+
+def _restore(cls: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return cls(*args, **kwargs)
+
+
+def _defines(cls: type, name: str) -> bool:
+    """Whether ``cls`` or a base other than ``object`` defines ``name``."""
+    return any(name in base.__dict__ for base in cls.__mro__[:-1])
+
+
 class SingletonMeta(type):
     """Metaclass: ``class Config(metaclass=SingletonMeta)`` has one instance."""
 
@@ -137,6 +176,11 @@ class SingletonMeta(type):
     def __init__(cls, name: str, bases: tuple[type, ...], ns: dict[str, Any], **kw: Any) -> None:
         super().__init__(name, bases, ns, **kw)
         type.__setattr__(cls, _LOCK, threading.RLock())
+        for hook in ("__copy__", "__deepcopy__"):
+            if not _defines(cls, hook):
+                type.__setattr__(cls, hook, _itself)
+        if not any(_defines(cls, hook) for hook in _PICKLE_HOOKS):
+            type.__setattr__(cls, "__reduce__", _reduce)
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         # Fast path: no lock once the instance exists.

@@ -676,7 +676,110 @@ def test_more_keys_changed_than_max_pending_clear_the_namespace_when_redis_answe
     eventually(lambda: len(other.local) == 0, what="the other replica cleared")
     for k in keys:
         assert other.get(k) is None, k  # no replica serves "old" again
-        assert tier.get(k) == "new", k  # its own writes, kept locally (read your writes)
+        assert tier.get(k) is None, k  # its local tier went with the clear: loaded again
+
+
+def test_the_keys_remembered_keep_their_versions_through_an_owed_clear(make: Any) -> None:
+    """The clear only knows the versions Redis holds: the remembered keys are still
+    tombstoned at their newest failed version, so an older write is refused after it."""
+    tier = make(**V, probe_interval=30.0, max_pending=1)
+    other = make(**V)
+    assert other.set("a", {"v": 5}) is True
+    tier.breaker.fail(TimeoutError("a call timed out"))
+    assert tier.set("a", {"v": 10}) is False  # remembered at 10
+    assert tier.set("b", {"v": 1}) is False  # one key too many: a clear is owed
+    tier.breaker.succeeded()
+    eventually(
+        lambda: not tier.stats()["clear_pending"] and not tier.stats()["pending_invalidations"],
+        what="the tombstone and the clear",
+    )
+    assert other.set("a", {"v": 7}) is False  # older than 10: refused
+    assert other.get("a") is None and tier.get("a") is None
+
+
+def test_what_is_read_while_an_owed_clear_runs_is_not_kept_locally(make: Any) -> None:
+    """A read between the breaker closing and the clear reaching its key got the old
+    value; the other replicas drop it with the clear's message, this one too."""
+    tier = make(probe_interval=30.0, max_pending=0)
+    other = make()
+    assert other.set("k", "old") is True
+    eventually(lambda: tier.stats()["invalidations_received"] == 1, what="other's message")
+    tier.breaker.fail(TimeoutError("a call timed out"))
+    assert tier.set("k", "new") is False  # not remembered (max_pending=0): a clear is owed
+    tier.local.invalidate("k")  # evicted meanwhile, say
+    gate = Gate(tier._clear_script)
+    tier._clear_script = gate
+    tier.breaker.succeeded()
+    assert gate.entered.wait(DEADLINE)  # the worker's clear is on its way
+    assert tier.get("k") == "old"  # from Redis, before the clear reached it
+    gate.open()
+    eventually(lambda: not tier.stats()["clear_pending"], what="the owed clear done")
+    assert tier.local.peek("k") is None
+    assert tier.get("k") is None and other.get("k") is None
+
+
+def test_an_owed_clear_that_redis_refuses_backs_off_and_tombstones_still_go(
+    make: Any,
+) -> None:
+    """A refusal that is not an outage (READONLY, NOPERM) does not open the breaker: the
+    worker retries the clear after 1 s, 2 s, 4 s... and replays pending tombstones
+    meanwhile."""
+    tier = make(probe_interval=30.0, max_pending=1, poll_interval=0.01)
+    other = make()
+    assert other.set("a", "old") is True
+    calls: list[float] = []
+
+    def refuse(*args: Any, **kw: Any) -> Any:
+        calls.append(time.monotonic())
+        raise redis.ResponseError("READONLY You can't write against a read only replica.")
+
+    real = tier._clear_script
+    tier._clear_script = refuse
+    tier.breaker.fail(TimeoutError("a call timed out"))
+    assert tier.set("a", "new") is False  # remembered
+    assert tier.set("b", "new") is False  # a clear is owed
+    tier.breaker.succeeded()
+    eventually(lambda: tier.stats()["pending_invalidations"] == 0, what="a's tombstone")
+    eventually(lambda: other.get("a") is None, what="the tombstone reached the other")
+    time.sleep(2.5)
+    assert 2 <= len(calls) <= 3, calls  # at 0, ~1 s and ~3 s: not every 10 ms
+    assert tier.stats()["breaker"] == "closed" and tier.stats()["clear_pending"] is True
+    tier._clear_script = real
+    eventually(lambda: not tier.stats()["clear_pending"], what="the clear, once allowed")
+
+
+def test_a_large_namespace_is_cleared_over_several_worker_passes(
+    srv: RedisServer, ns: str, make: Any
+) -> None:
+    """The worker clears a few SCAN pages per pass and goes on at the next, so that it
+    keeps reading the channel; every value still goes."""
+    tier = make(probe_interval=30.0, max_pending=0)
+    raw = redis.Redis(host="127.0.0.1", port=srv.port)
+    try:
+        with raw.pipeline(transaction=False) as pipe:
+            for i in range(6000):
+                pipe.hset(f"{ns}:k{i}", mapping={"v": "1", "d": "x"})
+            pipe.execute()
+        scans: list[int] = []
+        real_scan = tier.redis.scan
+
+        def scan(cursor: int, **kw: Any) -> Any:
+            scans.append(cursor)
+            return real_scan(cursor, **kw)
+
+        tier.redis.scan = scan
+        tier.breaker.fail(TimeoutError("a call timed out"))
+        assert tier.set("x", "new") is False  # a clear is owed
+        tier.breaker.succeeded()
+        eventually(lambda: not tier.stats()["clear_pending"], what="the owed clear done")
+        assert scans.count(0) == 1 and len(scans) >= 10  # one clear, resumed across passes
+        assert tier.stats()["remote_clears"] == 1
+        values = 0
+        for key in raw.scan_iter(match=f"{ns}:*", count=1000):
+            values += raw.hexists(key, "d")
+        assert values == 0
+    finally:
+        raw.close()
 
 
 def test_a_clear_while_redis_is_frozen_is_done_when_it_answers(srv: RedisServer, make: Any) -> None:

@@ -54,6 +54,7 @@ __all__ = [
 #: spaces, quotes or control characters have no place in key or channel names.
 _NAMESPACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/+=@{}-]{0,199}")
 _TOMBSTONE_TTL = 3600.0  # a delete's tombstone lives this long when the tier has no ttl
+_CLEAR_PAGES_PER_PASS = 8  # SCAN pages (about 500 keys each) the worker clears per pass
 
 
 class TierClosedError(RuntimeError):
@@ -215,6 +216,10 @@ class TierDriver(Listener):
         # Redis was away, or a key not remembered because the table was full.
         self._clears_owed = 0
         self._clears_done = 0
+        # The worker's clear in progress: (the clears it covers, SCAN cursor, outages then).
+        self._clear_cursor: Optional[tuple[int, int, int]] = None
+        self._clear_backoff = 0.0
+        self._clear_retry_at = 0.0
         self._closed = False
         self._clock_offset_us: Optional[float] = None  # Redis TIME minus our monotonic, in us
         self._clock_at = 0.0
@@ -281,6 +286,10 @@ class TierDriver(Listener):
         self.counts.add("redis_errors")
         self.counts.add(f"errors_{kind}")
         return kind
+
+    def _mode(self, version: Optional[int]) -> str:
+        """The scripts' version mode: "auto" (the tier's own) or "caller"."""
+        return "auto" if version is None and self.version_of is None else "caller"
 
     def _failed(self, exc: BaseException, what: str) -> None:
         kind = self._count_error(exc)
@@ -375,7 +384,7 @@ class TierDriver(Listener):
         if pending is MISSING:
             pending = self._pending.get(key)  # one dict read: atomic
         px = 0 if ttl is None else max(1, int(ttl * 1000))
-        mode = "auto" if version is None and self.version_of is None else "caller"
+        mode = self._mode(version)
         offset = self._clock_offset_us
         args = (
             op,
@@ -555,22 +564,25 @@ class TierDriver(Listener):
         self._late_us = max(self.deadline * 1e6 / 2, self.deadline * 1e6 - margin)
 
     def _flush_due(self) -> bool:
-        """Whether Redis is owed tombstones or a clear from while it was away."""
-        return bool(self._pending) or self._clears_owed != self._clears_done
+        """Whether Redis is owed tombstones, or a clear, from while it was away."""
+        return bool(self._pending) or self._clear_due()
+
+    def _clear_due(self) -> bool:
+        return self._clears_owed != self._clears_done and time.monotonic() >= self._clear_retry_at
 
     def _flush_flow(self) -> Flow:
-        """Tombstone (and invalidate) the keys changed while Redis was away; when some
-        were not remembered, or a clear was asked for meanwhile, clear the namespace."""
-        if self._clears_owed != self._clears_done:
-            yield from self._remote_clear_flow()
-            return
+        """Tombstone (and invalidate) the keys changed while Redis was away, each at its
+        newest failed version; then, if some were not remembered or a clear was asked for
+        meanwhile, go on with clearing the namespace."""
         with self._pending_lock:
             batch = list(itertools.islice(self._pending.items(), 256))
         ttl = self._tombstone_ttl()
         for key, entry in batch:
             res = yield from self._write_flow(key, "del", b"", ttl, entry[0], pending=entry)
             if res is None:
-                break  # Redis went away again: the rest waits
+                return  # Redis went away again: the rest waits
+        if self._clear_due():
+            yield from self._remote_clear_flow(resume=True)
 
     def _tombstone_ttl(self) -> float:
         return _TOMBSTONE_TTL if self.ttl is None else min(self.ttl, _TOMBSTONE_TTL)
@@ -586,7 +598,6 @@ class TierDriver(Listener):
         if self.breaker.closed:
             yield from self._remote_clear_flow()
         else:
-            self.counts.add("skipped_writes")
             self._owe_clear()
         return None
 
@@ -594,40 +605,51 @@ class TierDriver(Listener):
         with self._pending_lock:
             self._clears_owed += 1
 
-    def _remote_clear_flow(self) -> Flow:
+    def _remote_clear_flow(self, resume: bool = False) -> Flow:
         """Clear every value of the namespace in Redis (SCAN, then the clear script 500
-        keys at a time: each value becomes a tombstone at its version, so that an older
-        write is still refused) and publish a clear: done, or owed if Redis fails. It
-        covers the clears owed when it begins."""
-        with self._pending_lock:
-            owed = self._clears_owed
-            replayed = dict(self._pending)  # what the clear covers; later failures stay
-        match, cursor, batch = _glob_escape(self._prefix) + "*", 0, []
-        px = max(1, int(self._tombstone_ttl() * 1000))
+        keys at a time: each value becomes a tombstone, see CLEAR_SCRIPT), drop the local
+        tier, publish a clear. Done, or owed if Redis fails. It covers the clears owed when
+        it begins. The worker's (``resume``) runs a few SCAN pages per pass and goes on at
+        its next, so that a large namespace does not keep it from the channel."""
+        outages = self.breaker.transitions["open"]
+        if resume and self._clear_cursor is not None and self._clear_cursor[2] == outages:
+            covers, cursor, _ = self._clear_cursor
+        else:  # from the start; a cursor from before an outage may skip keys (a restart)
+            covers, cursor = self._clears_owed, 0
+        self._clear_cursor = None
+        match = _glob_escape(self._prefix) + "*"
+        args = (max(1, int(self._tombstone_ttl() * 1000)), self._mode(None))
+        pages = 0
         try:
             while True:
-                cursor, keys = yield RedisCall(self.redis.scan, cursor, match=match, count=1000)
-                batch += keys
-                while len(batch) >= 500 or (batch and not cursor):
-                    yield RedisCall(self._clear_script, keys=batch[:500], args=[px])
-                    del batch[:500]
+                cursor, keys = yield RedisCall(self.redis.scan, cursor, match=match, count=500)
+                for i in range(0, len(keys), 500):
+                    yield RedisCall(self._clear_script, keys=keys[i : i + 500], args=args)
+                pages += 1
                 if not cursor:
                     break
+                if resume and pages >= _CLEAR_PAGES_PER_PASS:
+                    self._clear_cursor = (covers, cursor, outages)
+                    return
+            # What was read from Redis before the script reached it goes too.
+            self._forget_local()
+            self.counts.add("local_clears")
             yield RedisCall(self.redis.publish, self.channel, clear_message(self.instance_id))
         except REDIS_ERRORS as exc:
             self._failed(exc, "clear")
             self._owe_clear()
+            if self.breaker.closed:  # not an outage (refused: READONLY, NOPERM...): back off
+                self._clear_backoff = min(60.0, max(1.0, 2 * self._clear_backoff))
+                self._clear_retry_at = time.monotonic() + self._clear_backoff
             return
         except BaseException:
             self._owe_clear()  # cancelled (asyncio) or closed: maybe half done
             raise
         self.counts.add("invalidations_sent")
         self.counts.add("remote_clears")
+        self._clear_backoff, self._clear_retry_at = 0.0, 0.0
         with self._pending_lock:
-            self._clears_done = max(self._clears_done, owed)
-            for key, entry in replayed.items():
-                if self._pending.get(key) == entry:
-                    del self._pending[key]
+            self._clears_done = max(self._clears_done, covers)
 
     # -- stats ------------------------------------------------------------------------
 

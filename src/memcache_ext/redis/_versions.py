@@ -30,9 +30,10 @@ failed and will replay a tombstone once Redis answers, and a late write must
 not land after that tombstone. The deadline is sent in Redis's clock, from an
 offset the tier measures (``TIME``) at each subscription and every minute.
 
-A clear (:data:`CLEAR_SCRIPT`) keeps each key's version as a tombstone, so
+A clear (:data:`CLEAR_SCRIPT`) leaves a tombstone where each value was, so
 the same ordering holds across it: a writer that read a row before the clear
-cannot store an older version after it.
+cannot store an older version after it. What it cannot cover: a key Redis did
+not hold at all, filled by a load that began before the clear.
 
 Messages: ``[instance_id, "k", key, version, redis_time_us]`` (JSON) for a
 write or delete of ``key``, ``[instance_id, "*", ""]`` for a clear. Older
@@ -125,19 +126,32 @@ return {1, ver, had}
 """
 
 
-#: KEYS: keys of the namespace to clear. ARGV[1]: a tombstone's expiry in ms.
-#: A value becomes a tombstone at its version, so that a write or fill older than what
-#: was cleared is still refused; a tombstone stays as it is; anything else goes.
-#: Returns the number of values cleared.
+#: KEYS: keys of the namespace to clear. ARGV: 1 a tombstone's expiry in ms, 2 mode ("auto":
+#: the tier's own versions, "caller"). A value becomes a tombstone, so that a write or fill
+#: older than what was cleared is still refused: at its version in caller mode; in auto mode
+#: at a new version, max(stored + 1, Redis TIME in us), as an auto delete does, so that a
+#: fill that began before the clear is refused too (tombstones get one as well); anything
+#: that is not the tier's goes. Returns the number of values cleared.
 CLEAR_SCRIPT = """
 if redis.replicate_commands then redis.replicate_commands() end
-local px, n = tonumber(ARGV[1]), 0
+local px, auto, n = tonumber(ARGV[1]), ARGV[2] == 'auto', 0
+local now_us = 0
+if auto then
+  local now = redis.call('TIME')
+  now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+end
 for _, key in ipairs(KEYS) do
   local ver = false
   if redis.call('TYPE', key)['ok'] == 'hash' then ver = redis.call('HGET', key, 'v') end
   if ver and string.match(ver, '^%d+$') then
-    if redis.call('HDEL', key, 'd') == 1 then
-      n = n + 1
+    local had = redis.call('HDEL', key, 'd') == 1
+    if had then n = n + 1 end
+    if auto then
+      local c = tonumber(ver) + 1
+      if c < now_us then c = now_us end
+      redis.call('HSET', key, 'v', string.format('%d', c))
+    end
+    if had or auto then
       local left = redis.call('PTTL', key)
       if left < 0 or left > px then redis.call('PEXPIRE', key, px) end
     end

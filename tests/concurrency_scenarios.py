@@ -92,7 +92,7 @@ def _mix(cache_cls: Any, seed: int, nthreads: int, policy: str, ops: int = 1500)
         rnd = random.Random(seed * 100 + i)
         made = [0, 0]
         for _ in range(ops):
-            j = (rnd.random() < 0.6 and 0) or 1
+            j = 0 if rnd.random() < 0.6 else 1
             c = caches[j]
             k = f"k{rnd.randrange(150)}"
             r = rnd.random()
@@ -144,12 +144,10 @@ def _mix(cache_cls: Any, seed: int, nthreads: int, policy: str, ops: int = 1500)
     run_threads(nthreads, worker)
     from memcache_ext import deep_sizeof
 
-    for c, made in zip(caches, lookups, strict=True):
+    for c, measure, made in zip(caches, (sizeof, deep_sizeof), lookups, strict=True):
         if c.max_bytes is None:
-            c.resize(max_bytes=10**6)  # measures every entry (deep_sizeof): checks nbytes too
-            check(c, deep_sizeof)
-        else:
-            check(c)
+            c.resize(max_bytes=10**6)  # measures every entry: checks nbytes too
+        check(c, measure)
         stats = c.stats()
         assert stats["hits"] + stats["misses"] == made.n, (stats, made.n)
 

@@ -78,7 +78,7 @@ def test_set_evict(benchmark: Any, name: str) -> None:
 def test_set_max_bytes(benchmark: Any, value: Any, bounded: bool) -> None:
     from memcache_ext._core_c import CLruCache
 
-    cache = CLruCache(N, max_bytes=1 << 40 if bounded else None)
+    cache: CLruCache[str, Any] = CLruCache(N, max_bytes=1 << 40 if bounded else None)
     keys = [f"key:{i}" for i in range(N)]
 
     def run() -> None:

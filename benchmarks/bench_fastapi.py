@@ -217,7 +217,7 @@ def stats_app() -> tuple[FastAPI, MemoryMonitorMiddleware]:
         loop.run_until_complete(_drive(app, HISTORY + 10))
     finally:
         loop.close()
-    middleware = app.middleware_stack
+    middleware: Any = app.middleware_stack  # walked by .app, one wrapper after another
     while not isinstance(middleware, MemoryMonitorMiddleware):
         middleware = middleware.app
     assert len(middleware.monitor.high_memory_requests()) == HISTORY

@@ -41,7 +41,9 @@ def worker(op: str, policy: str, n: int) -> None:
     """The workload whose instructions callgrind counts (run under valgrind)."""
     from memcache_ext._core_c import CLruCache
 
-    cache = CLruCache(SIZE) if policy == "lru" else CLruCache(SIZE, policy=policy)
+    cache: CLruCache[int, int] = (
+        CLruCache(SIZE) if policy == "lru" else CLruCache(SIZE, policy=policy)
+    )
     for k in range(SIZE):
         cache[k] = k
     for k in range(10**12, 10**12 + 2 * SIZE):  # evictions: the ghost fills

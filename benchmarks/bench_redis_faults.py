@@ -81,7 +81,12 @@ def make_app(db: str, redis_url: str, max_stale: float, deadline: float) -> Any:
     def version(row: Any) -> int:
         return int(row["version"]) if row else 0
 
-    options = {"version_of": version, "max_stale": max_stale, "deadline": deadline, "ttl": 300}
+    options: dict[str, Any] = {
+        "version_of": version,
+        "max_stale": max_stale,
+        "deadline": deadline,
+        "ttl": 300,
+    }
     local = LruCache(maxsize=20_000)
     sync_tier = TieredCache(
         LruCache(maxsize=20_000), redis.Redis.from_url(redis_url), "faults:sync", **options

@@ -31,7 +31,7 @@ from memcache_ext.tools.procs import RedisServer
 try:
     from memcache_ext import CLruCache
 except ImportError:  # pragma: no cover - pure-Python install
-    CLruCache = LruCache  # type: ignore[misc,assignment]  # pure-Python install
+    CLruCache = LruCache  # type: ignore[misc]  # pure-Python install
 
 
 class Server(RedisServer):
@@ -99,7 +99,7 @@ if pytest is not None:
 
     @pytest.mark.benchmark(group="hit")
     def test_bare_clrucache_hit(benchmark: Any) -> None:
-        c = CLruCache(maxsize=100_000)
+        c: CLruCache[str, int] = CLruCache(maxsize=100_000)
         c["k"] = 1
         assert benchmark(c.get, "k") == 1
 
@@ -138,7 +138,7 @@ def main() -> None:
     srv = Server()
     try:
         a, b = srv.tier("bench"), srv.tier("bench")
-        bare = CLruCache(maxsize=100_000)
+        bare: CLruCache[str, int] = CLruCache(maxsize=100_000)
         bare["k"] = 1
         a.set("k", 1)
         a.get("k")
@@ -176,8 +176,8 @@ def main() -> None:
         ]
         print(f"{'what':50} {'time':>12} {'vs bare':>8}")
         for name, secs, ratio in rows:
-            t = f"{secs * 1e9:.0f} ns" if secs < 1e-6 else f"{secs * 1e6:.0f} us"
-            print(f"{name:50} {t:>12} {'' if ratio is None else f'{ratio:.1f}x':>8}")
+            shown = f"{secs * 1e9:.0f} ns" if secs < 1e-6 else f"{secs * 1e6:.0f} us"
+            print(f"{name:50} {shown:>12} {'' if ratio is None else f'{ratio:.1f}x':>8}")
         print("(hits: timeit of g('k') with g bound beforehand, best of 7 interleaved runs)")
         a.close()
         b.close()

@@ -125,7 +125,7 @@ def tools() -> dict[str, Callable[[Any], int]]:
     return found
 
 
-def best_ms(fn: Callable[[Any], int], obj: Any, budget_s: float = 0.3) -> float:
+def best_ms(fn: Callable[[Any], object], obj: Any, budget_s: float = 0.3) -> float:
     fn(obj)
     runs: list[float] = []
     deadline = time.perf_counter() + budget_s

@@ -12,7 +12,8 @@ import os
 import subprocess
 import sys
 import textwrap
-from typing import Any
+from types import ModuleType
+from typing import Any, Optional
 
 import pytest
 
@@ -24,7 +25,8 @@ REQUIRE_EXT = os.environ.get("MEMCACHE_EXT_REQUIRE_EXTENSIONS", "") not in ("", 
 SANITIZED = "libasan" in os.environ.get("LD_PRELOAD", "")
 
 try:
-    from memcache_ext._core_c import CLruCache
+    # `as CLruCache`: re-exported (mypy's strict no_implicit_reexport), tests import it from here
+    from memcache_ext._core_c import CLruCache as CLruCache  # noqa: PLC0414
 
     C_IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - depends on the build
@@ -32,12 +34,13 @@ except ImportError as exc:  # pragma: no cover - depends on the build
     C_IMPORT_ERROR = str(exc)
 
 
+sizeof_c: Optional[ModuleType]  # None without the compiled module
 try:
     from memcache_ext import _sizeof_c as sizeof_c
 
     SIZEOF_C_ERROR = None
 except ImportError as exc:  # pragma: no cover - depends on the build
-    sizeof_c = None  # type: ignore[assignment]
+    sizeof_c = None
     SIZEOF_C_ERROR = str(exc)
 
 
@@ -80,7 +83,7 @@ def impl(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def cache_cls(impl: str) -> type:
     """CLruCache or PyLruCache."""
-    return CLruCache if impl == "c" else PyLruCache  # type: ignore[return-value]
+    return CLruCache if impl == "c" else PyLruCache
 
 
 class FakeTimer:
@@ -122,7 +125,8 @@ def run_isolated(code: str, impl: str, timeout: float = 60.0) -> subprocess.Comp
         )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(
-            f"timed out after {timeout}s (deadlock?)\nstdout: {exc.stdout}\nstderr: {exc.stderr}"
+            f"timed out after {timeout}s (deadlock?)\n"
+            f"stdout: {exc.stdout!r}\nstderr: {exc.stderr!r}"
         )
     assert proc.returncode == 0, (
         f"exit code {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"

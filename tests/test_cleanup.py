@@ -144,7 +144,7 @@ def test_the_stall_monitor_tells_cpu_holds_and_collections_apart() -> None:
             pass
 
     async def collecting() -> None:
-        junk = [[] for _ in range(200_000)]
+        junk: list[list[Any]] = [[] for _ in range(200_000)]
         for a, b in itertools.pairwise(junk):
             a.append(b)
         del junk

@@ -33,7 +33,7 @@ def run(impl: str, iterations: int, names: list[str], timeout: float) -> None:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"timed out after {timeout}s (deadlock?)\n{exc.stdout}\n{exc.stderr}")
+        pytest.fail(f"timed out after {timeout}s (deadlock?)\n{exc.stdout!r}\n{exc.stderr!r}")
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
 
 

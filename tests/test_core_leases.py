@@ -181,7 +181,7 @@ def test_twins_agree_on_a_random_mix(impl: str) -> None:
     if CLruCache is None:
         pytest.skip("no compiled core")
     for seed in range(30):
-        caches = [CLruCache(6), PyLruCache(6)]
+        caches: list[PyLruCache[str, int]] = [CLruCache(6), PyLruCache(6)]
         logs: list[list[Any]] = [[], []]
         for c, log in zip(caches, logs, strict=True):
             rnd = random.Random(seed)

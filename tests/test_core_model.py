@@ -8,6 +8,7 @@ the cache.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -17,10 +18,10 @@ MISSING = object()
 
 class Model:
     def __init__(self, maxsize, ttl, max_bytes, clock):
-        self.rows: list[list] = []
+        self.rows: list[list[Any]] = []
         self.maxsize, self.ttl, self.max_bytes, self.clock = maxsize, ttl, max_bytes, clock
         self.hits = self.misses = self.rejected = 0
-        self.evicted: list = []
+        self.evicted: list[tuple[Any, str]] = []
 
     def size(self, k, v):
         return 0 if self.max_bytes is None else len(str(k)) + len(str(v))
@@ -196,7 +197,7 @@ def _popitem(c):
 )
 def test_cache_matches_model(cache_cls, ops, maxsize, ttl, max_bytes):
     clock = Clock()
-    evicted: list = []
+    evicted: list[tuple[Any, str]] = []
     c = cache_cls(
         maxsize,
         ttl,

@@ -35,6 +35,8 @@ def test_twins_give_the_same_hits(policy: str, bound: str) -> None:
     if bound != "entries":
         kw.update(max_bytes=3000, sizeof=lambda o: 1 + o % 13 if isinstance(o, int) else 8)
     maxsize = None if bound == "bytes" else 150
+    a: CLruCache[int, int]
+    b: PyLruCache[int, int]
     a, b = CLruCache(maxsize, **kw), PyLruCache(maxsize, **kw)
     assert hit_sequence(a, trace) == hit_sequence(b, trace)
     assert a.items() == b.items() and a.stats() == b.stats()
@@ -48,6 +50,8 @@ def test_twins_agree_when_fingerprints_collide() -> None:
     if CLruCache is None:
         pytest.skip("no compiled core")
     trace = [k % 300 + (k // 300 << 29) for k in zipf_trace(2000, 20000, 0.9, 5)]
+    a: CLruCache[int, int]
+    b: PyLruCache[int, int]
     a, b = CLruCache(100, policy="s3fifo"), PyLruCache(100, policy="s3fifo")
     assert hit_sequence(a, trace) == hit_sequence(b, trace)
     assert a.items() == b.items() and a.stats() == b.stats()
@@ -67,7 +71,7 @@ def test_twins_agree_with_ttls_on_some_entries(bound: str) -> None:
     maxsize = None if bound == "bytes" else 150
     clocks = FakeTimer(), FakeTimer()
     pairs = zip((CLruCache, PyLruCache), clocks, strict=True)
-    caches = [cls(maxsize, timer=clock, **kw) for cls, clock in pairs]
+    caches: list[PyLruCache[int, int]] = [cls(maxsize, timer=clock, **kw) for cls, clock in pairs]
     runs: list[list[bool]] = [[], []]
     for k in trace:
         for cache, clock, hits in zip(caches, clocks, runs, strict=True):
@@ -91,7 +95,7 @@ def test_libcachesim_agrees(capacity: int) -> None:
     lcs = pytest.importorskip("libcachesim")
     trace = zipf_trace(20000, 100000, 0.8, 11)
     for policy, ref in (("lru", lcs.LRU), ("s3fifo", lcs.S3FIFO)):
-        ours = PyLruCache(capacity, policy=policy)
+        ours: PyLruCache[int, int] = PyLruCache(capacity, policy=policy)
         theirs = ref(cache_size=capacity)
         want = [bool(theirs.get(lcs.Request(obj_size=1, obj_id=k + 1))) for k in trace]
         assert hit_sequence(ours, trace) == want, policy
@@ -364,7 +368,7 @@ def test_the_ghost_limit_is_90_percent_of_the_most_entries_held(bound: str) -> N
     kw: dict[str, Any] = {"policy": "s3fifo"}
     if bound != "entries":
         kw.update(max_bytes=2000, sizeof=one_byte)  # 1,000 entries
-    c = PyLruCache(None if bound == "bytes" else 555, **kw)
+    c: PyLruCache[int, int] = PyLruCache(None if bound == "bytes" else 555, **kw)
     for k in range(300):
         c[k] = k
     c.trim(0.5)
@@ -375,7 +379,7 @@ def test_the_ghost_limit_is_90_percent_of_the_most_entries_held(bound: str) -> N
     c.resize(100)
     assert c._ghost_limit == 90
     assert pickle.loads(pickle.dumps(c))._ghost_limit == 90  # 100 entries restored
-    c.__init__(None, policy="s3fifo")
+    c.__init__(None, policy="s3fifo")  # type: ignore[misc]  # deliberate: __init__ again restarts
     assert c._ghost_limit == 0
 
 

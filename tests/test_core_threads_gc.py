@@ -91,7 +91,7 @@ def test_value_referring_to_its_cache_is_collected(cache_cls):
     import weakref
 
     class Value:
-        pass
+        cache: object
 
     c = cache_cls(10)
     v = Value()

@@ -52,8 +52,8 @@ def run_sequence(seed: int, nops: int) -> None:
     if bound != "entries":
         kw.update(max_bytes=rnd.choice([2, 5, 30, 300, 3000]), sizeof=size_of)
     clocks = Clock(), Clock()
-    a = CLruCache(maxsize, timer=clocks[0], **kw)
-    b = PyLruCache(maxsize, timer=clocks[1], **kw)
+    a: CLruCache[int, int] = CLruCache(maxsize, timer=clocks[0], **kw)
+    b: PyLruCache[int, int] = PyLruCache(maxsize, timer=clocks[1], **kw)
     nkeys = rnd.choice([10, 50, 500, 3000])
     where = f"seed {seed} ({policy}, {bound}, maxsize {maxsize}, max_bytes {kw.get('max_bytes')})"
     for i in range(nops):
@@ -61,11 +61,11 @@ def run_sequence(seed: int, nops: int) -> None:
         k = int(rnd.paretovariate(1.0)) % nkeys if rnd.random() < 0.8 else rnd.randrange(nkeys)
         ttl = rnd.choice([None, None, None, 0.5, 3.0])
         if op < 0.35:
-            r = [c.set(k, k, ttl=ttl) for c in (a, b)]
+            r: list[Any] = [c.set(k, k, ttl=ttl) for c in (a, b)]
         elif op < 0.60:
             r = [c.get(k) for c in (a, b)]
         elif op < 0.70:
-            r = [c.get_or_set(k, lambda k=k: k, ttl=ttl) for c in (a, b)]
+            r = [c.get_or_set(k, lambda k=k: k, ttl=ttl) for c in (a, b)]  # type: ignore[misc]
         elif op < 0.74:
             r = [c.setdefault(k, k) for c in (a, b)]
         elif op < 0.78:
@@ -80,12 +80,12 @@ def run_sequence(seed: int, nops: int) -> None:
         elif op < 0.86:
             if bound == "bytes":
                 nb = rnd.choice([0, 2, 5, 30, 300, 3000, 30000])
-                r = [c.resize(max_bytes=nb) for c in (a, b)]
+                r = [c.resize(max_bytes=nb) for c in (a, b)]  # type: ignore[func-returns-value]
             else:
                 ms = rnd.choice([0, 1, 2, 3, 5, 8, 13, 40, 150, 1000])
-                r = [c.resize(ms) for c in (a, b)]
+                r = [c.resize(ms) for c in (a, b)]  # type: ignore[func-returns-value]
         elif op < 0.865:
-            r = [c.clear() for c in (a, b)]
+            r = [c.clear() for c in (a, b)]  # type: ignore[func-returns-value]  # None == None
         elif op < 0.87:
             r = [pickle.loads(pickle.dumps(c)).items() == c.items() for c in (a, b)]
         elif op < 0.89:

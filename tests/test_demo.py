@@ -141,7 +141,7 @@ def test_unbounded_mode_uses_plain_dicts(db_path: str, fresh: None) -> None:
 
 def test_singletons_built_once(db_path: str, fresh: None) -> None:
     app, manager = _app(db_path)
-    assert HealthService() is app.state.service
+    assert HealthService() is app.state.service  # type: ignore[call-arg]  # a singleton's instance
     assert HealthService(db_path, False, manager) is app.state.service
     with pytest.raises(TypeError):
         HealthService(db_path, True, manager)  # a second, different service: refused
@@ -163,7 +163,7 @@ def test_lifespan_starts_and_stops_cleanup(db_path: str, fresh: None) -> None:
 
     async def go() -> bool:
         async with app.router.lifespan_context(app):
-            running = app.state.cleanup.running
+            running: bool = app.state.cleanup.running
         return running
 
     assert asyncio.run(go()) is True

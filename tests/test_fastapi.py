@@ -8,10 +8,12 @@ import random
 import subprocess
 import sys
 import warnings
-from typing import Annotated, Any, TypedDict
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TypedDict
 
 import pytest
 
+if TYPE_CHECKING:
+    import httpx
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
@@ -226,12 +228,13 @@ def _raw_scope(kind: str = "http", path: str = "/") -> dict[str, Any]:
 
 
 def test_streaming_body_passes_through_unbuffered() -> None:
-    release = None
+    release: Optional[asyncio.Event] = None
     seen_before_release: list[bytes] = []
 
     async def streaming_app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"one", "more_body": True})
+        assert release is not None
         await release.wait()
         await send({"type": "http.response.body", "body": b"two", "more_body": False})
 
@@ -297,7 +300,7 @@ def test_non_http_scopes_pass_straight_through(kind: str) -> None:
 
     rss_calls = []
     mon = monitor_of()
-    mw = MemoryMonitorMiddleware(inner, monitor=mon, rss=lambda: rss_calls.append(1) or 0)
+    mw = MemoryMonitorMiddleware(inner, monitor=mon, rss=lambda: rss_calls.append(1) or 0)  # type: ignore[func-returns-value]
     scope = _raw_scope(kind)
     asyncio.run(mw(scope, receive, send))
     assert calls == [(scope, receive, send)]  # the very same objects
@@ -375,7 +378,7 @@ def _stats_app(manager: CacheManager, **router_kw: Any) -> FastAPI:
 
 
 def _manager() -> CacheManager:
-    return sample_manager(rss_mb=200)  # type: ignore[no-any-return]  # support is untyped
+    return sample_manager(rss_mb=200)
 
 
 def test_stats_endpoint_content() -> None:
@@ -504,7 +507,7 @@ def test_cleanup_service_stops_promptly_with_long_interval() -> None:
 
 
 def test_cleanup_service_survives_failing_cleanup(caplog: pytest.LogCaptureFixture) -> None:
-    class Broken(CacheManager):
+    class Broken(CacheManager):  # type: ignore[misc]  # CacheManager: Any (lazy export)
         def cleanup_if_needed(self) -> Any:
             raise OSError("disk on fire")
 
@@ -522,6 +525,7 @@ def test_cleanup_service_survives_failing_cleanup(caplog: pytest.LogCaptureFixtu
 
     with caplog.at_level(logging.ERROR, logger="memcache_ext.cleanup"):
         asyncio.run(go())
+    assert service.last_error is not None
     assert service.errors >= 3 and "disk on fire" in service.last_error
     assert any("memory cleanup failed" in r.getMessage() for r in caplog.records)
     assert cache is manager.get_cache("c")
@@ -570,7 +574,7 @@ def test_cleanup_service_task_cancelled_externally() -> None:
         await service.stop()  # does not raise
         await service.start()  # and it can start again
         assert service.running
-        await service.stop()
+        await service.stop()  # type: ignore[unreachable]  # mypy: running still narrowed
 
     asyncio.run(go())
 

@@ -114,6 +114,6 @@ def test_compiled_call_paths_leak_no_references() -> None:
         f(key, y=other)
         f()
         f(x=key)
-    f.cache.clear()  # type: ignore[attr-defined]
+    f.cache.clear()
     del get, f
     assert [sys.getrefcount(o) for o in (key, default, other)] == before

@@ -19,7 +19,7 @@ def stats():
 
 def _make_cycles(n: int = 100) -> None:
     for _ in range(n):
-        a: list = []
+        a: list[object] = []
         a.append(a)
 
 

@@ -91,7 +91,7 @@ def test_module_level_manager_uses_best_cache() -> None:
 # -- registry ------------------------------------------------------------------------
 
 
-def test_registry(cache_cls: type) -> None:
+def test_registry(cache_cls: type[Any]) -> None:
     m = make(cache_cls)
     a = m.create_cache("a", maxsize=10, ttl=5)
     assert isinstance(a, cache_cls)
@@ -114,7 +114,7 @@ def test_registry(cache_cls: type) -> None:
     assert m.remove_cache("a") is False
     assert "a" not in m
     with pytest.raises(TypeError):
-        m.create_cache(5)  # type: ignore[arg-type]  # deliberately wrong
+        m.create_cache(5)  # deliberately wrong
     with pytest.raises(ValueError):
         m.create_cache("")
 
@@ -272,7 +272,7 @@ def test_cleanup_expires_and_collects(cache_cls: type, timer: Any) -> None:
     timer.advance(11)
     gc.collect()
     for _ in range(50):
-        x: list = []
+        x: list[Any] = []
         x.append(x)
     del x
     event = m.cleanup()
@@ -546,7 +546,7 @@ def test_stats_sources_are_reported_and_isolated(cache_cls) -> None:
     m.register_stats_source("tier", lambda: {"remote_hits": 3})
     m.register_stats_source("broken", lambda: 1 / 0)
     with pytest.raises(TypeError):
-        m.register_stats_source("bad", 42)  # type: ignore[arg-type]  # deliberately wrong
+        m.register_stats_source("bad", 42)  # deliberately wrong
     sources = m.stats()["sources"]
     assert sources["tier"] == {"remote_hits": 3}
     assert sources["broken"] == {"error": "ZeroDivisionError: division by zero"}
@@ -616,9 +616,9 @@ def test_a_bad_collect_is_refused_before_the_cleanup_trims(cache_cls: type) -> N
     c.update({i: i for i in range(100)})
     for bad in (None, "x", 5, -1, 2.5):
         with pytest.raises(ValueError, match="collect must be"):
-            m.cleanup(collect=bad)  # type: ignore[arg-type]  # deliberately wrong
+            m.cleanup(collect=bad)  # deliberately wrong
         with pytest.raises(ValueError, match="collect must be"):
-            next(m.cleanup_steps("forced", collect=bad))  # type: ignore[arg-type]
+            next(m.cleanup_steps("forced", collect=bad))  # deliberately wrong
     assert len(c) == 100 and m.stats()["cleanup_count"] == 0
 
 
@@ -699,9 +699,9 @@ def test_limits_and_totals_past_the_address_space_are_clear_errors(cache_cls: ty
 def test_names_and_reasons_are_checked(cache_cls: type) -> None:
     m = make(cache_cls)
     with pytest.raises(TypeError, match="reason must be a str"):
-        m.cleanup(reason=123)  # type: ignore[arg-type]  # deliberately wrong
+        m.cleanup(reason=123)  # deliberately wrong
     with pytest.raises(TypeError, match="reason must be a str or None"):
-        next(m.cleanup_steps(reason=123))  # type: ignore[arg-type]
+        next(m.cleanup_steps(reason=123))  # deliberately wrong
     with pytest.raises(TypeError, match="name must be a non-empty str"):
-        m.register_stats_source(5, dict)  # type: ignore[arg-type]
+        m.register_stats_source(5, dict)  # deliberately wrong
     assert m.stats()["cleanup_count"] == 0

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,7 @@ CHECKER = ROOT / "benchmarks" / "bench_consistency.py"
 pytestmark = [pytest.mark.integration, posix_only]
 
 
-def run_checker(tmp_path: Path, *args: str, timeout: float) -> dict:
+def run_checker(tmp_path: Path, *args: str, timeout: float) -> dict[str, Any]:
     if not CHECKER.exists():
         pytest.skip("benchmarks/ is not part of this copy (wheel tests)")
     require_redis()
@@ -40,7 +41,7 @@ def run_checker(tmp_path: Path, *args: str, timeout: float) -> dict:
     )
     print(proc.stdout)
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result: dict[str, Any] = json.loads(out.read_text())
     assert proc.returncode == 0, "\n".join(result["missed"]) or proc.stderr[-3000:]
     return result
 

@@ -149,7 +149,8 @@ def test_the_supervisor_keeps_the_redis_password_out_of_ps(tmp_path: Path) -> No
     )
     lines: list[str] = []
     threading.Thread(
-        target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True
+        target=lambda: lines.extend(iter(proc.stderr.readline, "")),  # type: ignore[union-attr]
+        daemon=True,
     ).start()
     try:
         eventually(
@@ -163,7 +164,7 @@ def test_the_supervisor_keeps_the_redis_password_out_of_ps(tmp_path: Path) -> No
                 health = client.get(f"http://127.0.0.1:{p}/health").json()
                 # connected: the password reached the replica
                 eventually(
-                    lambda p=p: client.get(f"http://127.0.0.1:{p}/health").json()["redis"][
+                    lambda p=p: client.get(f"http://127.0.0.1:{p}/health").json()["redis"][  # type: ignore[misc]
                         "connected"
                     ],
                     what="replica subscribed with the password",
@@ -222,7 +223,9 @@ def test_the_write_path_is_versioned_and_json(db: str, fresh: None) -> None:
         assert int(stored[b"v"]) == v and json.loads(stored[b"d"]) == before.json()
         (put,) = call(app, ("PUT", "/users/3/profile", {"name": "Radia Perlman"}, {}))
         assert put.json()["version"] == v + 1
-        assert int(raw.hget(f"{prefix}:profiles:3", "v")) == v + 1
+        version = raw.hget(f"{prefix}:profiles:3", "v")
+        assert version is not None
+        assert int(version) == v + 1
         tomb = raw.hgetall(f"{prefix}:summaries:3")
         assert int(tomb[b"v"]) == v + 1 and b"d" not in tomb  # the summary's tombstone
         # another replica's late write of the older row is refused

@@ -243,6 +243,7 @@ def test_one_immediate_retry_on_a_broken_pooled_connection(srv: RedisServer, ns:
 def test_the_callers_client_is_neither_used_nor_changed(srv: RedisServer, ns: str) -> None:
     client = redis.Redis(host="127.0.0.1", port=srv.port)
     retry = client.get_retry()
+    assert retry is not None
     default_retries = retry.get_retries()  # redis-py 8: 10, with exponential backoff
     assert default_retries >= 3
     tier = TieredCache(LruCache(100), client, ns)

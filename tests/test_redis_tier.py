@@ -71,7 +71,8 @@ def make_tier(redis_server: RedisServer, ns: str) -> Iterator[Callable[..., Tier
 
 
 def raw_client(srv: RedisServer) -> redis.Redis:
-    return srv.client()
+    client: redis.Redis = srv.client()
+    return client
 
 
 # -- basics ---------------------------------------------------------------------------
@@ -167,7 +168,7 @@ def test_invalidation_propagation_two_threads_instances(make_tier: Any) -> None:
         assert b.get("hot") == (i - 1 if i else None)  # b holds the old value locally
         a.set("hot", i)
         t0 = time.perf_counter()
-        eventually(lambda i=i: b.get("hot") == i, what=f"write {i} reached b")
+        eventually(lambda i=i: b.get("hot") == i, what=f"write {i} reached b")  # type: ignore[misc]  # a default-argument lambda
         delays.append(time.perf_counter() - t0)
         # once arrived, never stale again
         assert b.get("hot") == i and b.get("hot") == i
@@ -268,7 +269,7 @@ def test_invalidation_across_processes(make_tier: Any, redis_server: RedisServer
             child.call("get", "shared")  # child holds the previous value
             a.set("shared", i)
             t0 = time.perf_counter()
-            eventually(lambda i=i: child.call("get", "shared") == i, what=f"child sees {i}")
+            eventually(lambda i=i: child.call("get", "shared") == i, what=f"child sees {i}")  # type: ignore[misc]  # a default-argument lambda
             delays.append(time.perf_counter() - t0)
             assert child.call("get", "shared") == i
         delays.sort()
@@ -409,7 +410,9 @@ def test_poisoned_oversized_value_in_redis_is_a_miss(
     assert st["oversized_reads"] == 1 and st["deserialization_failures"] == 0
     # get_or_set replaces the unusable value with the loader's
     assert a.get_or_set("poison", lambda: "good") == "good"
-    assert json.loads(raw.hget(f"{ns}:poison", "d")) == "good"
+    stored = raw.hget(f"{ns}:poison", "d")
+    assert stored is not None
+    assert json.loads(stored) == "good"
     raw.close()
 
 

@@ -443,7 +443,7 @@ def test_concurrent_versioned_writes_keep_the_newest(srv: RedisServer, ns: str, 
     raw.close()
     assert int(stored[b"v"]) == 599 and json.loads(stored[b"d"])["v"] == 599
     for tier in tiers:
-        eventually(lambda tier=tier: tier.get("hot")["v"] == 599, what="a tier on 599")
+        eventually(lambda tier=tier: tier.get("hot")["v"] == 599, what="a tier on 599")  # type: ignore[misc]  # a default-argument lambda
     refused += sum(t.stats()["version_refusals"] for t in tiers)
     print(f"\n600 versioned writes from 3 processes: {refused} refused as older")
     assert refused > 0

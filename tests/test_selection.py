@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import Any
 
 import memcache_ext
 from memcache_ext import PyLruCache
@@ -98,7 +99,7 @@ def test_readme_quick_start_runs():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = readme[readme.index("## Quick start") :].split("```python")[1].split("```")[0]
-    namespace: dict = {}
+    namespace: dict[str, Any] = {}
     exec(compile(block, "README quick start", "exec"), namespace)
     stats = namespace["cache"].stats()
     assert (stats["size"], stats["hits"], stats["misses"]) == (3, 1, 1)

@@ -62,7 +62,7 @@ def assert_shape(value: Any, hint: Any, where: str = "value") -> None:
 
 
 def _manager() -> CacheManager:
-    return sample_manager(rss_mb=300)  # type: ignore[no-any-return]  # support is untyped
+    return sample_manager(rss_mb=300)
 
 
 def test_manager_stats() -> None:

@@ -19,7 +19,7 @@ import sys
 import textwrap
 import tracemalloc
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 
@@ -153,7 +153,7 @@ def test_shared_objects_cost_nothing(ds: Callable[..., int]) -> None:
         (lambda: 0).__code__,
         str.upper,
         Color.RED,
-        Slotted.a,
+        Slotted.a,  # type: ignore[misc]  # deliberate: the slot's member descriptor
         type.__dict__["__name__"],
     ]
     for o in shared:
@@ -316,7 +316,7 @@ def test_slots_and_dict_instances(ds: Callable[..., int]) -> None:
     o = Plain(2.5, v)
     block = attrs_cost(o, 2)
     d = vars(o)
-    d[1] = None
+    d[1] = None  # type: ignore[index]  # deliberate: a non-str key in __dict__
     assert any(r is d for r in gc.get_referents(o))
     assert ds(o) == gs(o) + block + gs(d) + gs(2.5) + gs(v)
 
@@ -387,6 +387,8 @@ def test_numpy_arrays(ds: Callable[..., int]) -> None:
 
 
 def test_pydantic_model(mod: Any) -> None:
+    if TYPE_CHECKING:
+        import pydantic
     pydantic = pytest.importorskip("pydantic")
 
     class User(pydantic.BaseModel):

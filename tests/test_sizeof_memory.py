@@ -116,7 +116,7 @@ def run_case(code: str, impl: str, timeout: float = 120.0) -> str:
             timeout=timeout,
         )
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"timed out after {timeout}s\nstdout: {exc.stdout}\nstderr: {exc.stderr}")
+        pytest.fail(f"timed out after {timeout}s\nstdout: {exc.stdout!r}\nstderr: {exc.stderr!r}")
     report = f"exit code {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-6000:]}"
     assert proc.returncode == 0, report
     assert "Sanitizer" not in proc.stderr and "runtime error" not in proc.stderr, report

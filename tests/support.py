@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import pytest
 
@@ -22,6 +22,9 @@ import memcache_ext
 from memcache_ext.tools import procs
 from memcache_ext.tools.procs import RedisServer as _ProcsRedisServer
 from memcache_ext.tools.procs import free_port
+
+if TYPE_CHECKING:
+    from memcache_ext import CacheManager
 
 __all__ = [
     "DEADLINE",
@@ -56,7 +59,7 @@ def child_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, **extra}
 
 
-def sample_manager(rss_mb: float = 200) -> Any:
+def sample_manager(rss_mb: float = 200) -> CacheManager:
     """A CacheManager with two caches, a hit, a miss and one cleanup: stats to look at."""
     from memcache_ext import CacheManager
 

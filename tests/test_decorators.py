@@ -7,11 +7,11 @@ import gc
 import sys
 import threading
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from memcache_ext import cached
+from memcache_ext import PyLruCache, cached
 from memcache_ext.decorators import make_key
 from support import eventually
 
@@ -181,9 +181,9 @@ def test_deep_recursion_raises_recursion_error_not_a_crash(isolated: Any) -> Non
 
 def test_validation(cache_cls: type) -> None:
     with pytest.raises(TypeError):
-        cached({})  # a dict has no peek
+        cached({})  # type: ignore[call-overload]  # a dict has no peek
     with pytest.raises(TypeError):
-        cached(cache_cls(), key=5)  # deliberately wrong
+        cached(cache_cls(), key=5)  # type: ignore[call-overload]  # deliberately wrong
 
 
 def test_rejected_value_still_returned(cache_cls: type) -> None:
@@ -618,6 +618,34 @@ def test_bare_form_on_async_functions_and_methods() -> None:
     assert r.load(2) == 4 and r.load(2) == 4 and Repo.load.cache.stats()["hits"] == 1
 
 
+def test_what_a_type_checker_sees() -> None:
+    """CI runs mypy on this file: the signature is kept, bound through an instance,
+    and ``cache`` has the cache's type (an unused ignore below fails that run)."""
+    own: PyLruCache[int, str] = PyLruCache(4)
+
+    @cached(own)
+    def name(x: int) -> str:
+        return str(x)
+
+    class Repo:
+        @cached(maxsize=4)
+        def load(self, x: int) -> int:
+            return x
+
+    if TYPE_CHECKING:
+        from typing_extensions import assert_type
+
+        assert_type(name(1), str)
+        assert_type(name.cache, PyLruCache[int, str])
+        assert_type(Repo().load(1), int)
+        assert_type(Repo.load.cache, PyLruCache[Any, Any])
+        name("1")  # type: ignore[arg-type]  # the signature is checked
+        Repo().load("1")  # type: ignore[arg-type]  # self is bound
+    assert name(1) == "1" and name.cache is own and name.__wrapped__(2) == "2"
+    name.cache_clear()
+    assert len(own) == 0 and Repo().load(3) == 3
+
+
 @pytest.mark.parametrize(
     "bad, says",
     [
@@ -668,7 +696,7 @@ def test_bad_settings_and_bad_targets() -> None:
     with pytest.raises(ValueError, match="'lru', 's3fifo'"):
         cached(policy="arc")
     with pytest.raises(TypeError) as err:
-        cached()(5)  # deliberately wrong
+        cached()(5)  # type: ignore[arg-type]  # deliberately wrong
     assert str(err.value) == f"cached decorates a function or method, not 'int'; {FORMS}"
 
 

@@ -102,10 +102,12 @@ def test_endpoints(db_path: str, fresh: None) -> None:
     assert again.json() == profile.json()
     st = manager.stats()["caches"]
     assert set(st) == {"profiles", "readings", "summaries"}
-    assert st["profiles"]["hits"] >= 1 and st["profiles"]["max_bytes"] is not None
+    profiles, readings = st["profiles"], st["readings"]
+    assert "error" not in profiles and "error" not in readings  # stats() did not raise
+    assert profiles["hits"] >= 1 and profiles["max_bytes"] is not None
     # One readings entry per user: the 1-day and the 7-day windows are slices of it.
-    assert st["readings"]["size"] == 1 and st["readings"]["nbytes"] > 0
-    assert st["readings"]["hits"] == 1 and st["readings"]["misses"] == 1
+    assert readings["size"] == 1 and readings["nbytes"] > 0
+    assert readings["hits"] == 1 and readings["misses"] == 1
 
 
 def test_unknown_user_and_bad_input(db_path: str, fresh: None) -> None:

@@ -36,7 +36,7 @@ def test_recent() -> None:
     with pytest.raises(ValueError):
         d.recent(-1)
     with pytest.raises(TypeError):
-        d.recent(1.5)  # deliberately wrong
+        d.recent(1.5)  # type: ignore[arg-type]  # deliberately wrong
 
 
 def test_clear_keeps_dropped() -> None:
@@ -53,7 +53,7 @@ def test_clear_keeps_dropped() -> None:
 )
 def test_maxlen_validation(bad: object, exc: type) -> None:
     with pytest.raises(exc):
-        BoundedDeque(bad)  # deliberately wrong
+        BoundedDeque(bad)  # type: ignore[arg-type]  # deliberately wrong
 
 
 def test_iteration_is_over_a_snapshot() -> None:

@@ -507,7 +507,7 @@ def test_cleanup_service_stops_promptly_with_long_interval() -> None:
 
 
 def test_cleanup_service_survives_failing_cleanup(caplog: pytest.LogCaptureFixture) -> None:
-    class Broken(CacheManager):  # type: ignore[misc]  # CacheManager: Any (lazy export)
+    class Broken(CacheManager):
         def cleanup_if_needed(self) -> Any:
             raise OSError("disk on fire")
 

@@ -68,6 +68,12 @@ LAYER_OF = {
 }
 #: The only modules that may import a compiled *_c module at run time.
 SELECTORS = {"_core", "_sizeof", "_fastcall"}
+#: The package's lazy exports (name -> module): its ``__getattr__`` imports them on first
+#: use, and ``__init__`` imports them under TYPE_CHECKING only, for type checkers.
+LAZY = dict(memcache_ext._LAZY)
+LAZY_IMPORTS = {f"memcache_ext.{m}" for m in LAZY.values()} | {
+    f"memcache_ext.{m}.{name}" for name, m in LAZY.items()
+}
 
 _PYX_IMPORT = re.compile(
     r"^\s*(?:from\s+(\S+)\s+import\s+([\w, ()]+)|import\s+(\S+))", re.MULTILINE
@@ -152,6 +158,8 @@ def violations(module: str, source: str, is_package: bool, pyx: bool = False) ->
         key = layer_key(target)
         if key is None or key not in LAYER_OF:
             continue  # another package, or an attribute such as ``from . import LruCache``
+        if own == "__init__" and typing_only and target in LAZY_IMPORTS:
+            continue  # a lazy export's type: no import at run time
         if LAYERS.index(LAYER_OF[key]) > LAYERS.index(LAYER_OF[own]):
             found.append(f"{module}:{line} ({LAYER_OF[own]}) imports {target} ({LAYER_OF[key]})")
         if key.endswith("_c") and own not in SELECTORS and not typing_only and key != own:
@@ -205,6 +213,42 @@ def test_the_check_sees_an_upward_import(source: str, expected: str) -> None:
     found = violations("memcache_ext.deque", source, is_package=False)
     assert any(expected in f for f in found), found
     assert not violations("memcache_ext.deque", "from ._constants import MIB\n", False)
+
+
+def test_the_check_allows_only_typed_lazy_exports_in_init() -> None:
+    """``__init__`` may name a lazy export's module under TYPE_CHECKING, nothing else above it."""
+    typed = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    {}\n"
+    lazy = "from .manager import CacheManager as CacheManager"
+    assert not violations("memcache_ext", typed.format(lazy), is_package=True)
+    assert violations("memcache_ext", lazy + "\n", is_package=True)  # at run time
+    for other in ("from .manager import manager_or_default", "from .fastapi import memory_router"):
+        assert violations("memcache_ext", typed.format(other), is_package=True), other
+
+
+def test_init_types_every_lazy_export_and_imports_none() -> None:
+    """The TYPE_CHECKING block of ``__init__`` gives each lazy name its type (``from .m
+    import name as name``), and ``import memcache_ext`` imports none of their modules."""
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    typed = {
+        alias.name: node.module
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for node in block.body
+        if isinstance(node, ast.ImportFrom) and node.level == 1
+        for alias in node.names
+        if alias.asname == alias.name
+    }
+    assert {n: m for n, m in typed.items() if n in LAZY} == LAZY
+    modules = sorted({f"memcache_ext.{m}" for m in LAZY.values()})
+    code = (
+        "import sys, memcache_ext\n"
+        f"loaded = [m for m in {modules!r} if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        f"for name, module in {LAZY!r}.items():\n"
+        "    value = getattr(memcache_ext, name)\n"
+        "    assert value is getattr(sys.modules['memcache_ext.' + module], name), name\n"
+    )
+    subprocess.run([sys.executable, "-W", "error", "-c", code], check=True, timeout=60)
 
 
 def importables() -> list[str]:

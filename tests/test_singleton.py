@@ -9,8 +9,6 @@ from typing import Any
 
 import pytest
 
-# mypy sees SingletonMeta as Any here (memcache_ext's lazy __getattr__ gives it untyped),
-# hence the `type: ignore[metaclass]` below: they go once __init__.py types the name.
 from memcache_ext import SingletonMeta
 
 
@@ -38,7 +36,7 @@ def run(code: str, timeout: float = 60, check: bool = True) -> str:
 
 
 def test_one_instance() -> None:
-    class A(metaclass=SingletonMeta):  # type: ignore[metaclass]
+    class A(metaclass=SingletonMeta):
         def __init__(self) -> None:
             self.n = 1
 
@@ -47,7 +45,7 @@ def test_one_instance() -> None:
 
 
 def test_subclass_gets_its_own() -> None:
-    class Base(metaclass=SingletonMeta):  # type: ignore[metaclass]
+    class Base(metaclass=SingletonMeta):
         pass
 
     class Child(Base):
@@ -61,7 +59,7 @@ def test_subclass_gets_its_own() -> None:
 
 
 def test_subclass_first() -> None:
-    class Base(metaclass=SingletonMeta):  # type: ignore[metaclass]
+    class Base(metaclass=SingletonMeta):
         pass
 
     class Child(Base):
@@ -74,10 +72,10 @@ def test_subclass_first() -> None:
 
 
 def test_reset_all_and_one() -> None:
-    class A(metaclass=SingletonMeta):  # type: ignore[metaclass]
+    class A(metaclass=SingletonMeta):
         pass
 
-    class B(metaclass=SingletonMeta):  # type: ignore[metaclass]
+    class B(metaclass=SingletonMeta):
         pass
 
     a, b = A(), B()
@@ -90,11 +88,11 @@ def test_reset_all_and_one() -> None:
     B.reset()
     assert B() is not b2
     with pytest.raises(TypeError):
-        SingletonMeta.reset(int)
+        SingletonMeta.reset(int)  # type: ignore[call-arg, misc]  # deliberately wrong
 
 
 def test_class_own_reset_attribute_wins() -> None:
-    class A(metaclass=SingletonMeta):  # type: ignore[metaclass]
+    class A(metaclass=SingletonMeta):
         def reset(self) -> str:
             return "mine"
 
@@ -102,7 +100,7 @@ def test_class_own_reset_attribute_wins() -> None:
 
 
 def test_arguments_rule() -> None:
-    class Config(metaclass=SingletonMeta):  # type: ignore[metaclass]
+    class Config(metaclass=SingletonMeta):
         def __init__(self, path: str = "default", *, debug: bool = False) -> None:
             self.path = path
             self.debug = debug
@@ -120,7 +118,7 @@ def test_arguments_rule() -> None:
 def test_constructor_error_is_not_stored() -> None:
     calls = []
 
-    class Flaky(metaclass=SingletonMeta):  # type: ignore[metaclass]
+    class Flaky(metaclass=SingletonMeta):
         def __init__(self) -> None:
             calls.append(1)
             if len(calls) == 1:
@@ -134,7 +132,7 @@ def test_constructor_error_is_not_stored() -> None:
 
 
 def test_recursive_construction_raises() -> None:
-    class Loop(metaclass=SingletonMeta):  # type: ignore[metaclass]
+    class Loop(metaclass=SingletonMeta):
         def __init__(self) -> None:
             Loop()
 
@@ -144,10 +142,10 @@ def test_recursive_construction_raises() -> None:
 
 
 def test_constructor_creating_other_singleton() -> None:
-    class Inner(metaclass=SingletonMeta):  # type: ignore[metaclass]
+    class Inner(metaclass=SingletonMeta):
         pass
 
-    class Outer(metaclass=SingletonMeta):  # type: ignore[metaclass]
+    class Outer(metaclass=SingletonMeta):
         def __init__(self) -> None:
             self.inner = Inner()
 
@@ -241,7 +239,7 @@ def test_nested_singletons_across_threads() -> None:
 
 
 def test_positional_and_keyword_are_the_same_call() -> None:
-    class B(metaclass=SingletonMeta):  # type: ignore[metaclass]
+    class B(metaclass=SingletonMeta):
         def __init__(self, x: int, y: int = 2) -> None:
             self.x, self.y = x, y
 
@@ -250,7 +248,7 @@ def test_positional_and_keyword_are_the_same_call() -> None:
 
 
 def test_the_default_value_is_the_same_call_as_leaving_it_out() -> None:
-    class D(metaclass=SingletonMeta):  # type: ignore[metaclass]
+    class D(metaclass=SingletonMeta):
         def __init__(self, conn: object = None, *, retries: int = 3) -> None:
             self.conn = conn
 
@@ -259,7 +257,7 @@ def test_the_default_value_is_the_same_call_as_leaving_it_out() -> None:
 
 
 def test_different_arguments_name_both_calls_and_the_way_out() -> None:
-    class B(metaclass=SingletonMeta):  # type: ignore[metaclass]
+    class B(metaclass=SingletonMeta):
         def __init__(self, x: int, y: int = 2) -> None:
             pass
 
@@ -273,11 +271,11 @@ def test_different_arguments_name_both_calls_and_the_way_out() -> None:
 
 
 def test_arguments_the_constructor_refuses_are_named() -> None:
-    class B(metaclass=SingletonMeta):  # type: ignore[metaclass]
+    class B(metaclass=SingletonMeta):
         def __init__(self, x: int = 0) -> None:
             pass
 
-    class N(metaclass=SingletonMeta):  # type: ignore[metaclass]
+    class N(metaclass=SingletonMeta):
         pass
 
     B()
@@ -289,11 +287,11 @@ def test_arguments_the_constructor_refuses_are_named() -> None:
 
 
 def test_star_arguments_and_new() -> None:
-    class V(metaclass=SingletonMeta):  # type: ignore[metaclass]
+    class V(metaclass=SingletonMeta):
         def __init__(self, *args: int, **kwargs: int) -> None:
             pass
 
-    class W(metaclass=SingletonMeta):  # type: ignore[metaclass]
+    class W(metaclass=SingletonMeta):
         def __new__(cls, size: int = 4) -> W:
             return super().__new__(cls)
 
@@ -306,7 +304,7 @@ def test_star_arguments_and_new() -> None:
 
 
 def test_long_arguments_are_shortened_in_the_message() -> None:
-    class C(metaclass=SingletonMeta):  # type: ignore[metaclass]
+    class C(metaclass=SingletonMeta):
         def __init__(self, text: str) -> None:
             pass
 
@@ -327,7 +325,7 @@ def test_a_constructor_wrapped_without_functools_wraps_runs_once() -> None:
 
         return wrapper
 
-    class Conf(metaclass=SingletonMeta):  # type: ignore[metaclass]
+    class Conf(metaclass=SingletonMeta):
         @logged
         def __init__(self, path: str = "app.toml") -> None:
             calls.append(path)
@@ -340,7 +338,7 @@ def test_a_constructor_wrapped_without_functools_wraps_runs_once() -> None:
 def test_a_call_the_constructor_cannot_take_fails_before_it_runs() -> None:
     calls: list[int] = []
 
-    class One(metaclass=SingletonMeta):  # type: ignore[metaclass]
+    class One(metaclass=SingletonMeta):
         def __init__(self, n: int) -> None:
             calls.append(n)
 

@@ -48,8 +48,16 @@ __all__ = [
 if _core.IMPORT_ERROR is not None:
     __all__.remove("CLruCache")
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the lazy names, typed (at run time __getattr__ imports them)
     from ._core_c import CLruCache as CLruCache
+    from ._version import __version__ as __version__
+    from .decorators import cached as cached
+    from .deque import BoundedDeque as BoundedDeque
+    from .gcstats import GCStats as GCStats
+    from .gcstats import gc_stats as gc_stats
+    from .manager import CacheManager as CacheManager
+    from .manager import cache_manager as cache_manager
+    from .singleton import SingletonMeta as SingletonMeta
 
 _IMPORT_FROM = dis.opmap["IMPORT_FROM"]
 

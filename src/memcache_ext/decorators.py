@@ -71,16 +71,24 @@ import inspect
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any, Optional, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Concatenate, Optional, ParamSpec, Protocol, TypeVar, overload
 
 from . import _fastcall
 from ._constants import MISSING, UNSET
 from ._core import LruCache
 from .keys import KWARGS_MARK, make_key
 
-__all__ = ["cached", "make_key"]
+if TYPE_CHECKING:
+    from ._core_py import PyLruCache
 
-F = TypeVar("F", bound=Callable[..., Any])
+__all__ = ["CachedFunction", "cached", "make_key"]
+
+_P = ParamSpec("_P")
+_Q = ParamSpec("_Q")
+_R = TypeVar("_R")
+_R_co = TypeVar("_R_co", covariant=True)
+_C_co = TypeVar("_C_co", covariant=True)
+_T = TypeVar("_T")
 
 #: The methods ``cached`` needs of a cache.
 CACHE_METHODS = ("get", "peek", "set", "clear")
@@ -101,6 +109,42 @@ class CacheLike(Protocol):
     def set(self, key: Any, value: Any, /) -> Any: ...
 
     def clear(self) -> None: ...
+
+
+_C = TypeVar("_C", bound=CacheLike)
+
+
+class CachedFunction(Protocol[_P, _R_co, _C_co]):
+    """What ``cached`` returns: the function, plus ``cache``, ``cache_clear`` and
+    ``__wrapped__``. Read through an instance, it is bound (the first argument
+    dropped); read through the class, its arguments are not checked (a type
+    checker cannot tell a method from a classmethod or a staticmethod there)."""
+
+    __name__: str
+    __qualname__: str
+
+    @property
+    def cache(self) -> _C_co: ...
+
+    @property
+    def __wrapped__(self) -> Callable[..., _R_co]: ...
+
+    def cache_clear(self) -> None: ...
+
+    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R_co: ...
+
+    @overload
+    def __get__(
+        self, obj: None, owner: Optional[type] = None, /
+    ) -> CachedFunction[..., _R_co, _C_co]: ...
+
+    @overload
+    def __get__(
+        self: CachedFunction[Concatenate[_T, _Q], _R_co, _C_co],
+        obj: _T,
+        owner: Optional[type] = None,
+        /,
+    ) -> CachedFunction[_Q, _R_co, _C_co]: ...
 
 
 class _Token:
@@ -217,12 +261,21 @@ def _is_cache(obj: Any) -> bool:
 
 
 @overload
-def cached(cache: F, /) -> F: ...
+def cached(func: Callable[_P, _R], /) -> CachedFunction[_P, _R, PyLruCache[Any, Any]]: ...
 
 
 @overload
 def cached(
-    cache: Optional[CacheLike] = None,
+    cache: _C,
+    key: Optional[Callable[..., Any]] = None,
+    *,
+    method: Optional[bool] = None,
+) -> Callable[[Callable[_P, _R]], CachedFunction[_P, _R, _C]]: ...
+
+
+@overload
+def cached(
+    cache: None = None,
     key: Optional[Callable[..., Any]] = None,
     *,
     method: Optional[bool] = None,
@@ -230,7 +283,7 @@ def cached(
     ttl: Optional[float] = ...,
     max_bytes: Optional[int] = ...,
     policy: str = ...,
-) -> Callable[[F], F]: ...
+) -> Callable[[Callable[_P, _R]], CachedFunction[_P, _R, PyLruCache[Any, Any]]]: ...
 
 
 def cached(
@@ -280,7 +333,7 @@ def cached(
     if cache is None:
         cache = LruCache(**settings)
 
-    def decorator(func: F) -> F:
+    def decorator(func: Callable[_P, _R]) -> CachedFunction[_P, _R, Any]:
         if not callable(func):
             raise TypeError(
                 f"cached decorates a function or method, not {type(func).__name__!r}; {FORMS}"
@@ -293,7 +346,7 @@ def cached(
         functools.update_wrapper(wrapper, func)
         wrapper.cache = cache  # type: ignore[attr-defined]  # attributes of the wrapper
         wrapper.cache_clear = cache.clear  # type: ignore[attr-defined]  # attributes of the wrapper
-        return wrapper  # type: ignore[return-value]  # same signature as func
+        return wrapper  # type: ignore[return-value]  # func's signature, and the attributes above
 
     return decorator if func is None else decorator(func)
 

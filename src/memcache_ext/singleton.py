@@ -39,9 +39,12 @@ import inspect
 import reprlib
 import threading
 import weakref
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, overload
 
 from ._constants import MISSING
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["SingletonMeta"]
 
@@ -226,6 +229,13 @@ class SingletonMeta(type):
                 f"{_call_repr(cls, first)}, and this call asks for {_call_repr(cls, this)}; "
                 f"call it without arguments, or SingletonMeta.reset({cls.__name__}) first"
             )
+
+    # Overloads: mypy refuses ``C.reset()`` when the first parameter has a default.
+    @overload
+    def reset(cls: Optional[SingletonMeta]) -> None: ...  # C.reset(), SingletonMeta.reset(C)
+
+    @overload
+    def reset(*no_class: Unpack[tuple[()]]) -> None: ...  # SingletonMeta.reset()
 
     def reset(cls: Optional[type] = None) -> None:
         """``SingletonMeta.reset()``: forget every instance; ``SingletonMeta.reset(C)`` or

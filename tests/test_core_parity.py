@@ -93,6 +93,86 @@ def test_resize_to_a_byte_bound_measures_entries_with_a_ttl(cache_cls: type) -> 
     assert len(c) == 2
 
 
+def _size(obj: Any) -> int:
+    return len(obj) if isinstance(obj, str) else 8
+
+
+@pytest.mark.filterwarnings("ignore:.*without max_bytes measures nothing")
+def test_what_is_stored_while_a_first_byte_bound_is_measured_is_measured(
+    cache_cls: type,
+) -> None:
+    """The bound is set before the entries are measured, so a store meanwhile (another
+    thread's; here sizeof's own) measures itself. Before, every such store made the
+    measure start over, and after four tries the entries changed were counted as 0
+    bytes (found by the threaded mixes: nbytes 195 where the entries held 224)."""
+    stored = []
+
+    def sizeof(obj: Any) -> int:
+        if isinstance(obj, str) and obj.startswith("v") and len(stored) < 40:
+            stored.append(obj)
+            c["new" + str(len(stored))] = "n" * len(stored)  # measured: the bound is on
+            c["k0"] = "replaced" + str(len(stored))  # a value replaced in place too
+        return _size(obj)
+
+    c = cache_cls(100, sizeof=sizeof)
+    c.update({f"k{i}": f"v{i}" for i in range(10)})
+    c.resize(max_bytes=10**6)
+    assert stored  # sizeof stored while resize measured
+    assert c.max_bytes == 10**6 and len(c) > 10
+    assert c.nbytes == sum(_size(k) + _size(v) for k, v in c.items())
+
+
+@pytest.mark.filterwarnings("ignore:.*without max_bytes measures nothing")
+def test_a_bound_taken_away_while_the_first_one_is_measured_is_measured_again(
+    cache_cls: type,
+) -> None:
+    """Another resize that removes the bound meanwhile lets entries in unmeasured:
+    resize starts over, and ends with its bound, every entry counted."""
+    calls = [0]
+
+    def sizeof(obj: Any) -> int:
+        calls[0] += 1
+        if calls[0] == 3:
+            c.resize(max_bytes=None)  # the bound goes; stores are not measured now
+            c["late"] = "unmeasured then"
+        return _size(obj)
+
+    c = cache_cls(100, sizeof=sizeof)
+    c.update({f"k{i}": f"v{i}" for i in range(5)})
+    c.resize(max_bytes=10**6)
+    assert c.max_bytes == 10**6 and "late" in c
+    assert c.nbytes == sum(_size(k) + _size(v) for k, v in c.items())
+
+
+@pytest.mark.filterwarnings("ignore:.*without max_bytes measures nothing")
+def test_a_sizeof_that_raises_takes_the_first_byte_bound_back(cache_cls: type) -> None:
+    def sizeof(obj: Any) -> int:
+        if obj == "bad":
+            raise ValueError("cannot measure")
+        return _size(obj)
+
+    c = cache_cls(100, sizeof=sizeof)
+    c.update(a="x", b="bad")
+    with pytest.raises(ValueError, match="cannot measure"):
+        c.resize(maxsize=1, max_bytes=10)
+    assert (c.maxsize, c.max_bytes, c.nbytes, len(c)) == (100, None, 0, 2)
+    c["c"] = "y"  # stored unmeasured, as without a bound
+    assert c.nbytes == 0
+
+
+@pytest.mark.filterwarnings("ignore:.*without max_bytes measures nothing")
+def test_a_sizeof_that_always_takes_the_bound_away_gets_an_error(cache_cls: type) -> None:
+    def sizeof(obj: Any) -> int:
+        c.resize(max_bytes=None)
+        return 1
+
+    c = cache_cls(100, sizeof=sizeof)
+    c.update(a="x")
+    with pytest.raises(RuntimeError, match="taken away too many times"):
+        c.resize(max_bytes=100)
+    assert c.max_bytes is None and c.nbytes == 0 and c["a"] == "x"
+
+
 def test_init_again_starts_afresh(cache_cls: type) -> None:
     c = cache_cls(10)
     c.update(a=1, b=2)

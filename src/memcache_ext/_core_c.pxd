@@ -145,6 +145,6 @@ cdef class CLruCache:
     cdef int _clear(self) except -1
     cdef Snap* _snapshot(self, Py_ssize_t* n, double now, bint reverse) except NULL
     cdef list _snapshot_list(self, int what, bint reverse=*)
-    cdef int _measure_all(self) except -1
+    cdef int _measure_all(self, Py_ssize_t max_bytes) except -1
     cdef int _restore(self, object key, object value, Py_ssize_t nbytes, double expires,
                       unsigned state_bits) except -1

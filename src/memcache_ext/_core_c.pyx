@@ -52,8 +52,9 @@ Where Python code can run (keep this list true):
   which starts again at step 1 (the lease decides whether it may store);
 * ``_snapshot_list`` and friends: building Python objects from a snapshot of
   owned references (the cache is not read while they are built);
-* ``_measure_all`` (``resize``): ``sizeof`` over a snapshot, applied in a
-  region to the entries that still hold the same key and value;
+* ``_measure_all`` (``resize``): ``sizeof`` over a snapshot taken once the
+  new byte bound is set (every store from then on measures its own entry),
+  applied in a region to the entries that still hold the same key and value;
 * ``stats``: building the dict, from counters read into C first.
 
 Allocation failure is a MemoryError raised before the region changes
@@ -79,7 +80,7 @@ from libc.string cimport memset
 from memcache_ext._constants import GHOST_MAX, MAX_LOOKUP_RESTARTS, UNSET
 from memcache_ext._stats import repr_cache, stats_dict
 from memcache_ext._validate import (
-    MUTATED_DURING_LOOKUP, POLICIES, LazySignature, check_fraction,
+    BOUND_TAKEN_DURING_MEASURE, MUTATED_DURING_LOOKUP, POLICIES, LazySignature, check_fraction,
     check_nbytes, check_size, check_state, check_ttl, iter_pairs, parse_cache_args,
 )
 
@@ -1198,18 +1199,29 @@ cdef class CLruCache:
         """Change the bounds (None removes one), evicting to fit."""
         cdef double now
         cdef mc_victims v
-        cdef Py_ssize_t new_maxsize = self._maxsize, new_max_bytes = self._max_bytes
+        cdef Py_ssize_t new_maxsize = -1, new_max_bytes = -1, restarts
         if maxsize is not UNSET:
             maxsize = check_size("maxsize", maxsize)
             new_maxsize = -1 if maxsize is None else maxsize
         if max_bytes is not UNSET:
             max_bytes = check_size("max_bytes", max_bytes)
             new_max_bytes = -1 if max_bytes is None else max_bytes
-            if max_bytes is None:
-                self._set_all_nbytes_zero()
-            elif self._max_bytes < 0:
-                self._measure_all()   # sizeof may raise: nothing has changed yet
         now = self._clock(False)
+        restarts = 0
+        while new_max_bytes >= 0 and self._max_bytes < 0:
+            # sizeof may raise (the bound is then taken back); another resize that took
+            # the bound away meanwhile makes it start over
+            restarts += 1
+            if restarts > MAX_LOOKUP_RESTARTS:
+                raise RuntimeError(BOUND_TAKEN_DURING_MEASURE)
+            self._measure_all(new_max_bytes)
+        # region: a bound not given is the one there now (Python code ran since the call)
+        if maxsize is UNSET:
+            new_maxsize = self._maxsize
+        if max_bytes is UNSET:
+            new_max_bytes = self._max_bytes
+        elif max_bytes is None:
+            self._set_all_nbytes_zero()
         mc_victims_init(&v)
         try:
             self._set_bounds(new_maxsize, new_max_bytes)
@@ -1218,36 +1230,43 @@ cdef class CLruCache:
             self._release(&v, NULL)
         self._maybe_shrink()
 
-    cdef int _measure_all(self) except -1:
-        """Measure every entry when a byte bound is first set: sizeof runs on a
-        snapshot (Python code), then the sizes go, in one region, to the entries
-        that still hold the same key and value. Entries stored meanwhile (not
-        measured: there was no bound) make it start over, a few times."""
-        cdef Py_ssize_t n, i, attempt
-        cdef Snap* snap
-        cdef Py_ssize_t* sizes
+    cdef int _measure_all(self, Py_ssize_t max_bytes) except -1:
+        """Measure every entry when a byte bound is first set. The bound is set
+        first, so that every store from then on measures its own entry; sizeof
+        then runs on a snapshot (Python code), and the sizes go, in one region,
+        to the entries that still hold the same key and value (one replaced
+        meanwhile was measured by its store), unless another resize has taken
+        the bound away meanwhile (resize then starts over). If sizeof raises,
+        the bound is taken back, unless the settings changed since."""
+        cdef Py_ssize_t n = 0, i
+        cdef Snap* snap = NULL
+        cdef Py_ssize_t* sizes = NULL
         cdef uint32_t idx
-        cdef uint64_t version
-        for attempt in range(4):
-            version = self.version
+        cdef uint64_t settings
+        self._set_bounds(self._maxsize, max_bytes)
+        settings = self.settings_version
+        try:
             snap = self._snapshot(&n, -INFINITY, False)   # expired ones too
             sizes = <Py_ssize_t*>PyMem_Malloc((n + 1) * sizeof(Py_ssize_t))
-            try:
-                if sizes == NULL:
-                    raise MemoryError()
-                for i in range(n):
-                    sizes[i] = self._sizes_uncapped(<object>snap[i].key, <object>snap[i].value)
-                if self.version != version and attempt < 3:
-                    continue
+            if sizes == NULL:
+                raise MemoryError()
+            for i in range(n):
+                sizes[i] = self._sizes_uncapped(<object>snap[i].key, <object>snap[i].value)
+            if self._max_bytes < 0:
+                return 0   # another resize took the bound away: resize starts over
+            for i in range(n):
+                idx = snap[i].idx
+                if (idx < self.top and self.entries[idx].key == snap[i].key
+                        and self.entries[idx].value == snap[i].value):
+                    self._set_nbytes(idx, sizes[i])
+        except BaseException:
+            if self.settings_version == settings:
+                self._set_bounds(self._maxsize, -1)
                 self._set_all_nbytes_zero()
-                for i in range(n):
-                    idx = snap[i].idx
-                    if (idx < self.top and self.entries[idx].key == snap[i].key
-                            and self.entries[idx].value == snap[i].value):
-                        self._set_nbytes(idx, sizes[i])
-                return 0
-            finally:
-                PyMem_Free(sizes)
+            raise
+        finally:
+            PyMem_Free(sizes)
+            if snap != NULL:
                 _free_snapshot(snap, n)
         return 0
 

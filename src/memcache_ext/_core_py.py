@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Generic, Optional, TypeVar, Union, overlo
 from ._constants import GHOST_MAX, MAX_LOOKUP_RESTARTS, MISSING, UNSET
 from ._stats import EVICTION_REASONS, CacheStats, repr_cache, stats_dict
 from ._validate import (
+    BOUND_TAKEN_DURING_MEASURE,
     MUTATED_DURING_LOOKUP,
     LazySignature,
     check_fraction,
@@ -951,51 +952,71 @@ class PyLruCache(Generic[K, V]):
 
     def resize(self, maxsize: Any = UNSET, max_bytes: Any = UNSET) -> None:
         """Change the bounds (None removes one), evicting to fit."""
-        new_maxsize, new_max_bytes = self._maxsize, self._max_bytes
         if maxsize is not UNSET:
-            new_maxsize = check_size("maxsize", maxsize)
+            maxsize = check_size("maxsize", maxsize)
         if max_bytes is not UNSET:
-            new_max_bytes = check_size("max_bytes", max_bytes)
-            if new_max_bytes is None:
-                with self._lock:
-                    self._set_all_nbytes({})
-            elif self._max_bytes is None:
-                self._measure_all()  # sizeof may raise: nothing has changed yet
+            max_bytes = check_size("max_bytes", max_bytes)
         now = self._clock(False)
         victims: list[Any] = []
-        with self._lock:
-            before = len(self._main) + len(self._small)
-            self._set_bounds(new_maxsize, new_max_bytes)
-            self._evict_to_fit(0, 0, now, victims)
-            self._maybe_shrink(before)
+        for _ in range(MAX_LOOKUP_RESTARTS):
+            measure = max_bytes is not UNSET and max_bytes is not None and self._max_bytes is None
+            if measure:
+                sizes = self._measure_all(max_bytes)  # sizeof may raise
+            with self._lock:
+                if measure:
+                    if self._max_bytes is None:
+                        continue  # another resize took the bound away: what came in since
+                        # is not measured; set it, measure again
+                    self._set_all_nbytes(sizes)
+                elif max_bytes is None:
+                    self._set_all_nbytes()
+                before = len(self._main) + len(self._small)
+                # a bound not given is the one there now (another resize may have run)
+                self._set_bounds(
+                    self._maxsize if maxsize is UNSET else maxsize,
+                    self._max_bytes if max_bytes is UNSET else max_bytes,
+                )
+                self._evict_to_fit(0, 0, now, victims)
+                self._maybe_shrink(before)
+            break
+        else:
+            raise RuntimeError(BOUND_TAKEN_DURING_MEASURE)
         self._release(victims)
 
-    def _measure_all(self) -> None:
-        """Measure every entry when a byte bound is first set: see CLruCache."""
-        for attempt in range(4):
-            with self._lock:
-                version = self._version
+    def _measure_all(self, max_bytes: int) -> dict[int, tuple[int, Any, Any]]:
+        """Measure every entry when a byte bound is first set (see CLruCache): the
+        sizes by node, for the caller to apply in the region that sets the bounds."""
+        with self._lock:
+            self._set_bounds(self._maxsize, max_bytes)  # from here on, every store measures
+            settings = self._settings_version
             nodes = self._snapshot(now=-_INF)  # expired ones too
-            sizes = {
-                id(n): (
-                    min(self._size_of(n[KEY]) + self._size_of(n[VALUE]), _ENTRY_BYTES_MAX),
-                    n[VALUE],
-                )
-                for n in nodes
-            }
+        sizes: dict[int, tuple[int, Any, Any]] = {}
+        try:
+            for node in nodes:
+                key, value = node[KEY], node[VALUE]
+                size = min(self._size_of(key) + self._size_of(value), _ENTRY_BYTES_MAX)
+                sizes[id(node)] = (size, value, node)  # the node held: its id stays its own
+        except BaseException:
             with self._lock:
-                if self._version != version and attempt < 3:
-                    continue
-                self._set_all_nbytes(sizes)
-                return
+                if self._settings_version == settings:  # the bound is taken back
+                    self._set_bounds(self._maxsize, None)
+                    self._set_all_nbytes()
+            raise
+        return sizes
 
-    def _set_all_nbytes(self, sizes: dict[int, tuple[int, Any]]) -> None:
-        """Sizes by node, for the nodes that still hold the value measured; 0 else."""
+    def _set_all_nbytes(self, sizes: Optional[dict[int, tuple[int, Any, Any]]] = None) -> None:
+        """Every entry's size to 0 (``sizes`` None), or each measured entry that still
+        holds the value measured to its size (one replaced since was measured by its
+        store); then the totals."""
         total = small = 0
         for order in (self._main, self._small):
             for node in order.values():
-                size, value = sizes.get(id(node), (0, None))
-                node[NBYTES] = size if value is node[VALUE] else 0
+                if sizes is None:
+                    node[NBYTES] = 0
+                else:
+                    got = sizes.get(id(node))
+                    if got is not None and got[1] is node[VALUE]:
+                        node[NBYTES] = got[0]
                 total += node[NBYTES]
                 if node[SMALL]:
                     small += node[NBYTES]

@@ -18,6 +18,8 @@ from ._constants import MIB
 
 #: Raised when a key's ``__eq__`` keeps changing the cache during lookups.
 MUTATED_DURING_LOOKUP = "cache changed during key comparison too many times"
+#: Raised when resize's first byte bound keeps being taken away while it measures.
+BOUND_TAKEN_DURING_MEASURE = "the byte bound was taken away too many times while resize measured"
 
 
 def _typename(obj: object) -> str:

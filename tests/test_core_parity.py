@@ -105,7 +105,7 @@ def test_what_is_stored_while_a_first_byte_bound_is_measured_is_measured(
     thread's; here sizeof's own) measures itself. Before, every such store made the
     measure start over, and after four tries the entries changed were counted as 0
     bytes (found by the threaded mixes: nbytes 195 where the entries held 224)."""
-    stored = []
+    stored: list[str] = []
 
     def sizeof(obj: Any) -> int:
         if isinstance(obj, str) and obj.startswith("v") and len(stored) < 40:

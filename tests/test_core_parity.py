@@ -173,6 +173,137 @@ def test_a_sizeof_that_always_takes_the_bound_away_gets_an_error(cache_cls: type
     assert c.max_bytes is None and c.nbytes == 0 and c["a"] == "x"
 
 
+@pytest.mark.filterwarnings("ignore:.*without max_bytes measures nothing")
+def test_entries_a_repack_moved_while_a_bound_is_measured_get_their_sizes(
+    cache_cls: type,
+) -> None:
+    """A trim (another thread's; here sizeof's) repacks the entries: C found the
+    survivors by their old index and left them at 0 bytes (nbytes 0 of 160)."""
+    done: list[int] = []
+
+    def sizeof(obj: Any) -> int:
+        if not done:
+            done.append(1)
+            c.trim(0.9)  # 200 entries down to 20: the pool is repacked
+        return _size(obj)
+
+    c = cache_cls(1000, sizeof=sizeof)
+    c.update({f"k{i}": f"v{i}" for i in range(200)})
+    c.resize(max_bytes=10**6)
+    assert len(c) == 20
+    assert c.nbytes == sum(_size(k) + _size(v) for k, v in c.items()) == 160
+
+
+@pytest.mark.filterwarnings("ignore:.*without max_bytes measures nothing")
+def test_a_value_grown_and_stored_again_while_measured_keeps_its_new_size(
+    cache_cls: type,
+) -> None:
+    """The store measured the grown list; the resize's older measure of the same object
+    must not replace it (nbytes 8 where 108 was right)."""
+    lst = [1, 2, 3]
+
+    def sizeof(obj: Any) -> int:
+        if obj == "x" and len(lst) == 3:
+            lst.extend(range(100))
+            c["k1"] = lst  # measured by this store: 103 + 2
+        return len(obj) if isinstance(obj, (str, list)) else 8
+
+    c = cache_cls(100, sizeof=sizeof)
+    c["k1"], c["k2"] = lst, "x"
+    c.resize(max_bytes=10**6)
+    assert c.nbytes == 2 + 103 + 2 + 1 == 108
+
+
+@pytest.mark.filterwarnings("ignore:.*without max_bytes measures nothing")
+def test_a_bound_taken_away_by_a_released_value_is_measured_again(cache_cls: type) -> None:
+    """Releasing the snapshot can run a value's __del__ (Python code) after the sizes
+    went in: a bound it takes away makes resize measure again, in both twins."""
+    done: list[int] = []
+
+    class Value:
+        def __del__(self) -> None:
+            c.resize(max_bytes=None)
+            c["late"] = "unmeasured then"
+
+    def sizeof(obj: Any) -> int:
+        if isinstance(obj, Value) and not done:
+            done.append(1)
+            c["k0"] = "replaced"  # the snapshot now holds the Value's last reference
+        return _size(obj)
+
+    c = cache_cls(100, sizeof=sizeof)
+    c["k0"], c["k1"] = Value(), "x"
+    c.resize(max_bytes=10**6)
+    assert c.max_bytes == 10**6 and "late" in c
+    assert c.nbytes == sum(_size(k) + _size(v) for k, v in c.items())
+
+
+@pytest.mark.filterwarnings("ignore:.*without max_bytes measures nothing")
+def test_a_raising_sizeof_takes_the_bound_back_after_a_maxsize_change_too(
+    cache_cls: type,
+) -> None:
+    """Another resize of maxsize only (here sizeof's) did not measure anything: the byte
+    bound still goes back, else it stays over entries counted as 0 bytes."""
+    calls = [0]
+
+    def sizeof(obj: Any) -> int:
+        calls[0] += 1
+        if calls[0] == 1:
+            c.resize(maxsize=50)
+        if obj == "bad":
+            raise ValueError("cannot measure")
+        return _size(obj)
+
+    c = cache_cls(100, sizeof=sizeof)
+    c.update(a="xxxx", b="bad", d="yyyy")
+    with pytest.raises(ValueError, match="cannot measure"):
+        c.resize(max_bytes=1000)
+    assert (c.maxsize, c.max_bytes, c.nbytes, len(c)) == (50, None, 0, 3)
+
+
+def test_sizes_never_go_to_entries_another_thread_is_releasing(isolated: Any) -> None:
+    """Thread B's trim has removed every entry and is calling on_evict for the first; the
+    rest wait in their slots for their release. C's measure used to write sizes onto
+    them, and B then read a size as the eviction reason: a crash (REASONS[9])."""
+    isolated(
+        """
+        import warnings
+        warnings.simplefilter("ignore")
+        in_evict, go_on = threading.Event(), threading.Event()
+        reasons, errors, started = [], [], []
+
+        def on_evict(k, v, r):
+            reasons.append(r)
+            if not in_evict.is_set():
+                in_evict.set()
+                go_on.wait(10)  # B pauses inside its release
+
+        def b():
+            try:
+                c.trim(1.0)
+            except BaseException as exc:
+                errors.append(repr(exc))
+
+        def sizeof(o):
+            if not started:
+                started.append(threading.Thread(target=b))
+                started[0].start()
+                in_evict.wait(10)
+            return len(o) if isinstance(o, str) else 8
+
+        c = Cache(100, sizeof=sizeof, on_evict=on_evict)
+        c.update({f"key{i}": f"value{i}" for i in range(5)})
+        c.resize(max_bytes=10**6)
+        assert (len(c), c.nbytes, c.stats()["nbytes"]) == (0, 0, 0), (len(c), c.nbytes)
+        go_on.set()
+        started[0].join()
+        assert reasons == ["trim"] * 5 and not errors, (reasons, errors)
+        assert c.nbytes == 0
+        """,
+        timeout=60,
+    )
+
+
 def test_init_again_starts_afresh(cache_cls: type) -> None:
     c = cache_cls(10)
     c.update(a=1, b=2)

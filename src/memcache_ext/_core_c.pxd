@@ -48,6 +48,7 @@ ctypedef struct Snap:
     uint32_t nbytes
     uint32_t state         # queue and frequency bits (for pickling)
     uint32_t idx
+    uint32_t hbits         # the key's hash bits: where the table has it now
 
 
 @cython.final
@@ -64,6 +65,7 @@ cdef class CLruCache:
     cdef Py_ssize_t pending
     cdef uint64_t version
     cdef uint64_t settings_version
+    cdef uint64_t bytes_epoch    # moves when every size is zeroed (a byte bound taken away)
     cdef Py_ssize_t _maxsize
     cdef Py_ssize_t _max_bytes
     cdef double _ttl
@@ -146,5 +148,6 @@ cdef class CLruCache:
     cdef Snap* _snapshot(self, Py_ssize_t* n, double now, bint reverse) except NULL
     cdef list _snapshot_list(self, int what, bint reverse=*)
     cdef int _measure_all(self, Py_ssize_t max_bytes) except -1
+    cdef uint32_t _find_same(self, PyObject* key, uint32_t hbits) noexcept
     cdef int _restore(self, object key, object value, Py_ssize_t nbytes, double expires,
                       unsigned state_bits) except -1

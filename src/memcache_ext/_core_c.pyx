@@ -54,7 +54,8 @@ Where Python code can run (keep this list true):
   owned references (the cache is not read while they are built);
 * ``_measure_all`` (``resize``): ``sizeof`` over a snapshot taken once the
   new byte bound is set (every store from then on measures its own entry),
-  applied in a region to the entries that still hold the same key and value;
+  applied in a region to the entries, found through the table, that still
+  hold the same key and value and have no size of their own;
 * ``stats``: building the dict, from counters read into C first.
 
 Allocation failure is a MemoryError raised before the region changes
@@ -189,6 +190,7 @@ cdef class CLruCache:
         # such a store into the small queue was out of reach of lru's eviction).
         try:
             self._take_all(&v)
+            self.bytes_epoch += 1
             mc_ghost_set_limit(&self.ghost, 0)   # frees it
             self.hits = self.misses = self.rejected = 0
             memset(self.by_reason, 0, sizeof(self.by_reason))
@@ -1088,6 +1090,7 @@ cdef class CLruCache:
                     snap[j].nbytes = e.nbytes
                     snap[j].state = e.hm & ~MC_HASH_MASK
                     snap[j].idx = idx
+                    snap[j].hbits = e.hm & MC_HASH_MASK
                     j += 1
                 idx = self.entries[idx].prev if reverse else self.entries[idx].next
         n[0] = j
@@ -1233,18 +1236,20 @@ cdef class CLruCache:
     cdef int _measure_all(self, Py_ssize_t max_bytes) except -1:
         """Measure every entry when a byte bound is first set. The bound is set
         first, so that every store from then on measures its own entry; sizeof
-        then runs on a snapshot (Python code), and the sizes go, in one region,
-        to the entries that still hold the same key and value (one replaced
-        meanwhile was measured by its store), unless another resize has taken
-        the bound away meanwhile (resize then starts over). If sizeof raises,
-        the bound is taken back, unless the settings changed since."""
+        then runs on a snapshot (Python code), and in one region each size goes
+        to the entry that still holds the key and value measured and no size of
+        its own: found through the table (pointers compared: no __eq__), so that
+        an entry moved by a repack is found and a removed one (waiting for its
+        release in another operation) is not; one stored meanwhile measured
+        itself. If another resize took the bound away meanwhile, nothing is
+        applied (resize starts over). If sizeof raises, the bound is taken back,
+        unless the sizes were zeroed meanwhile (that resize decides)."""
         cdef Py_ssize_t n = 0, i
         cdef Snap* snap = NULL
         cdef Py_ssize_t* sizes = NULL
         cdef uint32_t idx
-        cdef uint64_t settings
+        cdef uint64_t epoch = self.bytes_epoch
         self._set_bounds(self._maxsize, max_bytes)
-        settings = self.settings_version
         try:
             snap = self._snapshot(&n, -INFINITY, False)   # expired ones too
             sizes = <Py_ssize_t*>PyMem_Malloc((n + 1) * sizeof(Py_ssize_t))
@@ -1255,12 +1260,12 @@ cdef class CLruCache:
             if self._max_bytes < 0:
                 return 0   # another resize took the bound away: resize starts over
             for i in range(n):
-                idx = snap[i].idx
-                if (idx < self.top and self.entries[idx].key == snap[i].key
-                        and self.entries[idx].value == snap[i].value):
+                idx = self._find_same(snap[i].key, snap[i].hbits)
+                if idx and self.entries[idx].value == snap[i].value \
+                        and self.entries[idx].nbytes == 0:
                     self._set_nbytes(idx, sizes[i])
         except BaseException:
-            if self.settings_version == settings:
+            if self.bytes_epoch == epoch and self._max_bytes >= 0:
                 self._set_bounds(self._maxsize, -1)
                 self._set_all_nbytes_zero()
             raise
@@ -1269,6 +1274,17 @@ cdef class CLruCache:
             if snap != NULL:
                 _free_snapshot(snap, n)
         return 0
+
+    cdef uint32_t _find_same(self, PyObject* key, uint32_t hbits) noexcept:
+        """The index of the entry whose key is this very object, or 0 (no __eq__)."""
+        cdef size_t mask = self.mask
+        cdef size_t i = mc_ideal(hbits, mask)
+        cdef uint32_t idx
+        while True:
+            idx = self.table[i]
+            if idx == 0 or self.entries[idx].key == key:
+                return idx
+            i = (i + 1) & mask
 
     cdef Py_ssize_t _sizes_uncapped(self, object key, object value) except -1:
         if self._sizeof is None:
@@ -1294,6 +1310,7 @@ cdef class CLruCache:
                 idx = self.entries[idx].next
         self.total_bytes = 0
         self.small_bytes = 0
+        self.bytes_epoch += 1
 
     def stats(self):
         """Counters and sizes (see the docs for each key)."""

@@ -103,6 +103,7 @@ class PyLruCache(Generic[K, V]):
         "_has_evicted",
         "_version",
         "_settings_version",
+        "_bytes_epoch",
         "_hits",
         "_misses",
         "_rejected",
@@ -150,6 +151,7 @@ class PyLruCache(Generic[K, V]):
             with self._lock:
                 before = len(self._main) + len(self._small)
                 victims = self._take_all()
+                self._bytes_epoch += 1
                 self._ghost.clear()
                 self._ghost_limit = self._ghost_room = 0  # it follows the new bounds
                 self._hits = self._misses = self._rejected = 0
@@ -179,7 +181,7 @@ class PyLruCache(Generic[K, V]):
         self._nbytes = self._n_ttl = self._small_bytes = 0
         self._small_cap = self._small_cap_bytes = 0
         self._has_evicted = False
-        self._version = self._settings_version = 0
+        self._version = self._settings_version = self._bytes_epoch = 0
         self._maxsize: Optional[int] = 128
         self._max_bytes: Optional[int] = None
 
@@ -957,70 +959,82 @@ class PyLruCache(Generic[K, V]):
         if max_bytes is not UNSET:
             max_bytes = check_size("max_bytes", max_bytes)
         now = self._clock(False)
+        restarts = 0
+        while max_bytes is not UNSET and max_bytes is not None and self._max_bytes is None:
+            # sizeof may raise (the bound is then taken back); another resize that took
+            # the bound away meanwhile makes it start over
+            restarts += 1
+            if restarts > MAX_LOOKUP_RESTARTS:
+                raise RuntimeError(BOUND_TAKEN_DURING_MEASURE)
+            self._measure_all(max_bytes)
         victims: list[Any] = []
-        for _ in range(MAX_LOOKUP_RESTARTS):
-            measure = max_bytes is not UNSET and max_bytes is not None and self._max_bytes is None
-            if measure:
-                sizes = self._measure_all(max_bytes)  # sizeof may raise
-            with self._lock:
-                if measure:
-                    if self._max_bytes is None:
-                        continue  # another resize took the bound away: what came in since
-                        # is not measured; set it, measure again
-                    self._set_all_nbytes(sizes)
-                elif max_bytes is None:
-                    self._set_all_nbytes()
-                before = len(self._main) + len(self._small)
-                # a bound not given is the one there now (another resize may have run)
-                self._set_bounds(
-                    self._maxsize if maxsize is UNSET else maxsize,
-                    self._max_bytes if max_bytes is UNSET else max_bytes,
-                )
-                self._evict_to_fit(0, 0, now, victims)
-                self._maybe_shrink(before)
-            break
-        else:
-            raise RuntimeError(BOUND_TAKEN_DURING_MEASURE)
+        with self._lock:
+            if max_bytes is None:
+                self._zero_all_nbytes()
+            before = len(self._main) + len(self._small)
+            # a bound not given is the one there now (Python code ran since the call)
+            self._set_bounds(
+                self._maxsize if maxsize is UNSET else maxsize,
+                self._max_bytes if max_bytes is UNSET else max_bytes,
+            )
+            self._evict_to_fit(0, 0, now, victims)
+            self._maybe_shrink(before)
         self._release(victims)
 
-    def _measure_all(self, max_bytes: int) -> dict[int, tuple[int, Any, Any]]:
-        """Measure every entry when a byte bound is first set (see CLruCache): the
-        sizes by node, for the caller to apply in the region that sets the bounds."""
+    def _measure_all(self, max_bytes: int) -> None:
+        """Measure every entry when a byte bound is first set: see CLruCache."""
         with self._lock:
+            epoch = self._bytes_epoch
             self._set_bounds(self._maxsize, max_bytes)  # from here on, every store measures
-            settings = self._settings_version
             nodes = self._snapshot(now=-_INF)  # expired ones too
-        sizes: dict[int, tuple[int, Any, Any]] = {}
+        sizes: list[tuple[int, Any, Any, int]] = []
         try:
-            for node in nodes:
-                key, value = node[KEY], node[VALUE]
-                size = min(self._size_of(key) + self._size_of(value), _ENTRY_BYTES_MAX)
-                sizes[id(node)] = (size, value, node)  # the node held: its id stays its own
+            sizes = [self._entry_size(node) for node in nodes]
+            with self._lock:
+                if self._max_bytes is not None:  # else another resize took it: start over
+                    self._apply_sizes(sizes)
         except BaseException:
             with self._lock:
-                if self._settings_version == settings:  # the bound is taken back
-                    self._set_bounds(self._maxsize, None)
-                    self._set_all_nbytes()
+                if self._bytes_epoch == epoch and self._max_bytes is not None:
+                    self._set_bounds(self._maxsize, None)  # the bound is taken back
+                    self._zero_all_nbytes()
             raise
-        return sizes
+        finally:
+            del nodes, sizes  # released here, as C's snapshot is (a __del__ may run)
 
-    def _set_all_nbytes(self, sizes: Optional[dict[int, tuple[int, Any, Any]]] = None) -> None:
-        """Every entry's size to 0 (``sizes`` None), or each measured entry that still
-        holds the value measured to its size (one replaced since was measured by its
-        store); then the totals."""
-        total = small = 0
+    def _entry_size(self, node: list[Any]) -> tuple[int, Any, Any, int]:
+        key, value = node[KEY], node[VALUE]
+        size = min(self._size_of(key) + self._size_of(value), _ENTRY_BYTES_MAX)
+        return size, key, value, node[HASH]
+
+    def _apply_sizes(self, sizes: list[tuple[int, Any, Any, int]]) -> None:
+        """Each size to the entry that still holds that key and value and has no size
+        of its own (one stored meanwhile measured itself)."""
+        for size, key, value, h in sizes:
+            node = self._find_same(key, h)
+            if node is not None and node[VALUE] is value and node[NBYTES] == 0:
+                self._set_nbytes(node, size)
+
+    def _find_same(self, key: Any, h: int) -> Optional[list[Any]]:
+        """The node whose key is this very object, or None (no __eq__)."""
+        node = self._buckets.get(h)
+        while node is not None and node[KEY] is not key:
+            node = node[CHAIN]
+        return node
+
+    def _set_nbytes(self, node: list[Any], nbytes: int) -> None:
+        self._nbytes += nbytes - node[NBYTES]
+        if node[SMALL]:
+            self._small_bytes += nbytes - node[NBYTES]
+        node[NBYTES] = nbytes
+
+    def _zero_all_nbytes(self) -> None:
+        """Every entry's size to 0 (no byte bound), and the totals."""
         for order in (self._main, self._small):
             for node in order.values():
-                if sizes is None:
-                    node[NBYTES] = 0
-                else:
-                    got = sizes.get(id(node))
-                    if got is not None and got[1] is node[VALUE]:
-                        node[NBYTES] = got[0]
-                total += node[NBYTES]
-                if node[SMALL]:
-                    small += node[NBYTES]
-        self._nbytes, self._small_bytes = total, small
+                node[NBYTES] = 0
+        self._nbytes = self._small_bytes = 0
+        self._bytes_epoch += 1
 
     def stats(self) -> CacheStats:
         """Counters and sizes (see the docs for each key)."""

@@ -9,6 +9,7 @@ loaded machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -18,7 +19,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -263,6 +264,35 @@ def test_a_write_that_fails_during_a_replay_is_replayed_too(make: Any) -> None:
 V = {"version_of": lambda r: r["v"]}
 
 
+@contextlib.asynccontextmanager
+async def async_tier(port: int, ns: str) -> AsyncIterator[Any]:
+    """An AsyncTieredCache with row versions, started and ready; closed after."""
+    from memcache_ext.redis import AsyncTieredCache
+
+    client = redis.asyncio.Redis(host="127.0.0.1", port=port)
+    tier = AsyncTieredCache(LruCache(100), client, ns, deadline=1.0, poll_interval=0.05, **V)
+    await tier.start()
+    try:
+        assert await tier.wait_ready(DEADLINE)
+        yield tier
+    finally:
+        await tier.aclose()
+        await client.aclose()
+
+
+def delayed(call: Any, entered: Any) -> Any:
+    """``call`` made 0.5 s late (waiting for a connection, say); ``entered`` set first."""
+
+    async def slow(*args: Any, **kw: Any) -> Any:
+        import asyncio
+
+        entered.set()
+        await asyncio.sleep(0.5)
+        return await call(*args, **kw)
+
+    return slow
+
+
 class After:
     """Wraps a callable: the call is made (Redis applies it), then its answer waits
     until ``open()``; ``entered`` is set once the call is done."""
@@ -353,32 +383,17 @@ def test_a_cancelled_async_set_is_still_tombstoned(srv: RedisServer, ns: str) ->
     leaves no pending entry; Redis and the other replicas keep the older row."""
     import asyncio
 
-    from memcache_ext.redis import AsyncTieredCache
-
     async def main() -> dict[str, Any]:
-        client = redis.asyncio.Redis(host="127.0.0.1", port=srv.port)
-        tier = AsyncTieredCache(LruCache(100), client, ns, deadline=1.0, poll_interval=0.05, **V)
-        await tier.start()
-        try:
-            assert await tier.wait_ready(DEADLINE)
+        async with async_tier(srv.port, ns) as tier:
             assert await tier.set("k", {"v": 41}) is True
-            real, entered = tier._script, asyncio.Event()
-
-            async def slow(*args: Any, **kw: Any) -> Any:  # e.g. waiting for a connection
-                entered.set()
-                await asyncio.sleep(0.5)
-                return await real(*args, **kw)
-
-            tier._script = slow
+            entered = asyncio.Event()
+            tier._script = delayed(tier._script, entered)
             task = asyncio.ensure_future(tier.set("k", {"v": 42}))
             await entered.wait()
             task.cancel()  # the request's task is cancelled (client gone, a timeout)
             with pytest.raises(asyncio.CancelledError):
                 await task
             return dict(tier.stats())
-        finally:
-            await tier.aclose()
-            await client.aclose()
 
     st = asyncio.run(main())
     assert st["pending_invalidations"] == 1, "42 is in the database, 41 stays in Redis"
@@ -837,28 +852,16 @@ def test_an_async_clear_keeps_versions_and_a_cancelled_one_is_owed(
     the worker does it."""
     import asyncio
 
-    from memcache_ext.redis import AsyncTieredCache
-
     other = make(**V)
 
     async def main() -> dict[str, Any]:
-        client = redis.asyncio.Redis(host="127.0.0.1", port=srv.port)
-        tier = AsyncTieredCache(LruCache(100), client, ns, deadline=1.0, poll_interval=0.05, **V)
-        await tier.start()
-        try:
-            assert await tier.wait_ready(DEADLINE)
+        async with async_tier(srv.port, ns) as tier:
             assert await tier.set("k", {"v": 7}) is True
             await tier.clear()
             assert await tier.set("k", {"v": 6}) is False  # older than what was cleared
             assert await tier.set("k", {"v": 8}) is True
             real, entered = tier._clear_script, asyncio.Event()
-
-            async def slow(*args: Any, **kw: Any) -> Any:
-                entered.set()
-                await asyncio.sleep(0.5)
-                return await real(*args, **kw)
-
-            tier._clear_script = slow
+            tier._clear_script = delayed(real, entered)
             task = asyncio.ensure_future(tier.clear())
             await entered.wait()
             task.cancel()
@@ -870,9 +873,6 @@ def test_an_async_clear_keeps_versions_and_a_cancelled_one_is_owed(
             while tier.stats()["clear_pending"] and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             return dict(tier.stats())
-        finally:
-            await tier.aclose()
-            await client.aclose()
 
     st = asyncio.run(main())
     assert (st["clear_pending"], st["remote_clears"]) == (False, 2)

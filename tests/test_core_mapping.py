@@ -155,6 +155,7 @@ def _with_entry(entry):
         (_with_entry(("k", "v", None, 10, -1)), ValueError, "an int in 0..7, got -1"),
         (_with_entry(("k", "v", None, 10, 2**40)), ValueError, "in 0..7, got 1099511627776"),
         (_with_entry(("k", "v", None, 10, True)), TypeError, "state must be an int, not bool"),
+        ((64, None, None, None, "s3fifo", []), ValueError, "cannot set a byte bound on a cache"),
     ],
 )
 def test_a_bad_pickled_state_is_refused_and_changes_nothing(cache_cls, state, exc, message):

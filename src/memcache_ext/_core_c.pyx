@@ -81,8 +81,9 @@ from libc.string cimport memset
 from memcache_ext._constants import GHOST_MAX, MAX_LOOKUP_RESTARTS, UNSET
 from memcache_ext._stats import repr_cache, stats_dict
 from memcache_ext._validate import (
-    BOUND_TAKEN_DURING_MEASURE, MUTATED_DURING_LOOKUP, POLICIES, LazySignature, check_fraction,
-    check_nbytes, check_size, check_state, check_ttl, iter_pairs, parse_cache_args,
+    BOUND_TAKEN_DURING_MEASURE, MUTATED_DURING_LOOKUP, NO_BOUND_ON_HELD_ENTRIES, POLICIES,
+    LazySignature, check_fraction, check_nbytes, check_size, check_state, check_ttl, iter_pairs,
+    parse_cache_args,
 )
 
 from memcache_ext._sizeof_c cimport c_deep_sizeof
@@ -1391,6 +1392,8 @@ cdef class CLruCache:
             now = timer() if timer is not None else mc_monotonic()
         if self.count and POLICIES.index(policy) != self._policy:
             raise ValueError("cannot change the policy of a cache that holds entries")
+        if self.count and max_bytes is not None and self._max_bytes < 0:
+            raise ValueError(NO_BOUND_ON_HELD_ENTRIES)
         self._sizeof = measure
         self._timer = timer
         self._on_evict = on_evict

@@ -35,6 +35,7 @@ from ._stats import EVICTION_REASONS, CacheStats, repr_cache, stats_dict
 from ._validate import (
     BOUND_TAKEN_DURING_MEASURE,
     MUTATED_DURING_LOOKUP,
+    NO_BOUND_ON_HELD_ENTRIES,
     LazySignature,
     check_fraction,
     check_nbytes,
@@ -1117,6 +1118,8 @@ class PyLruCache(Generic[K, V]):
         with self._lock:
             if len(self) and policy != self._policy:
                 raise ValueError("cannot change the policy of a cache that holds entries")
+            if len(self) and max_bytes is not None and self._max_bytes is None:
+                raise ValueError(NO_BOUND_ON_HELD_ENTRIES)
             self._sizeof, self._timer, self._on_evict = sizeof, timer, on_evict
             self._policy, self._lru = policy, policy == "lru"
             self._set_bounds(self._maxsize, max_bytes)

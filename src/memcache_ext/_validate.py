@@ -20,6 +20,10 @@ from ._constants import MIB
 MUTATED_DURING_LOOKUP = "cache changed during key comparison too many times"
 #: Raised when resize's first byte bound keeps being taken away while it measures.
 BOUND_TAKEN_DURING_MEASURE = "the byte bound was taken away too many times while resize measured"
+#: Raised when a pickled state would put a byte bound over entries nobody measured.
+NO_BOUND_ON_HELD_ENTRIES = (
+    "cannot set a byte bound on a cache that holds unmeasured entries; use resize(max_bytes=...)"
+)
 
 
 def _typename(obj: object) -> str:

@@ -378,6 +378,72 @@ def test_writes_refused_as_late_are_replayed_within_max_stale(make: Any) -> None
     )
 
 
+def late_script(script: Any, seconds: float) -> Any:
+    """``script`` called ``seconds`` late (a write waiting for a connection, say)."""
+
+    def slow(*args: Any, **kw: Any) -> Any:
+        time.sleep(seconds)
+        return script(*args, **kw)
+
+    return slow
+
+
+def test_a_write_before_the_first_clock_measure_still_has_a_deadline(
+    srv: RedisServer, ns: str
+) -> None:
+    """Before its worker has measured Redis's clock (not started yet, or never with
+    start=False), a write measures it itself, so a write that reaches Redis after its
+    deadline is refused there, as later ones are. The old code sent it without a
+    deadline: Redis applied it after the caller had given up on it."""
+    client = redis.Redis(host="127.0.0.1", port=srv.port)
+    tier = TieredCache(LruCache(100), client, ns, start=False, deadline=0.5, **V)
+    try:
+        script = tier._script
+        tier._script = late_script(script, 1.0)
+        assert tier.set("k", {"v": 1}) is False  # late: refused, pending
+        assert tier.stats()["expired_writes"] == 1
+        assert client.exists(f"{ns}:k") == 0
+        tier._script = script
+        assert tier.set("k", {"v": 2}) is True  # in time: written
+        assert tier.get("k") == {"v": 2}
+    finally:
+        tier.close()
+        client.close()
+
+
+def test_an_async_write_before_the_first_clock_measure_still_has_a_deadline(
+    srv: RedisServer, ns: str
+) -> None:
+    """The same for AsyncTieredCache before ``start()``: its first write carries a
+    deadline in Redis's clock, about ``deadline`` ahead (the old code sent none)."""
+    import asyncio
+
+    from memcache_ext.redis import AsyncTieredCache
+
+    async def main() -> tuple[list[Any], float]:
+        client = redis.asyncio.Redis(host="127.0.0.1", port=srv.port)
+        tier = AsyncTieredCache(LruCache(100), client, ns, deadline=0.5, **V)
+        sent: list[Any] = []
+        script = tier._script
+
+        async def recording(*args: Any, **kw: Any) -> Any:
+            sent.append(kw["args"][-1])
+            return await script(*args, **kw)
+
+        try:
+            tier._script = recording
+            assert await tier.set("k", {"v": 1}) is True
+            sec, usec = await client.time()
+            return sent, sec * 1e6 + usec
+        finally:
+            await tier.aclose()
+            await client.aclose()
+
+    sent, redis_now_us = asyncio.run(main())
+    assert len(sent) == 1 and sent[0] != "", sent
+    assert redis_now_us - 0.5e6 < int(sent[0]) < redis_now_us + 0.5e6
+
+
 def test_a_cancelled_async_set_is_still_tombstoned(srv: RedisServer, ns: str) -> None:
     """AsyncTieredCache: a set() cancelled while its script is on its way (not yet sent)
     leaves no pending entry; Redis and the other replicas keep the older row."""

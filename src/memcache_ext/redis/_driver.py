@@ -381,6 +381,12 @@ class TierDriver(Listener):
         pending entry this write replays (default: the one there as it is sent)."""
         if not self.breaker.closed:
             return None
+        if self._clock_offset_us is None:
+            # No deadline can be sent before Redis's clock is known (the worker measures
+            # it once subscribed, or never with start=False): measure it here, once.
+            yield from self._clock_flow()
+            if self._clock_offset_us is None:
+                return None  # TIME failed (counted): a write without a deadline is not sent
         if pending is MISSING:
             pending = self._pending.get(key)  # one dict read: atomic
         px = 0 if ttl is None else max(1, int(ttl * 1000))

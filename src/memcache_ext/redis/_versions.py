@@ -28,7 +28,8 @@ A write that reaches Redis after its deadline (queued in a frozen server, run
 when it resumes) is not applied: the caller gave up on it, counted it as
 failed and will replay a tombstone once Redis answers, and a late write must
 not land after that tombstone. The deadline is sent in Redis's clock, from an
-offset the tier measures (``TIME``) at each subscription and every minute.
+offset the tier measures (``TIME``) at each subscription and every minute, and
+before a write made when it has not measured it yet.
 
 A clear (:data:`CLEAR_SCRIPT`) leaves a tombstone where each value was, so
 the same ordering holds across it: a writer that read a row before the clear

@@ -28,6 +28,23 @@ def test_extend_counts_only_overflow() -> None:
     assert d.dropped == 2
 
 
+def test_extend_with_a_long_iterable_holds_only_maxlen_items() -> None:
+    """A generator of 200,000 strings (about 11 MB at once) into a deque of 10: its memory
+    stays that of 10 items at any time (the old code made a list of all of them first)."""
+    import tracemalloc
+
+    d: BoundedDeque[str] = BoundedDeque(10, ["a", "b"])
+    tracemalloc.start()
+    try:
+        d.extend(f"item number {i:>20}" for i in range(200_000))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 200_000, peak
+    assert d.snapshot() == [f"item number {i:>20}" for i in range(199_990, 200_000)]
+    assert d.dropped == 200_002 - 10
+
+
 def test_recent() -> None:
     d: BoundedDeque[int] = BoundedDeque(4, range(6))
     assert d.recent(2) == [4, 5]

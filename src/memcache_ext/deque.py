@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import operator
 import reprlib
 import sys
 import threading
@@ -60,16 +61,18 @@ class BoundedDeque(Generic[T]):
         del old  # released here, after the lock
 
     def extend(self, items: Iterable[T]) -> None:
-        """Append every item of ``items`` (materialised first, outside the lock)."""
-        new = list(items)
+        """Append every item of ``items``. They are read first, outside the lock, keeping
+        only the newest ``maxlen`` (numbered, to count the others)."""
+        new = deque(enumerate(items, 1), maxlen=self.maxlen)
+        count = new[-1][0] if new else 0
         with self._lock:
             mine = self._items
-            overflow = len(mine) + len(new) - self.maxlen
-            # held: the extend below pushes them out (and those of new, which new holds)
+            overflow = len(mine) + count - self.maxlen
+            # held: the extend below pushes them out
             old = list(itertools.islice(mine, max(0, min(overflow, len(mine)))))
             if overflow > 0:
                 self._dropped += overflow
-            mine.extend(new)
+            mine.extend(map(operator.itemgetter(1), new))
         del old, new  # released here, after the lock
 
     def recent(self, n: int) -> list[T]:

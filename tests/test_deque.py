@@ -29,7 +29,7 @@ def test_extend_counts_only_overflow() -> None:
 
 
 def test_extend_with_a_long_iterable_holds_only_maxlen_items() -> None:
-    """A generator of 200,000 strings (about 11 MB at once) into a deque of 10: its memory
+    """A generator of 200,000 strings (17.8 MB at once) into a deque of 10: its memory
     stays that of 10 items at any time (the old code made a list of all of them first)."""
     import tracemalloc
 
@@ -40,7 +40,7 @@ def test_extend_with_a_long_iterable_holds_only_maxlen_items() -> None:
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 200_000, peak
+    assert peak < 2_000_000, peak  # 17.8 MB on the old code; margin for other threads
     assert d.snapshot() == [f"item number {i:>20}" for i in range(199_990, 200_000)]
     assert d.dropped == 200_002 - 10
 

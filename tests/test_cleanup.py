@@ -177,6 +177,7 @@ def test_the_stall_monitor_tells_cpu_holds_and_collections_apart() -> None:
         ({"interval": "x"}, TypeError),
         ({"record_over": float("nan")}, ValueError),  # was taken: nothing recorded
         ({"record_over": -1}, ValueError),
+        ({"callbacks": "no"}, TypeError),  # was taken as True
     ],
 )
 def test_stall_monitor_bad_arguments(kw: dict[str, Any], exc: type) -> None:

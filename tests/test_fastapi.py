@@ -31,6 +31,7 @@ from memcache_ext.fastapi import (  # noqa: E402 - after importorskip
     cleanup_lifespan,
     memory_router,
 )
+from memcache_ext.guard import MemoryGuard  # noqa: E402 - after importorskip
 from support import sample_manager  # noqa: E402 - after importorskip
 
 MB = 2**20
@@ -641,6 +642,53 @@ def test_monitor_arguments_at_their_limits_are_clear_errors() -> None:
         RequestMemoryMonitor(100, history_size=1.5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="rss must be callable"):
         MemoryMonitorMiddleware(FastAPI(), rss=5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        # os.environ.get("EXPOSE", "false") exposed the internal figures
+        ({"expose_headers": "false"}, "expose_headers must be a bool, not str"),
+        ({"manager": 30}, "manager must be a CacheManager or None, not int"),
+        ({"probe": 5}, "probe must be an RssProbe, not int"),
+        ({"monitor": {}}, "monitor must be a RequestMemoryMonitor or None, not dict"),
+    ],
+)
+def test_monitor_middleware_checks_its_arguments_at_the_call(
+    kw: dict[str, Any], message: str
+) -> None:
+    """Each was taken and failed later (at every request), or, for a str flag, was True."""
+    with pytest.raises(TypeError, match=message):
+        MemoryMonitorMiddleware(FastAPI(), **kw)
+
+
+def test_cleanup_service_and_guard_check_their_manager() -> None:
+    """``MemoryCleanupService(30, interval=...)`` (the interval first) was taken and every
+    pass failed with nothing in ``last_error``."""
+    with pytest.raises(TypeError, match="manager must be a CacheManager or None, not int"):
+        MemoryCleanupService(30, interval=0.01)  # type: ignore[arg-type]  # deliberately wrong
+    with pytest.raises(TypeError, match="manager must be a CacheManager or None, not str"):
+        MemoryGuard(FastAPI(), manager="cache_manager")
+    with pytest.raises(TypeError, match="manager must be a CacheManager or None, not int"):
+        memory_router(manager=5)  # type: ignore[arg-type]  # deliberately wrong
+
+
+def test_a_failed_pass_of_the_cleanup_service_says_why() -> None:
+    """A pass that raises outside the per-cache steps counted an error and left
+    ``last_error`` None."""
+
+    class Broken(MemoryCleanupService):
+        async def run_once_async(self, reason: Optional[str] = None) -> dict[str, Any]:
+            raise OSError("no pass today")
+
+    service = Broken(CacheManager(memory_limit_mb=1000), interval=0.01)
+
+    async def go() -> None:
+        async with service:
+            await _until(lambda: service.errors >= 2)
+
+    asyncio.run(go())
+    assert service.last_error == "pass: OSError: no pass today"
 
 
 class _Inner(TypedDict):

@@ -620,7 +620,7 @@ def test_a_bad_collect_is_refused_before_the_cleanup_trims(cache_cls: type) -> N
         with pytest.raises(ValueError, match="collect must be"):
             m.cleanup(collect=bad)  # type: ignore[arg-type]  # deliberately wrong
         with pytest.raises(ValueError, match="collect must be"):
-            next(m.cleanup_steps("forced", collect=bad))  # type: ignore[arg-type]  # deliberately wrong
+            m.cleanup_steps("forced", collect=bad)  # type: ignore[arg-type]  # at the call
     assert len(c) == 100 and m.stats()["cleanup_count"] == 0
 
 
@@ -703,7 +703,9 @@ def test_names_and_reasons_are_checked(cache_cls: type) -> None:
     with pytest.raises(TypeError, match="reason must be a str"):
         m.cleanup(reason=123)  # type: ignore[arg-type]  # deliberately wrong
     with pytest.raises(TypeError, match="reason must be a str or None"):
-        next(m.cleanup_steps(reason=123))  # type: ignore[arg-type]  # deliberately wrong
+        m.cleanup_steps(reason=123)  # type: ignore[arg-type]  # at the call, not at next()
+    with pytest.raises(ValueError, match="fraction"):
+        m.cleanup_steps("forced", fraction=7.0)
     with pytest.raises(TypeError, match="name must be a non-empty str"):
         m.register_stats_source(5, dict)  # type: ignore[arg-type]  # deliberately wrong
     assert m.stats()["cleanup_count"] == 0

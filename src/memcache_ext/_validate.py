@@ -30,6 +30,13 @@ def _typename(obj: object) -> str:
     return type(obj).__name__
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """A flag must be a bool: ``"false"`` from the environment is not False."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, not {_typename(value)}")
+    return value
+
+
 def check_size(name: str, value: Any) -> Optional[int]:
     """Validate maxsize/max_bytes: None or an int >= 0 (bool is refused)."""
     if value is None:

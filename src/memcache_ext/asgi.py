@@ -41,7 +41,7 @@ from typing import Annotated, Any, Optional, TypedDict
 
 from . import _procmem
 from ._constants import MIB as MB
-from ._validate import check_mb
+from ._validate import check_bool, check_mb
 from .deque import BoundedDeque
 
 __all__ = [
@@ -369,6 +369,16 @@ class MemoryMonitorMiddleware:
         probe: Optional[_procmem.RssProbe] = None,
     ) -> None:
         self.app = app
+        if manager is not None:
+            from .manager import manager_or_default
+
+            manager = manager_or_default(manager)
+        if probe is not None and not callable(getattr(probe, "recent", None)):
+            raise TypeError(f"probe must be an RssProbe, not {type(probe).__name__}")
+        if monitor is not None and not isinstance(monitor, RequestMemoryMonitor):
+            raise TypeError(
+                f"monitor must be a RequestMemoryMonitor or None, not {type(monitor).__name__}"
+            )
         if monitor is None:
             monitor = RequestMemoryMonitor(
                 memory_limit_mb,
@@ -378,7 +388,7 @@ class MemoryMonitorMiddleware:
                 max_routes=max_routes,
             )
         self.monitor = monitor
-        self.expose_headers = bool(expose_headers)
+        self.expose_headers = check_bool("expose_headers", expose_headers)
         self.manager = manager
         if probe is None:
             if rss is not None:

@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Annotated, Any, Optional, TypedDict, Union
 
-from ._validate import check_collect, check_mb
+from ._validate import check_bool, check_collect, check_mb
 from .manager import CacheManager, CleanupEvent, manager_or_default
 
 __all__ = [
@@ -180,8 +180,9 @@ class MemoryCleanupService:
                 self.wakeups += 1
             try:
                 await self.run_once_async(reason)
-            except Exception:
+            except Exception as exc:
                 self.errors += 1
+                self.last_error = f"pass: {type(exc).__name__}: {exc}"
                 self.logger.exception("memory cleanup pass failed")
 
     @staticmethod
@@ -431,7 +432,7 @@ class LoopStallMonitor:
         if not 0 <= record_over < math.inf:
             raise ValueError(f"record_over must be >= 0 and finite, got {record_over!r}")
         self.interval = float(interval)
-        self.time_callbacks = bool(callbacks)
+        self.time_callbacks = check_bool("callbacks", callbacks)
         self._cb_longest = 0.0
         self._cb_longest_wall = 0.0
         self._cb_count = 0

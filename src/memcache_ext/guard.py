@@ -167,10 +167,10 @@ class MemoryGuard:
             raise TypeError(f"clock must be callable, not {type(clock).__name__}")
         if probe is not None and not callable(getattr(probe, "recent", None)):
             raise TypeError(f"probe must be an RssProbe, not {type(probe).__name__}")
-        if manager is None and (limit_mb is None or probe is None):
-            from .manager import cache_manager
+        if manager is not None or limit_mb is None or probe is None:
+            from .manager import manager_or_default
 
-            manager = cache_manager
+            manager = manager_or_default(manager)
         self.app = app
         self.manager = manager
         self.limit_bytes = int(limit_mb * MIB) if limit_mb is not None else manager.limit.nbytes

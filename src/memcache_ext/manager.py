@@ -86,8 +86,12 @@ def _drain(steps: Generator[None, None, Optional[CleanupEvent]]) -> Optional[Cle
 
 
 def manager_or_default(manager: Optional[CacheManager]) -> CacheManager:
-    """``manager``, or the process-wide ``cache_manager`` when None."""
-    return cache_manager if manager is None else manager
+    """``manager``, or the process-wide ``cache_manager`` when None; TypeError otherwise."""
+    if manager is None:
+        return cache_manager
+    if not isinstance(manager, CacheManager):
+        raise TypeError(f"manager must be a CacheManager or None, not {type(manager).__name__}")
+    return manager
 
 
 def _default_cache_class() -> Callable[..., Any]:
@@ -557,13 +561,18 @@ class CacheManager:
         return value is the event, or None when no cleanup ran (not due, or
         another one is running: this form never waits for it). Only one
         cleanup runs at a time; the cleanup lock is held from the first step
-        to the last, and released if the generator is closed early.
+        to the last, and released if the generator is closed early. Bad
+        arguments raise at the call, before the generator is made.
         """
         if reason is not None and not isinstance(reason, str):
             raise TypeError(f"reason must be a str or None, not {type(reason).__name__}")
         if fraction is not None:
             fraction = check_fraction(fraction, "fraction")
-        collect = check_collect(collect)
+        return self._checked_cleanup_steps(reason, fraction, check_collect(collect))
+
+    def _checked_cleanup_steps(
+        self, reason: Optional[str], fraction: Optional[float], collect: Union[bool, int]
+    ) -> Generator[None, None, Optional[CleanupEvent]]:
         if reason is None:
             rss = self._due()
             if rss is None:

@@ -961,3 +961,189 @@ def test_an_async_caller_after_a_write_does_not_share_the_stale_computation(
 
     assert asyncio.run(main()) == ("old", "new")
     assert cache[7] == "new"
+
+
+# -- a review's cases (each failed on the code before it) ------------------------------------
+
+
+def test_an_async_computation_cancelled_before_its_first_step_frees_its_key(
+    cache_cls: type,
+) -> None:
+    """A shutdown that cancels every task in the loop turn of a miss cancels the
+    computing task before it runs: its clean-up, inside the coroutine, never ran, and
+    every later call for that key waited on the dead flight forever."""
+    calls = []
+
+    @cached(cache_cls(maxsize=16))
+    async def fetch(x: int) -> int:
+        calls.append(x)
+        await asyncio.sleep(0.01)
+        return x * 2
+
+    async def first() -> None:
+        t = asyncio.create_task(fetch(1))
+        await asyncio.sleep(0)  # t misses and schedules the computing task
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.cancel()
+        await asyncio.gather(t, return_exceptions=True)
+
+    asyncio.run(first())
+    assert fetch._inflight == {}  # the test hook
+    assert asyncio.run(asyncio.wait_for(fetch(1), 5)) == 2
+    assert calls == [1]
+
+
+def test_async_mutual_recursion_through_another_key_does_not_deadlock(cache_cls: type) -> None:
+    """a -> b -> a: b's computation runs in a task of its own, so only the computing
+    task itself was seen as re-entry, and b's call of a waited on a, which waited on b.
+    The sync form computes such a call directly; the async one now does too."""
+    graph = {"a": ["b"], "b": ["a"]}
+
+    def resolver(cache: Any) -> Any:
+        visiting: set[str] = set()
+
+        @cached(cache)
+        async def resolve(name: str) -> Any:
+            if name in visiting:
+                return ("cycle", name)
+            visiting.add(name)
+            try:
+                return (name, [await resolve(dep) for dep in graph[name]])
+            finally:
+                visiting.discard(name)
+
+        return resolve
+
+    expected = ("a", [("b", [("cycle", "a")])])
+    assert asyncio.run(asyncio.wait_for(resolver(cache_cls(10))("a"), 5)) == expected
+
+
+class _Point:
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Point) and other.x == self.x
+
+    def __hash__(self) -> int:
+        return hash(self.x)
+
+
+def test_a_bound_method_is_cached_as_a_plain_function(cache_cls: type) -> None:
+    """``self.load = cached(...)(self._load)``: the bound method's first argument was
+    taken for ``self``: keyed by identity (equal arguments never hit), and a call
+    without positional arguments raised IndexError."""
+
+    class Repo:
+        def __init__(self) -> None:
+            self.calls = 0
+            self.load = cached(cache_cls(10))(self._load)
+            self.settings = cached(cache_cls(10))(self._settings)
+
+        def _load(self, p: _Point, *, scale: int = 1) -> int:
+            self.calls += 1
+            return p.x * scale
+
+        def _settings(self) -> dict[str, int]:
+            self.calls += 1
+            return {"n": 1}
+
+    r = Repo()
+    assert [r.load(_Point(1)) for _ in range(3)] == [1, 1, 1]
+    assert r.load(p=_Point(2), scale=3) == r.load(p=_Point(2), scale=3) == 6
+    assert r.settings() == r.settings() == {"n": 1}
+    assert r.calls == 3
+
+
+def test_a_method_under_another_decorator_is_still_a_method(cache_cls: type) -> None:
+    """``@cached`` over a ``functools.wraps(*args, **kwargs)`` decorator: the wrapper's
+    own code has no ``self``, so the instance became part of the key (kept alive, and
+    an unhashable instance raised TypeError)."""
+    import functools
+
+    def logged(func: Any) -> Any:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return func(*args, **kwargs)
+
+        return wrapper
+
+    class Svc:
+        __hash__ = None  # type: ignore[assignment]  # unhashable, as a plain dataclass
+
+        @cached(cache_cls(10))
+        @logged
+        def load(self, key: str) -> str:
+            return key.upper()
+
+    s = Svc()
+    assert s.load("k") == s.load("k") == "K"
+    ref = weakref.ref(s)
+    del s
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_method_called_without_self_positionally_works_or_says_why(cache_cls: type) -> None:
+    """``Repo.load(self=r, key=...)`` and ``Repo.load()`` raised IndexError; now the
+    function answers, as functools.lru_cache's does (uncached)."""
+
+    class Repo:
+        @cached(cache_cls(10))
+        def load(self, key: str) -> str:
+            return key * 2
+
+        @cached(cache_cls(10), key=lambda key: key)
+        def load_keyed(self, key: str) -> str:
+            return key * 3
+
+        @cached(cache_cls(10))
+        async def aload(self, key: str) -> str:
+            return key * 4
+
+    r = Repo()
+    assert Repo.load(self=r, key="k") == "kk"
+    assert Repo.load_keyed(self=r, key="k") == "kkk"
+    assert asyncio.run(Repo.aload(self=r, key="k")) == "kkkk"
+    with pytest.raises(TypeError, match="missing 2 required positional arguments"):
+        Repo.load()
+
+
+def test_recursion_depth_is_the_same_for_every_call_form(isolated: Any) -> None:
+    """The compiled path's calls with two arguments or keywords went through
+    ``type(self).__call__``: one more level each, so RecursionError at 197 levels
+    where one argument (and the pure twin) reached 246."""
+    isolated(
+        """
+        from memcache_ext import cached
+
+        def depth(call):
+            n = 1
+            while True:
+                try:
+                    call(n)
+                except RecursionError:
+                    return n - 1
+                n += 1
+
+        @cached(Cache(None))
+        def one(n):
+            return 0 if n == 0 else 1 + one(n - 1)
+
+        @cached(Cache(None))
+        def two(n, m):
+            return 0 if n == 0 else 1 + two(n - 1, m)
+
+        @cached(Cache(None))
+        def kw(n=0):
+            return 0 if n == 0 else 1 + kw(n=n - 1)
+
+        depths = []
+        for f, call in ((one, lambda n: one(n)), (two, lambda n: two(n, 0)),
+                        (kw, lambda n: kw(n=n))):
+            depths.append(depth(lambda n: (f.cache_clear(), call(n))))
+        assert max(depths) - min(depths) <= 2, depths
+    """,
+        timeout=120,
+    )

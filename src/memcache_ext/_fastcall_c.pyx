@@ -35,17 +35,21 @@ cdef frozenset _FAST = FAST_TYPES
 cdef object _MARK = KWARGS_MARK
 
 
-cdef object _vectorcall_as_tp_call(PyObject* o, PyObject** args, size_t nargsf,
-                                   PyObject* kwnames):
-    """The rare calls with keywords: rebuild (args, kwargs) and go through tp_call."""
+cdef tuple _positional(PyObject** args, size_t nargsf):
+    """A vectorcall's positional arguments as a tuple."""
     cdef Py_ssize_t n = PyVectorcall_NARGS(nargsf), i
-    cdef object self = <object>o
-    cdef tuple pos = tuple([<object>args[i] for i in range(n)])
+    return tuple([<object>args[i] for i in range(n)])
+
+
+cdef dict _keywords(PyObject** args, size_t nargsf, PyObject* kwnames):
+    """A vectorcall's keyword arguments as a dict, or None without any."""
+    cdef Py_ssize_t n = PyVectorcall_NARGS(nargsf), i
+    if kwnames == NULL or len(<tuple>kwnames) == 0:
+        return None
     cdef dict kw = {}
-    if kwnames != NULL:
-        for i in range(len(<tuple>kwnames)):
-            kw[(<tuple>kwnames)[i]] = <object>args[n + i]
-    return type(self).__call__(self, *pos, **kw)
+    for i in range(len(<tuple>kwnames)):
+        kw[(<tuple>kwnames)[i]] = <object>args[n + i]
+    return kw
 
 
 cdef inline CLruCache _ready(CLruCache cache, str name):
@@ -136,7 +140,10 @@ cdef object _cached_vectorcall(PyObject* o, PyObject** args, size_t nargsf, PyOb
             if value is not _MISSING:
                 return value
             return _call_miss(self._miss, arg, (arg,), {})
-    return _vectorcall_as_tp_call(o, args, nargsf, kwnames)
+    # Straight to the call, not through type(self).__call__: one C level per
+    # call, as the common path (a recursion reaches the same depth either way).
+    return _cached_call(<CachedCall>o, _positional(args, nargsf),
+                        _keywords(args, nargsf, kwnames))
 
 
 @cython.final
@@ -182,7 +189,8 @@ cdef object _get_or_vectorcall(PyObject* o, PyObject** args, size_t nargsf, PyOb
     cdef Py_ssize_t n = PyVectorcall_NARGS(nargsf)
     if kwnames == NULL and (n == 1 or n == 2):
         return _get_or(<GetOr>o, <object>args[0], <object>args[1] if n == 2 else None)
-    return _vectorcall_as_tp_call(o, args, nargsf, kwnames)
+    cdef dict kw = _keywords(args, nargsf, kwnames)
+    return GetOr.__call__(<GetOr>o, *_positional(args, nargsf), **({} if kw is None else kw))
 
 
 cdef void _install_call_slots(type cls, object instance, vectorcallfunc* field,

@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import functools
 import inspect
 import threading
@@ -230,8 +231,14 @@ def _plain_function(func: Callable[..., Any]) -> bool:
 
 
 def _looks_like_method(func: Callable[..., Any]) -> bool:
-    if _plain_function(func):
+    """Defined in a class body with a first parameter named self or cls (read through
+    ``functools.wraps`` wrappers); a bound method is a plain function: its self is given."""
+    if inspect.ismethod(func) or _plain_function(func):
         return False
+    try:
+        func = inspect.unwrap(func)
+    except ValueError:  # a cycle of __wrapped__
+        pass
     code = getattr(func, "__code__", None)
     return code is not None and code.co_argcount >= 1 and code.co_varnames[0] in ("self", "cls")
 
@@ -447,7 +454,10 @@ def _sync_wrapper(
         mark = KWARGS_MARK
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            entry = tok_get(id(args[0]))
+            try:
+                entry = tok_get(id(args[0]))
+            except IndexError:  # self by keyword, or missing: uncached, as func answers
+                return func(**kwargs)
             if entry is not None and entry[1]() is args[0]:
                 token = entry[0]
             else:
@@ -463,6 +473,8 @@ def _sync_wrapper(
     elif is_method:
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if not args:  # self by keyword, or missing: uncached, as func answers
+                return func(**kwargs)
             k = build(args, kwargs)
             value = get(k, MISSING)
             if value is MISSING:
@@ -494,6 +506,9 @@ def _async_wrapper(
     lock = threading.RLock()
     inflight: dict[Any, _Flight] = {}
     build, tokens = _key_builders(key, is_method)
+    computing: contextvars.ContextVar[frozenset[Any]] = contextvars.ContextVar(
+        "memcache_ext.cached: keys computed by this task and its ancestors", default=frozenset()
+    )
 
     async def call_and_store(
         k: Any, flight: _Flight, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -520,6 +535,9 @@ def _async_wrapper(
     async def compute(
         k: Any, flight: _Flight, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        # Seen by the tasks this computation starts (a task copies its context): a call
+        # of the same key from one of them is re-entry, computed directly, as in sync.
+        computing.set(computing.get() | {k})
         try:
             value = peek(k, MISSING)
             if value is MISSING:
@@ -536,6 +554,14 @@ def _async_wrapper(
         flight.future.set_result(value)
         return value
 
+    def settle(k: Any, flight: _Flight, task: asyncio.Task[Any]) -> None:
+        """The computing task is done. Cancelled before its first step, its coroutine
+        never ran (nor its clean-up): free the key, or every later call waits on it."""
+        _retrieve(task)
+        if not flight.future.done():
+            finish(k, flight)
+            flight.future.cancel()
+
     async def miss(k: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         loop = asyncio.get_running_loop()
         with lock:
@@ -546,13 +572,13 @@ def _async_wrapper(
                 # Created under the lock so a waiter never sees a flight
                 # without its task; the task starts on the next loop turn.
                 flight.task = loop.create_task(compute(k, flight, args, kwargs))
-                flight.task.add_done_callback(_retrieve)
+                flight.task.add_done_callback(functools.partial(settle, k, flight))
         assert flight is not None
         if leader:
             assert flight.task is not None
             return await asyncio.shield(flight.task)
-        if flight.task is not None and flight.task is asyncio.current_task():
-            return await func(*args, **kwargs)  # re-entry from the computation itself
+        if k in computing.get():
+            return await func(*args, **kwargs)  # re-entry from within k's computation
         waiter = asyncio.wrap_future(flight.future)
         waiter.add_done_callback(_retrieve)
         return await asyncio.shield(waiter)
@@ -560,6 +586,8 @@ def _async_wrapper(
     make = build if (is_method or key is not None) else make_key
 
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if is_method and not args:  # self by keyword, or missing: uncached, as func answers
+            return await func(**kwargs)
         k = make(args, kwargs)
         value = get(k, MISSING)
         if value is MISSING:

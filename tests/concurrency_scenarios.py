@@ -123,7 +123,7 @@ def _mix(cache_cls: Any, seed: int, nthreads: int, policy: str, ops: int = 1500)
             elif r < 0.78 and j == 0:
                 c.resize(max_bytes=rnd.choice((None, 300, 600, 2000)))
             elif r < 0.80:
-                c.expire()
+                c.expire(limit=rnd.choice((None, 3, 20)))
             elif r < 0.81:
                 c.clear()
             elif r < 0.85:
@@ -268,7 +268,7 @@ def callbacks(cache_cls: Any, seed: int) -> None:
             elif r < 0.8:
                 c.get_or_set(k, lambda: "g")
             elif r < 0.9:
-                c.expire()
+                c.expire(limit=rnd.choice((None, 3, 20)))
             else:
                 c.pop(k, None)
 

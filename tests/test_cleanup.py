@@ -219,3 +219,75 @@ def test_with_a_threshold_only_the_threshold_decides() -> None:
     service = MemoryCleanupService(manager, interval=3600, threshold_mb=800)
     asyncio.run(service.run_once_async())
     assert service.stats()["cleanups"] == 1
+
+
+# -- expiry and trim slices sized per cache (a review: 15-80 ms steps) ----------------------
+
+
+class WorkClock:
+    """A clock that moves only with the work done: ``cost`` seconds per entry dropped
+    (each cache's ``on_evict`` calls it), so that slice sizes are deterministic."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def work(self, cost: float) -> Any:
+        def on_evict(key: Any, value: Any, reason: str) -> None:
+            self.now += cost
+
+        return on_evict
+
+
+def test_an_expiry_runs_in_slices_of_bounded_work(cache_cls: type) -> None:
+    """20,000 expired entries costing 100 us each to drop: the old pass dropped them in
+    one step (2 s here); each slice now does at most about 2 ms, the first 0.8 ms."""
+    from memcache_ext._cleanup_pass import SLICE_SECONDS, expire_slices
+
+    clock = WorkClock()
+    ttl_clock = WorkClock()
+    cache = cache_cls(None, ttl=1, timer=ttl_clock, on_evict=clock.work(100e-6))
+    for i in range(20_000):
+        cache[i] = i
+    cache["kept"] = "here"
+    ttl_clock.now = 2.0
+    cache.set("kept", "here")  # written after the others expired: not expired
+    slices = []
+    for dropped in expire_slices(cache, clock=clock):
+        slices.append(dropped)
+    assert sum(slices) == 20_000 and cache.items() == [("kept", "here")]
+    assert slices[0] == 8 and max(slices) * 100e-6 <= SLICE_SECONDS * 1.01, max(slices)
+
+
+def test_each_cache_starts_its_trim_with_a_small_slice(cache_cls: type) -> None:
+    """A cache of cheap entries taught the pass a slice of 8,192 entries, which the
+    next cache, of 1 ms entries, took at once: an 8 s step here. Each cache now
+    starts small, so no step passes a few ms."""
+    from memcache_ext._cleanup_pass import CleanupEvent, sweep_steps
+
+    clock = WorkClock()
+    cheap = cache_cls(None, on_evict=clock.work(1e-7))
+    heavy = cache_cls(None, on_evict=clock.work(1e-3))
+    for i in range(40_000):
+        cheap[i] = i
+    for i in range(1_000):
+        heavy[i] = i
+    event = CleanupEvent(time=0.0, reason="test", rss_before=0, limit_bytes=1, target_bytes=None)
+    caches = [("cheap", cheap, lambda: True), ("heavy", heavy, lambda: True)]
+    for _ in sweep_steps(event, caches, 0.5, False, rss=lambda: 0, clock=clock):
+        pass
+    assert len(cheap) == 20_000 and len(heavy) == 500
+    assert event.longest_step <= 0.0085, event.longest_step  # 8 entries of 1 ms, at most
+
+
+def test_a_cache_without_limited_expire_is_expired_in_one_call() -> None:
+    """Any cache with an ``expire()`` may be registered: it expires in one step."""
+    from memcache_ext._cleanup_pass import expire_slices
+
+    class Foreign:
+        def expire(self) -> int:
+            return 3
+
+    assert list(expire_slices(Foreign())) == [3]

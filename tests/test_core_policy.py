@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import pytest
 
@@ -208,6 +209,74 @@ def test_expire_drops_expired_entries(cache_cls, timer):
     timer.advance(5)
     assert c.expire() == 5 and len(c) == 5 and sorted(c) == [5, 6, 7, 8, 9]
     assert c.expire() == 0 and c.stats()["expirations"] == 5
+
+
+def _recorder(into: list[tuple[object, str]]) -> Callable[[object, object, str], None]:
+    return lambda k, v, reason: into.append((k, reason))
+
+
+@pytest.mark.parametrize("policy", ["lru", "s3fifo"])
+def test_a_limited_expire_looks_at_every_entry_in_calls_adding_up_to_len(cache_cls, timer, policy):
+    """``expire(limit=n)``: each call drops at most n entries, and calls whose limits add
+    up to ``len(cache)`` drop every expired one and nothing else: across the pool's
+    repack that the removals set off, after reads, removals and reinsertions."""
+    import random
+
+    for trial in range(80):
+        rnd = random.Random(trial)
+        dropped: list[tuple[object, str]] = []
+        c = cache_cls(None, policy=policy, timer=timer, on_evict=_recorder(dropped))
+        for i in range(rnd.randrange(0, 400)):
+            c.set(i, i, ttl=rnd.choice((1, 5, 10, None)))
+        for _ in range(len(c) // 3):
+            k = rnd.randrange(400)
+            if rnd.random() < 0.3:
+                c.pop(k, None)
+            elif rnd.random() < 0.5:
+                c.set(k, -k, ttl=rnd.choice((1, None)))
+            else:
+                c.get(k)
+        timer.advance(rnd.choice((2, 6, 11)))
+        live = {k for k in c}  # iteration skips the expired ones
+        size, limit = len(c), rnd.randrange(1, 60)
+        for _ in range(-(-size // limit)):
+            assert c.expire(limit=limit) <= limit
+        assert sorted(c.keys()) == sorted(live) and len(c) == len(live), trial
+        assert {r for _, r in dropped} <= {"expired"} and len(dropped) == size - len(live)
+        assert c.expire() == 0
+        timer.advance(100)  # everything with a TTL is gone now; the rest stays
+        c.expire(limit=10**30)
+        assert all(c.peek(k) is not None for k in c.keys())
+
+
+def test_a_limited_expire_goes_on_where_the_last_one_stopped(cache_cls, timer):
+    """Entries 0-99 live, 100-199 expired: limits of 50 reach the expired half on the
+    third call, not on every call's first 50 entries."""
+    c = cache_cls(None, timer=timer)
+    for i in range(200):
+        c.set(i, i, ttl=None if i < 100 else 1)
+    timer.advance(2)
+    assert [c.expire(limit=50) for _ in range(4)] == [0, 0, 50, 50]
+    assert len(c) == 100
+
+
+@pytest.mark.parametrize(
+    "limit, exc, message",
+    [
+        (0, ValueError, "limit must be >= 1, got 0"),
+        (-3, ValueError, "limit must be >= 1, got -3"),
+        (2.0, TypeError, "limit must be an int or None, not float"),
+        (True, TypeError, "limit must be an int or None, not bool"),
+        ("5", TypeError, "limit must be an int or None, not str"),
+    ],
+)
+def test_a_bad_expire_limit_is_refused_and_changes_nothing(cache_cls, timer, limit, exc, message):
+    c = cache_cls(10, ttl=1, timer=timer)
+    c["a"] = 1
+    timer.advance(2)
+    with pytest.raises(exc, match=message):
+        c.expire(limit=limit)
+    assert len(c) == 1 and c.stats()["expirations"] == 0
 
 
 def test_expired_entries_in_every_accessor(cache_cls, timer):

@@ -36,8 +36,16 @@ from typing import Annotated, Any, Optional, TypedDict, Union
 
 from . import _procmem
 from ._constants import MIB
+from ._core import CLruCache, PyLruCache
 
-__all__ = ["CleanupEvent", "CleanupEventDict", "sweep", "sweep_steps", "SLICE_SECONDS"]
+__all__ = [
+    "CleanupEvent",
+    "CleanupEventDict",
+    "expire_slices",
+    "sweep",
+    "sweep_steps",
+    "SLICE_SECONDS",
+]
 
 
 class CleanupEventDict(TypedDict):
@@ -60,7 +68,7 @@ class CleanupEventDict(TypedDict):
     duration: Annotated[float, "Seconds, start to end (other work may run between steps)"]
     gc_duration: Annotated[float, "Seconds spent in gc.collect()"]
     malloc_trim_duration: Annotated[float, "Seconds spent in malloc_trim(0)"]
-    steps: Annotated[int, "Steps the cleanup ran in (expire per cache, trim slices, gc, trim)"]
+    steps: Annotated[int, "Steps the cleanup ran in (expire and trim slices, gc, trim)"]
     longest_step: Annotated[float, "Seconds of CPU: the longest step (what it held its thread)"]
     caches_trimmed: list[str]
     skipped: list[str]
@@ -148,7 +156,58 @@ def sweep(
 
 #: A trim slice aims at this many seconds of work (it adapts its entry count to it).
 SLICE_SECONDS = 0.002
-_FIRST_SLICE, _MIN_SLICE, _MAX_SLICE = 64, 8, 8192
+#: Each cache's first slice is small (one entry may hold a large value), and a slice
+#: is at most four times the one before it, so that a cache's first entries, or a
+#: change of cost within a cache, cannot make a slice long.
+_FIRST_SLICE, _MIN_SLICE, _MAX_SLICE, _GROWTH = 8, 8, 8192, 4
+
+
+def _next_slice(count: int, spent: float, slice_seconds: float) -> int:
+    """The next slice's entry count: about ``slice_seconds`` of work at the rate the
+    last slice (``count`` entries, ``spent`` seconds) showed."""
+    grown = min(_MAX_SLICE, count * _GROWTH)
+    if spent <= 0:
+        return grown
+    return int(min(grown, max(_MIN_SLICE, count * slice_seconds / spent)))
+
+
+def _expires_in_slices(cache: Any) -> bool:
+    """The caches of this package take ``expire(limit=...)``; others expire in one call."""
+    return isinstance(cache, PyLruCache) or (CLruCache is not None and isinstance(cache, CLruCache))
+
+
+def expire_slices(
+    cache: Any,
+    *,
+    slice_seconds: float = SLICE_SECONDS,
+    clock: Callable[[], float] = time.thread_time,
+) -> Iterator[int]:
+    """``cache.expire()`` in bounded slices: yields how many entries each slice dropped.
+
+    A slice looks at as many entries as fit in about ``slice_seconds`` (learnt
+    from the previous slice); together they look at every entry once. A slice
+    whose ``on_evict`` raised is counted as dropping none; the first such error
+    is raised once every slice has run.
+    """
+    if not _expires_in_slices(cache):
+        yield cache.expire()
+        return
+    left, count = len(cache), _FIRST_SLICE
+    error: Optional[Exception] = None
+    while left > 0:
+        count = min(count, left)
+        t0 = clock()
+        try:
+            dropped = cache.expire(limit=count)
+        except Exception as exc:  # noqa: BLE001 - on_evict raised; that slice finished
+            dropped = 0
+            error = error or exc
+        spent = clock() - t0
+        left -= count
+        yield dropped
+        count = _next_slice(count, spent, slice_seconds)
+    if error is not None:
+        raise error
 
 
 def sweep_steps(
@@ -159,21 +218,22 @@ def sweep_steps(
     *,
     slice_seconds: float = SLICE_SECONDS,
     rss: Callable[[], int] = _procmem.rss_bytes,
+    clock: Callable[[], float] = time.thread_time,
 ) -> Iterator[None]:
     """The same pass, one bounded step at a time: a generator that yields between steps.
 
-    A step is one cache's ``expire()``, one slice of a trim (a ``trim()`` of
-    as many entries as fit in about ``slice_seconds``, learnt from the
-    previous slice), ``gc.collect()`` or ``malloc_trim(0)``. The caller may do
+    A step is one slice of a cache's expiry (``expire_slices``) or of its
+    trim (a ``trim()`` of as many entries as fit in about ``slice_seconds``,
+    learnt from the cache's previous slice), ``gc.collect()`` or
+    ``malloc_trim(0)``. The caller may do
     other work between two steps (the cleanup service lets the event loop
     run). ``event.longest_step`` records the longest step. ``collect``: True
     for a full ``gc.collect()``, a generation (0 or 1) for a young collection
     only (bounded in time: the young generations are bounded in size; a full
     collection walks every object the interpreter tracks), False for none.
     """
-    # CPU time of this thread: what a step held its thread (the event loop's, in
-    # the service) for; wall time would add the waits for the GIL and a CPU.
-    clock = time.thread_time
+    # clock: CPU time of this thread, what a step held its thread (the event loop's,
+    # in the service) for; wall time would add the waits for the GIL and a CPU.
 
     def timed(t0: float) -> None:
         event.steps += 1
@@ -182,18 +242,23 @@ def sweep_steps(
     for name, cache, registered in caches:  # 1. expired entries first
         if not registered():
             continue
-        t0 = clock()
-        try:
-            event.entries_expired += cache.expire()
-        except Exception as exc:  # noqa: BLE001 - recorded, the rest goes on
-            _failed(event, f"{name}: expire", exc)
-        timed(t0)
-        yield
+        slices = expire_slices(cache, slice_seconds=slice_seconds, clock=clock)
+        while True:
+            t0 = clock()
+            try:
+                event.entries_expired += next(slices)
+            except StopIteration:
+                break
+            except Exception as exc:  # noqa: BLE001 - recorded, the rest goes on
+                _failed(event, f"{name}: expire", exc)
+                break
+            finally:
+                timed(t0)
+            yield
     target = event.target_bytes
     need = None if target is None else event.rss_before - target
     if need is not None and not any(cache.nbytes for _, cache, _ in caches):
         need = None  # nothing accounted: no estimate to stop on
-    step = _FIRST_SLICE
     for name, cache, registered in caches:  # 2. trim, least recently used cache first
         if need is not None and event.accounted_bytes_released >= need:
             break
@@ -208,7 +273,7 @@ def sweep_steps(
         if not before.get("size"):
             continue
         goal = math.ceil(before["size"] * fraction)
-        done = 0
+        done, step = 0, _FIRST_SLICE
         failed = False
         while done < goal:
             size = len(cache)
@@ -231,8 +296,7 @@ def sweep_steps(
             spent = clock() - t0
             timed(t0)
             released = max(0, before["nbytes"] - cache.nbytes)
-            if spent > 0:
-                step = int(min(_MAX_SLICE, max(_MIN_SLICE, count * slice_seconds / spent)))
+            step = _next_slice(count, spent, slice_seconds)
             yield
             if need is not None and event.accounted_bytes_released + released >= need:
                 break

@@ -58,6 +58,7 @@ cdef class CLruCache:
     cdef size_t mask
     cdef Py_ssize_t ecap
     cdef Py_ssize_t top
+    cdef Py_ssize_t expire_cursor  # where the next limited expire() looks first
     cdef uint32_t free_head
     cdef Py_ssize_t count
     cdef Py_ssize_t n_ttl
@@ -102,6 +103,7 @@ cdef class CLruCache:
     cdef uint32_t _add(self, object key, object value, Py_hash_t h, Py_ssize_t nbytes,
                        double expires, uint32_t lst) noexcept
     cdef void _take(self, uint32_t idx, int reason, mc_victims* v) noexcept
+    cdef void _expire_some(self, Py_ssize_t n, double now, mc_victims* v) noexcept
     cdef inline void _to_main(self, uint32_t idx) noexcept
     cdef inline void _on_hit(self, uint32_t idx) noexcept
     cdef inline bint _main_over(self) noexcept

@@ -40,7 +40,7 @@ that depends on that read. Every operation runs in four steps:
 Where Python code can run (keep this list true):
 
 * ``__init__``, ``set``, ``get_or_set``, ``fill``, ``trim``, ``resize``,
-  ``__setstate__``: argument checks, before any read (``check_state`` also
+  ``expire``, ``__setstate__``: argument checks, before any read (``check_state`` also
   hashes every key, and the new timer is read before anything changes; then
   each ``_restore`` is its own step 1-4);
 * ``_measure``: ``sizeof`` or ``deep_sizeof`` (step 1);
@@ -82,8 +82,8 @@ from memcache_ext._constants import GHOST_MAX, MAX_LOOKUP_RESTARTS, UNSET
 from memcache_ext._stats import repr_cache, stats_dict
 from memcache_ext._validate import (
     BOUND_TAKEN_DURING_MEASURE, MUTATED_DURING_LOOKUP, NO_BOUND_ON_HELD_ENTRIES, POLICIES,
-    LazySignature, check_fraction, check_nbytes, check_size, check_state, check_ttl, iter_pairs,
-    parse_cache_args,
+    LazySignature, check_fraction, check_limit, check_nbytes, check_size, check_state, check_ttl,
+    iter_pairs, parse_cache_args,
 )
 
 from memcache_ext._sizeof_c cimport c_deep_sizeof
@@ -94,7 +94,8 @@ cdef extern from "_clock.h":
     double mc_monotonic() nogil
 
 cdef extern from "_entry.h":
-    uint32_t MC_MAIN, MC_SMALL, MC_FIRST, MC_HASH_MASK, MC_SMALL_BIT, MC_ENTRY_BYTES_MAX
+    uint32_t MC_MAIN, MC_SMALL, MC_FIRST, MC_TAKEN, MC_HASH_MASK, MC_SMALL_BIT
+    uint32_t MC_ENTRY_BYTES_MAX
     Py_ssize_t MC_MAX_ENTRIES
     uint32_t mc_hash_bits(Py_hash_t h) noexcept
     unsigned mc_freq(mc_entry* e) noexcept
@@ -277,33 +278,44 @@ cdef class CLruCache:
     cdef void _maybe_shrink(self) noexcept:
         """After bulk removals, give memory back: a packed pool and a smaller
         table. Skipped while victims are pending (their indices must hold) or
-        when an allocation fails (nothing is lost)."""
-        cdef Py_ssize_t newcap, j
+        when an allocation fails (nothing is lost). The pool keeps its order,
+        so a limited expire() goes on from the same entry."""
+        cdef Py_ssize_t newcap, i, j, cursor
         cdef size_t size
         cdef mc_entry* packed
         cdef uint32_t* t
-        cdef uint32_t lst, idx, first
+        cdef uint32_t* moved
+        cdef uint32_t lst, idx
         if self.pending or self.ecap <= 64 or self.count * 4 >= self.ecap:
             return
         newcap = max(self.count * 2 + MC_FIRST, MIN_POOL)
         size = mc_table_size(self.count)
         packed = <mc_entry*>PyMem_Malloc(newcap * sizeof(mc_entry))
         t = <uint32_t*>PyMem_Malloc(size * sizeof(uint32_t))
-        if packed == NULL or t == NULL:
+        moved = <uint32_t*>PyMem_Malloc(self.top * sizeof(uint32_t))  # old index -> new
+        if packed == NULL or t == NULL or moved == NULL:
             PyMem_Free(packed)
             PyMem_Free(t)
+            PyMem_Free(moved)
             return
         memset(t, 0, size * sizeof(uint32_t))
         j = MC_FIRST
+        cursor = MC_FIRST
+        for i in range(MC_FIRST, self.top):
+            if i == self.expire_cursor:
+                cursor = j
+            if self.entries[i].key != NULL:  # live: no victim is pending
+                packed[j] = self.entries[i]
+                moved[i] = <uint32_t>j
+                j += 1
         for lst in range(MC_MAIN, MC_SMALL + 1):
             mc_list_init(packed, lst)
             idx = self.entries[lst].next
             while idx != lst:
-                packed[j] = self.entries[idx]
-                mc_link_newest(packed, lst, <uint32_t>j)
-                mc_table_insert(t, size - 1, packed, <uint32_t>j)
-                j += 1
+                mc_link_newest(packed, lst, moved[idx])
+                mc_table_insert(t, size - 1, packed, moved[idx])
                 idx = self.entries[idx].next
+        PyMem_Free(moved)
         PyMem_Free(self.entries)
         PyMem_Free(self.table)
         self.entries = packed
@@ -312,6 +324,7 @@ cdef class CLruCache:
         self.mask = size - 1
         self.top = j
         self.free_head = 0
+        self.expire_cursor = cursor
         self.version += 1
 
     # -- region helpers (no Python code) ----------------------------------------
@@ -365,6 +378,7 @@ cdef class CLruCache:
         if reason >= 0:
             self.by_reason[reason] += 1
         e.nbytes = <uint32_t>(reason + 1)
+        e.prev = MC_TAKEN
         e.next = 0
         if v.tail:
             self.entries[v.tail].next = idx
@@ -1156,27 +1170,62 @@ cdef class CLruCache:
 
     # -- cache-specific -------------------------------------------------------
 
-    def expire(self):
-        """Drop every expired entry now; return how many were dropped."""
+    def expire(self, limit=None):
+        """Drop expired entries now; return how many were dropped.
+
+        ``limit``: look at no more than that many entries, from where the last
+        limited call stopped (in the pool's order, wrapping around), so that a
+        long expiry runs in bounded steps; calls whose limits add up to
+        ``len(cache)`` look at every entry that stayed meanwhile.
+        """
         cdef double now
         cdef mc_victims v
         cdef uint32_t idx, nxt, lst
+        cdef Py_ssize_t n = -1
+        if limit is not None:
+            n = check_limit(limit)
         if not self.n_ttl:
             return 0
         now = self._timer() if self._timer is not None else mc_monotonic()
         mc_victims_init(&v)
         try:
-            for lst in range(MC_MAIN, MC_SMALL + 1):
-                idx = self.entries[lst].next
-                while idx != lst:
-                    nxt = self.entries[idx].next
-                    if self.entries[idx].expires <= now:
-                        self._take(idx, R_EXPIRED, &v)
-                    idx = nxt
+            if n < 0:
+                for lst in range(MC_MAIN, MC_SMALL + 1):
+                    idx = self.entries[lst].next
+                    while idx != lst:
+                        nxt = self.entries[idx].next
+                        if self.entries[idx].expires <= now:
+                            self._take(idx, R_EXPIRED, &v)
+                        idx = nxt
+            else:
+                self._expire_some(n, now, &v)
         finally:
             self._release(&v, NULL)
         self._maybe_shrink()
         return v.n
+
+    cdef void _expire_some(self, Py_ssize_t n, double now, mc_victims* v) noexcept:
+        """Look at up to n live entries from the cursor, in pool order (region)."""
+        cdef Py_ssize_t top = self.top, i, start, seen = 0
+        cdef mc_entry* e
+        if top <= MC_FIRST:
+            return
+        i = self.expire_cursor
+        if i < MC_FIRST or i >= top:
+            i = MC_FIRST
+        start = i
+        while seen < n:
+            e = &self.entries[i]
+            if e.key != NULL and e.prev != MC_TAKEN:  # live: not free, not a victim
+                seen += 1
+                if e.expires <= now:
+                    self._take(<uint32_t>i, R_EXPIRED, v)
+            i += 1
+            if i == top:
+                i = MC_FIRST
+            if i == start:
+                break
+        self.expire_cursor = i
 
     def trim(self, fraction=0.5):
         """Evict ceil(len * fraction) entries, in eviction order; return how many."""

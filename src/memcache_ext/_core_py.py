@@ -38,6 +38,7 @@ from ._validate import (
     NO_BOUND_ON_HELD_ENTRIES,
     LazySignature,
     check_fraction,
+    check_limit,
     check_nbytes,
     check_size,
     check_state,
@@ -85,6 +86,7 @@ class PyLruCache(Generic[K, V]):
         "_ghost_cap",
         "_ghost_room",
         "_peak",
+        "_expire_pos",
         "_ghost_limit",
         "_leases",
         "_n_leases",
@@ -177,6 +179,7 @@ class PyLruCache(Generic[K, V]):
         self._ghost_limit = self._ghost_cap = 0
         self._ghost_room = 0  # the most records the ghost's dict has had room for
         self._peak = 0  # the most entries the last bulk removals started from
+        self._expire_pos = 0  # where the next limited expire() looks first
         self._leases: list[list[int]] = []  # [hash bits, generation, state] per slot
         self._n_leases = 0
         self._nbytes = self._n_ttl = self._small_bytes = 0
@@ -920,22 +923,57 @@ class PyLruCache(Generic[K, V]):
 
     # -- cache-specific -----------------------------------------------------------------
 
-    def expire(self) -> int:
-        """Drop every expired entry now; return how many were dropped."""
+    def expire(self, limit: Optional[int] = None) -> int:
+        """Drop expired entries now; return how many were dropped.
+
+        ``limit``: look at no more than that many entries, from where the last
+        limited call stopped (in the eviction order here, the pool's in
+        CLruCache; wrapping around), so that a long expiry runs in bounded
+        steps; calls whose limits add up to ``len(cache)`` look at every entry
+        that stayed meanwhile.
+        """
+        if limit is not None:
+            limit = check_limit(limit)
         if not self._n_ttl:
             return 0
         now = _seconds(self._timer()) if self._timer is not None else _monotonic()
         victims: list[Any] = []
         with self._lock:
             before = len(self._main) + len(self._small)
-            for order in (self._main, self._small):
-                for node in list(order.values()):
-                    if node[EXPIRES] is not None and node[EXPIRES] <= now:
-                        self._take(node, _EXPIRED, victims)
+            if limit is None:
+                for order in (self._main, self._small):
+                    for node in list(order.values()):
+                        if node[EXPIRES] is not None and node[EXPIRES] <= now:
+                            self._take(node, _EXPIRED, victims)
+            else:
+                self._expire_some(limit, now, victims)
             self._maybe_shrink(before)
         count = len(victims) // 3
         self._release(victims)
         return count
+
+    def _expire_some(self, limit: int, now: float, victims: list[Any]) -> None:
+        """Look at up to ``limit`` entries from the cursor, wrapping around once."""
+        held = len(self._main) + len(self._small)
+        pos = self._expire_pos if self._expire_pos < held else 0
+
+        def nodes(start: int, stop: int) -> list[list[Any]]:
+            every = itertools.chain(self._main.values(), self._small.values())
+            return list(itertools.islice(every, start, stop))
+
+        ahead = nodes(pos, min(pos + limit, held))
+        behind = nodes(0, min(pos, limit - len(ahead)))  # wrapped round, short of the start
+        dropped = [0, 0]
+        for part, looked in enumerate((ahead, behind)):
+            for node in looked:
+                if node[EXPIRES] is not None and node[EXPIRES] <= now:
+                    self._take(node, _EXPIRED, victims)
+                    dropped[part] += 1
+        # Taking an entry moves back only the positions after it.
+        if behind:
+            self._expire_pos = len(behind) - dropped[1]
+        else:
+            self._expire_pos = pos + len(ahead) - dropped[0]
 
     def trim(self, fraction: float = 0.5) -> int:
         """Evict ``ceil(len * fraction)`` entries, in eviction order; return how many."""

@@ -21,6 +21,8 @@
 #define MC_MAIN 0u
 #define MC_SMALL 1u
 #define MC_FIRST 2u
+/* The prev of a victim (out of the lists, still holding its key and value). */
+#define MC_TAKEN 0xFFFFFFFFu
 
 /* hm: bits 0-28 the key's hash, bits 29-30 the S3-FIFO frequency (0-3),
  * bit 31 set while the entry is in the small FIFO. */
@@ -40,7 +42,7 @@ typedef struct {
     double expires;      /* INFINITY: never */
     uint32_t hm;         /* hash bits and policy state, see above */
     uint32_t nbytes;     /* size; for a victim: its removal reason + 1 */
-    uint32_t prev;       /* towards the oldest end (free list: unused) */
+    uint32_t prev;       /* towards the oldest end (free list: unused; victim: MC_TAKEN) */
     uint32_t next;       /* towards the newest end (free list and victims: link) */
 } mc_entry;
 

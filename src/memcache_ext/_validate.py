@@ -79,6 +79,15 @@ def check_fraction(value: Any, name: str = "fraction") -> float:
     return float(value)
 
 
+def check_limit(value: Any) -> int:
+    """Validate expire's ``limit``: an int >= 1, held at sys.maxsize."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"limit must be an int or None, not {_typename(value)}")
+    if value < 1:
+        raise ValueError(f"limit must be >= 1, got {value}")
+    return min(value, sys.maxsize)
+
+
 def check_mb(name: str, value: Any) -> Optional[float]:
     """Validate None or a size in MiB: finite, > 0, and from 1 byte to sys.maxsize bytes."""
     check_positive(name, value)

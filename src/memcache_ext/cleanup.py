@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Annotated, Any, Optional, TypedDict, Union
 
+from ._cleanup_pass import expire_slices
 from ._validate import check_bool, check_collect, check_mb
 from .manager import CacheManager, CleanupEvent, manager_or_default
 
@@ -204,14 +205,20 @@ class MemoryCleanupService:
         expired = 0
         errors: list[str] = []
         for name, cache in self.manager.caches().items():
-            t0 = self._step_start()
-            try:
-                expired += cache.expire()
-            except Exception as exc:
-                errors.append(f"{name}: {type(exc).__name__}: {exc}")
-                self.logger.exception("memory cleanup: expire() of cache %r failed", name)
-            self._step_end(t0)
-            await asyncio.sleep(0)
+            slices = expire_slices(cache)
+            while True:
+                t0 = self._step_start()
+                try:
+                    expired += next(slices)
+                except StopIteration:
+                    break
+                except Exception as exc:
+                    errors.append(f"{name}: {type(exc).__name__}: {exc}")
+                    self.logger.exception("memory cleanup: expire() of cache %r failed", name)
+                    break
+                finally:
+                    self._step_end(t0)
+                await asyncio.sleep(0)
         event = None
         if reason is None and self.threshold_mb is not None:
             # With a threshold, only the threshold decides (as in run_once).

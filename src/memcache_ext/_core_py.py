@@ -16,8 +16,11 @@ the same results, the same errors and the same hit/miss sequence:
   dropped; nothing the cache held is released while it is held.
 
 A node is a list: ``[key, value, expires, nbytes, token, next node with the
-same hash, hash, frequency, in the small FIFO]``; ``expires`` is None for
-never, ``token`` None once the node left the cache.
+same hash, hash, frequency, in the small FIFO, slot]``; ``expires`` is None
+for never, ``token`` None once the node left the cache. ``slot`` is its place
+in ``_slots``, which holds every node as CLruCache's pool holds its entries
+(a removed node's place is reused by the next one), in the order a limited
+``expire`` goes through them.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ K = TypeVar("K")
 V = TypeVar("V")
 D = TypeVar("D")
 
-KEY, VALUE, EXPIRES, NBYTES, TOKEN, CHAIN, HASH, FREQ, SMALL = range(9)
+KEY, VALUE, EXPIRES, NBYTES, TOKEN, CHAIN, HASH, FREQ, SMALL, SLOT = range(10)
 _HASH_MASK = 0x1FFFFFFF  # the hash bits the compiled core keeps
 _ENTRY_BYTES_MAX = 0xFFFFFFFE  # larger entries are refused (as in C)
 _INF = math.inf
@@ -87,6 +90,8 @@ class PyLruCache(Generic[K, V]):
         "_ghost_room",
         "_peak",
         "_expire_pos",
+        "_slots",
+        "_free_slots",
         "_ghost_limit",
         "_leases",
         "_n_leases",
@@ -179,7 +184,9 @@ class PyLruCache(Generic[K, V]):
         self._ghost_limit = self._ghost_cap = 0
         self._ghost_room = 0  # the most records the ghost's dict has had room for
         self._peak = 0  # the most entries the last bulk removals started from
-        self._expire_pos = 0  # where the next limited expire() looks first
+        self._slots: list[Any] = []  # every node at its slot, None where free (see above)
+        self._free_slots: list[int] = []  # slots to reuse, the last freed first
+        self._expire_pos = 0  # the slot the next limited expire() looks at first
         self._leases: list[list[int]] = []  # [hash bits, generation, state] per slot
         self._n_leases = 0
         self._nbytes = self._n_ttl = self._small_bytes = 0
@@ -206,6 +213,14 @@ class PyLruCache(Generic[K, V]):
                 last = last[CHAIN]
             last[CHAIN] = node
         (self._small if node[SMALL] else self._main)[node[TOKEN]] = node
+        free = self._free_slots
+        if free:
+            slot = node[SLOT] = free.pop()
+            self._slots[slot] = node
+        else:
+            slots = self._slots
+            node[SLOT] = len(slots)
+            slots.append(node)
         self._nbytes += node[NBYTES]
         if node[SMALL]:
             self._small_bytes += node[NBYTES]
@@ -228,6 +243,9 @@ class PyLruCache(Generic[K, V]):
             first[CHAIN] = node[CHAIN]
         del (self._small if node[SMALL] else self._main)[node[TOKEN]]
         node[TOKEN] = None
+        slot = node[SLOT]
+        self._slots[slot] = None
+        self._free_slots.append(slot)
         self._nbytes -= node[NBYTES]
         if node[SMALL]:
             self._small_bytes -= node[NBYTES]
@@ -379,6 +397,12 @@ class PyLruCache(Generic[K, V]):
             return
         self._buckets = dict(self._buckets)
         self._main, self._small = OrderedDict(self._main), OrderedDict(self._small)
+        # The slots packed in their order, as CLruCache's pool: the cursor stays put.
+        self._expire_pos = sum(node is not None for node in self._slots[: self._expire_pos])
+        self._slots = [node for node in self._slots if node is not None]
+        for slot, node in enumerate(self._slots):
+            node[SLOT] = slot
+        self._free_slots = []
         self._peak = held
         self._version += 1  # as CLruCache's repack: a lookup under way starts over
 
@@ -609,7 +633,9 @@ class PyLruCache(Generic[K, V]):
         small = not (self._lru or in_ghost or (not self._has_evicted and self._small_full()))
         if self._ghost_limit < self._ghost_cap:
             self._ghost_follow(len(self._main) + len(self._small) + 1)
-        self._add([key, value, self._expires(ttl, now), nbytes, self._tokens(), None, h, 0, small])
+        self._add(
+            [key, value, self._expires(ttl, now), nbytes, self._tokens(), None, h, 0, small, 0]
+        )
         return True if mode == _S_SET else value
 
     def _lookup(self, key: Any, default: Any, count: bool) -> Any:
@@ -927,10 +953,10 @@ class PyLruCache(Generic[K, V]):
         """Drop expired entries now; return how many were dropped.
 
         ``limit``: look at no more than that many entries, from where the last
-        limited call stopped (in the eviction order here, the pool's in
-        CLruCache; wrapping around), so that a long expiry runs in bounded
-        steps; calls whose limits add up to ``len(cache)`` look at every entry
-        that stayed meanwhile.
+        limited call stopped (in slot order, as CLruCache's pool, wrapping
+        around), so that a long expiry runs in bounded steps; calls whose
+        limits add up to ``len(cache)`` look at every entry that stayed
+        meanwhile.
         """
         if limit is not None:
             limit = check_limit(limit)
@@ -953,27 +979,25 @@ class PyLruCache(Generic[K, V]):
         return count
 
     def _expire_some(self, limit: int, now: float, victims: list[Any]) -> None:
-        """Look at up to ``limit`` entries from the cursor, wrapping around once."""
-        held = len(self._main) + len(self._small)
-        pos = self._expire_pos if self._expire_pos < held else 0
-
-        def nodes(start: int, stop: int) -> list[list[Any]]:
-            every = itertools.chain(self._main.values(), self._small.values())
-            return list(itertools.islice(every, start, stop))
-
-        ahead = nodes(pos, min(pos + limit, held))
-        behind = nodes(0, min(pos, limit - len(ahead)))  # wrapped round, short of the start
-        dropped = [0, 0]
-        for part, looked in enumerate((ahead, behind)):
-            for node in looked:
+        """Look at up to ``limit`` nodes from the cursor, in slot order, wrapping round once."""
+        slots = self._slots
+        top = len(slots)
+        if not top:
+            return
+        i = self._expire_pos if self._expire_pos < top else 0
+        start, seen = i, 0
+        while seen < limit:
+            node = slots[i]
+            if node is not None:
+                seen += 1
                 if node[EXPIRES] is not None and node[EXPIRES] <= now:
                     self._take(node, _EXPIRED, victims)
-                    dropped[part] += 1
-        # Taking an entry moves back only the positions after it.
-        if behind:
-            self._expire_pos = len(behind) - dropped[1]
-        else:
-            self._expire_pos = pos + len(ahead) - dropped[0]
+            i += 1
+            if i == top:
+                i = 0
+            if i == start:
+                break
+        self._expire_pos = i
 
     def trim(self, fraction: float = 0.5) -> int:
         """Evict ``ceil(len * fraction)`` entries, in eviction order; return how many."""
@@ -1192,6 +1216,7 @@ class PyLruCache(Generic[K, V]):
                     h,
                     0 if self._lru else state_bits & 3,
                     small,
+                    0,
                 ]
             )
             if not self._lru:

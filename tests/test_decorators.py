@@ -1079,6 +1079,19 @@ def test_a_method_under_another_decorator_is_still_a_method(cache_cls: type) -> 
 
     s = Svc()
     assert s.load("k") == s.load("k") == "K"
+    # and a bound method under such a decorator is still a plain function
+    calls = []
+
+    def load(key: _Point) -> int:
+        calls.append(key)
+        return key.x
+
+    class Holder:
+        def _load(self, key: _Point) -> int:
+            return load(key)
+
+    bound = cached(cache_cls(10))(logged(Holder()._load))
+    assert [bound(_Point(1)) for _ in range(3)] == [1, 1, 1] and len(calls) == 1
     ref = weakref.ref(s)
     del s
     gc.collect()

@@ -239,6 +239,8 @@ def _looks_like_method(func: Callable[..., Any]) -> bool:
         func = inspect.unwrap(func)
     except ValueError:  # a cycle of __wrapped__
         pass
+    if inspect.ismethod(func):  # a bound method under a wraps() decorator
+        return False
     code = getattr(func, "__code__", None)
     return code is not None and code.co_argcount >= 1 and code.co_varnames[0] in ("self", "cls")
 
@@ -506,8 +508,9 @@ def _async_wrapper(
     lock = threading.RLock()
     inflight: dict[Any, _Flight] = {}
     build, tokens = _key_builders(key, is_method)
-    computing: contextvars.ContextVar[frozenset[Any]] = contextvars.ContextVar(
-        "memcache_ext.cached: keys computed by this task and its ancestors", default=frozenset()
+    computing: contextvars.ContextVar[frozenset[_Flight]] = contextvars.ContextVar(
+        "memcache_ext.cached: the flights this task and its ancestors compute",
+        default=frozenset(),
     )
 
     async def call_and_store(
@@ -536,8 +539,9 @@ def _async_wrapper(
         k: Any, flight: _Flight, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         # Seen by the tasks this computation starts (a task copies its context): a call
-        # of the same key from one of them is re-entry, computed directly, as in sync.
-        computing.set(computing.get() | {k})
+        # that meets this flight from one of them is re-entry, computed directly, as in
+        # sync. The flight, not the key: a task that outlives it joins the next one.
+        computing.set(computing.get() | {flight})
         try:
             value = peek(k, MISSING)
             if value is MISSING:
@@ -577,8 +581,8 @@ def _async_wrapper(
         if leader:
             assert flight.task is not None
             return await asyncio.shield(flight.task)
-        if k in computing.get():
-            return await func(*args, **kwargs)  # re-entry from within k's computation
+        if flight in computing.get():
+            return await func(*args, **kwargs)  # re-entry from within this computation
         waiter = asyncio.wrap_future(flight.future)
         waiter.add_done_callback(_retrieve)
         return await asyncio.shield(waiter)

@@ -406,6 +406,13 @@ def test_a_write_before_the_first_clock_measure_still_has_a_deadline(
         tier._script = script
         assert tier.set("k", {"v": 2}) is True  # in time: written
         assert tier.get("k") == {"v": 2}
+        # Redis's clock steps 10 s forward: one write is refused as late, and the next
+        # measures the clock again (no worker would ever do it with start=False)
+        assert tier._clock_offset_us is not None
+        tier._clock_offset_us -= 10e6
+        assert tier.set("k", {"v": 3}) is False
+        assert tier.set("k", {"v": 4}) is True
+        assert tier.stats()["expired_writes"] == 2
     finally:
         tier.close()
         client.close()

@@ -418,7 +418,10 @@ class TierDriver(Listener):
         if status == 3:
             self.counts.add("expired_writes")
             # Answered in time yet refused as late: Redis's clock has moved against
-            # ours (a step); the worker measures it again before its next replay.
+            # ours (a step). The next write measures it again (the worker too, before
+            # its next replay): a tier without a worker (start=False) would refuse
+            # every write from now on.
+            self._clock_offset_us = None
             self._clock_at = 0.0
             return None
         if status == 0:

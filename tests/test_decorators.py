@@ -1160,3 +1160,36 @@ def test_recursion_depth_is_the_same_for_every_call_form(isolated: Any) -> None:
     """,
         timeout=120,
     )
+
+
+def test_a_task_that_outlives_its_computation_joins_the_next_one(cache_cls: type) -> None:
+    """A task started inside k's computation calls k after a newer computation of k
+    began: it waits for that one (it is not re-entry), instead of computing again."""
+
+    async def main() -> tuple[int, int, int]:
+        calls = 0
+        gate = asyncio.Event()
+        spawned = []
+
+        @cached(cache_cls(10))
+        async def h(k: str) -> int:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+
+                async def later() -> int:
+                    await gate.wait()
+                    return int(await h(k))
+
+                spawned.append(asyncio.create_task(later()))
+            await asyncio.sleep(0.05)
+            return calls
+
+        await h("x")
+        h.cache.clear()
+        second = asyncio.create_task(h("x"))  # a new computation of x
+        await asyncio.sleep(0.01)
+        gate.set()
+        return await second, await spawned[0], calls
+
+    assert asyncio.run(asyncio.wait_for(main(), 10)) == (2, 2, 2)

@@ -168,6 +168,27 @@ def test_the_stall_monitor_tells_cpu_holds_and_collections_apart() -> None:
     assert by_name["busy"]["gc"] < 0.005
 
 
+def test_a_second_callback_monitor_says_it_times_nothing() -> None:
+    """Only one monitor at a time can time callbacks: a second one reported zeros as
+    if it had measured them; its figures are None now, the first one's are real."""
+    first, second = LoopStallMonitor(callbacks=True), LoopStallMonitor(callbacks=True)
+
+    async def busy() -> None:
+        end = time.thread_time() + 0.02
+        while time.thread_time() < end:
+            pass
+
+    async def go() -> None:
+        async with first, second:
+            await asyncio.ensure_future(busy())
+
+    asyncio.run(go())
+    timed = first.stats()["longest_callback"]
+    assert timed is not None and timed >= 0.015
+    assert second.stats()["longest_callback"] is None
+    assert second.stats()["longest_gc_on_loop"] is None
+
+
 @pytest.mark.parametrize(
     "kw, exc",
     [

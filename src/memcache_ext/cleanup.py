@@ -451,6 +451,7 @@ class LoopStallMonitor:
         self._gc_started = 0.0
         self._gc_longest = 0.0
         self._unpatch: Optional[Callable[[], None]] = None
+        self._timed = False  # callbacks were timed by this monitor (not uvloop, not another's)
         self.record_over = float(record_over)
         from .deque import BoundedDeque
 
@@ -498,7 +499,7 @@ class LoopStallMonitor:
         handle_cls = asyncio.Handle
         original = handle_cls._run
         if getattr(original, "_memcache_ext_timed", False):
-            return  # another monitor times them already
+            return  # another monitor times them already: this one reports None
         thread = threading.get_ident()
         clock, cpu = time.perf_counter, time.thread_time
         monitor = self
@@ -544,6 +545,7 @@ class LoopStallMonitor:
                 gc.callbacks.remove(on_gc)
 
         self._unpatch = unpatch
+        self._timed = True
 
     def _callback(
         self, spent: float, wall: float, in_gc: float, handle: asyncio.Handle, frame: Any
@@ -606,7 +608,7 @@ class LoopStallMonitor:
         self._gc_longest = self._noise = 0.0
 
     def stats(self) -> LoopStallStats:
-        timed = self.time_callbacks
+        timed = self._timed
         return {
             "running": self.running,
             "interval": self.interval,

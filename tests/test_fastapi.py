@@ -652,6 +652,10 @@ def test_monitor_arguments_at_their_limits_are_clear_errors() -> None:
         ({"manager": 30}, "manager must be a CacheManager or None, not int"),
         ({"probe": 5}, "probe must be an RssProbe, not int"),
         ({"monitor": {}}, "monitor must be a RequestMemoryMonitor or None, not dict"),
+        (  # was silently ignored: the shared monitor keeps its own limit
+            {"monitor": RequestMemoryMonitor(100), "memory_limit_mb": 200},
+            "memory_limit_mb cannot go with monitor=",
+        ),
     ],
 )
 def test_monitor_middleware_checks_its_arguments_at_the_call(

@@ -345,7 +345,7 @@ class MemoryMonitorMiddleware:
     ``rss``: any callable returning bytes (tests), read through a probe of
     its own.
     ``monitor``: share a ``RequestMemoryMonitor`` (else one is built from the
-    other arguments; it is ``self.monitor``).
+    other arguments, which cannot go with it; it is ``self.monitor``).
 
     Websocket and lifespan scopes are passed straight through; response
     messages are forwarded one by one as they come (nothing is buffered); an
@@ -379,6 +379,23 @@ class MemoryMonitorMiddleware:
             raise TypeError(
                 f"monitor must be a RequestMemoryMonitor or None, not {type(monitor).__name__}"
             )
+        if monitor is not None:
+            given = [
+                name
+                for name, value, default in (
+                    ("memory_limit_mb", memory_limit_mb, 400),
+                    ("history_size", history_size, 256),
+                    ("window_seconds", window_seconds, 3600.0),
+                    ("log_interval", log_interval, 60.0),
+                    ("max_routes", max_routes, 1000),
+                )
+                if value != default
+            ]
+            if given:  # they would be ignored: the monitor given has its own
+                raise TypeError(
+                    f"{', '.join(given)} cannot go with monitor=: give them to the"
+                    f" RequestMemoryMonitor"
+                )
         if monitor is None:
             monitor = RequestMemoryMonitor(
                 memory_limit_mb,

@@ -452,7 +452,35 @@ def test_bad_messages_on_the_channel_are_ignored(
     raw.publish(f"{ns}:invalidate", b'["x", "k", 3]')
     eventually(lambda: a.stats()["bad_messages"] == 2, what="bad messages counted")
     assert a.get("k") == 1 and a.connected
+    # Deeply nested JSON (RecursionError) and a time past any float (OverflowError) were
+    # taken for a lost channel: every instance's local tier emptied, a Redis error counted.
+    raw.publish(f"{ns}:invalidate", b"[" * 100_000 + b"]" * 100_000)
+    raw.publish(f"{ns}:invalidate", b'["x", "k", "k", 1, ' + str(10**400).encode() + b"]")
+    eventually(lambda: a.stats()["bad_messages"] == 4, what="both counted as bad")
+    assert a.stats()["channel_losses"] == 0 and a.local.peek("k") == 1 and a.connected
     raw.close()
+
+
+def test_a_key_redis_cannot_be_sent_is_refused_at_the_call(make_tier: Any) -> None:
+    """A lone surrogate (text decoded with surrogateescape) was taken, failed in the
+    client, went to the pending table, and its replay killed the worker: that instance
+    then served stale values for ever."""
+    a = make_tier()
+    for call in (lambda: a.set("bad\udc80key", 1), lambda: a.get("bad\udc80key")):
+        with pytest.raises(ValueError, match="cannot be encoded as UTF-8"):
+            call()
+    assert a.stats()["pending_invalidations"] == 0
+    assert a.set("k", 1) is True and a.get("k") == 1
+
+
+def test_a_value_read_from_redis_lives_locally_no_longer_than_the_ttl(make_tier: Any) -> None:
+    """get() filled the local tier with no TTL: a key that expired in Redis (no message
+    is sent) was served from the local copy for ever."""
+    writer, reader = make_tier(ttl=0.5), make_tier(ttl=0.5)
+    assert writer.set("price", 100) is True
+    assert reader.get("price") == 100  # read from Redis: a local copy now
+    time.sleep(0.8)
+    assert reader.get("price") is None
 
 
 # -- single flight ------------------------------------------------------------------------

@@ -267,6 +267,11 @@ class TierDriver(Listener):
                 f"TieredCache keys must be str, not {type(key).__name__} "
                 "(pass key_encoder= to map other keys to str)"
             )
+        if not key.isascii():
+            try:
+                key.encode()
+            except UnicodeEncodeError:  # a lone surrogate: Redis could never be sent it
+                raise ValueError(f"key {key!r} cannot be encoded as UTF-8") from None
         return key
 
     def _local_ttl(self, ttl: Optional[float]) -> Optional[float]:
@@ -452,7 +457,7 @@ class TierDriver(Listener):
         if value is MISSING:
             self.local.drop_lease(lease)
             return default
-        self._fill(key, value, lease, self._local_ttl(None), version)
+        self._fill(key, value, lease, self._local_ttl(self.ttl), version)
         return value
 
     def _load_flow(self, key: str, ttl: Optional[float], loader: Callable[[], Any]) -> Flow:

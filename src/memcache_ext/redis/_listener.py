@@ -124,7 +124,12 @@ class Listener(Freshness):
                 if self._ever_subscribed and now - self._clock_at > 60.0 and self.breaker.closed:
                     yield from self._clock_flow()
                 if self.breaker.closed and self._flush_due():
-                    yield from self._flush_flow()
+                    try:
+                        yield from self._flush_flow()
+                    except Exception as exc:  # noqa: BLE001 - the worker must go on
+                        self.log.report(
+                            "flush", "redis tier %r: replay failed: %r", self.namespace, exc
+                        )
                 if pubsub is None and now >= retry_at:
                     pubsub = self.redis.pubsub()
                     opened_at = ping_at = time.monotonic()

@@ -204,8 +204,8 @@ def parse_message(data: Any) -> tuple[str, str, str, Optional[int], Optional[int
     """(source, op, key, version or None, Redis time in us or None); ValueError if malformed."""
     try:
         fields = json.loads(data)
-    except (TypeError, ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"not JSON: {exc}") from None
+    except (TypeError, ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(f"not JSON: {type(exc).__name__}: {exc}") from None
     if not isinstance(fields, list) or not 3 <= len(fields) <= 5:
         raise ValueError("not a list of 3 to 5 fields")
     src, op, key = fields[:3]
@@ -215,8 +215,8 @@ def parse_message(data: Any) -> tuple[str, str, str, Optional[int], Optional[int
         raise ValueError(f"unknown op {op!r}")
     extra: list[Optional[int]] = []
     for value in fields[3:]:
-        if value is not None and (type(value) is not int or value < 0):
-            raise ValueError("version and time must be ints >= 0")
+        if value is not None and (type(value) is not int or not 0 <= value < 2**63):
+            raise ValueError("version and time must be ints from 0 to 2**63 - 1")
         extra.append(value)
     extra += [None] * (2 - len(extra))
     return src, op, key, extra[0], extra[1]

@@ -691,3 +691,34 @@ def test_tier_over_both_local_cores(make_tier: Any, cache_cls: type) -> None:
     assert tier.get(key="a") == 1 and tier.get("nope", default=7) == 7
     c = tier.counters()
     assert c["remote_hits"] == 1 and c["local_hits"] == 4
+
+
+def test_get_or_set_called_from_its_own_loader_does_not_wait_on_itself(
+    make_tier: Any, redis_server: RedisServer, ns: str
+) -> None:
+    """The loader of k calls get_or_set(k) again: the sync tier's thread waited on its
+    own event, and the async load task awaited itself (the key stuck for good). The
+    inner call now runs its loader directly, as ``cached`` and the core do."""
+    a = make_tier()
+    got: list[Any] = []
+    t = threading.Thread(
+        target=lambda: got.append(a.get_or_set("k", lambda: {"in": a.get_or_set("k", lambda: 1)})),
+        daemon=True,  # a regression hangs it: it must not hold the run at exit
+    )
+    t.start()
+    t.join(DEADLINE)
+    assert not t.is_alive() and got == [{"in": 1}]
+    assert a.get("k") == {"in": 1}
+
+    async def main() -> Any:
+        client = redis_server.async_client()
+        async with AsyncTieredCache(LruCache(10), client, ns + "a", deadline=1.0) as tier:
+            assert await tier.wait_ready(DEADLINE)
+
+            async def loader() -> Any:
+                return {"in": await tier.get_or_set("k", lambda: 2)}
+
+            value = await asyncio.wait_for(tier.get_or_set("k", loader), DEADLINE)
+            return value, await tier.get("k"), dict(tier._flights)
+
+    assert asyncio.run(main()) == ({"in": 2}, {"in": 2}, {})

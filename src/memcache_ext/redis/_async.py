@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import sys
 import time
@@ -28,6 +29,12 @@ else:  # pragma: no cover - Python 3.10
             return await asyncio.wait_for(awaitable, seconds)
         except asyncio.TimeoutError as exc:  # not yet the builtin TimeoutError on 3.10
             raise TimeoutError(f"no answer within {seconds:g} s") from exc
+
+
+#: The get_or_set load tasks this task runs in or descends from (a task copies its context).
+_loading: contextvars.ContextVar[frozenset[Any]] = contextvars.ContextVar(
+    "memcache_ext.redis: loads of this task", default=frozenset()
+)
 
 
 class AsyncTieredCache(TierDriver):
@@ -98,8 +105,12 @@ class AsyncTieredCache(TierDriver):
         if value is not MISSING:
             return value
         task = self._flights.get(k)
+        if task is not None and task in _loading.get():
+            # Called from its own load (or a task it started): it would wait on itself.
+            value = loader()
+            return await value if inspect.isawaitable(value) else value
         if task is None:
-            task = asyncio.ensure_future(self._run(self._load_flow(k, ttl, loader)))
+            task = asyncio.ensure_future(self._load(k, ttl, loader))
             self._flights[k] = task
 
             def done(t: asyncio.Future[Any], k: str = k) -> None:
@@ -112,6 +123,12 @@ class AsyncTieredCache(TierDriver):
         else:
             self.counts.add("shared_loads")
         return await asyncio.shield(task)
+
+    async def _load(self, k: str, ttl: Optional[float], loader: Callable[[], Any]) -> Any:
+        """The load of ``get_or_set``, in a task of its own; the tasks it starts know it."""
+        this = asyncio.current_task()
+        _loading.set(_loading.get() | {this})
+        return await self._run(self._load_flow(k, ttl, loader))
 
     async def set(
         self, key: Any, value: Any, ttl: Optional[float] = None, *, version: Optional[int] = None

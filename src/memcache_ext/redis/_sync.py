@@ -15,10 +15,11 @@ __all__ = ["TieredCache"]
 
 
 class _Flight:
-    __slots__ = ("event", "value", "error")
+    __slots__ = ("event", "value", "error", "owner")
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        self.owner = threading.get_ident()  # the thread that loads
         self.value: Any = None
         self.error: Optional[BaseException] = None
 
@@ -126,6 +127,8 @@ class TieredCache(TierDriver):
                 flight = self._flights[k] = _Flight()
         assert flight is not None
         if not leader:
+            if flight.owner == threading.get_ident():
+                return loader()  # called from its own load: it would wait on itself
             self.counts.add("shared_loads")
             flight.event.wait()
             if flight.error is not None:

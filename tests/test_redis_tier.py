@@ -722,3 +722,23 @@ def test_get_or_set_called_from_its_own_loader_does_not_wait_on_itself(
             return value, await tier.get("k"), dict(tier._flights)
 
     assert asyncio.run(main()) == ({"in": 2}, {"in": 2}, {})
+
+
+def test_a_bad_ttl_is_refused_at_the_call_and_inf_means_never(
+    make_tier: Any, redis_server: RedisServer, ns: str
+) -> None:
+    """ttl=-5 was written with PTTL 0, ttl=True as 1 s, ttl="10" after the loader ran
+    (then a ResponseError), and a tier with ttl=inf failed every write."""
+    a = make_tier()
+    calls: list[int] = []
+    for bad, exc in ((-5, ValueError), (0, ValueError), (True, TypeError), ("10", TypeError)):
+        with pytest.raises(exc, match="ttl must be"):
+            a.set("k", 1, ttl=bad)
+        with pytest.raises(exc, match="ttl must be"):
+            a.get_or_set("k", lambda: calls.append(1), ttl=bad)
+    assert calls == [] and a.get("k") is None
+    forever = make_tier(ttl=float("inf"))
+    assert forever.set("k", 1) is True and forever.get_or_set("j", lambda: 2) == 2
+    raw = raw_client(redis_server)
+    assert raw.pttl(f"{ns}:k") == -1 and raw.pttl(f"{ns}:j") == -1  # no expiry
+    raw.close()

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Optional, Union
 
 from .._constants import MISSING
+from .._validate import check_ttl
 from ._driver import TierDriver
 from ._flow import Flow, RedisCall, advance
 
@@ -101,6 +102,7 @@ class AsyncTieredCache(TierDriver):
     ) -> Any:
         """As ``TieredCache.get_or_set``; ``loader`` may be sync or return an awaitable."""
         self._check_open()
+        ttl = check_ttl(ttl)  # before the loader runs
         value, k = self._local_first(key)
         if value is not MISSING:
             return value
@@ -135,6 +137,7 @@ class AsyncTieredCache(TierDriver):
     ) -> bool:
         """As ``TieredCache.set``."""
         self._check_open()
+        ttl = check_ttl(ttl)
         return bool(await self._run(self._set_flow(self._key(key), value, ttl, version)))
 
     async def delete(self, key: Any, *, version: Optional[int] = None) -> bool:

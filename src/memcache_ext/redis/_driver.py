@@ -9,6 +9,7 @@ key holds in Redis and the one script that writes it, ``_freshness`` and
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import threading
 import time
@@ -394,7 +395,7 @@ class TierDriver(Listener):
                 return None  # TIME failed (counted): a write without a deadline is not sent
         if pending is MISSING:
             pending = self._pending.get(key)  # one dict read: atomic
-        px = 0 if ttl is None else max(1, int(ttl * 1000))
+        px = 0 if ttl is None or ttl == math.inf else max(1, int(ttl * 1000))  # 0: never
         mode = self._mode(version)
         offset = self._clock_offset_us
         args = (

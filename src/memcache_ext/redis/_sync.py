@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 from .. import _fastcall
 from .._constants import MISSING
+from .._validate import check_ttl
 from ._driver import TierDriver
 from ._flow import Flow, advance
 
@@ -117,6 +118,7 @@ class TieredCache(TierDriver):
         every waiting caller and nothing is cached.
         """
         self._check_open()
+        ttl = check_ttl(ttl)  # before the loader runs
         value, k = self._local_first(key)
         if value is not MISSING:
             return value
@@ -159,7 +161,7 @@ class TieredCache(TierDriver):
         a version that is not an int >= 0.
         """
         self._check_open()
-        return bool(self._run(self._set_flow(self._key(key), value, ttl, version)))
+        return bool(self._run(self._set_flow(self._key(key), value, check_ttl(ttl), version)))
 
     def delete(self, key: Any, *, version: Optional[int] = None) -> bool:
         """Delete everywhere and invalidate; Redis keeps a tombstone at ``version`` (default:

@@ -742,3 +742,10 @@ def test_a_bad_ttl_is_refused_at_the_call_and_inf_means_never(
     raw = raw_client(redis_server)
     assert raw.pttl(f"{ns}:k") == -1 and raw.pttl(f"{ns}:j") == -1  # no expiry
     raw.close()
+
+
+def test_a_serializer_class_is_refused_with_the_fix(make_tier: Any) -> None:
+    """``serializer=JsonSerializer`` (the class) was taken: its unbound dumps failed on
+    every write, each set() returned False and deleted the key."""
+    with pytest.raises(TypeError, match="pass JsonSerializer"):
+        make_tier(serializer=JsonSerializer)

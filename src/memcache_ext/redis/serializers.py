@@ -191,6 +191,11 @@ def make_serializer(serializer: Union[str, Serializer, None]) -> Serializer:
                 f"unknown serializer {serializer!r}; expected one of {sorted(_SERIALIZERS)} "
                 f"or a PickleSerializer(key=...)"
             ) from None
+    if isinstance(serializer, type):  # its dumps/loads are unbound: every write would fail
+        raise TypeError(
+            f"serializer must be an instance, not the class {serializer.__name__}: "
+            f"pass {serializer.__name__}(...)"
+        )
     if not (
         callable(getattr(serializer, "dumps", None))
         and callable(getattr(serializer, "loads", None))

@@ -217,6 +217,38 @@ def budget(cache_cls: Any, seed: int) -> None:
     assert sum(c.nbytes for c in caches) <= 5000 + 4 * 20
 
 
+def bound_toggle(cache_cls: Any, seed: int) -> None:
+    """One thread taking the byte bound away, one setting it, two storing;
+    they stop together every few operations and, with a bound set, every
+    entry's size must be counted. PyLruCache's resize checked for "no bound"
+    before taking its lock; a resize(None) in between zeroed every size, then
+    the bound came back without a measure (nbytes 0 for 113 bytes held)."""
+    c = cache_cls(None, max_bytes=10**6, sizeof=sizeof)
+    pause = threading.Barrier(4)
+
+    def worker(i: int) -> None:
+        rnd = random.Random(seed * 4 + i)
+        for j in range(600):
+            if i == 0:
+                c.resize(max_bytes=None)
+            elif i == 1:
+                c.resize(max_bytes=rnd.choice((10**5, 10**6)))
+            else:
+                c[f"k{rnd.randrange(50)}"] = "v" * rnd.randrange(1, 30)
+            if j % 10 == 9:
+                try:
+                    if pause.wait() == 0 and c.max_bytes is not None:
+                        check(c)  # one of them checks while the others wait
+                    pause.wait()
+                except threading.BrokenBarrierError:
+                    return  # the checker failed: its error is the one raised
+                except BaseException:
+                    pause.abort()
+                    raise
+
+    run_threads(4, worker)
+
+
 def callbacks(cache_cls: Any, seed: int) -> None:
     """sizeof, timer and on_evict that trim, clear, resize or insert into the
     same cache and into another one, from four threads."""
@@ -425,6 +457,7 @@ SCENARIOS: dict[str, Callable[[Any, int], None]] = {
         mix8_s3fifo,
         trim_race,
         budget,
+        bound_toggle,
         callbacks,
         slow_eq,
         hostile_keys,

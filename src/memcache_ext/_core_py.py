@@ -1022,27 +1022,36 @@ class PyLruCache(Generic[K, V]):
         if max_bytes is not UNSET:
             max_bytes = check_size("max_bytes", max_bytes)
         now = self._clock(False)
+        measure = max_bytes is not UNSET and max_bytes is not None
         restarts = 0
-        while max_bytes is not UNSET and max_bytes is not None and self._max_bytes is None:
+        victims: list[Any] = []
+        while True:
+            with self._lock:  # checked in the region: another resize may take it away
+                if not (measure and self._max_bytes is None):
+                    self._resize_region(maxsize, max_bytes, now, victims)
+                    break
             # sizeof may raise (the bound is then taken back); another resize that took
             # the bound away meanwhile makes it start over
             restarts += 1
             if restarts > MAX_LOOKUP_RESTARTS:
                 raise RuntimeError(BOUND_TAKEN_DURING_MEASURE)
             self._measure_all(max_bytes)
-        victims: list[Any] = []
-        with self._lock:
-            if max_bytes is None:
-                self._zero_all_nbytes()
-            before = len(self._main) + len(self._small)
-            # a bound not given is the one there now (Python code ran since the call)
-            self._set_bounds(
-                self._maxsize if maxsize is UNSET else maxsize,
-                self._max_bytes if max_bytes is UNSET else max_bytes,
-            )
-            self._evict_to_fit(0, 0, now, victims)
-            self._maybe_shrink(before)
         self._release(victims)
+
+    def _resize_region(
+        self, maxsize: Any, max_bytes: Any, now: Optional[float], victims: list[Any]
+    ) -> None:
+        """resize()'s region (lock held)."""
+        if max_bytes is None:
+            self._zero_all_nbytes()
+        before = len(self._main) + len(self._small)
+        # a bound not given is the one there now (Python code ran since the call)
+        self._set_bounds(
+            self._maxsize if maxsize is UNSET else maxsize,
+            self._max_bytes if max_bytes is UNSET else max_bytes,
+        )
+        self._evict_to_fit(0, 0, now, victims)
+        self._maybe_shrink(before)
 
     def _measure_all(self, max_bytes: int) -> None:
         """Measure every entry when a byte bound is first set: see CLruCache."""

@@ -744,6 +744,29 @@ def test_a_bad_ttl_is_refused_at_the_call_and_inf_means_never(
     raw.close()
 
 
+def test_a_loader_that_is_not_callable_is_refused_on_a_hit_too(
+    make_tier: Any, redis_server: RedisServer, ns: str
+) -> None:
+    """get_or_set("k", 5) returned the cached value while "k" was held and raised
+    only on the first miss, in production."""
+    a = make_tier()
+    a.set("k", 1)
+    assert a.get_or_set("k", lambda: 2) == 1
+    with pytest.raises(TypeError, match="loader must be callable, not int"):
+        a.get_or_set("k", 5)
+
+    async def main() -> None:
+        client = redis_server.async_client()
+        async with AsyncTieredCache(LruCache(10), client, ns, deadline=1.0) as tier:
+            assert await tier.wait_ready(DEADLINE)
+            assert await tier.get_or_set("k", lambda: 2) == 1
+            with pytest.raises(TypeError, match="loader must be callable, not str"):
+                await tier.get_or_set("k", "x")  # type: ignore[arg-type]
+        await client.aclose()
+
+    asyncio.run(main())
+
+
 def test_a_serializer_class_is_refused_with_the_fix(make_tier: Any) -> None:
     """``serializer=JsonSerializer`` (the class) was taken: its unbound dumps failed on
     every write, each set() returned False and deleted the key."""

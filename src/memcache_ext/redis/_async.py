@@ -103,6 +103,8 @@ class AsyncTieredCache(TierDriver):
         """As ``TieredCache.get_or_set``; ``loader`` may be sync or return an awaitable."""
         self._check_open()
         ttl = check_ttl(ttl)  # before the loader runs
+        if not callable(loader):  # found on a hit too, not only on the first miss
+            raise TypeError(f"loader must be callable, not {type(loader).__name__}")
         value, k = self._local_first(key)
         if value is not MISSING:
             return value

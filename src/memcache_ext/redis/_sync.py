@@ -119,6 +119,8 @@ class TieredCache(TierDriver):
         """
         self._check_open()
         ttl = check_ttl(ttl)  # before the loader runs
+        if not callable(loader):  # found on a hit too, not only on the first miss
+            raise TypeError(f"loader must be callable, not {type(loader).__name__}")
         value, k = self._local_first(key)
         if value is not MISSING:
             return value

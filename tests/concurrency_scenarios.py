@@ -249,6 +249,38 @@ def bound_toggle(cache_cls: Any, seed: int) -> None:
     run_threads(4, worker)
 
 
+def copy_race(cache_cls: Any, seed: int) -> None:
+    """copy() (and so pickle) while other threads store with and without a TTL,
+    pop, and take the byte bound away and set it again: each copy is a state the
+    cache was in. PyLruCache's __reduce__ read "no entry has a TTL" before its
+    region (TypeError when one came meanwhile), and the bound after it (a copy
+    with no bound and nbytes 1372)."""
+    c = cache_cls(50, max_bytes=10**6, sizeof=sizeof)
+    copies = Counter()
+
+    def worker(i: int) -> None:
+        rnd = random.Random(seed * 4 + i)
+        for j in range(300):
+            if i == 0:
+                cp = c.copy()
+                if cp.max_bytes is None:
+                    assert cp.nbytes == 0, cp.nbytes
+                else:
+                    check(cp)
+                copies.add(1)
+            elif i == 1:
+                c.resize(max_bytes=None if j % 2 else 10**6)
+            else:
+                k = f"k{rnd.randrange(4)}"
+                if rnd.random() < 0.5:
+                    c.set(k, "v" * rnd.randrange(1, 30), ttl=rnd.choice((None, 100.0)))
+                else:
+                    c.pop(k, None)
+
+    run_threads(4, worker)
+    assert copies.n == 300
+
+
 def callbacks(cache_cls: Any, seed: int) -> None:
     """sizeof, timer and on_evict that trim, clear, resize or insert into the
     same cache and into another one, from four threads."""
@@ -458,6 +490,7 @@ SCENARIOS: dict[str, Callable[[Any, int], None]] = {
         trim_race,
         budget,
         bound_toggle,
+        copy_race,
         callbacks,
         slow_eq,
         hostile_keys,

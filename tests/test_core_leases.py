@@ -137,6 +137,43 @@ def test_lease_and_fill_by_hand(cache_cls: type) -> None:
     assert (after["hits"], after["misses"]) == (before["hits"], before["misses"])
 
 
+def test_a_token_used_twice_stores_nothing_stale_and_ends_no_other_lease(
+    cache_cls: type,
+) -> None:
+    """fill(k, v, token) while another caller drops the same token and a new lease
+    takes its slot: the fill checked the slot's state, not its generation, so it
+    stored a value invalidated before, then ended the new lease (threads did this
+    to the pure twin, and a Python __hash__ to both)."""
+    c = cache_cls(10)
+    others: list[int] = []
+
+    class Key:
+        armed = False
+
+        def __hash__(self) -> int:
+            if Key.armed:  # between fill's check of the token and its store
+                Key.armed = False
+                c.drop_lease(token)
+                others.append(c.lease("other"))
+            return 1
+
+        def __eq__(self, other: object) -> bool:
+            return other is self
+
+    k = Key()
+    token = c.lease(k)
+    c.invalidate(k)
+    Key.armed = True
+    assert c.fill(k, "stale", token) == "stale"
+    assert k not in c  # invalidated before the fill: never stored
+    (other,) = others
+    assert other & 0xFFFFFFFF == token & 0xFFFFFFFF  # the same slot, a new generation
+    assert c.lease_valid(other)  # still outstanding
+    with pytest.raises(ValueError, match="not an outstanding lease"):
+        c.drop_lease(token)
+    assert c.fill("other", 1, other) == 1 and c["other"] == 1
+
+
 def test_a_failing_factory_ends_its_lease(cache_cls: type) -> None:
     c = cache_cls(10)
 

@@ -67,6 +67,7 @@ cdef class CLruCache:
     cdef uint64_t version
     cdef uint64_t settings_version
     cdef uint64_t bytes_epoch    # moves when every size is zeroed (a byte bound taken away)
+    cdef Py_ssize_t measuring    # _measure_all calls under way (the bound set, sizes not yet)
     cdef Py_ssize_t _maxsize
     cdef Py_ssize_t _max_bytes
     cdef double _ttl
@@ -120,7 +121,7 @@ cdef class CLruCache:
     cdef inline bint _expired(self, uint32_t idx, double* now) noexcept
     cdef inline void _free_slot(self, uint32_t idx) noexcept
     cdef inline double _expires(self, double ttl, double* now) noexcept
-    cdef void _lease_end(self, Py_ssize_t i) noexcept
+    cdef void _lease_end(self, Py_ssize_t i, uint32_t gen) noexcept
     cdef inline void _invalidate_leases(self, uint32_t hbits, bint every) noexcept
     # steps 1, 2 and 4: where Python code may run
     cdef inline double _clock(self, bint need) except? -1.0
@@ -136,11 +137,12 @@ cdef class CLruCache:
     cdef object _lease_token(self, Py_ssize_t i)
     # operations
     cdef object _store(self, object key, object value, double ttl, int mode,
-                       Py_hash_t h=*, Py_ssize_t lease=*)
+                       Py_hash_t h=*, Py_ssize_t lease=*, uint32_t gen=*)
     cdef inline object _steps(self, object key, object value, double ttl, int mode,
-                              Py_hash_t h, Py_ssize_t lease)
+                              Py_hash_t h, Py_ssize_t lease, uint32_t gen)
     cdef object _put(self, object key, object value, Py_hash_t h, Py_ssize_t nbytes,
-                     Py_ssize_t idx, double ttl, double* now, int mode, Py_ssize_t lease)
+                     Py_ssize_t idx, double ttl, double* now, int mode, Py_ssize_t lease,
+                     uint32_t gen)
     cdef object _get(self, object key, object default, Py_hash_t* hash_out=*)
     cdef inline object _get_inline(self, object key, object default, Py_hash_t* hash_out)
     cdef object _lookup(self, object key, Py_hash_t h, double now, bint count, object default)

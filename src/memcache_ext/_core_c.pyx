@@ -696,8 +696,11 @@ cdef class CLruCache:
         self.n_leases += 1
         return i
 
-    cdef void _lease_end(self, Py_ssize_t i) noexcept:
-        if 0 <= i < self.lease_cap and self.leases[i].state != L_FREE:
+    cdef void _lease_end(self, Py_ssize_t i, uint32_t gen) noexcept:
+        """End lease i of generation gen (a token used twice: the slot may have
+        ended and been taken by another lease meanwhile, which stays)."""
+        if (0 <= i < self.lease_cap and self.leases[i].state != L_FREE
+                and self.leases[i].gen == gen):
             self.leases[i].state = L_FREE
             self.n_leases -= 1
 
@@ -725,20 +728,21 @@ cdef class CLruCache:
     # -- storing --------------------------------------------------------------
 
     cdef object _store(self, object key, object value, double ttl, int mode,
-                       Py_hash_t h=-1, Py_ssize_t lease=-1):
+                       Py_hash_t h=-1, Py_ssize_t lease=-1, uint32_t gen=0):
         """set() (S_SET: returns True, or False when refused), setdefault()
         (S_KEEP) and fill() (S_FILL): these two return a live value stored
         meanwhile, else ``value``, stored unless refused (or, for a fill,
-        unless the lease was invalidated)."""
+        unless the lease was invalidated). A fill's lease is slot ``lease`` of
+        generation ``gen``."""
         if mode != S_FILL:
-            return self._steps(key, value, ttl, mode, h, lease)
+            return self._steps(key, value, ttl, mode, h, lease, gen)
         try:
-            return self._steps(key, value, ttl, mode, h, lease)
+            return self._steps(key, value, ttl, mode, h, lease, gen)
         finally:
-            self._lease_end(lease)   # a lease ends with its fill, whatever happened
+            self._lease_end(lease, gen)   # a lease ends with its fill, whatever happened
 
     cdef inline object _steps(self, object key, object value, double ttl, int mode,
-                              Py_hash_t h, Py_ssize_t lease):
+                              Py_hash_t h, Py_ssize_t lease, uint32_t gen):
         """_store's steps 1 and 2, then the region (_put)."""
         cdef Py_ssize_t nbytes, idx
         cdef double now
@@ -752,10 +756,11 @@ cdef class CLruCache:
             idx = self._find(key, h)
             if self.settings_version == settings:
                 break   # else resize() or __init__ ran meanwhile: measure again
-        return self._put(key, value, h, nbytes, idx, ttl, &now, mode, lease)
+        return self._put(key, value, h, nbytes, idx, ttl, &now, mode, lease, gen)
 
     cdef object _put(self, object key, object value, Py_hash_t h, Py_ssize_t nbytes,
-                     Py_ssize_t idx, double ttl, double* now, int mode, Py_ssize_t lease):
+                     Py_ssize_t idx, double ttl, double* now, int mode, Py_ssize_t lease,
+                     uint32_t gen):
         """_store's region (step 3), then the release (step 4)."""
         cdef mc_victims v
         cdef PyObject* old = NULL
@@ -768,8 +773,9 @@ cdef class CLruCache:
             self._reserve()   # first: raising MemoryError allocates, so before any change
         try:
             expired = idx != 0 and self._expired(<uint32_t>idx, now)
-            if mode == S_FILL and self.leases[lease].state != L_VALID:
-                return value   # written or removed since the lease: not stored
+            if mode == S_FILL and (self.leases[lease].state != L_VALID
+                                   or self.leases[lease].gen != gen):
+                return value   # written or removed since the lease (or it ended): not stored
             if mode != S_SET:
                 if idx and not expired:
                     return <object>self.entries[idx].value   # another fill's value wins
@@ -1003,16 +1009,18 @@ cdef class CLruCache:
         cdef Py_hash_t h
         cdef object value = self._get_inline(key, _MISSING, &h)
         cdef Py_ssize_t lease
+        cdef uint32_t gen
         if value is not _MISSING:
             return value
         lease = self._lease_new(h)
+        gen = self.leases[lease].gen
         try:
             value = factory()
         except BaseException:
-            self._lease_end(lease)
+            self._lease_end(lease, gen)
             raise
         try:
-            return self._store(key, value, t, S_FILL, h, lease)
+            return self._store(key, value, t, S_FILL, h, lease, gen)
         except BaseException:
             self.misses -= 1   # the measurement failed: statistics as they were
             raise
@@ -1030,17 +1038,19 @@ cdef class CLruCache:
         or a live value was stored meanwhile by another fill (returned
         instead). Counts nothing."""
         cdef Py_ssize_t i = self._lease_slot(lease)
+        cdef uint32_t gen = self.leases[i].gen
         cdef double t
         try:
             t = self._ttl if ttl is None else check_ttl(ttl)
         except BaseException:
-            self._lease_end(i)
+            self._lease_end(i, gen)
             raise
-        return self._store(key, value, t, S_FILL, -1, i)
+        return self._store(key, value, t, S_FILL, -1, i, gen)
 
     def drop_lease(self, lease):
         """End a lease without storing (the fill failed)."""
-        self._lease_end(self._lease_slot(lease))
+        cdef Py_ssize_t i = self._lease_slot(lease)
+        self._lease_end(i, self.leases[i].gen)
 
     def lease_valid(self, lease):
         """Whether a fill through this lease would still store (no write since):
@@ -1300,6 +1310,7 @@ cdef class CLruCache:
         cdef uint32_t idx
         cdef uint64_t epoch = self.bytes_epoch
         self._set_bounds(self._maxsize, max_bytes)
+        self.measuring += 1
         try:
             snap = self._snapshot(&n, -INFINITY, False)   # expired ones too
             sizes = <Py_ssize_t*>PyMem_Malloc((n + 1) * sizeof(Py_ssize_t))
@@ -1320,6 +1331,7 @@ cdef class CLruCache:
                 self._set_all_nbytes_zero()
             raise
         finally:
+            self.measuring -= 1
             PyMem_Free(sizes)
             if snap != NULL:
                 _free_snapshot(snap, n)
@@ -1414,23 +1426,33 @@ cdef class CLruCache:
         return self.copy()
 
     def __reduce__(self):
+        """The entries and the settings as one region saw them: building the
+        state allocates, and a collection then may run Python code. While a
+        byte bound is being set (sizes not all measured yet), the state is the
+        one before it: no bound, no sizes."""
         cdef double now = NAN
         cdef Py_ssize_t n, i
         cdef Snap* snap
         if self.n_ttl:
             now = self._timer() if self._timer is not None else mc_monotonic()
         snap = self._snapshot(&n, now, False)
+        cdef Py_ssize_t maxsize = self._maxsize
+        cdef Py_ssize_t max_bytes = -1 if self.measuring else self._max_bytes
+        cdef int policy = self._policy
+        cdef object measure = self._sizeof, timer = self._timer, on_evict = self._on_evict
+        cdef object ttl = self._ttl_obj
         entries = []
         try:
             for i in range(n):
                 entries.append((<object>snap[i].key, <object>snap[i].value,
                                 None if snap[i].expires == INFINITY else snap[i].expires - now,
-                                snap[i].nbytes, snap[i].state >> 29))
+                                snap[i].nbytes if max_bytes >= 0 else 0,
+                                snap[i].state >> 29))
         finally:
             _free_snapshot(snap, n)
-        state = (self.max_bytes, self._sizeof, self._timer, self._on_evict,
-                 POLICIES[self._policy], entries)
-        return (type(self), (self.maxsize, self._ttl_obj), state)
+        state = (None if max_bytes < 0 else max_bytes, measure, timer, on_evict,
+                 POLICIES[policy], entries)
+        return (type(self), (None if maxsize < 0 else maxsize, ttl), state)
 
     def __setstate__(self, state):
         max_bytes, measure, timer, on_evict, policy, entries = check_state(

@@ -112,6 +112,7 @@ class PyLruCache(Generic[K, V]):
         "_version",
         "_settings_version",
         "_bytes_epoch",
+        "_measuring",
         "_hits",
         "_misses",
         "_rejected",
@@ -193,6 +194,7 @@ class PyLruCache(Generic[K, V]):
         self._small_cap = self._small_cap_bytes = 0
         self._has_evicted = False
         self._version = self._settings_version = self._bytes_epoch = 0
+        self._measuring = 0  # _measure_all calls under way (the bound set, sizes not yet)
         self._maxsize: Optional[int] = 128
         self._max_bytes: Optional[int] = None
 
@@ -512,13 +514,18 @@ class PyLruCache(Generic[K, V]):
             if i == len(leases):
                 leases.append([0, 0, _L_FREE])
             slot = leases[i]
-            slot[0], slot[1], slot[2] = h & _HASH_MASK, slot[1] + 1, _L_VALID
+            slot[0], slot[1], slot[2] = h & _HASH_MASK, (slot[1] + 1) & 0xFFFFFFFF, _L_VALID
             self._n_leases += 1
             return i
 
-    def _lease_end(self, i: int) -> None:
+    def _lease_end(self, i: int, gen: int) -> None:
+        """End lease i of generation gen: see CLruCache._lease_end."""
         with self._lock:
-            if 0 <= i < len(self._leases) and self._leases[i][2] != _L_FREE:
+            if (
+                0 <= i < len(self._leases)
+                and self._leases[i][2] != _L_FREE
+                and self._leases[i][1] == gen
+            ):
                 self._leases[i][2] = _L_FREE
                 self._n_leases -= 1
 
@@ -550,9 +557,11 @@ class PyLruCache(Generic[K, V]):
         mode: int,
         h: Optional[int] = None,
         lease: int = -1,
+        gen: int = 0,
     ) -> Any:
         """set() (_S_SET: True, or False when refused), setdefault() (_S_KEEP)
-        and fill() (_S_FILL): see CLruCache._store."""
+        and fill() (_S_FILL) under lease ``lease`` of generation ``gen``: see
+        CLruCache._store."""
         victims: list[Any] = []
         try:
             while True:
@@ -567,11 +576,13 @@ class PyLruCache(Generic[K, V]):
                         node = self._find(key, h)
                     if self._settings_version != settings:
                         continue  # resize() or __init__ ran meanwhile: measure again
-                    result = self._put(key, value, h, nbytes, node, ttl, now, mode, lease, victims)
+                    result = self._put(
+                        key, value, h, nbytes, node, ttl, now, mode, lease, gen, victims
+                    )
                     break
         finally:
             if mode == _S_FILL:
-                self._lease_end(lease)
+                self._lease_end(lease, gen)
         if victims:
             self._release(victims)
         return result
@@ -587,12 +598,15 @@ class PyLruCache(Generic[K, V]):
         now: Optional[float],
         mode: int,
         lease: int,
+        gen: int,
         victims: list[Any],
     ) -> Any:
         """_store's region (lock held)."""
         expired = node is not None and self._expired(node, now)
-        if mode == _S_FILL and self._leases[lease][2] != _L_VALID:
-            return value  # written or removed since the lease: not stored
+        if mode == _S_FILL and (
+            self._leases[lease][1] != gen or self._leases[lease][2] != _L_VALID
+        ):
+            return value  # written or removed since the lease (or it ended): not stored
         if mode != _S_SET:
             if node is not None and not expired:
                 return node[VALUE]  # another fill's value wins
@@ -730,7 +744,8 @@ class PyLruCache(Generic[K, V]):
         return self._lookup(key, MISSING, False) is not MISSING
 
     def __len__(self) -> int:
-        return len(self._main) + len(self._small)
+        with self._lock:  # not while another thread's store has removed but not yet added
+            return len(self._main) + len(self._small)
 
     def peek(self, key: K, default: Any = None) -> Any:
         """Return the value for ``key`` without counting or changing recency."""
@@ -832,13 +847,14 @@ class PyLruCache(Generic[K, V]):
         if value is not MISSING:
             return value  # type: ignore[no-any-return]  # a stored value
         lease = self._lease_new(h)
+        gen = self._leases[lease][1]
         try:
             value = factory()
         except BaseException:
-            self._lease_end(lease)
+            self._lease_end(lease, gen)
             raise
         try:
-            return self._store(key, value, ttl, _S_FILL, h, lease)  # type: ignore[no-any-return]
+            return self._store(key, value, ttl, _S_FILL, h, lease, gen)  # type: ignore[no-any-return]
         except BaseException:
             with self._lock:
                 self._misses -= 1  # the measurement failed: statistics as they were
@@ -856,17 +872,18 @@ class PyLruCache(Generic[K, V]):
         ``lease()`` or a live value was stored meanwhile by another fill
         (returned instead).
         Counts nothing."""
-        i = self._lease_slot(lease)
+        i, gen = self._lease_slot(lease), lease >> 32
         try:
             t = self._ttl if ttl is None else check_ttl(ttl)
         except BaseException:
-            self._lease_end(i)
+            self._lease_end(i, gen)
             raise
-        return self._store(key, value, t, _S_FILL, None, i)  # type: ignore[no-any-return]
+        return self._store(key, value, t, _S_FILL, None, i, gen)  # type: ignore[no-any-return]
 
     def drop_lease(self, lease: int) -> None:
         """End a lease without storing (the fill failed)."""
-        self._lease_end(self._lease_slot(lease))
+        with self._lock:  # checked and ended at once, as CLruCache does
+            self._lease_end(self._lease_slot(lease), lease >> 32)
 
     def lease_valid(self, lease: int) -> bool:
         """Whether a fill through this lease would still store (no write since):
@@ -1058,6 +1075,7 @@ class PyLruCache(Generic[K, V]):
         with self._lock:
             epoch = self._bytes_epoch
             self._set_bounds(self._maxsize, max_bytes)  # from here on, every store measures
+            self._measuring += 1
             nodes = self._snapshot(now=-_INF)  # expired ones too
         sizes: list[tuple[int, Any, Any, int]] = []
         try:
@@ -1072,6 +1090,8 @@ class PyLruCache(Generic[K, V]):
                     self._zero_all_nbytes()
             raise
         finally:
+            with self._lock:
+                self._measuring -= 1
             del nodes, sizes  # released here, as C's snapshot is (a __del__ may run)
 
     def _entry_size(self, node: list[Any]) -> tuple[int, Any, Any, int]:
@@ -1144,7 +1164,8 @@ class PyLruCache(Generic[K, V]):
 
     @property
     def nbytes(self) -> int:
-        return self._nbytes
+        with self._lock:  # not while another thread's store has counted but not evicted
+            return self._nbytes
 
     @property
     def policy(self) -> str:
@@ -1162,21 +1183,29 @@ class PyLruCache(Generic[K, V]):
     __copy__ = copy
 
     def __reduce__(self) -> tuple[Any, ...]:
+        """The entries and the settings read in one region (as CLruCache's are);
+        while a byte bound is being set, the state before it (see CLruCache)."""
         now: Optional[float] = None
-        if self._n_ttl:
-            now = _seconds(self._timer()) if self._timer is not None else _monotonic()
-        entries = [
-            (
-                n[KEY],
-                n[VALUE],
-                None if n[EXPIRES] is None else n[EXPIRES] - now,
-                n[NBYTES],
-                n[FREQ] | (4 if n[SMALL] else 0),
-            )
-            for n in self._snapshot(now=now)
-        ]
-        state = (self._max_bytes, self._sizeof, self._timer, self._on_evict, self._policy, entries)
-        return (type(self), (self._maxsize, self._ttl), state)
+        while True:
+            if now is None and self._n_ttl:
+                now = _seconds(self._timer()) if self._timer is not None else _monotonic()
+            with self._lock:
+                if now is None and self._n_ttl:
+                    continue  # an entry with a TTL came meanwhile: read the clock
+                max_bytes = None if self._measuring else self._max_bytes
+                entries = [
+                    (
+                        n[KEY],
+                        n[VALUE],
+                        None if n[EXPIRES] is None else n[EXPIRES] - now,
+                        0 if max_bytes is None else n[NBYTES],
+                        n[FREQ] | (4 if n[SMALL] else 0),
+                    )
+                    for n in self._snapshot(now=now)
+                ]
+                settings = (max_bytes, self._sizeof, self._timer, self._on_evict)
+                state = (*settings, self._policy, entries)
+                return (type(self), (self._maxsize, self._ttl), state)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         max_bytes, sizeof, timer, on_evict, policy, entries = check_state(state, _ENTRY_BYTES_MAX)

@@ -22,6 +22,8 @@ def consistent(c, want_len=None):
     assert c.maxsize is None or len(c) <= c.maxsize
     if c.max_bytes is not None:
         assert c.nbytes == sum(len(str(k)) + len(str(v)) for k, v in c.items()) <= c.max_bytes
+        cp = c.copy()  # no measure left under way: the copy has the bound and the sizes
+        assert (cp.max_bytes, cp.nbytes) == (c.max_bytes, c.nbytes), (cp.max_bytes, cp.nbytes)
     for k in keys:
         assert k in c and c.peek(k) is not None
     c["after"] = "ok"          # still usable

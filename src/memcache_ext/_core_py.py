@@ -348,16 +348,24 @@ class PyLruCache(Generic[K, V]):
             self._take(victim, _EXPIRED if expired else reason, victims)
 
     def _set_bounds(self, maxsize: Optional[int], max_bytes: Optional[int]) -> None:
-        self._maxsize, self._max_bytes = maxsize, max_bytes
-        self._small_cap = max(1, maxsize // 10) if maxsize is not None else 0
-        self._small_cap_bytes = max_bytes // 10 if max_bytes is not None else 0
+        """The bounds and what follows from them, computed before any is set (a
+        MemoryError leaves the old ones)."""
+        small_cap = max(1, maxsize // 10) if maxsize is not None else 0
+        small_cap_bytes = max_bytes // 10 if max_bytes is not None else 0
         # the ghost's limit follows the entries held (see _put) up to _ghost_cap
-        self._ghost_cap = 0
+        ghost_cap = 0
         if not self._lru:
-            self._ghost_cap = GHOST_MAX if maxsize is None else min(maxsize * 9 // 10, GHOST_MAX)
+            ghost_cap = GHOST_MAX if maxsize is None else min(maxsize * 9 // 10, GHOST_MAX)
+        version = self._settings_version + 1  # a store in flight measures again
+        self._maxsize, self._max_bytes, self._settings_version = maxsize, max_bytes, version
+        self._small_cap, self._small_cap_bytes, self._ghost_cap = (
+            small_cap,
+            small_cap_bytes,
+            ghost_cap,
+        )
+        if not self._lru:
             held = len(self._main) + len(self._small)
             self._ghost_set_limit(min(max(held * 9 // 10, self._ghost_limit), self._ghost_cap))
-        self._settings_version += 1
 
     def _ghost_follow(self, held: int) -> None:
         """The ghost's limit follows the most entries held: 90 % of them, at most
@@ -888,10 +896,11 @@ class PyLruCache(Generic[K, V]):
     def lease_valid(self, lease: int) -> bool:
         """Whether a fill through this lease would still store (no write since):
         False once the key was written or removed, or the lease ended."""
-        try:
-            return self._leases[self._lease_slot(lease)][2] == _L_VALID
-        except ValueError:
-            return False
+        with self._lock:  # checked and read at once, as CLruCache does
+            try:
+                return self._leases[self._lease_slot(lease)][2] == _L_VALID
+            except ValueError:
+                return False
 
     def update(self, other: Any = (), /, **kwargs: V) -> None:
         """Insert every pair of ``other`` (a mapping or pairs) and ``kwargs``."""
@@ -1072,13 +1081,15 @@ class PyLruCache(Generic[K, V]):
 
     def _measure_all(self, max_bytes: int) -> None:
         """Measure every entry when a byte bound is first set: see CLruCache."""
-        with self._lock:
-            epoch = self._bytes_epoch
-            self._set_bounds(self._maxsize, max_bytes)  # from here on, every store measures
-            self._measuring += 1
-            nodes = self._snapshot(now=-_INF)  # expired ones too
+        nodes: list[list[Any]] = []
         sizes: list[tuple[int, Any, Any, int]] = []
-        try:
+        epoch, counted = self._bytes_epoch, False
+        try:  # whatever fails (a MemoryError too), the bound is taken back, the count ends
+            with self._lock:
+                epoch, counted = self._bytes_epoch, True
+                self._measuring += 1
+                self._set_bounds(self._maxsize, max_bytes)  # from here, every store measures
+            nodes = self._snapshot(now=-_INF)  # expired ones too
             sizes = [self._entry_size(node) for node in nodes]
             with self._lock:
                 if self._max_bytes is not None:  # else another resize took it: start over
@@ -1090,8 +1101,9 @@ class PyLruCache(Generic[K, V]):
                     self._zero_all_nbytes()
             raise
         finally:
-            with self._lock:
-                self._measuring -= 1
+            if counted:
+                with self._lock:
+                    self._measuring -= 1
             del nodes, sizes  # released here, as C's snapshot is (a __del__ may run)
 
     def _entry_size(self, node: list[Any]) -> tuple[int, Any, Any, int]:

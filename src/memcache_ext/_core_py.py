@@ -358,11 +358,8 @@ class PyLruCache(Generic[K, V]):
             ghost_cap = GHOST_MAX if maxsize is None else min(maxsize * 9 // 10, GHOST_MAX)
         version = self._settings_version + 1  # a store in flight measures again
         self._maxsize, self._max_bytes, self._settings_version = maxsize, max_bytes, version
-        self._small_cap, self._small_cap_bytes, self._ghost_cap = (
-            small_cap,
-            small_cap_bytes,
-            ghost_cap,
-        )
+        self._small_cap, self._small_cap_bytes = small_cap, small_cap_bytes
+        self._ghost_cap = ghost_cap
         if not self._lru:
             held = len(self._main) + len(self._small)
             self._ghost_set_limit(min(max(held * 9 // 10, self._ghost_limit), self._ghost_cap))
@@ -1215,8 +1212,14 @@ class PyLruCache(Generic[K, V]):
                     )
                     for n in self._snapshot(now=now)
                 ]
-                settings = (max_bytes, self._sizeof, self._timer, self._on_evict)
-                state = (*settings, self._policy, entries)
+                state = (
+                    max_bytes,
+                    self._sizeof,
+                    self._timer,
+                    self._on_evict,
+                    self._policy,
+                    entries,
+                )
                 return (type(self), (self._maxsize, self._ttl), state)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:

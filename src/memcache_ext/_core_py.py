@@ -13,7 +13,12 @@ the same results, the same errors and the same hit/miss sequence:
   User code never runs inside an OrderedDict operation: the orders (LRU, or
   S3-FIFO's two FIFOs) are OrderedDicts keyed by int tokens;
 * removed entries are released, and ``on_evict`` called, after the lock is
-  dropped; nothing the cache held is released while it is held.
+  dropped; nothing the cache held is released while it is held;
+* a failed allocation (MemoryError) leaves the structure whole, as in C: a
+  region computes its new counters and grows its containers (undone if that
+  fails) before it links or unlinks anything, and runs no generator
+  expression (on CPython 3.12 and 3.13 a generator whose allocation fails
+  computes garbage, or crashes the interpreter).
 
 A node is a list: ``[key, value, expires, nbytes, token, next node with the
 same hash, hash, frequency, in the small FIFO, slot]``; ``expires`` is None
@@ -174,7 +179,10 @@ class PyLruCache(Generic[K, V]):
             self._release(victims)
 
     def _new_state(self) -> None:
-        self._lock = threading.RLock()
+        try:
+            self._lock = threading.RLock()
+        except RuntimeError as exc:  # "can't allocate lock": a MemoryError, as in C
+            raise MemoryError(str(exc)) from None
         # The hot paths take the lock through these (cheaper than `with`).
         self._acquire, self._release_lock = self._lock.acquire, self._lock.release
         self._buckets: dict[int, list[Any]] = {}
@@ -205,34 +213,54 @@ class PyLruCache(Generic[K, V]):
     # -- region helpers (lock held; no user code) --------------------------------
 
     def _add(self, node: list[Any]) -> None:
-        """Link a new node (already filled in) into the hash chain and its list."""
-        h = node[HASH]
+        """Link a new node (already filled in) into the hash chain and its list.
+        What allocates comes first, undone if it fails: nothing is linked then."""
+        h, token, nbytes = node[HASH], node[TOKEN], node[NBYTES]
+        total, version = self._nbytes + nbytes, self._version + 1
+        small_bytes = self._small_bytes + nbytes if node[SMALL] else self._small_bytes
+        n_ttl = self._n_ttl + (node[EXPIRES] is not None)
+        slots, free = self._slots, self._free_slots
+        if free:
+            slot = free[-1]  # taken below, once nothing can fail
+        else:
+            slot = len(slots)
+            slots.append(None)
+        order = self._small if node[SMALL] else self._main
         last = self._buckets.get(h)
-        if last is None:
-            self._buckets[h] = node
-        else:  # at the end: colliding keys are compared oldest first, as C probes
+        try:
+            order[token] = node
+            if last is None:
+                self._buckets[h] = node
+        except BaseException:
+            order.pop(token, None)
+            if not free:
+                slots.pop()
+            raise
+        if last is not None:  # at the end: colliding keys are compared oldest first, as C probes
             while last[CHAIN] is not None:
                 last = last[CHAIN]
             last[CHAIN] = node
-        (self._small if node[SMALL] else self._main)[node[TOKEN]] = node
-        free = self._free_slots
         if free:
-            slot = node[SLOT] = free.pop()
-            self._slots[slot] = node
-        else:
-            slots = self._slots
-            node[SLOT] = len(slots)
-            slots.append(node)
-        self._nbytes += node[NBYTES]
-        if node[SMALL]:
-            self._small_bytes += node[NBYTES]
-        if node[EXPIRES] is not None:
-            self._n_ttl += 1
-        self._version += 1
+            free.pop()
+        slots[slot] = node
+        node[SLOT] = slot
+        self._nbytes, self._small_bytes, self._version = total, small_bytes, version
+        self._n_ttl = n_ttl
 
     def _take(self, node: list[Any], reason: Optional[str], victims: list[Any]) -> None:
-        """Take a node out; its key and value go to victims, released after the lock."""
-        h = node[HASH]
+        """Take a node out; its key and value go to victims, released after the lock.
+        What allocates comes first, undone if it fails: nothing is taken then."""
+        h, nbytes, slot = node[HASH], node[NBYTES], node[SLOT]
+        total, version = self._nbytes - nbytes, self._version + 1
+        small_bytes = self._small_bytes - nbytes if node[SMALL] else self._small_bytes
+        n_ttl = self._n_ttl - (node[EXPIRES] is not None)
+        by_reason = self._by_reason[reason] + 1 if reason is not None else 0
+        victims += (node[KEY], node[VALUE], reason)  # flat: no tuple, no GC run here
+        try:
+            self._free_slots.append(slot)
+        except BaseException:
+            del victims[-3:]
+            raise
         first = self._buckets[h]
         if first is node:
             if node[CHAIN] is None:
@@ -245,24 +273,18 @@ class PyLruCache(Generic[K, V]):
             first[CHAIN] = node[CHAIN]
         del (self._small if node[SMALL] else self._main)[node[TOKEN]]
         node[TOKEN] = None
-        slot = node[SLOT]
         self._slots[slot] = None
-        self._free_slots.append(slot)
-        self._nbytes -= node[NBYTES]
-        if node[SMALL]:
-            self._small_bytes -= node[NBYTES]
-        if node[EXPIRES] is not None:
-            self._n_ttl -= 1
+        self._nbytes, self._small_bytes, self._version = total, small_bytes, version
+        self._n_ttl = n_ttl
         if reason is not None:
-            self._by_reason[reason] += 1
-        victims += (node[KEY], node[VALUE], reason)  # flat: no tuple, no GC run here
-        self._version += 1
+            self._by_reason[reason] = by_reason
 
     def _to_main(self, node: list[Any]) -> None:
+        small_bytes = self._small_bytes - node[NBYTES]
+        self._main[node[TOKEN]] = node  # first: if it fails, nothing moved
         del self._small[node[TOKEN]]
-        self._small_bytes -= node[NBYTES]
+        self._small_bytes = small_bytes
         node[SMALL] = False
-        self._main[node[TOKEN]] = node
 
     def _on_hit(self, node: list[Any]) -> None:
         if self._lru:
@@ -402,16 +424,22 @@ class PyLruCache(Generic[K, V]):
         held = len(self._main) + len(self._small)
         if self._peak <= 64 or held * 4 >= self._peak:
             return
-        self._buckets = dict(self._buckets)
-        self._main, self._small = OrderedDict(self._main), OrderedDict(self._small)
+        # Everything is made first: a MemoryError leaves the old structure whole.
+        buckets = dict(self._buckets)
+        main, small = OrderedDict(self._main), OrderedDict(self._small)
         # The slots packed in their order, as CLruCache's pool: the cursor stays put.
-        self._expire_pos = sum(node is not None for node in self._slots[: self._expire_pos])
-        self._slots = [node for node in self._slots if node is not None]
-        for slot, node in enumerate(self._slots):
+        pos = 0
+        for node in self._slots[: self._expire_pos]:  # no generator: see the module docstring
+            pos += node is not None
+        slots = [node for node in self._slots if node is not None]
+        numbered = zip(slots, list(range(len(slots))), strict=True)  # numbers made here too
+        version = self._version + 1  # as CLruCache's repack: a lookup under way starts over
+        free: list[int] = []
+        self._buckets, self._main, self._small = buckets, main, small
+        self._slots, self._free_slots, self._expire_pos = slots, free, pos
+        for node, slot in numbered:
             node[SLOT] = slot
-        self._free_slots = []
-        self._peak = held
-        self._version += 1  # as CLruCache's repack: a lookup under way starts over
+        self._peak, self._version = held, version
 
     def _take_all(self) -> list[Any]:
         victims: list[Any] = []
@@ -515,7 +543,11 @@ class PyLruCache(Generic[K, V]):
     def _lease_new(self, h: int) -> int:
         with self._lock:
             leases = self._leases
-            i = next((j for j, slot in enumerate(leases) if slot[2] == _L_FREE), len(leases))
+            i = len(leases)
+            for j, slot in enumerate(leases):  # no generator: see the module docstring
+                if slot[2] == _L_FREE:
+                    i = j
+                    break
             if i == len(leases):
                 leases.append([0, 0, _L_FREE])
             slot = leases[i]
@@ -627,15 +659,13 @@ class PyLruCache(Generic[K, V]):
                 self._take(node, _EXPIRED if expired else None, victims)
             return False if mode == _S_SET else value
         if node is not None and mode == _S_SET:
+            expires = self._expires(ttl, now)  # computed first: a MemoryError changes nothing
+            total = self._nbytes + nbytes - node[NBYTES]
+            small_bytes = self._small_bytes + (nbytes - node[NBYTES] if node[SMALL] else 0)
+            n_ttl = self._n_ttl + (expires is not None) - (node[EXPIRES] is not None)
             victims += (None, node[VALUE], None)  # the replaced value, released after
-            node[VALUE] = value
-            self._nbytes += nbytes - node[NBYTES]
-            if node[SMALL]:
-                self._small_bytes += nbytes - node[NBYTES]
-            node[NBYTES] = nbytes
-            expires = self._expires(ttl, now)
-            self._n_ttl += (expires is not None) - (node[EXPIRES] is not None)
-            node[EXPIRES] = expires
+            node[VALUE], node[NBYTES], node[EXPIRES] = value, nbytes, expires
+            self._nbytes, self._small_bytes, self._n_ttl = total, small_bytes, n_ttl
             self._on_hit(node)
             self._version += 1
             self._evict_to_fit(0, 0, now, victims)
@@ -1081,26 +1111,29 @@ class PyLruCache(Generic[K, V]):
         nodes: list[list[Any]] = []
         sizes: list[tuple[int, Any, Any, int]] = []
         epoch, counted = self._bytes_epoch, False
-        try:  # whatever fails (a MemoryError too), the bound is taken back, the count ends
+        # Whatever fails (a MemoryError too), the bound is taken back and the count
+        # ends. The count ends in the region that applies the sizes or takes the bound
+        # back: a `with` in a `finally` could fail to enter, and leave it counted.
+        try:
             with self._lock:
-                epoch, counted = self._bytes_epoch, True
-                self._measuring += 1
+                epoch = self._bytes_epoch
                 self._set_bounds(self._maxsize, max_bytes)  # from here, every store measures
+                self._measuring, counted = self._measuring + 1, True
             nodes = self._snapshot(now=-_INF)  # expired ones too
             sizes = [self._entry_size(node) for node in nodes]
             with self._lock:
                 if self._max_bytes is not None:  # else another resize took it: start over
                     self._apply_sizes(sizes)
+                self._measuring, counted = self._measuring - 1, False
         except BaseException:
             with self._lock:
+                if counted:
+                    self._measuring, counted = self._measuring - 1, False
                 if self._bytes_epoch == epoch and self._max_bytes is not None:
                     self._set_bounds(self._maxsize, None)  # the bound is taken back
                     self._zero_all_nbytes()
             raise
         finally:
-            if counted:
-                with self._lock:
-                    self._measuring -= 1
             del nodes, sizes  # released here, as C's snapshot is (a __del__ may run)
 
     def _entry_size(self, node: list[Any]) -> tuple[int, Any, Any, int]:
@@ -1124,10 +1157,9 @@ class PyLruCache(Generic[K, V]):
         return node
 
     def _set_nbytes(self, node: list[Any], nbytes: int) -> None:
-        self._nbytes += nbytes - node[NBYTES]
-        if node[SMALL]:
-            self._small_bytes += nbytes - node[NBYTES]
-        node[NBYTES] = nbytes
+        total = self._nbytes + nbytes - node[NBYTES]
+        small_bytes = self._small_bytes + (nbytes - node[NBYTES] if node[SMALL] else 0)
+        node[NBYTES], self._nbytes, self._small_bytes = nbytes, total, small_bytes
 
     def _zero_all_nbytes(self) -> None:
         """Every entry's size to 0 (no byte bound), and the totals."""
@@ -1225,11 +1257,11 @@ class PyLruCache(Generic[K, V]):
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         max_bytes, sizeof, timer, on_evict, policy, entries = check_state(state, _ENTRY_BYTES_MAX)
         # the timer too runs before anything changes (check_state hashed the keys)
-        now = (
-            (_seconds(timer()) if timer is not None else _monotonic())
-            if any(e[2] is not None for e in entries)
-            else 0.0
-        )
+        now = 0.0
+        for entry in entries:  # no generator: see the module docstring
+            if entry[2] is not None:
+                now = _seconds(timer()) if timer is not None else _monotonic()
+                break
         with self._lock:
             if len(self) and policy != self._policy:
                 raise ValueError("cannot change the policy of a cache that holds entries")

@@ -67,5 +67,6 @@ def stats_dict(
 
 def repr_cache(name: str, items: list[tuple[Any, Any]], maxsize: Optional[int]) -> str:
     """``Name({k: v, ...}, maxsize=n)``: a cache's repr."""
-    body = ", ".join(f"{k!r}: {v!r}" for k, v in items)
+    # a list, not a generator: see _core_py's docstring (a failed allocation)
+    body = ", ".join([f"{k!r}: {v!r}" for k, v in items])
     return f"{name}({{{body}}}, maxsize={maxsize!r})"

@@ -104,6 +104,39 @@ CASES = {
     "lambda c: c.resize(max_bytes=10**6), 400)",
     "stats and pop": "sweep(filled(20), lambda c: (c.stats(), c.pop('k3'), c.popitem(), "
     "c.invalidate('k4')))",
+    "setdefault and get_or_set": "sweep(filled(30, maxsize=30), "
+    "lambda c: [c.setdefault(f'k{i}', i) for i in range(20, 50)] "
+    "+ [c.get_or_set(f'k{i}', int) for i in range(0, 60, 3)])",
+    "replacing, then evicting": "sweep(filled(20, max_bytes=130, sizeof=size), "
+    "lambda c: [c.set(f'k{i % 20}', 'w' * (i % 7), ttl=None if i % 2 else 50) "
+    "for i in range(100)])",
+    "on_evict, trim and resize": "log = []\n"
+    "sweep(filled(100, maxsize=100, on_evict=lambda k, v, r: log.append(r)), "
+    "lambda c: (c.update({f'x{i}': i for i in range(50)}), c.trim(0.5), "
+    "c.resize(maxsize=20), log.clear()))",
+    "s3fifo with a byte bound": "sweep(filled(50, maxsize=40, max_bytes=600, sizeof=size, "
+    "policy='s3fifo'), lambda c: ([c.get(f'k{i}') for i in range(30, 50)], "
+    "[c.set(f'z{i}', 'v' * (i % 9)) for i in range(80)], c.popitem(), "
+    "c.resize(max_bytes=300)))",
+    "setstate and init again": "state = filled(60, max_bytes=10**4, sizeof=size)()\n"
+    "state = state.__reduce__()[2]\n"
+    "sweep(filled(40, max_bytes=10**4, sizeof=size), lambda c: (c.__setstate__(state), "
+    "c.__init__(10, max_bytes=300, sizeof=size)))",
+    # the clock is put back whatever happens: consistent() reads at time 0
+    "expiring in slices": "T = [0.0]\n"
+    "def ttl_filled():\n"
+    "    c = Cache(None, timer=lambda: T[0])\n"
+    "    for i in range(200):\n"
+    "        c.set(f'k{i}', i, ttl=1 + i % 3)\n"
+    "    return c\n"
+    "def expire_at(c, t):\n"
+    "    T[0] = t\n"
+    "    try:\n"
+    "        c.expire(limit=50)\n"
+    "        c.expire()\n"
+    "    finally:\n"
+    "        T[0] = 0.0\n"
+    "sweep(ttl_filled, lambda c: expire_at(c, 2.5))",
 }
 
 

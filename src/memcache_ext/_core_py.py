@@ -220,8 +220,9 @@ class PyLruCache(Generic[K, V]):
         small_bytes = self._small_bytes + nbytes if node[SMALL] else self._small_bytes
         n_ttl = self._n_ttl + (node[EXPIRES] is not None)
         slots, free = self._slots, self._free_slots
-        if free:
-            slot = free[-1]  # taken below, once nothing can fail
+        reused = bool(free)
+        if reused:
+            slot = free.pop()  # a list that shrinks may allocate too
         else:
             slot = len(slots)
             slots.append(None)
@@ -233,15 +234,15 @@ class PyLruCache(Generic[K, V]):
                 self._buckets[h] = node
         except BaseException:
             order.pop(token, None)
-            if not free:
+            if reused:
+                free.append(slot)
+            else:
                 slots.pop()
             raise
         if last is not None:  # at the end: colliding keys are compared oldest first, as C probes
             while last[CHAIN] is not None:
                 last = last[CHAIN]
             last[CHAIN] = node
-        if free:
-            free.pop()
         slots[slot] = node
         node[SLOT] = slot
         self._nbytes, self._small_bytes, self._version = total, small_bytes, version
@@ -1098,12 +1099,17 @@ class PyLruCache(Generic[K, V]):
         if max_bytes is None:
             self._zero_all_nbytes()
         before = len(self._main) + len(self._small)
+        old_maxsize, old_max_bytes = self._maxsize, self._max_bytes
         # a bound not given is the one there now (Python code ran since the call)
         self._set_bounds(
-            self._maxsize if maxsize is UNSET else maxsize,
-            self._max_bytes if max_bytes is UNSET else max_bytes,
+            old_maxsize if maxsize is UNSET else maxsize,
+            old_max_bytes if max_bytes is UNSET else max_bytes,
         )
-        self._evict_to_fit(0, 0, now, victims)
+        try:
+            self._evict_to_fit(0, 0, now, victims)
+        except BaseException:  # a MemoryError: the bounds held before (sizes were zeroed)
+            self._set_bounds(old_maxsize, None if max_bytes is None else old_max_bytes)
+            raise
         self._maybe_shrink(before)
 
     def _measure_all(self, max_bytes: int) -> None:

@@ -108,7 +108,7 @@ CASES = {
     "lambda c: [c.setdefault(f'k{i}', i) for i in range(20, 50)] "
     "+ [c.get_or_set(f'k{i}', int) for i in range(0, 60, 3)])",
     "replacing, then evicting": "sweep(filled(20, max_bytes=130, sizeof=size), "
-    "lambda c: [c.set(f'k{i % 20}', 'w' * (i % 7), ttl=None if i % 2 else 50) "
+    "lambda c: [c.set(f'k{i % 20}', 'w' * (i % 7) * (1 + i % 8), ttl=None if i % 2 else 50) "
     "for i in range(100)])",
     "on_evict, trim and resize": "log = []\n"
     "sweep(filled(100, maxsize=100, on_evict=lambda k, v, r: log.append(r)), "

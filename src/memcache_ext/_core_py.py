@@ -660,16 +660,17 @@ class PyLruCache(Generic[K, V]):
                 self._take(node, _EXPIRED if expired else None, victims)
             return False if mode == _S_SET else value
         if node is not None and mode == _S_SET:
-            expires = self._expires(ttl, now)  # computed first: a MemoryError changes nothing
-            total = self._nbytes + nbytes - node[NBYTES]
-            small_bytes = self._small_bytes + (nbytes - node[NBYTES] if node[SMALL] else 0)
-            n_ttl = self._n_ttl + (expires is not None) - (node[EXPIRES] is not None)
-            victims += (None, node[VALUE], None)  # the replaced value, released after
-            node[VALUE], node[NBYTES], node[EXPIRES] = value, nbytes, expires
-            self._nbytes, self._small_bytes, self._n_ttl = total, small_bytes, n_ttl
+            old = node[VALUE], node[NBYTES], node[EXPIRES]
+            victims += (None, old[0], None)  # the replaced value, released after
+            self._replace(node, value, nbytes, self._expires(ttl, now))
             self._on_hit(node)
             self._version += 1
-            self._evict_to_fit(0, 0, now, victims)
+            try:
+                self._evict_to_fit(0, 0, now, victims)
+            except BaseException:  # a MemoryError: the old value back, unless it went too
+                if node[TOKEN] is not None:
+                    self._replace(node, *old)
+                raise
             return True
         if node is not None:  # an expired entry stored meanwhile (setdefault, fill)
             self._take(node, _EXPIRED, victims)
@@ -1153,7 +1154,7 @@ class PyLruCache(Generic[K, V]):
         for size, key, value, h in sizes:
             node = self._find_same(key, h)
             if node is not None and node[VALUE] is value and node[NBYTES] == 0:
-                self._set_nbytes(node, size)
+                self._replace(node, value, size, node[EXPIRES])
 
     def _find_same(self, key: Any, h: int) -> Optional[list[Any]]:
         """The node whose key is this very object, or None (no __eq__)."""
@@ -1162,10 +1163,14 @@ class PyLruCache(Generic[K, V]):
             node = node[CHAIN]
         return node
 
-    def _set_nbytes(self, node: list[Any], nbytes: int) -> None:
+    def _replace(self, node: list[Any], value: Any, nbytes: int, expires: Optional[float]) -> None:
+        """A node's value, size and expiry, and the totals (computed first: a
+        MemoryError changes nothing)."""
         total = self._nbytes + nbytes - node[NBYTES]
         small_bytes = self._small_bytes + (nbytes - node[NBYTES] if node[SMALL] else 0)
-        node[NBYTES], self._nbytes, self._small_bytes = nbytes, total, small_bytes
+        n_ttl = self._n_ttl + (expires is not None) - (node[EXPIRES] is not None)
+        node[VALUE], node[NBYTES], node[EXPIRES] = value, nbytes, expires
+        self._nbytes, self._small_bytes, self._n_ttl = total, small_bytes, n_ttl
 
     def _zero_all_nbytes(self) -> None:
         """Every entry's size to 0 (no byte bound), and the totals."""

@@ -433,13 +433,13 @@ class PyLruCache(Generic[K, V]):
         for node in self._slots[: self._expire_pos]:  # no generator: see the module docstring
             pos += node is not None
         slots = [node for node in self._slots if node is not None]
-        numbered = zip(slots, list(range(len(slots))), strict=True)  # numbers made here too
+        numbers = iter(list(range(len(slots))))  # made here: the loop below allocates nothing
         version = self._version + 1  # as CLruCache's repack: a lookup under way starts over
         free: list[int] = []
         self._buckets, self._main, self._small = buckets, main, small
         self._slots, self._free_slots, self._expire_pos = slots, free, pos
-        for node, slot in numbered:
-            node[SLOT] = slot
+        for slot in numbers:
+            slots[slot][SLOT] = slot
         self._peak, self._version = held, version
 
     def _take_all(self) -> list[Any]:

@@ -122,6 +122,37 @@ CASES = {
     "state = state.__reduce__()[2]\n"
     "sweep(filled(40, max_bytes=10**4, sizeof=size), lambda c: (c.__setstate__(state), "
     "c.__init__(10, max_bytes=300, sizeof=size)))",
+    "resize taking the byte bound away": "sweep(filled(40, max_bytes=400, sizeof=size), "
+    "lambda c: c.resize(max_bytes=None))",
+    "a first byte bound that evicts": "import warnings; warnings.simplefilter('ignore'); "
+    "sweep(filled(40, sizeof=size), lambda c: c.resize(max_bytes=150), 400)",
+    "resize with a full S3-FIFO ghost": "def ghosted():\n"
+    "    c = filled(100, maxsize=100, policy='s3fifo')()\n"
+    "    for i in range(100, 200):\n"
+    "        c[f'k{i}'] = i\n"
+    "    return c\n"
+    "sweep(ghosted, lambda c: c.resize(maxsize=10))",
+    # every entry that left had its on_evict, but the one whose own call failed
+    "on_evict for what left": "log = []\n"
+    "for k in range(400):\n"
+    "    log.clear()\n"
+    "    c = Cache(20, max_bytes=200, sizeof=size, on_evict=lambda k, v, r: log.append(k))\n"
+    "    for i in range(20):\n"
+    "        c[f'k{i}'] = f'v{i}'\n"
+    "    before = set(c.keys())\n"
+    "    _testcapi.set_nomemory(k, k + 1)\n"
+    "    try:\n"
+    "        c.set('big', 'x' * 120)\n"
+    "        c.resize(maxsize=10)\n"
+    "        c.trim(0.5)\n"
+    "    except BaseException as exc:\n"
+    "        _testcapi.remove_mem_hooks()\n"
+    "        assert from_memory_error(exc), exc\n"
+    "    finally:\n"
+    "        _testcapi.remove_mem_hooks()\n"
+    "    missing = before - set(c.keys()) - set(log)\n"
+    "    assert len(missing) <= 1, (k, missing)\n"
+    "    consistent(c)",
     # the clock is put back whatever happens: consistent() reads at time 0
     "expiring in slices": "T = [0.0]\n"
     "def ttl_filled():\n"

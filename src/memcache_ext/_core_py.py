@@ -162,21 +162,24 @@ class PyLruCache(Generic[K, V]):
                 self._new_state()
             # __init__ again on a live cache starts it afresh, as CLruCache does:
             # the new settings are made before the old values are released
-            with self._lock:
-                before = len(self._main) + len(self._small)
-                victims = self._take_all()
-                self._bytes_epoch += 1
-                self._ghost.clear()
-                self._ghost_limit = self._ghost_room = 0  # it follows the new bounds
-                self._hits = self._misses = self._rejected = 0
-                self._by_reason = dict.fromkeys(EVICTION_REASONS, 0)
-                self._sizeof, self._timer, self._on_evict = sizeof, timer, on_evict
-                self._ttl = ttl
-                self._policy = policy
-                self._lru = policy == "lru"
-                self._set_bounds(maxsize, max_bytes)
-                self._maybe_shrink(before)
-            self._release(victims)
+            victims: list[Any] = []
+            try:
+                with self._lock:
+                    before = len(self._main) + len(self._small)
+                    self._take_all(victims)
+                    self._bytes_epoch += 1
+                    self._ghost.clear()
+                    self._ghost_limit = self._ghost_room = 0  # it follows the new bounds
+                    self._hits = self._misses = self._rejected = 0
+                    self._by_reason = dict.fromkeys(EVICTION_REASONS, 0)
+                    self._sizeof, self._timer, self._on_evict = sizeof, timer, on_evict
+                    self._ttl = ttl
+                    self._policy = policy
+                    self._lru = policy == "lru"
+                    self._set_bounds(maxsize, max_bytes)
+                    self._maybe_shrink(before)
+            finally:
+                self._release(victims)
 
     def _new_state(self) -> None:
         try:
@@ -248,6 +251,20 @@ class PyLruCache(Generic[K, V]):
         self._nbytes, self._small_bytes, self._version = total, small_bytes, version
         self._n_ttl = n_ttl
 
+    @staticmethod
+    def _push(victims: list[Any], key: Any, value: Any, reason: Optional[str]) -> None:
+        """One victim onto victims, flat, undone if an append fails. Appends make no
+        tuple, so no garbage collection (whose finalizers may re-enter the cache) runs
+        between a region's reads and its writes."""
+        n = len(victims)
+        try:
+            victims.append(key)
+            victims.append(value)
+            victims.append(reason)
+        except BaseException:
+            del victims[n:]
+            raise
+
     def _take(self, node: list[Any], reason: Optional[str], victims: list[Any]) -> None:
         """Take a node out; its key and value go to victims, released after the lock.
         What allocates comes first, undone if it fails: nothing is taken then."""
@@ -256,11 +273,14 @@ class PyLruCache(Generic[K, V]):
         small_bytes = self._small_bytes - nbytes if node[SMALL] else self._small_bytes
         n_ttl = self._n_ttl - (node[EXPIRES] is not None)
         by_reason = self._by_reason[reason] + 1 if reason is not None else 0
-        victims += (node[KEY], node[VALUE], reason)  # flat: no tuple, no GC run here
-        try:
+        n = len(victims)
+        try:  # _push, written out (the hot path), and the slot to reuse
+            victims.append(node[KEY])
+            victims.append(node[VALUE])
+            victims.append(reason)
             self._free_slots.append(slot)
         except BaseException:
-            del victims[-3:]
+            del victims[n:]
             raise
         first = self._buckets[h]
         if first is node:
@@ -380,12 +400,12 @@ class PyLruCache(Generic[K, V]):
         if not self._lru:
             ghost_cap = GHOST_MAX if maxsize is None else min(maxsize * 9 // 10, GHOST_MAX)
         version = self._settings_version + 1  # a store in flight measures again
+        if not self._lru:  # first: a MemoryError here (the call) leaves the bounds as they were
+            held = len(self._main) + len(self._small)
+            self._ghost_set_limit(min(max(held * 9 // 10, self._ghost_limit), ghost_cap))
         self._maxsize, self._max_bytes, self._settings_version = maxsize, max_bytes, version
         self._small_cap, self._small_cap_bytes = small_cap, small_cap_bytes
         self._ghost_cap = ghost_cap
-        if not self._lru:
-            held = len(self._main) + len(self._small)
-            self._ghost_set_limit(min(max(held * 9 // 10, self._ghost_limit), self._ghost_cap))
 
     def _ghost_follow(self, held: int) -> None:
         """The ghost's limit follows the most entries held: 90 % of them, at most
@@ -408,13 +428,17 @@ class PyLruCache(Generic[K, V]):
         self._ghost_limit = max(0, limit)
         self._ghost_room = max(self._ghost_room, self._ghost_limit)
         ghost = self._ghost
-        while len(ghost) > self._ghost_limit:
-            ghost.popitem(last=False)
-        if self._ghost_limit * 4 < self._ghost_room:
-            # a dict keeps its size when emptied: a copy gives the memory back
-            # (as _ghost.h repacks, when the limit fell under a quarter)
-            self._ghost = OrderedDict(ghost)
-            self._ghost_room = self._ghost_limit
+        try:  # optional: skipped on a MemoryError, as _ghost.h skips its repack (a ghost
+            # over its limit drops its oldest at the next add)
+            while len(ghost) > self._ghost_limit:
+                ghost.popitem(last=False)
+            if self._ghost_limit * 4 < self._ghost_room:
+                # a dict keeps its size when emptied: a copy gives the memory back
+                # (as _ghost.h repacks, when the limit fell under a quarter)
+                self._ghost = OrderedDict(ghost)
+                self._ghost_room = self._ghost_limit
+        except MemoryError:
+            pass
 
     def _maybe_shrink(self, before: int) -> None:
         """After bulk removals from ``before`` entries (clear, expire, trim, resize),
@@ -442,14 +466,12 @@ class PyLruCache(Generic[K, V]):
             slots[slot][SLOT] = slot
         self._peak, self._version = held, version
 
-    def _take_all(self) -> list[Any]:
-        victims: list[Any] = []
+    def _take_all(self, victims: list[Any]) -> None:
         self._invalidate_leases(0, True)
         for order in (self._main, self._small):
             while order:
                 self._take(next(iter(order.values())), None, victims)
         self._has_evicted = False
-        return victims
 
     # -- time (before the lock) ---------------------------------------------------
 
@@ -511,16 +533,18 @@ class PyLruCache(Generic[K, V]):
             victims.clear()
             return
         error: Optional[BaseException] = None
-        for i in range(0, len(victims), 3):
-            key, value, reason = victims[i], victims[i + 1], victims[i + 2]
-            victims[i] = victims[i + 1] = None
-            if on_evict is not None and reason is not None:
-                try:
+        i = 0
+        while i < len(victims):
+            try:  # a MemoryError in this loop's own steps too: the other callbacks run
+                key, value, reason = victims[i], victims[i + 1], victims[i + 2]
+                victims[i] = victims[i + 1] = None
+                if reason is not None:
                     on_evict(key, value, reason)
-                except BaseException as exc:  # noqa: BLE001 - re-raised below
-                    if error is None:
-                        error = exc
-            del key, value
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                if error is None:
+                    error = exc
+            key = value = None  # released after its callback
+            i += 3
         victims.clear()
         if error is not None:
             raise error
@@ -619,10 +643,12 @@ class PyLruCache(Generic[K, V]):
                     )
                     break
         finally:
-            if mode == _S_FILL:
-                self._lease_end(lease, gen)
-        if victims:
-            self._release(victims)
+            try:
+                if mode == _S_FILL:
+                    self._lease_end(lease, gen)
+            finally:
+                if victims:  # released even after a MemoryError, as in C
+                    self._release(victims)
         return result
 
     def _put(
@@ -660,8 +686,8 @@ class PyLruCache(Generic[K, V]):
                 self._take(node, _EXPIRED if expired else None, victims)
             return False if mode == _S_SET else value
         if node is not None and mode == _S_SET:
-            old = node[VALUE], node[NBYTES], node[EXPIRES]
-            victims += (None, old[0], None)  # the replaced value, released after
+            old_value, old_nbytes, old_expires = node[VALUE], node[NBYTES], node[EXPIRES]
+            self._push(victims, None, old_value, None)  # the replaced value, released after
             self._replace(node, value, nbytes, self._expires(ttl, now))
             self._on_hit(node)
             self._version += 1
@@ -669,7 +695,7 @@ class PyLruCache(Generic[K, V]):
                 self._evict_to_fit(0, 0, now, victims)
             except BaseException:  # a MemoryError: the old value back, unless it went too
                 if node[TOKEN] is not None:
-                    self._replace(node, *old)
+                    self._replace(node, old_value, old_nbytes, old_expires)
                 raise
             return True
         if node is not None:  # an expired entry stored meanwhile (setdefault, fill)
@@ -698,20 +724,22 @@ class PyLruCache(Generic[K, V]):
         self, key: Any, h: int, now: Optional[float], default: Any, count: bool
     ) -> Any:
         victims: list[Any] = []
-        with self._lock:
-            node = self._find(key, h)
-            if node is not None:
-                if not self._expired(node, now):
+        try:
+            with self._lock:
+                node = self._find(key, h)
+                if node is not None:
+                    if not self._expired(node, now):
+                        if count:
+                            self._hits += 1
+                            self._on_hit(node)
+                        return node[VALUE]
                     if count:
-                        self._hits += 1
-                        self._on_hit(node)
-                    return node[VALUE]
+                        self._take(node, _EXPIRED, victims)
                 if count:
-                    self._take(node, _EXPIRED, victims)
-            if count:
-                self._misses += 1
-        if victims:
-            self._release(victims)
+                    self._misses += 1
+        finally:
+            if victims:
+                self._release(victims)
         return default
 
     # -- mapping interface ----------------------------------------------------------------
@@ -793,16 +821,18 @@ class PyLruCache(Generic[K, V]):
         h = hash(key)
         victims: list[Any] = []
         value = MISSING
-        with self._lock:
-            node = self._find(key, h)
-            self._invalidate_leases(h & _HASH_MASK, False)
-            if node is not None:
-                if self._expired(node, now):
-                    self._take(node, _EXPIRED, victims)
-                else:
-                    value = node[VALUE]
-                    self._take(node, None, victims)
-        self._release(victims)
+        try:
+            with self._lock:
+                node = self._find(key, h)
+                self._invalidate_leases(h & _HASH_MASK, False)
+                if node is not None:
+                    if self._expired(node, now):
+                        self._take(node, _EXPIRED, victims)
+                    else:
+                        value = node[VALUE]
+                        self._take(node, None, victims)
+        finally:
+            self._release(victims)
         return value
 
     def pop(self, key: K, default: Any = MISSING) -> Any:
@@ -825,18 +855,20 @@ class PyLruCache(Generic[K, V]):
         now = self._clock(False)
         victims: list[Any] = []
         item = None
-        with self._lock:
-            while self._main or self._small:
-                node, expired = self._victim(now, False)
-                assert node is not None
-                if expired:
-                    self._take(node, _EXPIRED, victims)
-                    continue
-                item = (node[KEY], node[VALUE])
-                self._invalidate_leases(node[HASH] & _HASH_MASK, False)
-                self._take(node, None, victims)
-                break
-        self._release(victims)
+        try:
+            with self._lock:
+                while self._main or self._small:
+                    node, expired = self._victim(now, False)
+                    assert node is not None
+                    if expired:
+                        self._take(node, _EXPIRED, victims)
+                        continue
+                    item = (node[KEY], node[VALUE])
+                    self._invalidate_leases(node[HASH] & _HASH_MASK, False)
+                    self._take(node, None, victims)
+                    break
+        finally:
+            self._release(victims)
         if item is None:
             raise KeyError("popitem(): cache is empty")
         return item
@@ -858,16 +890,18 @@ class PyLruCache(Generic[K, V]):
 
     def _counted_lookup(self, key: Any, h: int, now: Optional[float]) -> Any:
         victims: list[Any] = []
-        with self._lock:
-            node = self._find(key, h)
-            if node is not None:
-                if not self._expired(node, now):
-                    self._hits += 1
-                    self._on_hit(node)
-                    return node[VALUE]
-                self._take(node, _EXPIRED, victims)
-            self._misses += 1
-        self._release(victims)
+        try:
+            with self._lock:
+                node = self._find(key, h)
+                if node is not None:
+                    if not self._expired(node, now):
+                        self._hits += 1
+                        self._on_hit(node)
+                        return node[VALUE]
+                    self._take(node, _EXPIRED, victims)
+                self._misses += 1
+        finally:
+            self._release(victims)
         return MISSING
 
     def get_or_set(self, key: K, factory: Callable[[], V], ttl: Optional[float] = None) -> V:
@@ -938,11 +972,14 @@ class PyLruCache(Generic[K, V]):
 
     def clear(self) -> None:
         """Remove every entry (no callbacks; statistics are kept)."""
-        with self._lock:
-            before = len(self._main) + len(self._small)
-            victims = self._take_all()
-            self._maybe_shrink(before)
-        self._release(victims)
+        victims: list[Any] = []
+        try:
+            with self._lock:
+                before = len(self._main) + len(self._small)
+                self._take_all(victims)
+                self._maybe_shrink(before)
+        finally:
+            self._release(victims)
 
     # -- snapshots ------------------------------------------------------------------------
 
@@ -1019,18 +1056,20 @@ class PyLruCache(Generic[K, V]):
             return 0
         now = _seconds(self._timer()) if self._timer is not None else _monotonic()
         victims: list[Any] = []
-        with self._lock:
-            before = len(self._main) + len(self._small)
-            if limit is None:
-                for order in (self._main, self._small):
-                    for node in list(order.values()):
-                        if node[EXPIRES] is not None and node[EXPIRES] <= now:
-                            self._take(node, _EXPIRED, victims)
-            else:
-                self._expire_some(limit, now, victims)
-            self._maybe_shrink(before)
-        count = len(victims) // 3
-        self._release(victims)
+        try:
+            with self._lock:
+                before = len(self._main) + len(self._small)
+                if limit is None:
+                    for order in (self._main, self._small):
+                        for node in list(order.values()):
+                            if node[EXPIRES] is not None and node[EXPIRES] <= now:
+                                self._take(node, _EXPIRED, victims)
+                else:
+                    self._expire_some(limit, now, victims)
+                self._maybe_shrink(before)
+            count = len(victims) // 3
+        finally:
+            self._release(victims)
         return count
 
     def _expire_some(self, limit: int, now: float, victims: list[Any]) -> None:
@@ -1058,16 +1097,18 @@ class PyLruCache(Generic[K, V]):
         """Evict ``ceil(len * fraction)`` entries, in eviction order; return how many."""
         fraction = check_fraction(fraction)
         victims: list[Any] = []
-        with self._lock:
-            count = len(self._main) + len(self._small)
-            for _ in range(trim_count(count, fraction)):
-                node, _expired = self._victim(None, True)
-                if node is None:
-                    break
-                self._take(node, _TRIM, victims)
-            self._maybe_shrink(count)
-        removed = len(victims) // 3
-        self._release(victims)
+        try:
+            with self._lock:
+                count = len(self._main) + len(self._small)
+                for _ in range(trim_count(count, fraction)):
+                    node, _expired = self._victim(None, True)
+                    if node is None:
+                        break
+                    self._take(node, _TRIM, victims)
+                self._maybe_shrink(count)
+            removed = len(victims) // 3
+        finally:
+            self._release(victims)
         return removed
 
     def resize(self, maxsize: Any = UNSET, max_bytes: Any = UNSET) -> None:
@@ -1080,18 +1121,26 @@ class PyLruCache(Generic[K, V]):
         measure = max_bytes is not UNSET and max_bytes is not None
         restarts = 0
         victims: list[Any] = []
-        while True:
-            with self._lock:  # checked in the region: another resize may take it away
-                if not (measure and self._max_bytes is None):
-                    self._resize_region(maxsize, max_bytes, now, victims)
-                    break
-            # sizeof may raise (the bound is then taken back); another resize that took
-            # the bound away meanwhile makes it start over
-            restarts += 1
-            if restarts > MAX_LOOKUP_RESTARTS:
-                raise RuntimeError(BOUND_TAKEN_DURING_MEASURE)
-            self._measure_all(max_bytes)
-        self._release(victims)
+        epoch = None  # the first byte bound's, once measured
+        try:
+            while True:
+                with self._lock:  # checked in the region: another resize may take it away
+                    if not (measure and self._max_bytes is None):
+                        self._resize_region(maxsize, max_bytes, now, victims)
+                        break
+                # sizeof may raise (the bound is then taken back); another resize that
+                # took the bound away meanwhile makes it start over
+                restarts += 1
+                if restarts > MAX_LOOKUP_RESTARTS:
+                    raise RuntimeError(BOUND_TAKEN_DURING_MEASURE)
+                epoch = self._measure_all(max_bytes)
+        except BaseException:
+            if epoch is not None:  # measured, not fitted (a MemoryError): taken back
+                with self._lock:
+                    self._take_bound_back(epoch)
+            raise
+        finally:
+            self._release(victims)
 
     def _resize_region(
         self, maxsize: Any, max_bytes: Any, now: Optional[float], victims: list[Any]
@@ -1113,8 +1162,9 @@ class PyLruCache(Generic[K, V]):
             raise
         self._maybe_shrink(before)
 
-    def _measure_all(self, max_bytes: int) -> None:
-        """Measure every entry when a byte bound is first set: see CLruCache."""
+    def _measure_all(self, max_bytes: int) -> int:
+        """Measure every entry when a byte bound is first set: see CLruCache. Returns
+        the byte epoch the bound was set in."""
         nodes: list[list[Any]] = []
         sizes: list[tuple[int, Any, Any, int]] = []
         epoch, counted = self._bytes_epoch, False
@@ -1136,12 +1186,18 @@ class PyLruCache(Generic[K, V]):
             with self._lock:
                 if counted:
                     self._measuring, counted = self._measuring - 1, False
-                if self._bytes_epoch == epoch and self._max_bytes is not None:
-                    self._set_bounds(self._maxsize, None)  # the bound is taken back
-                    self._zero_all_nbytes()
+                self._take_bound_back(epoch)
             raise
         finally:
             del nodes, sizes  # released here, as C's snapshot is (a __del__ may run)
+        return epoch
+
+    def _take_bound_back(self, epoch: int) -> None:
+        """A first byte bound set in ``epoch`` taken back, unless the sizes were zeroed
+        since (another resize decided) (lock held)."""
+        if self._bytes_epoch == epoch and self._max_bytes is not None:
+            self._set_bounds(self._maxsize, None)
+            self._zero_all_nbytes()
 
     def _entry_size(self, node: list[Any]) -> tuple[int, Any, Any, int]:
         key, value = node[KEY], node[VALUE]
@@ -1174,11 +1230,12 @@ class PyLruCache(Generic[K, V]):
 
     def _zero_all_nbytes(self) -> None:
         """Every entry's size to 0 (no byte bound), and the totals."""
-        for order in (self._main, self._small):
-            for node in order.values():
-                node[NBYTES] = 0
+        nodes = iter([*self._main.values(), *self._small.values()])  # the loop allocates nothing
+        epoch = self._bytes_epoch + 1
+        for node in nodes:
+            node[NBYTES] = 0
         self._nbytes = self._small_bytes = 0
-        self._bytes_epoch += 1
+        self._bytes_epoch = epoch
 
     def stats(self) -> CacheStats:
         """Counters and sizes (see the docs for each key)."""
@@ -1295,29 +1352,31 @@ class PyLruCache(Generic[K, V]):
     ) -> None:
         h = hash(key)
         victims: list[Any] = []
-        with self._lock:
-            node = self._find(key, h)
-            if node is not None:
-                self._take(node, None, victims)
-            self._evict_to_fit(1, nbytes, None, victims)
-            small = not self._lru and bool(state_bits & 4)
-            self._add(
-                [
-                    key,
-                    value,
-                    expires,
-                    nbytes,
-                    self._tokens(),
-                    None,
-                    h,
-                    0 if self._lru else state_bits & 3,
-                    small,
-                    0,
-                ]
-            )
-            if not self._lru:
-                self._ghost_follow(len(self._main) + len(self._small))
-        self._release(victims)
+        try:
+            with self._lock:
+                node = self._find(key, h)
+                if node is not None:
+                    self._take(node, None, victims)
+                self._evict_to_fit(1, nbytes, None, victims)
+                small = not self._lru and bool(state_bits & 4)
+                self._add(
+                    [
+                        key,
+                        value,
+                        expires,
+                        nbytes,
+                        self._tokens(),
+                        None,
+                        h,
+                        0 if self._lru else state_bits & 3,
+                        small,
+                        0,
+                    ]
+                )
+                if not self._lru:
+                    self._ghost_follow(len(self._main) + len(self._small))
+        finally:
+            self._release(victims)
 
 
 def _seconds(now: Any) -> float:

@@ -124,6 +124,8 @@ CASES = {
     "c.__init__(10, max_bytes=300, sizeof=size)))",
     "resize taking the byte bound away": "sweep(filled(40, max_bytes=400, sizeof=size), "
     "lambda c: c.resize(max_bytes=None))",
+    "resize to fewer entries and no byte bound": "sweep(filled(40, maxsize=40, max_bytes=400, "
+    "sizeof=size), lambda c: c.resize(10, None))",
     "a first byte bound that evicts": "import warnings; warnings.simplefilter('ignore'); "
     "sweep(filled(40, sizeof=size), lambda c: c.resize(max_bytes=150), 400)",
     "resize with a full S3-FIFO ghost": "def ghosted():\n"

@@ -1145,19 +1145,19 @@ class PyLruCache(Generic[K, V]):
     def _resize_region(
         self, maxsize: Any, max_bytes: Any, now: Optional[float], victims: list[Any]
     ) -> None:
-        """resize()'s region (lock held)."""
-        if max_bytes is None:
-            self._zero_all_nbytes()
+        """resize()'s region (lock held). A MemoryError leaves the bounds as they were
+        (a byte bound taken away stays so), and what was evicted evicted."""
         before = len(self._main) + len(self._small)
         old_maxsize, old_max_bytes = self._maxsize, self._max_bytes
         # a bound not given is the one there now (Python code ran since the call)
-        self._set_bounds(
-            old_maxsize if maxsize is UNSET else maxsize,
-            old_max_bytes if max_bytes is UNSET else max_bytes,
-        )
+        new_maxsize = old_maxsize if maxsize is UNSET else maxsize
+        if max_bytes is None:
+            self._drop_byte_bound(new_maxsize)
+        else:
+            self._set_bounds(new_maxsize, old_max_bytes if max_bytes is UNSET else max_bytes)
         try:
             self._evict_to_fit(0, 0, now, victims)
-        except BaseException:  # a MemoryError: the bounds held before (sizes were zeroed)
+        except BaseException:
             self._set_bounds(old_maxsize, None if max_bytes is None else old_max_bytes)
             raise
         self._maybe_shrink(before)
@@ -1196,8 +1196,7 @@ class PyLruCache(Generic[K, V]):
         """A first byte bound set in ``epoch`` taken back, unless the sizes were zeroed
         since (another resize decided) (lock held)."""
         if self._bytes_epoch == epoch and self._max_bytes is not None:
-            self._set_bounds(self._maxsize, None)
-            self._zero_all_nbytes()
+            self._drop_byte_bound(self._maxsize)
 
     def _entry_size(self, node: list[Any]) -> tuple[int, Any, Any, int]:
         key, value = node[KEY], node[VALUE]
@@ -1228,10 +1227,12 @@ class PyLruCache(Generic[K, V]):
         node[VALUE], node[NBYTES], node[EXPIRES] = value, nbytes, expires
         self._nbytes, self._small_bytes, self._n_ttl = total, small_bytes, n_ttl
 
-    def _zero_all_nbytes(self) -> None:
-        """Every entry's size to 0 (no byte bound), and the totals."""
+    def _drop_byte_bound(self, maxsize: Optional[int]) -> None:
+        """No byte bound (and ``maxsize``): every entry's size to 0, and the totals.
+        What allocates comes first: a MemoryError changes nothing."""
         nodes = iter([*self._main.values(), *self._small.values()])  # the loop allocates nothing
         epoch = self._bytes_epoch + 1
+        self._set_bounds(maxsize, None)
         for node in nodes:
             node[NBYTES] = 0
         self._nbytes = self._small_bytes = 0

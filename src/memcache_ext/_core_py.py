@@ -901,7 +901,8 @@ class PyLruCache(Generic[K, V]):
                     self._take(node, _EXPIRED, victims)
                 self._misses += 1
         finally:
-            self._release(victims)
+            if victims:  # not on a hit: no call there, as before
+                self._release(victims)
         return MISSING
 
     def get_or_set(self, key: K, factory: Callable[[], V], ttl: Optional[float] = None) -> V:

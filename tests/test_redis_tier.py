@@ -665,7 +665,8 @@ def test_bad_arguments(redis_server: RedisServer) -> None:
 def test_a_decoding_client_works(make_tier: Any, redis_server: RedisServer, ns: str) -> None:
     """Only the caller's connection settings are used: its decode_responses does not matter."""
     client = redis_server.client(decode_responses=True)
-    with TieredCache(LruCache(4), client, ns, poll_interval=0.05) as tier:
+    # deadline=1.0: the set and get must reach Redis, even on a loaded runner
+    with TieredCache(LruCache(4), client, ns, poll_interval=0.05, deadline=1.0) as tier:
         assert tier.wait_ready(DEADLINE)
         assert tier.set("k", {"b": b"x".decode()}) is True
         tier.local.clear()

@@ -471,7 +471,7 @@ def test_profile_update_bad_bodies_are_422(small_db: str, fresh: None) -> None:
 
 @service
 def test_tier_serves_and_invalidates_across_instances(
-    small_db: str, redis_url: str, fresh: None
+    small_db: str, redis_url: str, fresh: None, patient_tiers: None
 ) -> None:
     import redis
 

@@ -195,7 +195,7 @@ def test_the_supervisor_keeps_the_redis_password_out_of_ps(tmp_path: Path) -> No
 
 
 @pytest.mark.integration
-def test_the_write_path_is_versioned_and_json(db: str, fresh: None) -> None:
+def test_the_write_path_is_versioned_and_json(db: str, fresh: None, patient_tiers: None) -> None:
     require_redis()
     import redis
 

@@ -428,7 +428,10 @@ def test_monitor_and_guard_share_one_rss_read_per_request() -> None:
         reads[0] += 1
         return 50 * MB
 
-    probe = RssProbe(rss, max_age=1.0)  # back-to-back requests: within the age
+    # the probe's clock is the test's: a runner that stalls between the two middlewares'
+    # reads must not make them two reads (104, not 103)
+    now = [0.0]
+    probe = RssProbe(rss, max_age=1.0, clock=lambda: now[0])  # back-to-back: within the age
     app = MemoryGuard(MemoryMonitorMiddleware(ok_app, probe=probe), limit_mb=100, probe=probe)
 
     async def go() -> None:
@@ -439,7 +442,7 @@ def test_monitor_and_guard_share_one_rss_read_per_request() -> None:
     asyncio.run(go())
     assert reads[0] == 101  # one "after" per request, and the very first "before"
     probe.max_age = 0.01  # a request after a quiet spell reads its "before" afresh,
-    time.sleep(0.05)  # once for both middlewares
+    now[0] += 0.05  # once for both middlewares
     Call("/").run(app)
     assert reads[0] == 103
 

@@ -128,8 +128,11 @@ class RedisServer(_ProcsRedisServer):
 
     def async_client(self, **kw: Any) -> Any:
         import redis.asyncio as aredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
-        return aredis.Redis(**self.options(**kw))
+        # redis.asyncio's own Retry: a sync one is converted, with a UserWarning
+        return aredis.Redis(**self.options(**{"retry": Retry(NoBackoff(), 0), **kw}))
 
     def resume(self) -> None:
         """SIGCONT, in case a test left the server frozen."""

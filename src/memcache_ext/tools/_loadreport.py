@@ -607,9 +607,12 @@ def check_soak(
             own is not None and own <= stall,
             "-" if own is None else f"{own:.1f} ms (noise floor of the measure: {noise:.1f} ms)",
         )
+    # The quick form judges cleanup steps as it judges callbacks (above): a step of 1-3 ms
+    # that the host's taken CPU lands on measures 10-16 ms; a blocking cleanup held 120-370 ms.
+    step_bound = SOAK_TARGETS["quick_stall_ms"] if quick else stall
     add(
-        f"no cleanup step holds the loop more than {stall:g} ms",
-        fig["cleanup_longest_step_ms"] <= stall,
+        f"no cleanup step holds the loop more than {step_bound:g} ms",
+        fig["cleanup_longest_step_ms"] <= step_bound,
         f"{fig['cleanup_longest_step_ms']:.1f} ms (CPU; {fig['cleanups']} cleanups and the "
         f"expiry passes)",
     )

@@ -279,6 +279,10 @@ class CuttingProxy:
                 pass
 
     def close(self) -> None:
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept() (close alone does not)
+        except OSError:
+            pass
         self.listener.close()
         with self._lock:
             socks, self._socks = self._socks, []

@@ -167,14 +167,10 @@ def srv(server: Any) -> Any:
 
 @pytest.fixture
 def patient_tiers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Redis tiers made during the test wait up to 1 s per call instead of the default
-    50 ms: for tests whose subject is not the deadline (a loaded runner can pass 50 ms,
-    which times the call out and opens the breaker, by design)."""
-    from memcache_ext.redis._driver import TierDriver
+    """Redis tiers made during the test get ``support.PATIENT_DEADLINE`` per call."""
+    from support import PATIENT_DEADLINE, tier_defaults
 
-    defaults = TierDriver.__init__.__kwdefaults__
-    assert defaults is not None and "deadline" in defaults
-    monkeypatch.setitem(defaults, "deadline", 1.0)
+    monkeypatch.setitem(tier_defaults(), "deadline", PATIENT_DEADLINE)
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEADLINE",
+    "PATIENT_DEADLINE",
     "RedisServer",
     "child_env",
     "eventually",
@@ -36,10 +37,27 @@ __all__ = [
     "posix_only",
     "redis_missing",
     "require_redis",
+    "tier_defaults",
 ]
 
 REQUIRE_REDIS = os.environ.get("MEMCACHE_EXT_REQUIRE_REDIS", "") not in ("", "0")
 DEADLINE = 15.0  # seconds for anything "eventually"
+
+
+#: A per-call deadline for Redis tiers in tests whose subject is not the deadline: a
+#: loaded runner can pass the default 50 ms, which times the call out and opens the
+#: breaker (by design).
+PATIENT_DEADLINE = 1.0
+
+
+def tier_defaults() -> dict[str, Any]:
+    """The keyword defaults every Redis tier is made with (``TierDriver.__init__``'s)."""
+    from memcache_ext.redis._driver import TierDriver
+
+    defaults = TierDriver.__init__.__kwdefaults__
+    assert defaults is not None and "deadline" in defaults
+    return defaults
+
 
 #: Reads /proc (RSS from statm, cgroup files as the kernel lays them out).
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")

@@ -409,19 +409,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.trials is None:
         args.trials = 100 if args.quick else 1000
     scenarios = args.scenario or list(SCENARIOS)
-    work = tempfile.mkdtemp(prefix="bench-consistency-")
     results = []
-    for name in scenarios:
-        t0 = time.monotonic()
-        r = run_scenario(name, args, work)
-        r["seconds"] = time.monotonic() - t0
-        results.append(r)
-        print(
-            f"  {name}: {r['trials']} trials, {r['stale']} stale, {r['failed_requests']} failed "
-            f"requests, {r['seconds']:.0f} s",
-            file=sys.stderr,
-            flush=True,
-        )
+    with tempfile.TemporaryDirectory(prefix="bench-consistency-") as work:
+        for name in scenarios:
+            t0 = time.monotonic()
+            r = run_scenario(name, args, work)
+            r["seconds"] = time.monotonic() - t0
+            results.append(r)
+            print(
+                f"  {name}: {r['trials']} trials, {r['stale']} stale, "
+                f"{r['failed_requests']} failed requests, {r['seconds']:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
     print(render(results, args))
     missed = []
     for r in results:

@@ -320,11 +320,15 @@ def watch_transition(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-faults-") as work:
+        return run_in(args, str(Path(work) / "faults.sqlite3"))
+
+
+def run_in(args: argparse.Namespace, db: str) -> dict[str, Any]:
+    """The phases against two replicas serving the SQLite database at `db`."""
     from memcache_ext.tools.demo.db import create_database
     from memcache_ext.tools.procs import free_ports
 
-    work = tempfile.mkdtemp(prefix="bench-faults-")
-    db = str(Path(work) / "faults.sqlite3")
     create_database(db, args.users, 1)
     faults = Faults()
     faults.start()

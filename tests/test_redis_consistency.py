@@ -32,6 +32,9 @@ def run_checker(tmp_path: Path, *args: str, timeout: float) -> dict[str, Any]:
     require_redis()
     out = tmp_path / "consistency.json"
     env = child_env()  # the memcache_ext this suite imports
+    scratch = tmp_path / "tmp"  # the checker's and its servers' temporary files
+    scratch.mkdir()
+    env["TMPDIR"] = str(scratch)
     proc = subprocess.run(
         [sys.executable, str(CHECKER), *args, "--json", str(out)],
         capture_output=True,
@@ -43,6 +46,7 @@ def run_checker(tmp_path: Path, *args: str, timeout: float) -> dict[str, Any]:
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     result: dict[str, Any] = json.loads(out.read_text())
     assert proc.returncode == 0, "\n".join(result["missed"]) or proc.stderr[-3000:]
+    assert sorted(f.name for f in scratch.iterdir()) == []  # nothing left behind
     return result
 
 
